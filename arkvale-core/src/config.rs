@@ -1,0 +1,303 @@
+//! Cache configuration, its validation, and the budget it resolves to in pages.
+
+use std::path::PathBuf;
+
+use crate::{Error, KvDtype, ModelShape, Result};
+
+/// How a page's digest bounds its keys (paper §5.2, plus the centroid baseline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DigestKind {
+    /// Bounding box with the radius `max |c - k|` (a true upper bound of `max q.k`).
+    CuboidMax,
+    /// Bounding box with the radius `(min |c - k| + max |c - k|) / 2`.
+    CuboidCenter,
+    /// Bounding box with the radius `mean |c - k|` — the paper's best and our default.
+    #[default]
+    CuboidMean,
+    /// Sphere around `c` with radius `max ||c - k||`.
+    SphereMax,
+    /// Sphere around `c` with radius `(min ||c - k|| + max ||c - k||) / 2`.
+    SphereCenter,
+    /// Sphere around `c` with radius `mean ||c - k||`.
+    SphereMean,
+    /// The mean key (baseline).
+    Centroid,
+}
+
+impl DigestKind {
+    /// Every digest kind, in a fixed order.
+    pub const ALL: [DigestKind; 7] = [
+        DigestKind::CuboidMax,
+        DigestKind::CuboidCenter,
+        DigestKind::CuboidMean,
+        DigestKind::SphereMax,
+        DigestKind::SphereCenter,
+        DigestKind::SphereMean,
+        DigestKind::Centroid,
+    ];
+
+    /// The kebab-case name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestKind::CuboidMax => "cuboid-max",
+            DigestKind::CuboidCenter => "cuboid-center",
+            DigestKind::CuboidMean => "cuboid-mean",
+            DigestKind::SphereMax => "sphere-max",
+            DigestKind::SphereCenter => "sphere-center",
+            DigestKind::SphereMean => "sphere-mean",
+            DigestKind::Centroid => "centroid",
+        }
+    }
+
+    /// Parses a name as written by [`DigestKind::name`].
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|k| k.name()).collect();
+                Error::config(format!("unknown digest '{s}', expected one of {}", names.join(", ")))
+            })
+    }
+
+    /// f32 values stored per KV head for a head dimension `d`.
+    pub fn len(self, d: usize) -> usize {
+        match self {
+            DigestKind::CuboidMax | DigestKind::CuboidCenter | DigestKind::CuboidMean => 2 * d,
+            DigestKind::SphereMax | DigestKind::SphereCenter | DigestKind::SphereMean => d + 1,
+            DigestKind::Centroid => d,
+        }
+    }
+}
+
+/// How the scores of a group's query heads combine into one page score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ScoreAgg {
+    /// Mean over the group's query heads (the paper's default).
+    #[default]
+    Mean,
+    /// Maximum over the group's query heads.
+    Max,
+}
+
+/// Which pages a decode step attends to once a sequence exceeds its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AttentionMode {
+    /// Every resident page (the paper's default).
+    #[default]
+    Resident,
+    /// Only sinks + top-k + window.
+    Sparse,
+}
+
+/// Everything that shapes an ArkVale cache. Budgets are in tokens; [`CacheConfig::resolve`]
+/// turns them into pages and checks every constraint with a message naming the field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Tokens per page: 8, 16, 32 or 64.
+    pub page_size: usize,
+    /// Resident tokens per (sequence, layer, head group); a multiple of `page_size`.
+    pub budget_tokens: usize,
+    /// Tokens that must take part in each attention (top-k). `None`: the paper's
+    /// `min(1280, budget / 2)`.
+    pub topk_tokens: Option<usize>,
+    /// Leading pages that are never evicted (attention sinks).
+    pub sink_pages: usize,
+    /// Trailing pages that are never evicted, the partial page included (>= 2).
+    pub window_pages: usize,
+    /// Leading layers that keep every page (paper Fig. 3).
+    pub dense_layers: usize,
+    /// Digest used to estimate page importance.
+    pub digest: DigestKind,
+    /// Head groups per layer: pages are kept, scored and recalled per group.
+    pub head_groups: usize,
+    /// How query-head scores combine into a page score.
+    pub score_agg: ScoreAgg,
+    /// Which pages attention reads once a sequence exceeds its budget.
+    pub attention: AttentionMode,
+    /// Storage type of the KV pool and the host backups.
+    pub kv_dtype: KvDtype,
+    /// Bytes of device memory for the KV pool (resident pages of every sequence).
+    pub device_bytes: usize,
+    /// Bytes of host memory for page backups.
+    pub host_bytes: usize,
+    /// Where backups go when host memory is full; `None`: fail with a clear error instead.
+    pub spill_dir: Option<PathBuf>,
+    /// Prompt tokens per prefill chunk; a multiple of `page_size`.
+    pub prefill_chunk_tokens: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            page_size: 32,
+            budget_tokens: 2048,
+            topk_tokens: None,
+            sink_pages: 1,
+            window_pages: 2,
+            dense_layers: 2,
+            digest: DigestKind::default(),
+            head_groups: 1,
+            score_agg: ScoreAgg::default(),
+            attention: AttentionMode::default(),
+            kv_dtype: KvDtype::default(),
+            device_bytes: 2 << 30,
+            host_bytes: 16 << 30,
+            spill_dir: None,
+            prefill_chunk_tokens: 1024,
+        }
+    }
+}
+
+/// The budget of one (sequence, layer, head group), in pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageBudget {
+    /// Tokens per page.
+    pub page_size: usize,
+    /// Resident pages `B`.
+    pub pages: usize,
+    /// Pages that must take part in attention each step, `K`.
+    pub topk: usize,
+    /// Sink pages.
+    pub sinks: usize,
+    /// Window pages.
+    pub window: usize,
+}
+
+impl CacheConfig {
+    /// The top-k in tokens, with the paper's default applied.
+    pub fn topk_tokens(&self) -> usize {
+        self.topk_tokens
+            .unwrap_or_else(|| (self.budget_tokens / 2).min(1280))
+    }
+
+    /// Validates the configuration against a model shape and returns the page budget.
+    pub fn resolve(&self, shape: &ModelShape) -> Result<PageBudget> {
+        shape.validate()?;
+        let p = self.page_size;
+        if ![8, 16, 32, 64].contains(&p) {
+            return Err(Error::config(format!("page_size must be 8, 16, 32 or 64, got {p}")));
+        }
+        if self.budget_tokens == 0 || self.budget_tokens % p != 0 {
+            return Err(Error::config(format!(
+                "budget ({} tokens) must be a positive multiple of page_size ({p})",
+                self.budget_tokens
+            )));
+        }
+        let topk = self.topk_tokens();
+        if topk % p != 0 {
+            return Err(Error::config(format!(
+                "top-k ({topk} tokens) must be a multiple of page_size ({p})"
+            )));
+        }
+        if self.window_pages < 2 {
+            return Err(Error::config(format!(
+                "window_pages must be at least 2 (the partial page and the last full one), got {}",
+                self.window_pages
+            )));
+        }
+        let budget = PageBudget {
+            page_size: p,
+            pages: self.budget_tokens / p,
+            topk: topk / p,
+            sinks: self.sink_pages,
+            window: self.window_pages,
+        };
+        if budget.sinks + budget.window + budget.topk > budget.pages {
+            return Err(Error::config(format!(
+                "budget of {} pages cannot hold {} sink + {} window + {} top-k pages; \
+                 raise the budget or lower sinks/window/top-k",
+                budget.pages, budget.sinks, budget.window, budget.topk
+            )));
+        }
+        if self.head_groups == 0 || shape.kv_heads % self.head_groups != 0 {
+            return Err(Error::config(format!(
+                "head_groups ({}) must be between 1 and the KV heads ({}) and divide them",
+                self.head_groups, shape.kv_heads
+            )));
+        }
+        if self.dense_layers > shape.layers {
+            return Err(Error::config(format!(
+                "dense_layers ({}) exceeds the model's {} layers",
+                self.dense_layers, shape.layers
+            )));
+        }
+        if self.prefill_chunk_tokens == 0 || self.prefill_chunk_tokens % p != 0 {
+            return Err(Error::config(format!(
+                "prefill_chunk_tokens ({}) must be a positive multiple of page_size ({p})",
+                self.prefill_chunk_tokens
+            )));
+        }
+        let slot = self.slot_bytes(shape);
+        if self.device_bytes < slot * (budget.pages + 1) {
+            return Err(Error::config(format!(
+                "device_bytes ({}) cannot hold one sequence-layer budget of {} pages of {slot} bytes",
+                self.device_bytes, budget.pages
+            )));
+        }
+        if self.host_bytes < slot {
+            return Err(Error::config(format!(
+                "host_bytes ({}) cannot hold a single page of {slot} bytes",
+                self.host_bytes
+            )));
+        }
+        Ok(budget)
+    }
+
+    /// KV heads per head group.
+    pub fn heads_per_group(&self, shape: &ModelShape) -> usize {
+        shape.kv_heads / self.head_groups.max(1)
+    }
+
+    /// Bytes of one page unit (K and V of `page_size` tokens for one head group).
+    pub fn slot_bytes(&self, shape: &ModelShape) -> usize {
+        2 * self.heads_per_group(shape) * self.page_size * shape.head_dim * self.kv_dtype.size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> ModelShape {
+        ModelShape { layers: 4, q_heads: 8, kv_heads: 4, head_dim: 16 }
+    }
+
+    #[test]
+    fn default_topk_is_the_papers_rule() {
+        let c = CacheConfig { budget_tokens: 4096, ..Default::default() };
+        assert_eq!(c.topk_tokens(), 1280);
+        let c = CacheConfig { budget_tokens: 1024, ..Default::default() };
+        assert_eq!(c.topk_tokens(), 512);
+        let b = c.resolve(&shape()).unwrap();
+        assert_eq!((b.pages, b.topk, b.sinks, b.window), (32, 16, 1, 2));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let s = shape();
+        let bad = [
+            (CacheConfig { page_size: 12, ..Default::default() }, "page_size"),
+            (CacheConfig { budget_tokens: 100, ..Default::default() }, "budget"),
+            (CacheConfig { window_pages: 1, ..Default::default() }, "window_pages"),
+            (CacheConfig { head_groups: 3, ..Default::default() }, "head_groups"),
+            (CacheConfig { dense_layers: 5, ..Default::default() }, "dense_layers"),
+            (CacheConfig { sink_pages: 40, ..Default::default() }, "sink"),
+            (CacheConfig { device_bytes: 10, ..Default::default() }, "device_bytes"),
+            (CacheConfig { host_bytes: 10, ..Default::default() }, "host_bytes"),
+            (CacheConfig { topk_tokens: Some(33), ..Default::default() }, "top-k"),
+        ];
+        for (cfg, word) in bad {
+            let msg = cfg.resolve(&s).unwrap_err().to_string();
+            assert!(msg.contains(word), "{msg:?} should name {word}");
+        }
+    }
+
+    #[test]
+    fn digest_names_round_trip() {
+        for k in DigestKind::ALL {
+            assert_eq!(DigestKind::parse(k.name()).unwrap(), k);
+        }
+        assert!(DigestKind::parse("cube").is_err());
+    }
+}

@@ -1,0 +1,34 @@
+//! # arkvale-core
+//!
+//! The semantics of ArkVale ("Efficient Generative LLM Inference with Recallable Key-Value
+//! Eviction", NeurIPS 2024) in one place, with no device code:
+//!
+//! * [`CacheConfig`] and its validation, [`ModelShape`], [`KvDtype`];
+//! * page [`digest`]s (the paper's seven kinds plus the centroid baseline) as scalar reference;
+//! * the eviction [`policy`] trait and the built-in policies (`arkvale`, `full`, `streaming`,
+//!   `quest`, `h2o`, `tova`);
+//! * the bookkeeping: page tables, the device slot pool, the host backup store and its disk
+//!   spill tier;
+//! * the [`Device`] trait every backend implements, and the [`CacheManager`] that drives any
+//!   `Device` through prefill and decode;
+//! * scalar [`reference`] implementations of every device op, the oracle of the differential
+//!   tests.
+//!
+//! This crate decides *which* pages are resident, recalled, evicted and attended; backends only
+//! do arithmetic and copies. It must not grow device-specific code.
+
+pub mod config;
+pub mod device;
+pub mod digest;
+pub mod dtype;
+pub mod error;
+pub mod shape;
+
+pub use config::{AttentionMode, CacheConfig, DigestKind, PageBudget, ScoreAgg};
+pub use device::{
+    AppendDest, AttnPage, AttnRow, AttnState, Buffer, Device, DeviceEvent, DeviceExt,
+    EstimateJob, Event, HostBuffer, KvLayout, SummarizeJob, TopkSegment,
+};
+pub use dtype::{DType, KvDtype};
+pub use error::{Error, Result};
+pub use shape::ModelShape;

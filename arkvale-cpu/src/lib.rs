@@ -1,0 +1,3 @@
+//! # arkvale-cpu
+//!
+//! `CpuDevice`: the multithreaded CPU implementation of [`arkvale_core::Device`].

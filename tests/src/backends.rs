@@ -1,0 +1,24 @@
+//! The backends this build can test, and why an absent one is skipped.
+
+use std::sync::Arc;
+
+use arkvale_core::Device;
+
+/// A backend compiled into this build: its name and either a device or the reason it is
+/// absent on this machine.
+pub struct Backend {
+    /// `cpu`, `cuda`, `wgpu`.
+    pub name: &'static str,
+    /// The device, or why it cannot be opened here.
+    pub device: Result<Arc<dyn Device>, String>,
+}
+
+/// Every backend compiled in, opened if present.
+pub fn compiled_backends() -> Vec<Backend> {
+    vec![Backend {
+        name: "cpu",
+        device: arkvale_cpu::CpuDevice::new(None)
+            .map(|d| Arc::new(d) as Arc<dyn Device>)
+            .map_err(|e| e.to_string()),
+    }]
+}

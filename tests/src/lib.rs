@@ -1,0 +1,65 @@
+//! # arkvale-tests
+//!
+//! The differential suite, written once against [`arkvale_core::Device`] and run on every
+//! backend that is compiled in and present (`cargo xtask test-all-backends`, or the
+//! `arkvale-suite` binary directly). The oracle is the scalar reference in
+//! [`arkvale_core::reference`]; the CPU backend is tested by the same cases as every other.
+//!
+//! A case is a plain function of a device that returns `Err(message)` on a mismatch. Cases
+//! draw random inputs with proptest's runner and a fresh seed per run (set
+//! `PROPTEST_RNG_SEED` to replay one).
+
+pub mod backends;
+
+use std::sync::Arc;
+
+use arkvale_core::Device;
+
+/// One named differential test.
+pub struct Case {
+    /// Stable name, `area::what`.
+    pub name: &'static str,
+    /// Runs the case against a device.
+    pub run: fn(&Arc<dyn Device>) -> Result<(), String>,
+}
+
+/// Every case of the suite, in a fixed order.
+pub fn all_cases() -> Vec<Case> {
+    Vec::new()
+}
+
+/// The outcome of a suite run on one backend.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Names of the cases that passed.
+    pub passed: Vec<&'static str>,
+    /// Names and messages of the cases that failed.
+    pub failed: Vec<(&'static str, String)>,
+}
+
+/// Runs every case whose name contains `filter` on `device`, printing one line per case.
+pub fn run_suite(device: &Arc<dyn Device>, filter: &str) -> Summary {
+    let mut summary = Summary::default();
+    for case in all_cases().into_iter().filter(|c| c.name.contains(filter)) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.run)(device)))
+            .unwrap_or_else(|p| Err(format!("panicked: {}", panic_message(&p))));
+        match outcome {
+            Ok(()) => {
+                println!("test {} ... ok", case.name);
+                summary.passed.push(case.name);
+            }
+            Err(msg) => {
+                println!("test {} ... FAILED\n    {msg}", case.name);
+                summary.failed.push((case.name, msg));
+            }
+        }
+    }
+    summary
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
