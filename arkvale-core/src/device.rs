@@ -426,6 +426,12 @@ pub trait DeviceExt: Device {
         crate::dtype::decode_f32(&bytes, buf.dtype())
             .ok_or_else(|| crate::Error::shape(format!("download_f32 of {:?}", buf.dtype())))
     }
+    /// Reads `len` f32 values of an f32 buffer from element `offset`.
+    fn download_f32_range(&self, buf: &Buffer, offset: usize, len: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; len];
+        self.read(buf, offset, bytemuck::cast_slice_mut(&mut out))?;
+        Ok(out)
+    }
     /// Reads `len` u32 values from `offset`.
     fn download_u32(&self, buf: &Buffer, offset: usize, len: usize) -> Result<Vec<u32>> {
         let mut out = vec![0u32; len];

@@ -1,0 +1,347 @@
+//! Chunked prefill of one layer (see the module docs of `manager`).
+
+use std::time::Instant;
+
+use super::table::LayerPlan;
+use super::{CacheManager, SeqId};
+use crate::host_store::BackupId;
+use crate::{
+    AppendDest, AttnPage, AttnRow, Buffer, DType, DeviceExt, Error, EstimateJob, Result,
+    TopkSegment,
+};
+
+/// Slots borrowed from the pool to stream evicted pages back during prefill attention.
+const STAGING_SLOTS: usize = 8;
+
+impl CacheManager {
+    /// Prefills one chunk of a prompt in layer `layer` of sequence `seq`: appends `k`/`v`
+    /// (f32 `[n, Hkv, d]`, post-RoPE) and writes the exact causal attention of the chunk's
+    /// queries `q` (f32 `[n, H, d]`) over every earlier token and the chunk into `out`.
+    /// `n` must not exceed `prefill_chunk_tokens`. Set `last_chunk` on the prompt's final
+    /// chunk: token-level policies select their tokens then.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prefill_layer(
+        &mut self,
+        layer: usize,
+        seq: SeqId,
+        q: &Buffer,
+        k: &Buffer,
+        v: &Buffer,
+        out: &Buffer,
+        last_chunk: bool,
+    ) -> Result<()> {
+        let n = q.len() / (self.shape.q_heads * self.shape.head_dim);
+        if layer >= self.shape.layers {
+            return Err(Error::InvalidRequest(format!("layer {layer} out of {}", self.shape.layers)));
+        }
+        if n == 0 || n > self.config.prefill_chunk_tokens {
+            return Err(Error::InvalidRequest(format!(
+                "a prefill chunk must hold 1..={} tokens, got {n}; split the prompt",
+                self.config.prefill_chunk_tokens
+            )));
+        }
+        self.seq(seq)?;
+        let (h, hkv, d) = (self.shape.q_heads, self.shape.kv_heads, self.shape.head_dim);
+        self.check_rows("k", k, n, hkv)?;
+        self.check_rows("v", v, n, hkv)?;
+        self.check_rows("out", out, n, h)?;
+        let plan = self.plan(layer);
+        let budget = self.budget;
+        let p = budget.page_size;
+        let groups = self.config.head_groups;
+
+        // Append the chunk, then seal every page it filled.
+        let started = Instant::now();
+        let ls = &mut self.seqs.get_mut(&seq).expect("checked").layers[layer];
+        let start = ls.len;
+        let mut dests = Vec::with_capacity(n * groups);
+        let mut filled = Vec::new();
+        for i in 0..n {
+            let pos = start + i;
+            let (page, off) = (pos / p, pos % p);
+            for (g, table) in ls.groups.iter_mut().enumerate() {
+                let slot = if off == 0 {
+                    self.res.open_page(&plan, &budget, table, false)?
+                } else {
+                    table.pages[page].slot.ok_or_else(|| {
+                        Error::InvalidRequest(format!("last page {page} is not resident"))
+                    })?
+                };
+                dests.push(AppendDest { token: i as u32, group: g as u32, slot, pos: off as u32 });
+                if off + 1 == p {
+                    filled.push((g, page, slot));
+                }
+            }
+        }
+        ls.len += n;
+        if let Some(ts) = ls.tokens.as_mut() {
+            ts.push_tokens(n);
+        }
+        self.res
+            .dev
+            .append_kv(&self.res.layout, &self.res.pool, k, v, &dests)?;
+        let slots: Vec<u32> = filled.iter().map(|f| f.2).collect();
+        let sealed = self.res.seal(&plan, &slots)?;
+        let ls = &mut self.seqs.get_mut(&seq).expect("checked").layers[layer];
+        for ((g, page, _), s) in filled.into_iter().zip(sealed) {
+            ls.groups[g].pages[page].digest = s.digest;
+            ls.groups[g].pages[page].backup = s.backup;
+        }
+        self.res.stats.prefill_layer_tokens += n as u64;
+        self.res.stats.time.other += started.elapsed();
+
+        // Exact causal attention: resident pages at once, evicted pages streamed back.
+        let started = Instant::now();
+        let state = self.res.dev.alloc_attn_state(n, h, d)?;
+        let masked = plan.token_rule.is_some();
+        let ls = &self.seqs[&seq].layers[layer];
+        let len = ls.len;
+        let mut rows = Vec::with_capacity(n * groups);
+        let mut pages = Vec::new();
+        let mut evicted: Vec<(usize, usize, BackupId)> = Vec::new();
+        for (g, table) in ls.groups.iter().enumerate() {
+            let page_start = pages.len() as u32;
+            for (i, entry) in table.pages.iter().enumerate() {
+                match (entry.slot, entry.backup) {
+                    (Some(slot), _) => pages.push(attn_page(slot, i, p, len)),
+                    (None, Some(b)) => evicted.push((g, i, b)),
+                    (None, None) => {
+                        return Err(Error::InvalidRequest(format!(
+                            "page {i} is neither resident nor backed up"
+                        )));
+                    }
+                }
+            }
+            let page_count = pages.len() as u32 - page_start;
+            rows.extend((0..n).map(|i| AttnRow {
+                q_row: i as u32,
+                group: g as u32,
+                pos: (start + i) as u32,
+                page_start,
+                page_count,
+            }));
+        }
+        let scale = self.scale;
+        let layout = self.res.layout;
+        let mask = if masked { self.res.masks.as_ref() } else { None };
+        self.res
+            .dev
+            .prefill_attention(&layout, &self.res.pool, q, &rows, &pages, mask, scale, &state)?;
+        if !evicted.is_empty() {
+            self.stream_evicted(q, n, start, len, &evicted, masked, &state)?;
+        }
+        self.res.dev.attention_finalize(&layout, &state, &rows, out)?;
+        self.res.stats.time.attention += started.elapsed();
+
+        // Token-level baselines: H2O accumulates every prompt query's attention; TOVA keeps
+        // what the last prompt token attends to.
+        if let Some(rule) = plan.token_rule {
+            let started = Instant::now();
+            let weight_rows: Vec<AttnRow> = match rule {
+                crate::policy::TokenRule::H2O => rows.clone(),
+                crate::policy::TokenRule::Tova => {
+                    rows.iter().filter(|r| r.q_row as usize == n - 1).copied().collect()
+                }
+            };
+            let mut per_head = None;
+            if rule == crate::policy::TokenRule::H2O || last_chunk {
+                let w = self.token_weights(q, &weight_rows, &pages)?;
+                per_head = Some(self.res.per_head_weights_all(&weight_rows, &pages, &w, len));
+            }
+            let budget_tokens = self.config.budget_tokens;
+            let q_heads = self.shape.q_heads;
+            let ts = self.seqs.get_mut(&seq).expect("checked").layers[layer]
+                .tokens
+                .as_mut()
+                .expect("token rule layers have token state");
+            if rule == crate::policy::TokenRule::H2O
+                && let Some(w) = &per_head
+            {
+                ts.accumulate(w);
+            }
+            if last_chunk {
+                let dropped = ts.after_prefill(rule, budget_tokens, per_head.as_deref(), q_heads);
+                self.apply_drops(seq, layer, &dropped)?;
+            }
+            self.res.stats.time.other += started.elapsed();
+        }
+
+        // Budgeted layers keep sinks + window + the best pages for the last query.
+        if plan.budgeted() {
+            self.select_after_prefill(&plan, seq, layer, q, n)?;
+        }
+        Ok(())
+    }
+
+    /// Streams evicted pages through staging slots and folds them into `state`.
+    #[allow(clippy::too_many_arguments)]
+    fn stream_evicted(
+        &mut self,
+        q: &Buffer,
+        n: usize,
+        start: usize,
+        len: usize,
+        evicted: &[(usize, usize, BackupId)],
+        masked: bool,
+        state: &crate::AttnState,
+    ) -> Result<()> {
+        let p = self.budget.page_size;
+        let staging = self.res.slots.alloc_many(STAGING_SLOTS.min(evicted.len()))?;
+        let result = (|| {
+            for batch in evicted.chunks(staging.len()) {
+                let copies: Vec<(u32, BackupId)> =
+                    batch.iter().zip(&staging).map(|(e, &s)| (s, e.2)).collect();
+                self.res.recall(&copies)?;
+                let mut rows = Vec::new();
+                let mut pages = Vec::new();
+                let mut i = 0;
+                while i < batch.len() {
+                    let g = batch[i].0;
+                    let page_start = pages.len() as u32;
+                    while i < batch.len() && batch[i].0 == g {
+                        pages.push(attn_page(staging[i], batch[i].1, p, len));
+                        i += 1;
+                    }
+                    let page_count = pages.len() as u32 - page_start;
+                    rows.extend((0..n).map(|r| AttnRow {
+                        q_row: r as u32,
+                        group: g as u32,
+                        pos: (start + r) as u32,
+                        page_start,
+                        page_count,
+                    }));
+                }
+                let mask = if masked { self.res.masks.as_ref() } else { None };
+                self.res.dev.prefill_attention(
+                    &self.res.layout,
+                    &self.res.pool,
+                    q,
+                    &rows,
+                    &pages,
+                    mask,
+                    self.scale,
+                    state,
+                )?;
+                self.res.stats.prefill_streamed += batch.len() as u64;
+            }
+            Ok(())
+        })();
+        for s in staging {
+            self.res.slots.free(s);
+        }
+        result
+    }
+
+    /// After a chunk: for each group with more than `B` pages keep sinks + window + the
+    /// `B - sinks - window` candidates ranked best for the chunk's last query.
+    fn select_after_prefill(
+        &mut self,
+        plan: &LayerPlan,
+        seq: SeqId,
+        layer: usize,
+        q: &Buffer,
+        n: usize,
+    ) -> Result<()> {
+        let budget = self.budget;
+        let keep_top = budget.pages - budget.sinks - plan.window;
+        let ls = &self.seqs[&seq].layers[layer];
+        let mut jobs = Vec::new();
+        let mut segments = Vec::new();
+        let mut groups_scored = Vec::new();
+        for (g, table) in ls.groups.iter().enumerate() {
+            let n_pages = table.pages.len();
+            if n_pages <= budget.pages {
+                continue;
+            }
+            let cands = plan.candidates(&budget, n_pages);
+            let k = keep_top.min(cands.len());
+            let start = jobs.len();
+            if plan.digest.is_some() && k > 0 && k < cands.len() {
+                for i in cands.clone() {
+                    let digest = table.pages[i].digest.ok_or_else(|| {
+                        Error::InvalidRequest(format!("candidate page {i} has no digest"))
+                    })?;
+                    jobs.push(EstimateJob { q_row: (n - 1) as u32, group: g as u32, digest });
+                }
+                segments.push(TopkSegment { start: start as u32, len: cands.len() as u32, k: k as u32 });
+            }
+            groups_scored.push((g, cands, k, start));
+        }
+        let started = Instant::now();
+        let picks_total: usize = segments.iter().map(|s| s.k as usize).sum();
+        let picks = if jobs.is_empty() {
+            Vec::new()
+        } else {
+            self.estimate_and_pick(plan, q, &jobs, &segments, picks_total)?.1
+        };
+        self.res.stats.pages_scored += jobs.len() as u64;
+        self.res.stats.time.estimate += started.elapsed();
+
+        let mut pick_at = 0;
+        for (g, cands, k, _) in groups_scored {
+            let table = &mut self.seqs.get_mut(&seq).expect("checked").layers[layer].groups[g];
+            let n_pages = table.pages.len();
+            let mut keep = vec![true; n_pages];
+            if k < cands.len() {
+                keep[cands.clone()].fill(false);
+                if plan.digest.is_some() && k > 0 {
+                    for &i in &picks[pick_at..pick_at + k] {
+                        keep[cands.start + i as usize] = true;
+                    }
+                    pick_at += k;
+                }
+            }
+            let started = Instant::now();
+            self.res.make_resident_set(table, &keep)?;
+            self.res.stats.time.recall += started.elapsed();
+        }
+        Ok(())
+    }
+
+    /// Softmax weights of `rows` (keep-mask applied) summed over query heads, aligned with
+    /// `pages` (`[page][hg][p]`), read back to the host. Token-level layers only.
+    pub(super) fn token_weights(
+        &mut self,
+        q: &Buffer,
+        rows: &[AttnRow],
+        pages: &[AttnPage],
+) -> Result<Vec<f32>> {
+        let n = pages.len() * self.res.layout.tokens_per_slot();
+        let dev = self.res.dev.clone();
+        super::grow(dev.as_ref(), &mut self.res.scratch_weights, DType::F32, n.max(1))?;
+        let w = self.res.scratch_weights.as_ref().expect("grown");
+        dev.fill_f32(w, 0, n, 0.0)?;
+        let mask = self.res.masks.as_ref();
+        dev.attention_weights(&self.res.layout, &self.res.pool, q, rows, pages, mask, self.scale, w)?;
+        dev.download_f32_range(w, 0, n)
+    }
+}
+
+impl super::Resources {
+    /// Sums the token weights of every row into `[kv_head][pos]` vectors of length `len`.
+    pub(super) fn per_head_weights_all(
+        &self,
+        rows: &[AttnRow],
+        pages: &[AttnPage],
+        weights: &[f32],
+        len: usize,
+    ) -> Vec<Vec<f32>> {
+        // Rows sharing a page range were already summed on the device; visit each range once.
+        let mut seen = std::collections::BTreeSet::new();
+        let firsts: Vec<AttnRow> = rows
+            .iter()
+            .filter(|r| seen.insert((r.group, r.page_start)))
+            .map(|r| AttnRow { q_row: 0, ..*r })
+            .collect();
+        self.per_head_weights(&firsts, pages, weights, 0, len)
+    }
+}
+
+/// The attention view of page `index` of a (layer, group) holding `len` tokens.
+pub(super) fn attn_page(slot: u32, index: usize, p: usize, len: usize) -> AttnPage {
+    AttnPage {
+        slot,
+        base_pos: (index * p) as u32,
+        len: (len - index * p).min(p) as u32,
+    }
+}
