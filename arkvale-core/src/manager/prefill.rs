@@ -30,7 +30,11 @@ impl CacheManager {
         out: &Buffer,
         last_chunk: bool,
     ) -> Result<()> {
-        let n = q.len() / (self.shape.q_heads * self.shape.head_dim);
+        let q_row = self.shape.q_heads * self.shape.head_dim;
+        let n = q.len() / q_row;
+        if q.dtype() != DType::F32 || q.len() % q_row != 0 {
+            return Err(Error::shape(format!("q must be f32 [n, {}, {}], got {q:?}", self.shape.q_heads, self.shape.head_dim)));
+        }
         if layer >= self.shape.layers {
             return Err(Error::InvalidRequest(format!("layer {layer} out of {}", self.shape.layers)));
         }
@@ -50,45 +54,7 @@ impl CacheManager {
         let p = budget.page_size;
         let groups = self.config.head_groups;
 
-        // Append the chunk, then seal every page it filled.
-        let started = Instant::now();
-        let ls = &mut self.seqs.get_mut(&seq).expect("checked").layers[layer];
-        let start = ls.len;
-        let mut dests = Vec::with_capacity(n * groups);
-        let mut filled = Vec::new();
-        for i in 0..n {
-            let pos = start + i;
-            let (page, off) = (pos / p, pos % p);
-            for (g, table) in ls.groups.iter_mut().enumerate() {
-                let slot = if off == 0 {
-                    self.res.open_page(&plan, &budget, table, false)?
-                } else {
-                    table.pages[page].slot.ok_or_else(|| {
-                        Error::InvalidRequest(format!("last page {page} is not resident"))
-                    })?
-                };
-                dests.push(AppendDest { token: i as u32, group: g as u32, slot, pos: off as u32 });
-                if off + 1 == p {
-                    filled.push((g, page, slot));
-                }
-            }
-        }
-        ls.len += n;
-        if let Some(ts) = ls.tokens.as_mut() {
-            ts.push_tokens(n);
-        }
-        self.res
-            .dev
-            .append_kv(&self.res.layout, &self.res.pool, k, v, &dests)?;
-        let slots: Vec<u32> = filled.iter().map(|f| f.2).collect();
-        let sealed = self.res.seal(&plan, &slots)?;
-        let ls = &mut self.seqs.get_mut(&seq).expect("checked").layers[layer];
-        for ((g, page, _), s) in filled.into_iter().zip(sealed) {
-            ls.groups[g].pages[page].digest = s.digest;
-            ls.groups[g].pages[page].backup = s.backup;
-        }
-        self.res.stats.prefill_layer_tokens += n as u64;
-        self.res.stats.time.other += started.elapsed();
+        let start = self.append_chunk(&plan, layer, seq, k, v, n)?;
 
         // Exact causal attention: resident pages at once, evicted pages streamed back.
         let started = Instant::now();
@@ -169,6 +135,106 @@ impl CacheManager {
         // Budgeted layers keep sinks + window + the best pages for the last query.
         if plan.budgeted() {
             self.select_after_prefill(&plan, seq, layer, q, n)?;
+        }
+        Ok(())
+    }
+
+    /// Appends `n` tokens' keys and values to a layer of a sequence (chunk pages take fresh
+    /// slots) and seals the pages they fill. Returns the position of the first new token.
+    fn append_chunk(
+        &mut self,
+        plan: &LayerPlan,
+        layer: usize,
+        seq: SeqId,
+        k: &Buffer,
+        v: &Buffer,
+        n: usize,
+    ) -> Result<usize> {
+        let budget = self.budget;
+        let p = budget.page_size;
+        let groups = self.config.head_groups;
+        // Append the chunk, then seal every page it filled.
+        let started = Instant::now();
+        let ls = &mut self.seqs.get_mut(&seq).expect("checked").layers[layer];
+        let start = ls.len;
+        let mut dests = Vec::with_capacity(n * groups);
+        let mut filled = Vec::new();
+        for i in 0..n {
+            let pos = start + i;
+            let (page, off) = (pos / p, pos % p);
+            for (g, table) in ls.groups.iter_mut().enumerate() {
+                let slot = if off == 0 {
+                    self.res.open_page(plan, &budget, table, false)?
+                } else {
+                    table.pages[page].slot.ok_or_else(|| {
+                        Error::InvalidRequest(format!("last page {page} is not resident"))
+                    })?
+                };
+                dests.push(AppendDest { token: i as u32, group: g as u32, slot, pos: off as u32 });
+                if off + 1 == p {
+                    filled.push((g, page, slot));
+                }
+            }
+        }
+        ls.len += n;
+        if let Some(ts) = ls.tokens.as_mut() {
+            ts.push_tokens(n);
+        }
+        self.res
+            .dev
+            .append_kv(&self.res.layout, &self.res.pool, k, v, &dests)?;
+        let slots: Vec<u32> = filled.iter().map(|f| f.2).collect();
+        let sealed = self.res.seal(plan, &slots)?;
+        let ls = &mut self.seqs.get_mut(&seq).expect("checked").layers[layer];
+        for ((g, page, _), s) in filled.into_iter().zip(sealed) {
+            ls.groups[g].pages[page].digest = s.digest;
+            ls.groups[g].pages[page].backup = s.backup;
+        }
+        self.res.stats.prefill_layer_tokens += n as u64;
+        self.res.stats.time.other += started.elapsed();
+
+        Ok(start)
+    }
+
+    /// Loads precomputed keys and values (f32 `[n, Hkv, d]`, post-RoPE) into a layer of a
+    /// sequence without computing attention — restoring a saved cache or building a long
+    /// context for benchmarks. Budgeted layers then keep sinks + window + the pages ranked
+    /// best for `query` (f32 `[1, H, d]`), exactly as after a prefill chunk. Token-level
+    /// policies need attention weights, so they are refused. `n` may exceed the prefill chunk:
+    /// the tokens are loaded chunk by chunk.
+    pub fn load_layer(
+        &mut self,
+        layer: usize,
+        seq: SeqId,
+        k: &[f32],
+        v: &[f32],
+        query: &Buffer,
+    ) -> Result<()> {
+        self.seq(seq)?;
+        if layer >= self.shape.layers {
+            return Err(Error::InvalidRequest(format!("layer {layer} out of {}", self.shape.layers)));
+        }
+        let plan = self.plan(layer);
+        if plan.token_rule.is_some() {
+            return Err(Error::InvalidRequest(format!(
+                "policy '{}' needs attention weights; use prefill_layer",
+                self.policy.name()
+            )));
+        }
+        let row = self.shape.kv_heads * self.shape.head_dim;
+        if k.len() != v.len() || k.len() % row != 0 {
+            return Err(Error::shape(format!("k and v must both be [n, {}, {}]", self.shape.kv_heads, self.shape.head_dim)));
+        }
+        self.check_rows("query", query, 1, self.shape.q_heads)?;
+        let chunk = self.config.prefill_chunk_tokens;
+        let dev = self.res.dev.clone();
+        for (kc, vc) in k.chunks(chunk * row).zip(v.chunks(chunk * row)) {
+            let kb = dev.upload_f32(kc, DType::F32)?;
+            let vb = dev.upload_f32(vc, DType::F32)?;
+            self.append_chunk(&plan, layer, seq, &kb, &vb, kc.len() / row)?;
+            if plan.budgeted() {
+                self.select_after_prefill(&plan, seq, layer, query, 1)?;
+            }
         }
         Ok(())
     }
