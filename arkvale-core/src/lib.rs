@@ -22,7 +22,9 @@ pub mod device;
 pub mod digest;
 pub mod dtype;
 pub mod error;
+pub mod host_store;
 pub mod shape;
+pub mod spill;
 
 pub use config::{AttentionMode, CacheConfig, DigestKind, PageBudget, ScoreAgg};
 pub use device::{
