@@ -23,6 +23,7 @@ pub mod digest;
 pub mod dtype;
 pub mod error;
 pub mod host_store;
+pub mod reference;
 pub mod shape;
 pub mod spill;
 
