@@ -10,6 +10,7 @@
 //! `PROPTEST_RNG_SEED` to replay one).
 
 pub mod backends;
+pub mod storage;
 
 use std::sync::Arc;
 
@@ -25,7 +26,9 @@ pub struct Case {
 
 /// Every case of the suite, in a fixed order.
 pub fn all_cases() -> Vec<Case> {
-    Vec::new()
+    let mut cases = Vec::new();
+    cases.extend(storage::cases());
+    cases
 }
 
 /// The outcome of a suite run on one backend.
