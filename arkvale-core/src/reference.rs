@@ -21,7 +21,9 @@
 //! (index out of bounds). Backends, unlike the reference, must validate every descriptor and
 //! return an error.
 
-use crate::device::{AppendDest, AttnPage, AttnRow, EstimateJob, KvLayout, SummarizeJob, TopkSegment};
+use crate::device::{
+    AppendDest, AttnPage, AttnRow, EstimateJob, KvLayout, SummarizeJob, TopkSegment,
+};
 use crate::{DigestKind, ScoreAgg, digest};
 
 /// Writes each destination's keys and values (`k`, `v`: f32 `[tokens, Hkv, d]`) into `pool`,
@@ -133,7 +135,8 @@ pub fn takes_part(
 }
 
 /// The softmax of one (row, query head) over its participating tokens, in f64:
-/// `(page index in the page list, token, probability)` per participant, plus the value rows.
+/// `(page index in the page list, token, probability)` per participant.
+#[allow(clippy::too_many_arguments)]
 fn softmax_row(
     layout: &KvLayout,
     pool: &[f32],
@@ -150,7 +153,12 @@ fn softmax_row(
     let h = j / gqa;
     let mut logits = Vec::new();
     let first = row.page_start as usize;
-    for (pi, page) in pages.iter().enumerate().skip(first).take(row.page_count as usize) {
+    for (pi, page) in pages
+        .iter()
+        .enumerate()
+        .skip(first)
+        .take(row.page_count as usize)
+    {
         for i in 0..layout.page_size {
             if takes_part(layout, row, page, h, i, mask) {
                 let kv = &pool[layout.k_offset(page.slot as usize, h, i)..][..d];
@@ -161,7 +169,10 @@ fn softmax_row(
     }
     let max = logits.iter().map(|l| l.2).fold(f64::NEG_INFINITY, f64::max);
     let total: f64 = logits.iter().map(|l| (l.2 - max).exp()).sum();
-    logits.into_iter().map(|(pi, i, s)| (pi, i, (s - max).exp() / total)).collect()
+    logits
+        .into_iter()
+        .map(|(pi, i, s)| (pi, i, (s - max).exp() / total))
+        .collect()
 }
 
 /// Exact softmax attention, computed in f64: for each row and each query head `j` of its group,
@@ -244,7 +255,9 @@ mod tests {
     }
 
     fn filled_pool(l: &KvLayout, slots: usize) -> Vec<f32> {
-        (0..slots * l.slot_elems()).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect()
+        (0..slots * l.slot_elems())
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect()
     }
 
     #[test]
@@ -252,8 +265,18 @@ mod tests {
         let l = layout(2, 2, 1);
         let pool = filled_pool(&l, 2);
         let q: Vec<f32> = (0..l.q_heads() * 3).map(|i| i as f32 * 0.1 - 0.2).collect();
-        let rows = [AttnRow { q_row: 0, group: 0, pos: 10, page_start: 0, page_count: 1 }];
-        let pages = [AttnPage { slot: 1, base_pos: 10, len: 3 }];
+        let rows = [AttnRow {
+            q_row: 0,
+            group: 0,
+            pos: 10,
+            page_start: 0,
+            page_count: 1,
+        }];
+        let pages = [AttnPage {
+            slot: 1,
+            base_pos: 10,
+            len: 3,
+        }];
         let mut out = vec![f32::NAN; q.len()];
         attention(&l, &pool, &q, &rows, &pages, None, 0.5, &mut out);
         for j in 0..4 {
@@ -267,8 +290,18 @@ mod tests {
         let l = layout(1, 1, 2);
         let pool = filled_pool(&l, 1);
         let q = vec![1.0f32; 2 * 3];
-        let rows = [AttnRow { q_row: 0, group: 1, pos: 3, page_start: 0, page_count: 1 }];
-        let pages = [AttnPage { slot: 0, base_pos: 4, len: 4 }];
+        let rows = [AttnRow {
+            q_row: 0,
+            group: 1,
+            pos: 3,
+            page_start: 0,
+            page_count: 1,
+        }];
+        let pages = [AttnPage {
+            slot: 0,
+            base_pos: 4,
+            len: 4,
+        }];
         let mut out = vec![7.0f32; 6];
         attention(&l, &pool, &q, &rows, &pages, None, 1.0, &mut out);
         assert_eq!(out, [7.0, 7.0, 7.0, 0.0, 0.0, 0.0]);
@@ -278,20 +311,57 @@ mod tests {
     fn weights_sum_to_the_query_heads_of_the_group_per_row() {
         let l = layout(3, 2, 2);
         let pool = filled_pool(&l, 3);
-        let q: Vec<f32> = (0..2 * l.q_heads() * 3).map(|i| (i % 7) as f32 * 0.3 - 1.0).collect();
+        let q: Vec<f32> = (0..2 * l.q_heads() * 3)
+            .map(|i| (i % 7) as f32 * 0.3 - 1.0)
+            .collect();
         let rows = [
-            AttnRow { q_row: 0, group: 1, pos: 9, page_start: 0, page_count: 3 },
-            AttnRow { q_row: 1, group: 0, pos: 5, page_start: 1, page_count: 2 },
+            AttnRow {
+                q_row: 0,
+                group: 1,
+                pos: 9,
+                page_start: 0,
+                page_count: 3,
+            },
+            AttnRow {
+                q_row: 1,
+                group: 0,
+                pos: 5,
+                page_start: 1,
+                page_count: 2,
+            },
         ];
         let pages = [
-            AttnPage { slot: 2, base_pos: 0, len: 4 },
-            AttnPage { slot: 0, base_pos: 4, len: 4 },
-            AttnPage { slot: 1, base_pos: 8, len: 2 },
+            AttnPage {
+                slot: 2,
+                base_pos: 0,
+                len: 4,
+            },
+            AttnPage {
+                slot: 0,
+                base_pos: 4,
+                len: 4,
+            },
+            AttnPage {
+                slot: 1,
+                base_pos: 8,
+                len: 2,
+            },
         ];
-        let mask: Vec<u8> = (0..3 * l.tokens_per_slot()).map(|i| (i % 3 != 1) as u8).collect();
+        let mask: Vec<u8> = (0..3 * l.tokens_per_slot())
+            .map(|i| (i % 3 != 1) as u8)
+            .collect();
         for (r, row) in rows.iter().enumerate() {
             let mut w = vec![0f32; pages.len() * l.tokens_per_slot()];
-            attention_weights(&l, &pool, &q, &rows[r..=r], &pages, Some(&mask), 0.4, &mut w);
+            attention_weights(
+                &l,
+                &pool,
+                &q,
+                &rows[r..=r],
+                &pages,
+                Some(&mask),
+                0.4,
+                &mut w,
+            );
             let total: f32 = w.iter().sum();
             assert!((total - 6.0).abs() < 1e-5, "row {r}: {total}");
             // Nothing outside the row's pages, its causal range or its mask got weight.
@@ -299,7 +369,8 @@ mod tests {
                 for h in 0..2 {
                     for i in 0..4 {
                         let x = w[(pi * 2 + h) * 4 + i];
-                        let inside = (row.page_start as usize..(row.page_start + row.page_count) as usize)
+                        let inside = (row.page_start as usize
+                            ..(row.page_start + row.page_count) as usize)
                             .contains(&pi);
                         if !(inside && takes_part(&l, row, page, h, i, Some(&mask))) {
                             assert_eq!(x, 0.0);
@@ -312,20 +383,46 @@ mod tests {
 
     #[test]
     fn append_rounds_and_summarize_uses_the_first_len_keys() {
-        let l = KvLayout { kv_dtype: KvDtype::BF16, ..layout(1, 2, 2) };
+        let l = KvLayout {
+            kv_dtype: KvDtype::BF16,
+            ..layout(1, 2, 2)
+        };
         let mut pool = vec![0f32; 2 * l.slot_elems()];
         let k: Vec<f32> = (0..4 * 3).map(|i| 1.0 + i as f32 * 1e-3).collect();
         let v: Vec<f32> = k.iter().map(|x| -x).collect();
         let dests = [
-            AppendDest { token: 0, group: 1, slot: 1, pos: 0 },
-            AppendDest { token: 0, group: 0, slot: 0, pos: 2 },
+            AppendDest {
+                token: 0,
+                group: 1,
+                slot: 1,
+                pos: 0,
+            },
+            AppendDest {
+                token: 0,
+                group: 0,
+                slot: 0,
+                pos: 2,
+            },
         ];
         append_kv(&l, &mut pool, &k, &v, &dests);
-        assert_eq!(pool[l.k_offset(1, 1, 0) + 2], KvDtype::BF16.round(k[3 * 3 + 2]));
+        assert_eq!(
+            pool[l.k_offset(1, 1, 0) + 2],
+            KvDtype::BF16.round(k[3 * 3 + 2])
+        );
         assert_eq!(pool[l.v_offset(0, 0, 2)], KvDtype::BF16.round(v[0]));
         let kind = DigestKind::Centroid;
         let mut dg = vec![f32::NAN; 2 * 3];
-        summarize(&l, kind, &pool, &[SummarizeJob { slot: 1, digest: 0, len: 1 }], &mut dg);
+        summarize(
+            &l,
+            kind,
+            &pool,
+            &[SummarizeJob {
+                slot: 1,
+                digest: 0,
+                len: 1,
+            }],
+            &mut dg,
+        );
         assert_eq!(&dg[3..6], &pool[l.k_offset(1, 1, 0)..][..3]);
     }
 
@@ -335,7 +432,11 @@ mod tests {
         let kind = DigestKind::Centroid;
         let digests = vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0];
         let q = vec![2.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 3.0, 0.0];
-        let jobs = [EstimateJob { q_row: 0, group: 1, digest: 1 }];
+        let jobs = [EstimateJob {
+            q_row: 0,
+            group: 1,
+            digest: 1,
+        }];
         let mut s = [f32::NAN];
         estimate(&l, kind, ScoreAgg::Mean, &digests, &q, &jobs, &mut s);
         assert_eq!(s[0], 2.0);
@@ -346,7 +447,18 @@ mod tests {
     #[test]
     fn topk_writes_segments_back_to_back() {
         let scores = [1.0, 2.0, 2.0, 0.5, 9.0, f32::NAN, 3.0];
-        let segs = [TopkSegment { start: 0, len: 3, k: 2 }, TopkSegment { start: 3, len: 4, k: 3 }];
+        let segs = [
+            TopkSegment {
+                start: 0,
+                len: 3,
+                k: 2,
+            },
+            TopkSegment {
+                start: 3,
+                len: 4,
+                k: 3,
+            },
+        ];
         let mut out = [u32::MAX; 5];
         topk(&scores, &segs, &mut out);
         assert_eq!(out, [1, 2, 1, 3, 0]);

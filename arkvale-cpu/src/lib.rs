@@ -1,3 +1,41 @@
 //! # arkvale-cpu
 //!
-//! `CpuDevice`: the multithreaded CPU implementation of [`arkvale_core::Device`].
+//! [`CpuDevice`]: the multithreaded CPU implementation of [`arkvale_core::Device`], and the
+//! oracle the other backends are compared with. It owns the arithmetic and the copies of the
+//! KV ops on the CPU: typed buffers in a "device" arena and a separate host arena, a
+//! persistent rayon pool for compute (append, digests, estimate, top-k, paged attention with
+//! flash-decoding splits and tiled online-softmax prefill), and a copy thread that runs page
+//! backups and recalls asynchronously behind events. Arithmetic is f32; KV storage is
+//! f32, f16 or bf16 (via `half`).
+//!
+//! It must not decide anything: which pages are resident, recalled, evicted or attended is the
+//! cache manager's business in `arkvale-core`. Every op agrees with the scalar reference in
+//! [`arkvale_core::reference`] within f32 rounding (digests, scores and top-k bit for bit), and
+//! a bad handle or descriptor is an error, never a panic.
+//!
+//! Modules, one job each: `buffer` (storage and arenas), `elem` (storage types, small f32
+//! kernels), `validate` (descriptor checks), `scatter` (disjoint parallel writes), `append`,
+//! `digest_ops` (summarize, estimate, top-k), `attention`, `event` and `copy_worker` (the
+//! asynchronous copy queue), `dispatch` (from typed storage to generic kernels) and `device`
+//! (the [`Device`](arkvale_core::Device) implementation).
+
+mod append;
+mod attention;
+mod buffer;
+mod copy_worker;
+mod device;
+mod digest_ops;
+mod dispatch;
+mod elem;
+mod event;
+mod scatter;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use device::CpuDevice;
+pub use event::CpuEvent;
+
+/// The backend name used in errors and by [`arkvale_core::Device::name`].
+pub(crate) const BACKEND: &str = "cpu";

@@ -1,0 +1,501 @@
+//! Paged attention: decode (flash-decoding), prefill (tiled, online softmax into an
+//! [`AttnState`](arkvale_core::AttnState)), finalize, and the token weights of H2O/TOVA.
+//!
+//! # Work decomposition
+//!
+//! Rows are gathered into **blocks**: consecutive rows of the same head group over the same
+//! page range (the common prefill case: every query token of a chunk over the same pages), at
+//! most [`ROW_BLOCK`] rows. A **task** is one block × one KV head of the group × one **chunk**
+//! of the block's pages; chunks are made small enough that there are a few tasks per thread.
+//! A task widens each page's keys (and values) of its KV head once into an f32 tile, scores
+//! every query head of the block that shares that KV head against the tile (a
+//! `rows × gqa × p` score tile, never a full score matrix), and folds the tile into running
+//! softmax partials `(max, sum, acc)` with one rescale per page. The tasks of a (block, head)
+//! are then merged in chunk order by online-softmax rescaling:
+//!
+//! ```text
+//! m = max(m_a, m_b);  sum = sum_a e^(m_a - m) + sum_b e^(m_b - m);  acc likewise
+//! ```
+//!
+//! Decode divides the merged partials into the output; prefill merges them into the state
+//! (same rule), so a long prefix can be streamed through in several calls; finalize divides.
+//! Every partial is a pure function of the inputs, and results are scattered to their query
+//! row by one task per row in row order, so duplicate rows behave as in the sequential
+//! reference.
+
+use std::ops::Range;
+
+use arkvale_core::{AttnPage, AttnRow, KvLayout};
+use rayon::prelude::*;
+
+use crate::elem::{KvElem, axpy, dot, load, scale as scale_by};
+use crate::scatter::{chunks_mut, group_by_target};
+
+/// Most query rows scored together against one page tile.
+pub(crate) const ROW_BLOCK: usize = 16;
+
+/// Tasks to aim for per worker thread (load balance across uneven chunks).
+const TASKS_PER_THREAD: usize = 4;
+
+/// The inputs of one attention op (descriptors validated).
+pub(crate) struct Problem<'a, T> {
+    /// Pool geometry.
+    pub l: &'a KvLayout,
+    /// The pool's elements.
+    pub pool: &'a [T],
+    /// Queries, f32 `[rows, H, d]`.
+    pub q: &'a [f32],
+    /// Attention rows.
+    pub rows: &'a [AttnRow],
+    /// The page list the rows index.
+    pub pages: &'a [AttnPage],
+    /// Keep-mask `[slots][hg][p]`, if any.
+    pub mask: Option<&'a [u8]>,
+    /// Score scale.
+    pub scale: f32,
+}
+
+/// Online-softmax partials of every (row, query head of the row's group), flat and indexed by
+/// `row * gh + j` (`gh = hg * gqa`); `acc` has `d` values per entry (empty when values were not
+/// wanted).
+pub(crate) struct Partials {
+    gh: usize,
+    d: usize,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+impl Partials {
+    /// `(max, sum, acc)` of query head `j` of row `r`.
+    fn get(&self, r: usize, j: usize) -> (f32, f32, &[f32]) {
+        let t = r * self.gh + j;
+        let acc = if self.acc.is_empty() {
+            &[][..]
+        } else {
+            &self.acc[t * self.d..(t + 1) * self.d]
+        };
+        (self.m[t], self.l[t], acc)
+    }
+}
+
+/// Folds the partial `(mb, lb, accb)` into `(m, l, acc)` (online-softmax merge). An empty side
+/// (`sum == 0`) contributes nothing, so merging into a freshly reset state copies.
+fn merge(m: &mut f32, l: &mut f32, acc: &mut [f32], mb: f32, lb: f32, accb: &[f32]) {
+    if lb == 0.0 {
+        return;
+    }
+    if *l == 0.0 {
+        *m = mb;
+        *l = lb;
+        acc.copy_from_slice(accb);
+        return;
+    }
+    let nm = m.max(mb);
+    let (a, b) = ((*m - nm).exp(), (mb - nm).exp());
+    *l = *l * a + lb * b;
+    for (x, y) in acc.iter_mut().zip(accb) {
+        *x = *x * a + *y * b;
+    }
+    *m = nm;
+}
+
+/// Consecutive rows of one group over one page range.
+struct Block {
+    rows: Range<usize>,
+    group: usize,
+    pages: Range<usize>,
+}
+
+/// Gathers rows into blocks (see the module doc).
+fn blocks(rows: &[AttnRow]) -> Vec<Block> {
+    let mut out: Vec<Block> = Vec::new();
+    for (n, r) in rows.iter().enumerate() {
+        let pages = r.page_start as usize..(r.page_start + r.page_count) as usize;
+        match out.last_mut() {
+            Some(b)
+                if b.group == r.group as usize && b.pages == pages && b.rows.len() < ROW_BLOCK =>
+            {
+                b.rows.end = n + 1;
+            }
+            _ => out.push(Block {
+                rows: n..n + 1,
+                group: r.group as usize,
+                pages,
+            }),
+        }
+    }
+    out
+}
+
+/// One unit of parallel work: a block, a KV head of its group, a chunk of its pages.
+struct Task {
+    block: usize,
+    h: usize,
+    pages: Range<usize>,
+}
+
+/// Splits every (block, KV head) over page chunks so that there are about
+/// `TASKS_PER_THREAD × threads` tasks; a (block, head)'s tasks are consecutive, chunks in order.
+fn tasks(blocks: &[Block], hg: usize, threads: usize) -> Vec<Task> {
+    let base = (blocks.len() * hg).max(1);
+    let split = (TASKS_PER_THREAD * threads).div_ceil(base).max(1);
+    let mut out = Vec::new();
+    for (b, blk) in blocks.iter().enumerate() {
+        let n = blk.pages.len();
+        let per = n.div_ceil(split.min(n).max(1)).max(1);
+        for h in 0..hg {
+            let mut start = blk.pages.start;
+            loop {
+                let end = (start + per).min(blk.pages.end);
+                out.push(Task {
+                    block: b,
+                    h,
+                    pages: start..end,
+                });
+                if end >= blk.pages.end {
+                    break;
+                }
+                start = end;
+            }
+        }
+    }
+    out
+}
+
+/// Partials of one task: `m`, `l` per (row of the block, query head of the KV head), `acc`
+/// `d` values each (when values are wanted).
+struct TaskOut {
+    m: Vec<f32>,
+    l: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+/// Runs one task: tiles of one page's keys/values × the block's query heads of KV head `h`.
+fn run_task<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, values: bool) -> TaskOut {
+    let l = pb.l;
+    let (d, p, gqa, hg) = (l.head_dim, l.page_size, l.gqa, l.heads_per_group);
+    let h = task.h;
+    let nq = blk.rows.len() * gqa;
+    // The block's queries of KV head h: entry t = row_in_block * gqa + jj.
+    let mut qs = vec![0f32; nq * d];
+    for (ri, row) in pb.rows[blk.rows.clone()].iter().enumerate() {
+        for jj in 0..gqa {
+            let head = (blk.group * hg + h) * gqa + jj;
+            let src = (row.q_row as usize * l.q_heads() + head) * d;
+            let t = ri * gqa + jj;
+            qs[t * d..(t + 1) * d].copy_from_slice(&pb.q[src..src + d]);
+        }
+    }
+    let mut out = TaskOut {
+        m: vec![f32::NEG_INFINITY; nq],
+        l: vec![0f32; nq],
+        acc: vec![0f32; if values { nq * d } else { 0 }],
+    };
+    let (mut kt, mut vt, mut s) = (vec![0f32; p * d], vec![0f32; p * d], vec![0f32; p]);
+    for page in &pb.pages[task.pages.clone()] {
+        let n = page.len as usize;
+        if n == 0 {
+            continue;
+        }
+        let slot = page.slot as usize;
+        let ko = l.k_offset(slot, h, 0);
+        load(&pb.pool[ko..ko + n * d], &mut kt[..n * d]);
+        if values {
+            let vo = l.v_offset(slot, h, 0);
+            load(&pb.pool[vo..vo + n * d], &mut vt[..n * d]);
+        }
+        let keep = pb
+            .mask
+            .map(|m| &m[(slot * hg + h) * p..(slot * hg + h + 1) * p]);
+        for (ri, row) in pb.rows[blk.rows.clone()].iter().enumerate() {
+            // Causality: tokens i with base_pos + i <= pos.
+            let Some(reach) = row.pos.checked_sub(page.base_pos) else {
+                continue;
+            };
+            let nr = n.min(reach as usize + 1);
+            for jj in 0..gqa {
+                let t = ri * gqa + jj;
+                let qv = &qs[t * d..(t + 1) * d];
+                let mut page_max = f32::NEG_INFINITY;
+                for (i, si) in s[..nr].iter_mut().enumerate() {
+                    *si = if keep.is_none_or(|k| k[i] != 0) {
+                        dot(qv, &kt[i * d..(i + 1) * d]) * pb.scale
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                    page_max = page_max.max(*si);
+                }
+                if page_max == f32::NEG_INFINITY {
+                    continue; // no participant in this page
+                }
+                let m = out.m[t].max(page_max);
+                let alpha = (out.m[t] - m).exp(); // 0 before the first participant
+                out.l[t] *= alpha;
+                let acc = if values {
+                    &mut out.acc[t * d..(t + 1) * d]
+                } else {
+                    &mut [][..]
+                };
+                if alpha != 1.0 {
+                    scale_by(acc, alpha);
+                }
+                for (i, &si) in s[..nr].iter().enumerate() {
+                    if si != f32::NEG_INFINITY {
+                        let e = (si - m).exp();
+                        out.l[t] += e;
+                        if values {
+                            axpy(acc, e, &vt[i * d..(i + 1) * d]);
+                        }
+                    }
+                }
+                out.m[t] = m;
+            }
+        }
+    }
+    out
+}
+
+/// The softmax partials of every row over all its pages: tasks in parallel, then the chunks of
+/// each (block, KV head) merged in order. With `values == false` only `(max, sum)` are made.
+pub(crate) fn partials<T: KvElem>(pb: &Problem<'_, T>, values: bool) -> Partials {
+    let l = pb.l;
+    let (d, gqa, hg) = (l.head_dim, l.gqa, l.heads_per_group);
+    let gh = hg * gqa;
+    let blocks = blocks(pb.rows);
+    let tasks = tasks(&blocks, hg, rayon::current_num_threads());
+    let outs: Vec<TaskOut> = tasks
+        .par_iter()
+        .map(|t| run_task(pb, &blocks[t.block], t, values))
+        .collect();
+    let n = pb.rows.len() * gh;
+    let mut res = Partials {
+        gh,
+        d,
+        m: vec![f32::NEG_INFINITY; n],
+        l: vec![0f32; n],
+        acc: vec![0f32; if values { n * d } else { 0 }],
+    };
+    // Merge each task into its rows' entries; a (block, head)'s chunks arrive in order.
+    // O(tasks × block × d): small next to the tasks themselves.
+    for (task, o) in tasks.iter().zip(&outs) {
+        let blk = &blocks[task.block];
+        for (ri, r) in blk.rows.clone().enumerate() {
+            for jj in 0..gqa {
+                let (t, e) = (ri * gqa + jj, r * gh + task.h * gqa + jj);
+                let (acc, accb) = if values {
+                    (&mut res.acc[e * d..(e + 1) * d], &o.acc[t * d..(t + 1) * d])
+                } else {
+                    (&mut [][..], &[][..])
+                };
+                merge(&mut res.m[e], &mut res.l[e], acc, o.m[t], o.l[t], accb);
+            }
+        }
+    }
+    res
+}
+
+/// Decode attention: partials divided into `out` (`[rows, H, d]`), zeros for rows with no
+/// participant; only each row's group's heads are written.
+pub(crate) fn decode<T: KvElem>(pb: &Problem<'_, T>, out: &mut [f32]) {
+    let parts = partials(pb, true);
+    let l = pb.l;
+    let (d, gh) = (l.head_dim, l.heads_per_group * l.gqa);
+    let row_len = l.q_heads() * d;
+    let targets: Vec<usize> = pb.rows.iter().map(|r| r.q_row as usize).collect();
+    let groups = group_by_target(&targets);
+    let dst = chunks_mut(out, row_len, groups.iter().map(|g| g.0));
+    dst.into_par_iter()
+        .zip(groups.par_iter())
+        .for_each(|(dst, (_, items))| {
+            for &r in items {
+                let first = pb.rows[r].group as usize * gh;
+                for j in 0..gh {
+                    let (_, sum, acc) = parts.get(r, j);
+                    let o = &mut dst[(first + j) * d..(first + j + 1) * d];
+                    for (x, a) in o.iter_mut().zip(acc) {
+                        *x = if sum > 0.0 { a / sum } else { 0.0 };
+                    }
+                }
+            }
+        });
+}
+
+/// The state buffers of a prefill, as mutable slices.
+pub(crate) struct StateMut<'a> {
+    /// `acc [rows, H, d]`.
+    pub acc: &'a mut [f32],
+    /// `max [rows, H]`.
+    pub max: &'a mut [f32],
+    /// `sum [rows, H]`.
+    pub sum: &'a mut [f32],
+}
+
+/// Prefill attention: merges every row's partials over its pages into the state.
+pub(crate) fn prefill<T: KvElem>(pb: &Problem<'_, T>, state: StateMut<'_>) {
+    let parts = partials(pb, true);
+    let l = pb.l;
+    let (d, gh, heads) = (l.head_dim, l.heads_per_group * l.gqa, l.q_heads());
+    let targets: Vec<usize> = pb.rows.iter().map(|r| r.q_row as usize).collect();
+    let groups = group_by_target(&targets);
+    let touched = || groups.iter().map(|g| g.0);
+    let acc = chunks_mut(state.acc, heads * d, touched());
+    let max = chunks_mut(state.max, heads, touched());
+    let sum = chunks_mut(state.sum, heads, touched());
+    acc.into_par_iter()
+        .zip(max)
+        .zip(sum)
+        .zip(groups.par_iter())
+        .for_each(|(((acc, max), sum), (_, items))| {
+            for &r in items {
+                let first = pb.rows[r].group as usize * gh;
+                for j in 0..gh {
+                    let (mb, lb, accb) = parts.get(r, j);
+                    let head = first + j;
+                    let a = &mut acc[head * d..(head + 1) * d];
+                    merge(&mut max[head], &mut sum[head], a, mb, lb, accb);
+                }
+            }
+        });
+}
+
+/// Finalize: `out = acc / sum` for each row's group heads, zeros where `sum == 0`.
+pub(crate) fn finalize(l: &KvLayout, acc: &[f32], sum: &[f32], rows: &[AttnRow], out: &mut [f32]) {
+    let (d, gh, heads) = (l.head_dim, l.heads_per_group * l.gqa, l.q_heads());
+    let targets: Vec<usize> = rows.iter().map(|r| r.q_row as usize).collect();
+    let groups = group_by_target(&targets);
+    let dst = chunks_mut(out, heads * d, groups.iter().map(|g| g.0));
+    dst.into_par_iter()
+        .zip(groups.par_iter())
+        .for_each(|(dst, (q_row, items))| {
+            for &r in items {
+                let first = rows[r].group as usize * gh;
+                for head in first..first + gh {
+                    let s = sum[q_row * heads + head];
+                    let a = &acc[(q_row * heads + head) * d..(q_row * heads + head + 1) * d];
+                    for (x, y) in dst[head * d..(head + 1) * d].iter_mut().zip(a) {
+                        *x = if s != 0.0 { y / s } else { 0.0 };
+                    }
+                }
+            }
+        });
+}
+
+/// Token weights: adds each row's softmax probabilities, summed over the query heads that share
+/// a KV head, to `weights[page index][h][i]`. Pass 1 finds every row's `(max, sum)`; pass 2
+/// runs one task per (page of the list, KV head), which visits the rows reading that page in
+/// row order and adds their probabilities: each weight has a single writer.
+pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
+    let parts = partials(pb, false);
+    let l = pb.l;
+    let (d, p, gqa, hg) = (l.head_dim, l.page_size, l.gqa, l.heads_per_group);
+    let n = pb.pages.len() * hg * p;
+    weights[..n]
+        .par_chunks_mut(p)
+        .enumerate()
+        .for_each(|(c, w)| {
+            let (pi, h) = (c / hg, c % hg);
+            let page = &pb.pages[pi];
+            let len = page.len as usize;
+            let slot = page.slot as usize;
+            let keep = pb
+                .mask
+                .map(|m| &m[(slot * hg + h) * p..(slot * hg + h + 1) * p]);
+            let mut kt: Vec<f32> = Vec::new(); // widened on first use
+            let mut add = vec![0f32; p];
+            for (r, row) in pb.rows.iter().enumerate() {
+                let covers = (row.page_start as usize..(row.page_start + row.page_count) as usize)
+                    .contains(&pi);
+                let Some(reach) = row.pos.checked_sub(page.base_pos) else {
+                    continue;
+                };
+                if !covers || len == 0 {
+                    continue;
+                }
+                if kt.is_empty() {
+                    kt = vec![0f32; len * d];
+                    let ko = l.k_offset(slot, h, 0);
+                    load(&pb.pool[ko..ko + len * d], &mut kt);
+                }
+                let nr = len.min(reach as usize + 1);
+                add.fill(0.0);
+                for jj in 0..gqa {
+                    let j = h * gqa + jj;
+                    let (m, sum, _) = parts.get(r, j);
+                    if sum == 0.0 {
+                        continue;
+                    }
+                    let head = (row.group as usize * hg + h) * gqa + jj;
+                    let qv = &pb.q[(row.q_row as usize * l.q_heads() + head) * d..][..d];
+                    for (i, a) in add[..nr].iter_mut().enumerate() {
+                        if keep.is_none_or(|k| k[i] != 0) {
+                            let s = dot(qv, &kt[i * d..(i + 1) * d]) * pb.scale;
+                            *a += (s - m).exp() / sum;
+                        }
+                    }
+                }
+                for (x, a) in w.iter_mut().zip(&add[..nr]) {
+                    *x += a;
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_is_the_softmax_of_the_union() {
+        // Two halves of scores [1, 3] and [2] with values [10, 30] and [20].
+        let (mut m, mut l, mut acc) = (3.0f32, 1.0 + (-2f32).exp(), [30.0 + 10.0 * (-2f32).exp()]);
+        merge(&mut m, &mut l, &mut acc, 2.0, 1.0, &[20.0]);
+        let w: Vec<f64> = [1.0f64, 3.0, 2.0].iter().map(|s| (s - 3.0).exp()).collect();
+        let want = (10.0 * w[0] + 30.0 * w[1] + 20.0 * w[2]) / w.iter().sum::<f64>();
+        assert!(((acc[0] / l) as f64 - want).abs() < 1e-5);
+        // Merging an empty partial changes nothing; merging into an empty one copies.
+        merge(&mut m, &mut l, &mut acc, f32::NEG_INFINITY, 0.0, &[0.0]);
+        assert_eq!(m, 3.0);
+        let (mut m2, mut l2, mut a2) = (f32::NEG_INFINITY, 0.0, [0.0]);
+        merge(&mut m2, &mut l2, &mut a2, m, l, &acc);
+        assert_eq!((m2, l2, a2), (m, l, acc));
+    }
+
+    #[test]
+    fn tasks_cover_every_page_once_per_head_in_order() {
+        let rows: Vec<AttnRow> = (0..40)
+            .map(|i| AttnRow {
+                q_row: i,
+                group: 0,
+                pos: 100,
+                page_start: 0,
+                page_count: 7,
+            })
+            .chain([AttnRow {
+                q_row: 0,
+                group: 1,
+                pos: 5,
+                page_start: 3,
+                page_count: 0,
+            }])
+            .collect();
+        let b = blocks(&rows);
+        assert_eq!(
+            b.iter().map(|b| b.rows.len()).collect::<Vec<_>>(),
+            vec![16, 16, 8, 1]
+        );
+        for threads in [1, 2, 16, 64] {
+            let t = tasks(&b, 3, threads);
+            for (bi, blk) in b.iter().enumerate() {
+                for h in 0..3 {
+                    let covered: Vec<usize> = t
+                        .iter()
+                        .filter(|t| t.block == bi && t.h == h)
+                        .flat_map(|t| t.pages.clone())
+                        .collect();
+                    assert_eq!(covered, blk.pages.clone().collect::<Vec<_>>());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,595 @@
+//! [`CpuDevice`]: the [`Device`] implementation that glues buffers, the copy worker and the
+//! op kernels together. Each method checks its handles and descriptors, takes the buffers'
+//! locks, and runs a kernel on this device's own rayon pool.
+//!
+//! # How the contract maps to the CPU
+//!
+//! * **Stream order.** Compute methods run to completion on the calling thread (fanning out to
+//!   the rayon pool) before they return, so a later operation trivially observes every earlier
+//!   one, and every copy observes the compute issued before it.
+//! * **Asynchronous copies.** [`Device::backup_pages`] / [`Device::recall_pages`] validate their
+//!   descriptors, queue a job on the copy thread and return its [`CpuEvent`] at once; the
+//!   caller computes meanwhile. Because compute has no queue of its own here,
+//!   [`Device::wait_on_device`] ("later compute waits for the event") **blocks the calling
+//!   thread** until the event completed. [`Device::synchronize`] waits for every queued copy.
+//!   A copy may also observe compute issued *after* it on other slots (it runs whenever the
+//!   copy thread gets to it); as on a GPU, the caller must not overwrite a slot before its
+//!   backup event completed, nor read a recalled slot before waiting on its event.
+//! * **Buffers** lock as a whole: reads share, writes are exclusive, so a copy and a compute op
+//!   that touch the same buffer serialize (correct, never torn). An op's output buffer must not
+//!   also be one of its inputs ([`Error::Shape`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arkvale_core::{
+    AppendDest, AttnPage, AttnRow, AttnState, Buffer, DType, Device, DigestKind, Error,
+    EstimateJob, Event, HostBuffer, KvLayout, Result, ScoreAgg, SummarizeJob, TopkSegment,
+};
+use rayon::{ThreadPool, ThreadPoolBuilder};
+
+use crate::BACKEND;
+use crate::attention::{self, StateMut};
+use crate::buffer::{self, Arena, Data, Storage, check_range, not_aliased};
+use crate::copy_worker::CopyWorker;
+use crate::dispatch::{
+    AppendKernel, AttnInputs, AttnKernel, AttnOp, SummarizeKernel, f32s, f32s_mut, with_pool,
+};
+use crate::event::CpuEvent;
+use crate::{digest_ops, validate};
+
+/// Ids of devices made so far, so that a handle can be traced to its device.
+static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The multithreaded CPU backend: f32 arithmetic, f32/f16/bf16 KV storage, a persistent
+/// rayon pool for compute and one copy thread for asynchronous page copies between its
+/// "device" arena and its host arena. See the [module doc](self) for how the [`Device`]
+/// contract maps to the CPU.
+pub struct CpuDevice {
+    id: u64,
+    threads: usize,
+    pool: ThreadPool,
+    copies: CopyWorker,
+    device_mem: Arc<Arena>,
+    host_mem: Arc<Arena>,
+}
+
+impl std::fmt::Debug for CpuDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuDevice")
+            .field("id", &self.id)
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl CpuDevice {
+    /// Makes a device with its own pool of `threads` compute threads (`None`: the machine's
+    /// available parallelism) and its copy thread. `Some(0)` is a configuration error.
+    pub fn new(threads: Option<usize>) -> Result<Self> {
+        let threads = match threads {
+            Some(0) => return Err(Error::config("CpuDevice needs at least one thread")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let id = NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed);
+        let pool = ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(move |i| format!("arkvale-cpu{id}-{i}"))
+            .build()
+            .map_err(|e| Error::device(BACKEND, format!("cannot start {threads} threads: {e}")))?;
+        Ok(CpuDevice {
+            id,
+            threads,
+            pool,
+            copies: CopyWorker::start(id)?,
+            device_mem: Arc::default(),
+            host_mem: Arc::default(),
+        })
+    }
+
+    /// Compute threads of this device.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Bytes currently allocated in the device arena (live [`Buffer`]s, including those only
+    /// an in-flight copy still holds).
+    pub fn device_bytes_in_use(&self) -> usize {
+        self.device_mem.in_use()
+    }
+
+    /// Bytes currently allocated in the host arena (live [`HostBuffer`]s).
+    pub fn host_bytes_in_use(&self) -> usize {
+        self.host_mem.in_use()
+    }
+
+    fn storage<'a>(&self, buf: &'a Buffer, what: &str) -> Result<&'a Arc<Storage>> {
+        buffer::storage(self.id, buf, what)
+    }
+
+    fn typed<'a>(&self, buf: &'a Buffer, dtype: DType, what: &str) -> Result<&'a Arc<Storage>> {
+        buffer::typed(self.id, buf, dtype, what)
+    }
+
+    /// The pool's storage, checked against the layout.
+    fn kv_pool<'a>(&self, l: &KvLayout, pool: &'a Buffer, what: &str) -> Result<&'a Arc<Storage>> {
+        validate::layout(l)?;
+        self.typed(pool, l.kv_dtype.dtype(), &format!("{what}: pool"))
+    }
+}
+
+impl CpuDevice {
+    /// Checks and read-locks the inputs of an attention op; `outputs` must be none of them.
+    fn attn_inputs<'a>(
+        &self,
+        what: &str,
+        layout: &KvLayout,
+        pool: &'a Buffer,
+        q: &'a Buffer,
+        mask: Option<&'a Buffer>,
+        outputs: &[&Arc<Storage>],
+    ) -> Result<AttnInputs<'a>> {
+        let pool_s = self.kv_pool(layout, pool, what)?;
+        let q_s = self.typed(q, DType::F32, &format!("{what}: q"))?;
+        let mask_s = mask
+            .map(|m| self.typed(m, DType::U8, &format!("{what}: mask")))
+            .transpose()?;
+        let mut inputs = vec![pool_s, q_s];
+        inputs.extend(mask_s);
+        for (n, o) in outputs.iter().enumerate() {
+            not_aliased(o, &inputs, what)?;
+            if outputs[..n].iter().any(|p| Arc::ptr_eq(p, o)) {
+                return Err(Error::shape(format!(
+                    "{what}: two outputs are the same buffer"
+                )));
+            }
+        }
+        Ok(AttnInputs {
+            pool: pool_s.data.read_recursive(),
+            q: q_s.data.read_recursive(),
+            mask: mask_s.map(|m| m.data.read_recursive()),
+        })
+    }
+}
+
+impl Device for CpuDevice {
+    fn name(&self) -> String {
+        BACKEND.to_string()
+    }
+
+    fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer> {
+        buffer::alloc(self.id, &self.device_mem, dtype, len)
+    }
+
+    fn write(&self, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()> {
+        let s = self.storage(buf, "write")?;
+        let size = buf.dtype().size();
+        if data.len() % size != 0 {
+            return Err(Error::shape(format!(
+                "write: {} bytes is not a whole number of {:?}",
+                data.len(),
+                buf.dtype()
+            )));
+        }
+        check_range(offset, data.len() / size, buf.len(), "write")?;
+        let mut g = s.data.write();
+        g.bytes_mut()[offset * size..offset * size + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read(&self, buf: &Buffer, offset: usize, out: &mut [u8]) -> Result<()> {
+        let s = self.storage(buf, "read")?;
+        let size = buf.dtype().size();
+        if out.len() % size != 0 {
+            return Err(Error::shape(format!(
+                "read: {} bytes is not a whole number of {:?}",
+                out.len(),
+                buf.dtype()
+            )));
+        }
+        check_range(offset, out.len() / size, buf.len(), "read")?;
+        let g = s.data.read_recursive();
+        out.copy_from_slice(&g.bytes()[offset * size..offset * size + out.len()]);
+        Ok(())
+    }
+
+    fn copy(
+        &self,
+        src: &Buffer,
+        src_off: usize,
+        dst: &Buffer,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        let (s, d) = (
+            self.storage(src, "copy: src")?,
+            self.storage(dst, "copy: dst")?,
+        );
+        if src.dtype() != dst.dtype() {
+            return Err(Error::shape(format!(
+                "copy: {:?} into {:?}",
+                src.dtype(),
+                dst.dtype()
+            )));
+        }
+        check_range(src_off, len, src.len(), "copy: src")?;
+        check_range(dst_off, len, dst.len(), "copy: dst")?;
+        let size = src.dtype().size();
+        let (from, to, n) = (src_off * size, dst_off * size, len * size);
+        if Arc::ptr_eq(s, d) {
+            s.data.write().bytes_mut().copy_within(from..from + n, to);
+        } else {
+            let sg = s.data.read_recursive();
+            let mut dg = d.data.write();
+            dg.bytes_mut()[to..to + n].copy_from_slice(&sg.bytes()[from..from + n]);
+        }
+        Ok(())
+    }
+
+    fn fill_f32(&self, buf: &Buffer, offset: usize, len: usize, value: f32) -> Result<()> {
+        let s = self.typed(buf, DType::F32, "fill_f32")?;
+        check_range(offset, len, buf.len(), "fill_f32")?;
+        let mut g = s.data.write();
+        f32s_mut(&mut g)?[offset..offset + len].fill(value);
+        Ok(())
+    }
+
+    /// Waits for every queued copy (compute is always finished when a method returns).
+    fn synchronize(&self) -> Result<()> {
+        self.copies.drain()
+    }
+
+    fn alloc_host(&self, bytes: usize) -> Result<HostBuffer> {
+        buffer::alloc_host(self.id, &self.host_mem, bytes)
+    }
+
+    fn host_write(&self, host: &HostBuffer, offset: usize, data: &[u8]) -> Result<()> {
+        let s = buffer::host_storage(self.id, host, "host_write")?;
+        check_range(offset, data.len(), host.bytes(), "host_write (bytes)")?;
+        s.data.write()[offset..offset + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn host_read(&self, host: &HostBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
+        let s = buffer::host_storage(self.id, host, "host_read")?;
+        check_range(offset, out.len(), host.bytes(), "host_read (bytes)")?;
+        out.copy_from_slice(&s.data.read_recursive()[offset..offset + out.len()]);
+        Ok(())
+    }
+
+    /// Validates the copies, then queues them on the copy thread (see the module doc).
+    fn backup_pages(
+        &self,
+        layout: &KvLayout,
+        pool: &Buffer,
+        copies: &[(u32, u64)],
+        host: &HostBuffer,
+    ) -> Result<Event> {
+        let pool_s = self.kv_pool(layout, pool, "backup_pages")?.clone();
+        let host_s = buffer::host_storage(self.id, host, "backup_pages")?.clone();
+        let plan = page_copy_plan(layout, pool.len(), host.bytes(), copies, "backup_pages")?;
+        self.copies.submit(Box::new(move || {
+            let src = pool_s.data.read_recursive();
+            let mut dst = host_s.data.write();
+            for &(pool_byte, host_byte, n) in &plan {
+                dst[host_byte..host_byte + n]
+                    .copy_from_slice(&src.bytes()[pool_byte..pool_byte + n]);
+            }
+            Ok(())
+        }))
+    }
+
+    /// Validates the copies, then queues them on the copy thread (see the module doc).
+    fn recall_pages(
+        &self,
+        layout: &KvLayout,
+        host: &HostBuffer,
+        copies: &[(u32, u64)],
+        pool: &Buffer,
+    ) -> Result<Event> {
+        let pool_s = self.kv_pool(layout, pool, "recall_pages")?.clone();
+        let host_s = buffer::host_storage(self.id, host, "recall_pages")?.clone();
+        let plan = page_copy_plan(layout, pool.len(), host.bytes(), copies, "recall_pages")?;
+        self.copies.submit(Box::new(move || {
+            let src = host_s.data.read_recursive();
+            let mut dst = pool_s.data.write();
+            for &(pool_byte, host_byte, n) in &plan {
+                dst.bytes_mut()[pool_byte..pool_byte + n]
+                    .copy_from_slice(&src[host_byte..host_byte + n]);
+            }
+            Ok(())
+        }))
+    }
+
+    /// Blocks the calling thread until `event` completed: CPU compute runs on the caller's
+    /// thread, so this is how "later compute waits for the event" is honoured. Returns the
+    /// copy's error if it failed.
+    fn wait_on_device(&self, event: &Event) -> Result<()> {
+        match event.0.as_any().downcast_ref::<CpuEvent>() {
+            Some(e) if e.device() == self.id => event.0.wait(),
+            Some(_) => Err(Error::device(
+                BACKEND,
+                "wait_on_device: event of another CpuDevice",
+            )),
+            None => Err(Error::device(
+                BACKEND,
+                "wait_on_device: event was not made by a CpuDevice",
+            )),
+        }
+    }
+
+    fn append_kv(
+        &self,
+        layout: &KvLayout,
+        pool: &Buffer,
+        k: &Buffer,
+        v: &Buffer,
+        dests: &[AppendDest],
+    ) -> Result<()> {
+        let pool_s = self.kv_pool(layout, pool, "append_kv")?;
+        let k_s = self.typed(k, DType::F32, "append_kv: k")?;
+        let v_s = self.typed(v, DType::F32, "append_kv: v")?;
+        not_aliased(pool_s, &[k_s, v_s], "append_kv")?;
+        validate::append(layout, pool.len(), k.len(), v.len(), dests)?;
+        let (kg, vg) = (k_s.data.read_recursive(), v_s.data.read_recursive());
+        let mut pg = pool_s.data.write();
+        let pool_data: &mut Data = &mut pg;
+        let kernel = AppendKernel {
+            l: layout,
+            k: f32s(&kg)?,
+            v: f32s(&vg)?,
+            dests,
+        };
+        self.pool.install(|| kernel.run_mut(pool_data))
+    }
+
+    fn summarize(
+        &self,
+        layout: &KvLayout,
+        kind: DigestKind,
+        pool: &Buffer,
+        jobs: &[SummarizeJob],
+        digests: &Buffer,
+    ) -> Result<()> {
+        let pool_s = self.kv_pool(layout, pool, "summarize")?;
+        let dg_s = self.typed(digests, DType::F32, "summarize: digests")?;
+        not_aliased(dg_s, &[pool_s], "summarize")?;
+        validate::summarize(layout, kind, pool.len(), jobs, digests.len())?;
+        let pg = pool_s.data.read_recursive();
+        let mut dg = dg_s.data.write();
+        let kernel = SummarizeKernel {
+            l: layout,
+            kind,
+            jobs,
+            digests: f32s_mut(&mut dg)?,
+        };
+        self.pool.install(|| with_pool(&pg, kernel))
+    }
+
+    fn estimate(
+        &self,
+        layout: &KvLayout,
+        kind: DigestKind,
+        agg: ScoreAgg,
+        digests: &Buffer,
+        q: &Buffer,
+        jobs: &[EstimateJob],
+        scores: &Buffer,
+    ) -> Result<()> {
+        validate::layout(layout)?;
+        let dg_s = self.typed(digests, DType::F32, "estimate: digests")?;
+        let q_s = self.typed(q, DType::F32, "estimate: q")?;
+        let sc_s = self.typed(scores, DType::F32, "estimate: scores")?;
+        not_aliased(sc_s, &[dg_s, q_s], "estimate")?;
+        validate::estimate(layout, kind, digests.len(), q.len(), jobs, scores.len())?;
+        let (dg, qg) = (dg_s.data.read_recursive(), q_s.data.read_recursive());
+        let mut sg = sc_s.data.write();
+        let (dg, qg, sg) = (f32s(&dg)?, f32s(&qg)?, f32s_mut(&mut sg)?);
+        self.pool
+            .install(|| digest_ops::estimate(layout, kind, agg, dg, qg, jobs, sg));
+        Ok(())
+    }
+
+    fn topk(&self, scores: &Buffer, segments: &[TopkSegment], out: &Buffer) -> Result<()> {
+        let sc_s = self.typed(scores, DType::F32, "topk: scores")?;
+        let out_s = self.typed(out, DType::U32, "topk: out")?;
+        validate::topk(scores.len(), segments, out.len())?;
+        let sg = sc_s.data.read_recursive();
+        let mut og = out_s.data.write();
+        let Data::U32(o) = &mut *og else {
+            return Err(Error::shape("topk: out must be u32"));
+        };
+        let s = f32s(&sg)?;
+        self.pool.install(|| digest_ops::topk(s, segments, o));
+        Ok(())
+    }
+
+    fn decode_attention(
+        &self,
+        layout: &KvLayout,
+        pool: &Buffer,
+        q: &Buffer,
+        rows: &[AttnRow],
+        pages: &[AttnPage],
+        mask: Option<&Buffer>,
+        scale: f32,
+        out: &Buffer,
+    ) -> Result<()> {
+        let what = "decode_attention";
+        let out_s = self.typed(out, DType::F32, "decode_attention: out")?;
+        let inp = self.attn_inputs(what, layout, pool, q, mask, &[out_s])?;
+        let mask_v = inp.mask()?;
+        validate::attention(
+            layout,
+            pool.len(),
+            q.len(),
+            out.len(),
+            rows,
+            pages,
+            mask_v.map(<[u8]>::len),
+        )?;
+        let mut og = out_s.data.write();
+        let op = AttnOp::Decode(f32s_mut(&mut og)?);
+        let kernel = AttnKernel {
+            l: layout,
+            q: f32s(&inp.q)?,
+            rows,
+            pages,
+            mask: mask_v,
+            scale,
+            op,
+        };
+        self.pool.install(|| with_pool(&inp.pool, kernel))
+    }
+
+    fn prefill_attention(
+        &self,
+        layout: &KvLayout,
+        pool: &Buffer,
+        q: &Buffer,
+        rows: &[AttnRow],
+        pages: &[AttnPage],
+        mask: Option<&Buffer>,
+        scale: f32,
+        state: &AttnState,
+    ) -> Result<()> {
+        let what = "prefill_attention";
+        let acc_s = self.typed(&state.acc, DType::F32, "prefill_attention: state.acc")?;
+        let max_s = self.typed(&state.max, DType::F32, "prefill_attention: state.max")?;
+        let sum_s = self.typed(&state.sum, DType::F32, "prefill_attention: state.sum")?;
+        let inp = self.attn_inputs(what, layout, pool, q, mask, &[acc_s, max_s, sum_s])?;
+        let mask_v = inp.mask()?;
+        validate::attention(
+            layout,
+            pool.len(),
+            q.len(),
+            q.len(),
+            rows,
+            pages,
+            mask_v.map(<[u8]>::len),
+        )?;
+        validate::state(
+            layout,
+            rows,
+            state.acc.len(),
+            state.max.len(),
+            state.sum.len(),
+        )?;
+        let (mut ag, mut mg, mut sg) = (acc_s.data.write(), max_s.data.write(), sum_s.data.write());
+        let op = AttnOp::Prefill(StateMut {
+            acc: f32s_mut(&mut ag)?,
+            max: f32s_mut(&mut mg)?,
+            sum: f32s_mut(&mut sg)?,
+        });
+        let kernel = AttnKernel {
+            l: layout,
+            q: f32s(&inp.q)?,
+            rows,
+            pages,
+            mask: mask_v,
+            scale,
+            op,
+        };
+        self.pool.install(|| with_pool(&inp.pool, kernel))
+    }
+
+    fn attention_finalize(
+        &self,
+        layout: &KvLayout,
+        state: &AttnState,
+        rows: &[AttnRow],
+        out: &Buffer,
+    ) -> Result<()> {
+        validate::layout(layout)?;
+        let acc_s = self.typed(&state.acc, DType::F32, "attention_finalize: state.acc")?;
+        let sum_s = self.typed(&state.sum, DType::F32, "attention_finalize: state.sum")?;
+        self.typed(&state.max, DType::F32, "attention_finalize: state.max")?;
+        let out_s = self.typed(out, DType::F32, "attention_finalize: out")?;
+        not_aliased(out_s, &[acc_s, sum_s], "attention_finalize")?;
+        validate::state(
+            layout,
+            rows,
+            state.acc.len(),
+            state.max.len(),
+            state.sum.len(),
+        )?;
+        validate::state(layout, rows, out.len(), usize::MAX, usize::MAX)?;
+        let (ag, sg) = (acc_s.data.read_recursive(), sum_s.data.read_recursive());
+        let mut og = out_s.data.write();
+        let (a, s, o) = (f32s(&ag)?, f32s(&sg)?, f32s_mut(&mut og)?);
+        self.pool
+            .install(|| attention::finalize(layout, a, s, rows, o));
+        Ok(())
+    }
+
+    fn attention_weights(
+        &self,
+        layout: &KvLayout,
+        pool: &Buffer,
+        q: &Buffer,
+        rows: &[AttnRow],
+        pages: &[AttnPage],
+        mask: Option<&Buffer>,
+        scale: f32,
+        weights: &Buffer,
+    ) -> Result<()> {
+        let what = "attention_weights";
+        let w_s = self.typed(weights, DType::F32, "attention_weights: weights")?;
+        let inp = self.attn_inputs(what, layout, pool, q, mask, &[w_s])?;
+        let mask_v = inp.mask()?;
+        validate::attention(
+            layout,
+            pool.len(),
+            q.len(),
+            q.len(),
+            rows,
+            pages,
+            mask_v.map(<[u8]>::len),
+        )?;
+        check_range(
+            0,
+            pages.len().saturating_mul(layout.tokens_per_slot()),
+            weights.len(),
+            "attention_weights: weights",
+        )?;
+        let mut wg = w_s.data.write();
+        let op = AttnOp::Weights(f32s_mut(&mut wg)?);
+        let kernel = AttnKernel {
+            l: layout,
+            q: f32s(&inp.q)?,
+            rows,
+            pages,
+            mask: mask_v,
+            scale,
+            op,
+        };
+        self.pool.install(|| with_pool(&inp.pool, kernel))
+    }
+}
+
+/// Turns `(slot, host byte offset)` copies into checked `(pool byte, host byte, bytes)` ranges.
+fn page_copy_plan(
+    layout: &KvLayout,
+    pool_len: usize,
+    host_bytes: usize,
+    copies: &[(u32, u64)],
+    what: &str,
+) -> Result<Vec<(usize, usize, usize)>> {
+    let n = layout.slot_bytes();
+    copies
+        .iter()
+        .map(|&(slot, host)| {
+            validate::slot(layout, pool_len, slot, what)?;
+            let host = usize::try_from(host)
+                .map_err(|_| Error::shape(format!("{what}: host offset {host}")))?;
+            check_range(
+                host,
+                n,
+                host_bytes,
+                &format!("{what}: slot {slot} at host byte"),
+            )?;
+            Ok((slot as usize * n, host, n))
+        })
+        .collect()
+}

@@ -1,0 +1,633 @@
+//! `CpuDevice` against the scalar reference (`arkvale_core::reference`) on random inputs.
+//!
+//! Inputs are random and non-zero (magnitudes in [0.05, 1], both signs), drawn from a fresh
+//! seed per case; every output is poisoned with NaN first, so an element the device forgot to
+//! write (or wrote where it must not) shows up. Shapes cover GQA ratios 1, 3, 4, 8, one to
+//! three groups of one to three KV heads, pages of 8, 16 and 32 tokens, head dims 1..=40 and
+//! every storage type.
+//!
+//! Tolerances: append, summarize, estimate and top-k run the same f32 operations in the same
+//! order as the reference and must match **bit for bit** (NaN for NaN). Attention (f32 on the
+//! CPU, f64 in the reference, both over the same stored values) must agree within
+//! `ATTN_TOL = 1e-5` relative to the output scale (`|a - b| <= 1e-5 * (1 + |b|)`; values are
+//! at most 1 in magnitude). That holds for f16/bf16 storage too: storage rounding is the same
+//! on both sides, only the arithmetic differs. (The cross-backend suite allows 1e-2 for
+//! f16/bf16 because GPU backends may compute in half precision.)
+
+use std::sync::Arc;
+
+use arkvale_core::{
+    AppendDest, AttnPage, AttnRow, Buffer, DType, Device, DeviceExt, DigestKind, Error,
+    EstimateJob, KvDtype, KvLayout, ScoreAgg, SummarizeJob, TopkSegment, reference,
+};
+use proptest::prelude::*;
+
+use crate::CpuDevice;
+
+/// Attention tolerance, relative to `1 + |reference|` (see the module doc).
+const ATTN_TOL: f32 = 1e-5;
+
+/// A tiny deterministic generator for the bulk data of a case (proptest draws the seed).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+    /// Non-zero: magnitude in [0.05, 1], random sign.
+    fn value(&mut self) -> f32 {
+        let m = 0.05 + 0.95 * (self.next() >> 40) as f32 / (1u64 << 24) as f32;
+        if self.next() & 1 == 0 { m } else { -m }
+    }
+    fn values(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.value()).collect()
+    }
+}
+
+/// A random pool geometry, pool size and data seed.
+#[derive(Debug, Clone)]
+struct Case {
+    l: KvLayout,
+    slots: usize,
+    seed: u64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let gqa = prop::sample::select(vec![1usize, 3, 4, 8]);
+    let page = prop::sample::select(vec![8usize, 16, 32]);
+    let dtype = prop::sample::select(vec![KvDtype::F32, KvDtype::F16, KvDtype::BF16]);
+    (
+        gqa,
+        1usize..=3,
+        1usize..=3,
+        page,
+        1usize..=40,
+        dtype,
+        2usize..=6,
+        any::<u64>(),
+    )
+        .prop_map(
+            |(gqa, hg, groups, page_size, head_dim, kv_dtype, slots, seed)| Case {
+                l: KvLayout {
+                    kv_dtype,
+                    heads_per_group: hg,
+                    gqa,
+                    page_size,
+                    head_dim,
+                    groups,
+                },
+                slots,
+                seed: seed | 1,
+            },
+        )
+}
+
+fn dev() -> Arc<dyn Device> {
+    Arc::new(CpuDevice::new(Some(3)).expect("cpu device"))
+}
+
+/// A pool filled with random values: the device buffer and the reference's rounded values.
+fn random_pool(dev: &Arc<dyn Device>, c: &Case, rng: &mut Rng) -> (Buffer, Vec<f32>) {
+    let vals = rng.values(c.slots * c.l.slot_elems());
+    let buf = dev.upload_f32(&vals, c.l.kv_dtype.dtype()).unwrap();
+    let rounded = dev.download_f32(&buf).unwrap();
+    assert!(
+        vals.iter()
+            .zip(&rounded)
+            .all(|(a, b)| c.l.kv_dtype.round(*a) == *b)
+    );
+    (buf, rounded)
+}
+
+/// Bitwise equality, NaN matching NaN.
+fn same(a: &[f32], b: &[f32]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        prop_assert!(
+            x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+            "at {}: {} vs {}",
+            i,
+            x,
+            y
+        );
+    }
+    Ok(())
+}
+
+/// Equality within `tol * (1 + |b|)`, NaN matching NaN (an unwritten poisoned element).
+fn close(a: &[f32], b: &[f32], tol: f32) -> Result<(), TestCaseError> {
+    prop_assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let ok = (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol * (1.0 + y.abs());
+        prop_assert!(ok, "at {}: device {} vs reference {}", i, x, y);
+    }
+    Ok(())
+}
+
+/// A random attention problem over the pool: pages (some partial or empty, slots may repeat),
+/// rows over sub-ranges of the page list with random positions (some before a page starts),
+/// distinct query rows unless `dup_rows`.
+struct AttnCase {
+    rows: Vec<AttnRow>,
+    pages: Vec<AttnPage>,
+    n_q: usize,
+    scale: f32,
+    mask: Vec<u8>,
+}
+
+fn attn_case(c: &Case, rng: &mut Rng, dup_rows: bool) -> AttnCase {
+    let p = c.l.page_size;
+    let n_pages = 1 + rng.below(8);
+    let mut base = rng.below(3 * p) as u32;
+    let pages: Vec<AttnPage> = (0..n_pages)
+        .map(|_| {
+            let len = match rng.below(5) {
+                0 => rng.below(p + 1),
+                _ => p,
+            } as u32;
+            let page = AttnPage {
+                slot: rng.below(c.slots) as u32,
+                base_pos: base,
+                len,
+            };
+            base += p as u32;
+            page
+        })
+        .collect();
+    let n_rows = 1 + rng.below(6);
+    let n_q = if dup_rows {
+        1 + rng.below(n_rows)
+    } else {
+        n_rows
+    };
+    let rows = (0..n_rows)
+        .map(|r| {
+            let start = rng.below(n_pages);
+            let count = rng.below(n_pages - start + 1);
+            AttnRow {
+                q_row: if dup_rows {
+                    rng.below(n_q) as u32
+                } else {
+                    r as u32
+                },
+                group: rng.below(c.l.groups) as u32,
+                pos: rng.below(base as usize + p) as u32,
+                page_start: start as u32,
+                page_count: count as u32,
+            }
+        })
+        .collect();
+    let mask = (0..c.slots * c.l.tokens_per_slot())
+        .map(|_| (rng.below(4) != 0) as u8)
+        .collect();
+    let scale = (0.5 + rng.below(100) as f32 / 66.0) / (c.l.head_dim as f32).sqrt();
+    AttnCase {
+        rows,
+        pages,
+        n_q,
+        scale,
+        mask,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn append_kv_matches_reference_bitwise(c in case()) {
+        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let (pool, mut want) = random_pool(&dev, &c, &mut rng);
+        let tokens = 1 + rng.below(5);
+        let row = c.l.kv_heads() * c.l.head_dim;
+        let (k, v) = (rng.values(tokens * row), rng.values(tokens * row));
+        // Random destinations; collisions happen and the later one must win.
+        let dests: Vec<AppendDest> = (0..1 + rng.below(12))
+            .map(|_| AppendDest {
+                token: rng.below(tokens) as u32,
+                group: rng.below(c.l.groups) as u32,
+                slot: rng.below(c.slots) as u32,
+                pos: rng.below(c.l.page_size) as u32,
+            })
+            .collect();
+        let (kb, vb) = (dev.upload_f32(&k, DType::F32).unwrap(), dev.upload_f32(&v, DType::F32).unwrap());
+        dev.append_kv(&c.l, &pool, &kb, &vb, &dests).unwrap();
+        reference::append_kv(&c.l, &mut want, &k, &v, &dests);
+        same(&dev.download_f32(&pool).unwrap(), &want)?;
+    }
+
+    #[test]
+    fn summarize_matches_reference_bitwise_for_every_kind(c in case()) {
+        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let (pool, vals) = random_pool(&dev, &c, &mut rng);
+        let n_dig = 1 + rng.below(6);
+        let jobs: Vec<SummarizeJob> = (0..1 + rng.below(6))
+            .map(|_| SummarizeJob {
+                slot: rng.below(c.slots) as u32,
+                digest: rng.below(n_dig) as u32,
+                len: 1 + rng.below(c.l.page_size) as u32,
+            })
+            .collect();
+        for kind in DigestKind::ALL {
+            let n = n_dig * c.l.heads_per_group * kind.len(c.l.head_dim);
+            let digests = dev.upload_f32(&vec![f32::NAN; n], DType::F32).unwrap();
+            dev.summarize(&c.l, kind, &pool, &jobs, &digests).unwrap();
+            let mut want = vec![f32::NAN; n];
+            reference::summarize(&c.l, kind, &vals, &jobs, &mut want);
+            same(&dev.download_f32(&digests).unwrap(), &want)?;
+        }
+    }
+
+    #[test]
+    fn estimate_matches_reference_bitwise_mean_and_max(c in case()) {
+        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let kind = DigestKind::ALL[rng.below(DigestKind::ALL.len())];
+        let n_dig = 1 + rng.below(8);
+        let dvals = rng.values(n_dig * c.l.heads_per_group * kind.len(c.l.head_dim));
+        let rows = 1 + rng.below(3);
+        let q = rng.values(rows * c.l.q_heads() * c.l.head_dim);
+        let jobs: Vec<EstimateJob> = (0..1 + rng.below(10))
+            .map(|_| EstimateJob {
+                q_row: rng.below(rows) as u32,
+                group: rng.below(c.l.groups) as u32,
+                digest: rng.below(n_dig) as u32,
+            })
+            .collect();
+        let (db, qb) = (dev.upload_f32(&dvals, DType::F32).unwrap(), dev.upload_f32(&q, DType::F32).unwrap());
+        for agg in [ScoreAgg::Mean, ScoreAgg::Max] {
+            let scores = dev.upload_f32(&vec![f32::NAN; jobs.len() + 3], DType::F32).unwrap();
+            dev.estimate(&c.l, kind, agg, &db, &qb, &jobs, &scores).unwrap();
+            let mut want = vec![f32::NAN; jobs.len() + 3];
+            reference::estimate(&c.l, kind, agg, &dvals, &q, &jobs, &mut want);
+            same(&dev.download_f32(&scores).unwrap(), &want)?;
+        }
+    }
+
+    #[test]
+    fn topk_matches_reference_with_ties_and_nan(seed in any::<u64>(), n_seg in 1usize..6) {
+        let (dev, mut rng) = (dev(), Rng(seed | 1));
+        // Scores from a small set so that ties are common; a few NaN.
+        let n = 1 + rng.below(200);
+        let scores: Vec<f32> = (0..n)
+            .map(|_| if rng.below(20) == 0 { f32::NAN } else { (rng.below(7) as f32 - 3.0) * 0.5 })
+            .collect();
+        let segments: Vec<TopkSegment> = (0..n_seg)
+            .map(|_| {
+                let start = rng.below(n);
+                let len = rng.below(n - start + 1);
+                TopkSegment { start: start as u32, len: len as u32, k: rng.below(len + 1) as u32 }
+            })
+            .collect();
+        let total: usize = segments.iter().map(|s| s.k as usize).sum();
+        let sb = dev.upload_f32(&scores, DType::F32).unwrap();
+        let out = dev.alloc(DType::U32, total + 2).unwrap();
+        let poison = vec![u32::MAX; total + 2];
+        dev.write(&out, 0, bytemuck::cast_slice(&poison)).unwrap();
+        dev.topk(&sb, &segments, &out).unwrap();
+        let mut want = poison.clone();
+        reference::topk(&scores, &segments, &mut want);
+        prop_assert_eq!(dev.download_u32(&out, 0, total + 2).unwrap(), want);
+    }
+
+    #[test]
+    fn decode_attention_matches_reference(c in case(), masked in any::<bool>()) {
+        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let (pool, vals) = random_pool(&dev, &c, &mut rng);
+        let a = attn_case(&c, &mut rng, true);
+        let qn = a.n_q * c.l.q_heads() * c.l.head_dim;
+        let q = rng.values(qn);
+        let qb = dev.upload_f32(&q, DType::F32).unwrap();
+        let mb = dev.alloc(DType::U8, a.mask.len()).unwrap();
+        dev.write(&mb, 0, &a.mask).unwrap();
+        let out = dev.upload_f32(&vec![f32::NAN; qn], DType::F32).unwrap();
+        let mask = masked.then_some(&mb);
+        dev.decode_attention(&c.l, &pool, &qb, &a.rows, &a.pages, mask, a.scale, &out).unwrap();
+        let mut want = vec![f32::NAN; qn];
+        let mask_ref = masked.then_some(&a.mask[..]);
+        reference::attention(&c.l, &vals, &q, &a.rows, &a.pages, mask_ref, a.scale, &mut want);
+        close(&dev.download_f32(&out).unwrap(), &want, ATTN_TOL)?;
+    }
+
+    #[test]
+    fn prefill_over_several_calls_then_finalize_matches_reference(c in case(), masked in any::<bool>()) {
+        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let (pool, vals) = random_pool(&dev, &c, &mut rng);
+        let a = attn_case(&c, &mut rng, false);
+        let qn = a.n_q * c.l.q_heads() * c.l.head_dim;
+        let q = rng.values(qn);
+        let qb = dev.upload_f32(&q, DType::F32).unwrap();
+        let mb = dev.alloc(DType::U8, a.mask.len()).unwrap();
+        dev.write(&mb, 0, &a.mask).unwrap();
+        let mask = masked.then_some(&mb);
+        let state = dev.alloc_attn_state(a.n_q, c.l.q_heads(), c.l.head_dim).unwrap();
+        // Stream each row's pages through in pieces: call i takes the i-th piece of each row.
+        let calls = 1 + rng.below(3);
+        for i in 0..calls {
+            let rows: Vec<AttnRow> = a.rows.iter().map(|r| {
+                let lo = r.page_count * i as u32 / calls as u32;
+                let hi = r.page_count * (i as u32 + 1) / calls as u32;
+                AttnRow { page_start: r.page_start + lo, page_count: hi - lo, ..*r }
+            }).collect();
+            dev.prefill_attention(&c.l, &pool, &qb, &rows, &a.pages, mask, a.scale, &state).unwrap();
+        }
+        let out = dev.upload_f32(&vec![f32::NAN; qn], DType::F32).unwrap();
+        dev.attention_finalize(&c.l, &state, &a.rows, &out).unwrap();
+        let mut want = vec![f32::NAN; qn];
+        let mask_ref = masked.then_some(&a.mask[..]);
+        reference::attention(&c.l, &vals, &q, &a.rows, &a.pages, mask_ref, a.scale, &mut want);
+        close(&dev.download_f32(&out).unwrap(), &want, ATTN_TOL)?;
+    }
+
+    #[test]
+    fn attention_weights_match_reference(c in case(), masked in any::<bool>()) {
+        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let (pool, vals) = random_pool(&dev, &c, &mut rng);
+        let a = attn_case(&c, &mut rng, true);
+        let q = rng.values(a.n_q * c.l.q_heads() * c.l.head_dim);
+        let qb = dev.upload_f32(&q, DType::F32).unwrap();
+        let mb = dev.alloc(DType::U8, a.mask.len()).unwrap();
+        dev.write(&mb, 0, &a.mask).unwrap();
+        // Weights start non-zero: the op adds to them.
+        let w0: Vec<f32> = rng.values(a.pages.len() * c.l.tokens_per_slot()).iter().map(|x| x.abs()).collect();
+        let wb = dev.upload_f32(&w0, DType::F32).unwrap();
+        let mask = masked.then_some(&mb);
+        dev.attention_weights(&c.l, &pool, &qb, &a.rows, &a.pages, mask, a.scale, &wb).unwrap();
+        let mut want = w0.clone();
+        let mask_ref = masked.then_some(&a.mask[..]);
+        reference::attention_weights(&c.l, &vals, &q, &a.rows, &a.pages, mask_ref, a.scale, &mut want);
+        close(&dev.download_f32(&wb).unwrap(), &want, ATTN_TOL)?;
+    }
+
+    #[test]
+    fn backup_then_recall_restores_identical_bytes(c in case()) {
+        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let (pool, _) = random_pool(&dev, &c, &mut rng);
+        let sb = c.l.slot_bytes();
+        let mut before = vec![0u8; pool.bytes()];
+        dev.read(&pool, 0, &mut before).unwrap();
+        let host = dev.alloc_host(c.slots * sb + 8).unwrap();
+        // Slot s goes to host place (s + 1) % slots, at an odd byte offset.
+        let backups: Vec<(u32, u64)> =
+            (0..c.slots).map(|s| (s as u32, (((s + 1) % c.slots) * sb + 3) as u64)).collect();
+        let ev = dev.backup_pages(&c.l, &pool, &backups, &host).unwrap();
+        dev.wait_host(&ev).unwrap();
+        for &(s, h) in &backups {
+            let mut got = vec![0u8; sb];
+            dev.host_read(&host, h as usize, &mut got).unwrap();
+            prop_assert_eq!(&got[..], &before[s as usize * sb..(s as usize + 1) * sb]);
+        }
+        // Wipe the pool, recall everything into rotated slots, compare.
+        dev.write(&pool, 0, &vec![0u8; pool.bytes()]).unwrap();
+        let recalls: Vec<(u32, u64)> = backups.iter().map(|&(s, h)| ((s + 1) % c.slots as u32, h)).collect();
+        let ev = dev.recall_pages(&c.l, &host, &recalls, &pool).unwrap();
+        dev.wait_on_device(&ev).unwrap();
+        let mut after = vec![0u8; pool.bytes()];
+        dev.read(&pool, 0, &mut after).unwrap();
+        for s in 0..c.slots {
+            let from = (s + c.slots - 1) % c.slots;
+            prop_assert_eq!(&after[s * sb..(s + 1) * sb], &before[from * sb..(from + 1) * sb]);
+        }
+    }
+}
+
+#[test]
+fn write_read_copy_fill_round_trip() {
+    let dev = dev();
+    let b = dev
+        .upload_f32(&[1.0, 2.0, 3.0, 4.0, 5.0], DType::F32)
+        .unwrap();
+    dev.copy(&b, 0, &b, 2, 3).unwrap(); // overlapping, within one buffer
+    assert_eq!(dev.download_f32(&b).unwrap(), [1.0, 2.0, 1.0, 2.0, 3.0]);
+    let c = dev.alloc(DType::F32, 4).unwrap();
+    dev.copy(&b, 1, &c, 0, 4).unwrap();
+    dev.fill_f32(&c, 1, 2, -0.5).unwrap();
+    assert_eq!(dev.download_f32(&c).unwrap(), [2.0, -0.5, -0.5, 3.0]);
+    let h = dev.upload_f32(&[1.5, -2.0], DType::BF16).unwrap();
+    let mut raw = [0u8; 4];
+    dev.read(&h, 0, &mut raw).unwrap();
+    assert_eq!(raw, [0xc0, 0x3f, 0x00, 0xc0]);
+    let host = dev.alloc_host(6).unwrap();
+    dev.host_write(&host, 2, &raw).unwrap();
+    let mut back = [0u8; 6];
+    dev.host_read(&host, 0, &mut back).unwrap();
+    assert_eq!(back, [0, 0, 0xc0, 0x3f, 0x00, 0xc0]);
+}
+
+#[test]
+fn bad_handles_and_descriptors_are_errors_not_panics() {
+    let (a, b) = (
+        CpuDevice::new(Some(1)).unwrap(),
+        CpuDevice::new(Some(1)).unwrap(),
+    );
+    let l = KvLayout {
+        kv_dtype: KvDtype::F16,
+        heads_per_group: 1,
+        gqa: 2,
+        page_size: 8,
+        head_dim: 4,
+        groups: 1,
+    };
+    let pool = a.alloc(DType::F16, 2 * l.slot_elems()).unwrap();
+    let foreign = b.alloc(DType::F32, 16).unwrap();
+    let is_device = |r: arkvale_core::Result<()>| matches!(r, Err(Error::Device { .. }));
+    let is_shape = |r: arkvale_core::Result<()>| matches!(r, Err(Error::Shape(_)));
+    assert!(is_device(a.fill_f32(&foreign, 0, 1, 0.0)));
+    assert!(is_device(a.read(&foreign, 0, &mut [0u8; 4])));
+    let f32_pool = a.alloc(DType::F32, 2 * l.slot_elems()).unwrap();
+    let k = a.alloc(DType::F32, 8).unwrap();
+    let dest = AppendDest {
+        token: 0,
+        group: 0,
+        slot: 1,
+        pos: 7,
+    };
+    assert!(a.append_kv(&l, &pool, &k, &k, &[dest]).is_ok());
+    assert!(is_shape(a.append_kv(&l, &f32_pool, &k, &k, &[dest])));
+    assert!(is_shape(a.append_kv(
+        &l,
+        &pool,
+        &k,
+        &k,
+        &[AppendDest { slot: 2, ..dest }]
+    )));
+    assert!(is_shape(a.append_kv(
+        &l,
+        &pool,
+        &k,
+        &k,
+        &[AppendDest { token: 2, ..dest }]
+    )));
+    assert!(is_device(a.append_kv(&l, &pool, &foreign, &k, &[dest])));
+    assert!(is_shape(a.fill_f32(&k, 5, 4, 1.0)));
+    assert!(is_shape(a.write(&pool, 0, &[0u8; 3])));
+    let q = a.alloc(DType::F32, 8).unwrap();
+    let out = a.alloc(DType::F32, 8).unwrap();
+    let row = AttnRow {
+        q_row: 0,
+        group: 0,
+        pos: 9,
+        page_start: 0,
+        page_count: 1,
+    };
+    let page = AttnPage {
+        slot: 1,
+        base_pos: 0,
+        len: 8,
+    };
+    assert!(
+        a.decode_attention(&l, &pool, &q, &[row], &[page], None, 1.0, &out)
+            .is_ok()
+    );
+    assert!(is_shape(a.decode_attention(
+        &l,
+        &pool,
+        &q,
+        &[row],
+        &[page],
+        None,
+        1.0,
+        &q
+    )));
+    assert!(is_shape(a.decode_attention(
+        &l,
+        &pool,
+        &q,
+        &[AttnRow { q_row: 1, ..row }],
+        &[page],
+        None,
+        1.0,
+        &out
+    )));
+    assert!(is_shape(a.decode_attention(
+        &l,
+        &pool,
+        &q,
+        &[row],
+        &[AttnPage { len: 9, ..page }],
+        None,
+        1.0,
+        &out
+    )));
+    assert!(is_shape(a.decode_attention(
+        &l,
+        &pool,
+        &q,
+        &[AttnRow {
+            page_count: 2,
+            ..row
+        }],
+        &[page],
+        None,
+        1.0,
+        &out
+    )));
+    let short_mask = a.alloc(DType::U8, 8).unwrap();
+    assert!(is_shape(a.decode_attention(
+        &l,
+        &pool,
+        &q,
+        &[row],
+        &[page],
+        Some(&short_mask),
+        1.0,
+        &out
+    )));
+    let host = a.alloc_host(l.slot_bytes()).unwrap();
+    assert!(a.backup_pages(&l, &pool, &[(1, 1)], &host).is_err());
+    assert!(a.recall_pages(&l, &host, &[(2, 0)], &pool).is_err());
+    let foreign_host = b.alloc_host(l.slot_bytes()).unwrap();
+    assert!(a.backup_pages(&l, &pool, &[(0, 0)], &foreign_host).is_err());
+    let ev = b
+        .backup_pages(
+            &l,
+            &b.alloc(DType::F16, l.slot_elems()).unwrap(),
+            &[(0, 0)],
+            &foreign_host,
+        )
+        .unwrap();
+    assert!(is_device(a.wait_on_device(&ev)));
+    let scores = a.alloc(DType::F32, 4).unwrap();
+    let idx = a.alloc(DType::U32, 4).unwrap();
+    assert!(is_shape(a.topk(
+        &scores,
+        &[TopkSegment {
+            start: 2,
+            len: 3,
+            k: 1
+        }],
+        &idx
+    )));
+    assert!(is_shape(a.topk(
+        &scores,
+        &[TopkSegment {
+            start: 0,
+            len: 4,
+            k: 5
+        }],
+        &idx
+    )));
+    assert!(is_shape(a.topk(
+        &scores,
+        &[TopkSegment {
+            start: 0,
+            len: 4,
+            k: 4
+        }],
+        &scores
+    )));
+    assert!(CpuDevice::new(Some(0)).is_err());
+}
+
+#[test]
+fn arenas_account_and_free_their_bytes() {
+    let dev = CpuDevice::new(Some(2)).unwrap();
+    let b = dev.alloc(DType::F16, 100).unwrap();
+    let h = dev.alloc_host(64).unwrap();
+    assert_eq!(
+        (dev.device_bytes_in_use(), dev.host_bytes_in_use()),
+        (200, 64)
+    );
+    drop(b);
+    drop(h);
+    assert_eq!((dev.device_bytes_in_use(), dev.host_bytes_in_use()), (0, 0));
+    assert!(dev.alloc(DType::F32, usize::MAX / 2).is_err());
+}
+
+#[test]
+fn copies_run_asynchronously_and_synchronize_waits_for_them() {
+    let dev = CpuDevice::new(Some(2)).unwrap();
+    let l = KvLayout {
+        kv_dtype: KvDtype::F32,
+        heads_per_group: 4,
+        gqa: 1,
+        page_size: 32,
+        head_dim: 128,
+        groups: 1,
+    };
+    let slots = 64;
+    let vals: Vec<f32> = (0..slots * l.slot_elems()).map(|i| i as f32).collect();
+    let pool = dev.upload_f32(&vals, DType::F32).unwrap();
+    let host = dev.alloc_host(slots * l.slot_bytes()).unwrap();
+    let copies: Vec<(u32, u64)> = (0..slots as u32)
+        .map(|s| (s, s as u64 * l.slot_bytes() as u64))
+        .collect();
+    let events: Vec<_> = (0..8)
+        .map(|_| dev.backup_pages(&l, &pool, &copies, &host).unwrap())
+        .collect();
+    dev.synchronize().unwrap();
+    for e in &events {
+        assert!(e.is_done().unwrap());
+    }
+    let mut got = vec![0u8; 4];
+    dev.host_read(&host, (slots - 1) * l.slot_bytes(), &mut got)
+        .unwrap();
+    assert_eq!(
+        f32::from_le_bytes(got.try_into().unwrap()),
+        ((slots - 1) * l.slot_elems()) as f32
+    );
+}
