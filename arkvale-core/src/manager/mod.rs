@@ -31,6 +31,13 @@
 //! budgeted layers keep sinks + window + the top `B - sinks - window` pages scored with the
 //! chunk's last query (after the last chunk: the last prompt token's query, as DESIGN.md
 //! says). So device memory stays within `B + chunk pages + staging` per (layer, group).
+//!
+//! # Errors
+//!
+//! Every failure is an [`Error`] value. A step that fails part-way (an exhausted pool or
+//! host tier, a device error) leaves the sequences it touched in an unspecified state:
+//! remove them ([`CacheManager::remove_sequence`] frees everything) and retry with more
+//! memory. Other sequences are unaffected.
 
 mod decode;
 mod prefill;

@@ -111,9 +111,18 @@ impl Resources {
         if plan.budgeted() {
             let mut pairs = Vec::with_capacity(slots.len());
             for (i, &slot) in slots.iter().enumerate() {
-                let id = self.host.reserve(self.dev.as_ref())?;
-                out[i].backup = Some(id);
-                pairs.push((slot, id));
+                match self.host.reserve(self.dev.as_ref()) {
+                    Ok(id) => {
+                        out[i].backup = Some(id);
+                        pairs.push((slot, id));
+                    }
+                    Err(e) => {
+                        for (_, id) in pairs {
+                            self.host.free(id);
+                        }
+                        return Err(e);
+                    }
+                }
             }
             for group in self.host.by_chunk(&pairs)? {
                 let host = self.host.chunk(group.chunk).ok_or_else(missing_chunk)?;
@@ -134,8 +143,13 @@ impl Resources {
             return Ok(());
         }
         let started = Instant::now();
-        for &(_, id) in copies {
-            self.host.prepare_recall(self.dev.as_ref(), id)?;
+        for (i, &(_, id)) in copies.iter().enumerate() {
+            if let Err(e) = self.host.prepare_recall(self.dev.as_ref(), id) {
+                for &(_, prepared) in &copies[..i] {
+                    self.host.unpin(prepared);
+                }
+                return Err(e);
+            }
         }
         for group in self.host.by_chunk(copies)? {
             let host = self.host.chunk(group.chunk).ok_or_else(missing_chunk)?;
@@ -154,14 +168,14 @@ impl Resources {
     /// evicts the others, then recalls the missing ones into the freed slots.
     pub fn make_resident_set(&mut self, table: &mut GroupTable, keep: &[bool]) -> Result<()> {
         let mut freed = Vec::new();
-        for i in 0..table.pages.len() {
-            if !keep[i] && table.pages[i].slot.is_some() {
+        for (i, &kept) in keep.iter().enumerate() {
+            if !kept && table.pages[i].slot.is_some() {
                 freed.push(self.evict(table, i)?);
             }
         }
         let mut copies = Vec::new();
-        for i in 0..table.pages.len() {
-            if keep[i] && table.pages[i].slot.is_none() {
+        for (i, &kept) in keep.iter().enumerate() {
+            if kept && table.pages[i].slot.is_none() {
                 let slot = match freed.pop() {
                     Some(s) => s,
                     None => self.slots.alloc()?,
