@@ -5,13 +5,14 @@
 //!
 //! Rows are gathered into **blocks**: consecutive rows of the same head group over the same
 //! page range (the common prefill case: every query token of a chunk over the same pages), at
-//! most [`ROW_BLOCK`] rows. A **task** is one block × one KV head of the group × one **chunk**
-//! of the block's pages; chunks are made small enough that there are a few tasks per thread.
-//! A task widens each page's keys (and values) of its KV head once into an f32 tile, scores
-//! every query head of the block that shares that KV head against the tile (a
-//! `rows × gqa × p` score tile, never a full score matrix), and folds the tile into running
-//! softmax partials `(max, sum, acc)` with one rescale per page. The tasks of a (block, head)
-//! are then merged in chunk order by online-softmax rescaling:
+//! most [`ROW_BLOCK`] rows. A **task** is one block × one **chunk** of the block's pages
+//! (flash-decoding's split of the key sequence); chunks are made small enough that there are a
+//! few tasks per thread. A task walks its pages slot by slot (each slot is read front to back,
+//! which keeps the memory streams sequential), and for each KV head of the group widens the
+//! page's keys (and values) once into an f32 tile, scores every query head of the block that
+//! shares that KV head against the tile (a `rows × gqa × p` score tile, never a full score
+//! matrix), and folds it into running softmax partials `(max, sum, acc)` with one rescale per
+//! page. The tasks of a block are then merged in chunk order by online-softmax rescaling:
 //!
 //! ```text
 //! m = max(m_a, m_b);  sum = sum_a e^(m_a - m) + sum_b e^(m_b - m);  acc likewise
@@ -128,142 +129,179 @@ fn blocks(rows: &[AttnRow]) -> Vec<Block> {
     out
 }
 
-/// One unit of parallel work: a block, a KV head of its group, a chunk of its pages.
+/// One unit of parallel work: a block and a chunk of its pages (all KV heads of the group).
 struct Task {
     block: usize,
-    h: usize,
     pages: Range<usize>,
 }
 
-/// Splits every (block, KV head) over page chunks so that there are about
-/// `TASKS_PER_THREAD × threads` tasks; a (block, head)'s tasks are consecutive, chunks in order.
-fn tasks(blocks: &[Block], hg: usize, threads: usize) -> Vec<Task> {
-    let base = (blocks.len() * hg).max(1);
-    let split = (TASKS_PER_THREAD * threads).div_ceil(base).max(1);
+/// Splits every block's pages into chunks so that there are about `TASKS_PER_THREAD ×
+/// threads` tasks; a block's tasks are consecutive, chunks in order.
+fn tasks(blocks: &[Block], threads: usize) -> Vec<Task> {
+    let split = (TASKS_PER_THREAD * threads)
+        .div_ceil(blocks.len().max(1))
+        .max(1);
     let mut out = Vec::new();
     for (b, blk) in blocks.iter().enumerate() {
-        let n = blk.pages.len();
-        let per = n.div_ceil(split.min(n).max(1)).max(1);
-        for h in 0..hg {
-            let mut start = blk.pages.start;
-            loop {
-                let end = (start + per).min(blk.pages.end);
-                out.push(Task {
-                    block: b,
-                    h,
-                    pages: start..end,
-                });
-                if end >= blk.pages.end {
-                    break;
-                }
-                start = end;
+        let per = blk.pages.len().div_ceil(split).max(1);
+        let mut start = blk.pages.start;
+        loop {
+            let end = (start + per).min(blk.pages.end);
+            out.push(Task {
+                block: b,
+                pages: start..end,
+            });
+            if end >= blk.pages.end {
+                break;
             }
+            start = end;
         }
     }
     out
 }
 
-/// Partials of one task: `m`, `l` per (row of the block, query head of the KV head), `acc`
-/// `d` values each (when values are wanted).
+/// Partials of one task: `m`, `l` per (row of the block, query head of the group), `acc`
+/// `d` values each (when values are wanted); entry `row_in_block * gh + j`.
 struct TaskOut {
     m: Vec<f32>,
     l: Vec<f32>,
     acc: Vec<f32>,
 }
 
-/// Runs one task: tiles of one page's keys/values × the block's query heads of KV head `h`.
+/// Scratch tiles of one task: one page of one KV head's keys and values widened to f32, and
+/// the scores of one query head against it.
+struct Tiles {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// Runs one task: for each page of the chunk (a slot is read front to back) and each KV head,
+/// widens the head's keys/values once and folds them into every query head of the block that
+/// shares that KV head.
 fn run_task<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, values: bool) -> TaskOut {
     let l = pb.l;
     let (d, p, gqa, hg) = (l.head_dim, l.page_size, l.gqa, l.heads_per_group);
-    let h = task.h;
-    let nq = blk.rows.len() * gqa;
-    // The block's queries of KV head h: entry t = row_in_block * gqa + jj.
+    let gh = hg * gqa;
+    let nq = blk.rows.len() * gh;
+    // The block's queries of the group: entry t = row_in_block * gh + j.
     let mut qs = vec![0f32; nq * d];
     for (ri, row) in pb.rows[blk.rows.clone()].iter().enumerate() {
-        for jj in 0..gqa {
-            let head = (blk.group * hg + h) * gqa + jj;
-            let src = (row.q_row as usize * l.q_heads() + head) * d;
-            let t = ri * gqa + jj;
-            qs[t * d..(t + 1) * d].copy_from_slice(&pb.q[src..src + d]);
-        }
+        let src = (row.q_row as usize * l.q_heads() + blk.group * gh) * d;
+        qs[ri * gh * d..(ri + 1) * gh * d].copy_from_slice(&pb.q[src..src + gh * d]);
     }
     let mut out = TaskOut {
         m: vec![f32::NEG_INFINITY; nq],
         l: vec![0f32; nq],
         acc: vec![0f32; if values { nq * d } else { 0 }],
     };
-    let (mut kt, mut vt, mut s) = (vec![0f32; p * d], vec![0f32; p * d], vec![0f32; p]);
+    let mut tiles = Tiles {
+        k: vec![0f32; p * d],
+        v: vec![0f32; p * d],
+        s: vec![0f32; p],
+    };
     for page in &pb.pages[task.pages.clone()] {
         let n = page.len as usize;
-        if n == 0 {
+        // Tokens of this page each row may see (causality: base_pos + i <= pos).
+        let reach = |row: &AttnRow| {
+            row.pos
+                .checked_sub(page.base_pos)
+                .map(|r| n.min(r as usize + 1))
+        };
+        if n == 0 || pb.rows[blk.rows.clone()].iter().all(|r| reach(r).is_none()) {
             continue;
         }
         let slot = page.slot as usize;
-        let ko = l.k_offset(slot, h, 0);
-        load(&pb.pool[ko..ko + n * d], &mut kt[..n * d]);
-        if values {
-            let vo = l.v_offset(slot, h, 0);
-            load(&pb.pool[vo..vo + n * d], &mut vt[..n * d]);
-        }
-        let keep = pb
-            .mask
-            .map(|m| &m[(slot * hg + h) * p..(slot * hg + h + 1) * p]);
-        for (ri, row) in pb.rows[blk.rows.clone()].iter().enumerate() {
-            // Causality: tokens i with base_pos + i <= pos.
-            let Some(reach) = row.pos.checked_sub(page.base_pos) else {
-                continue;
-            };
-            let nr = n.min(reach as usize + 1);
-            for jj in 0..gqa {
-                let t = ri * gqa + jj;
-                let qv = &qs[t * d..(t + 1) * d];
-                let mut page_max = f32::NEG_INFINITY;
-                for (i, si) in s[..nr].iter_mut().enumerate() {
-                    *si = if keep.is_none_or(|k| k[i] != 0) {
-                        dot(qv, &kt[i * d..(i + 1) * d]) * pb.scale
-                    } else {
-                        f32::NEG_INFINITY
-                    };
-                    page_max = page_max.max(*si);
+        for h in 0..hg {
+            let ko = l.k_offset(slot, h, 0);
+            load(&pb.pool[ko..ko + n * d], &mut tiles.k[..n * d]);
+            if values {
+                let vo = l.v_offset(slot, h, 0);
+                load(&pb.pool[vo..vo + n * d], &mut tiles.v[..n * d]);
+            }
+            let keep = pb
+                .mask
+                .map(|m| &m[(slot * hg + h) * p..(slot * hg + h + 1) * p]);
+            for (ri, row) in pb.rows[blk.rows.clone()].iter().enumerate() {
+                let Some(nr) = reach(row) else { continue };
+                for jj in 0..gqa {
+                    let t = ri * gh + h * gqa + jj;
+                    fold_page(
+                        &qs[t * d..(t + 1) * d],
+                        &mut tiles,
+                        nr,
+                        keep,
+                        pb.scale,
+                        values,
+                        &mut out,
+                        t,
+                        d,
+                    );
                 }
-                if page_max == f32::NEG_INFINITY {
-                    continue; // no participant in this page
-                }
-                let m = out.m[t].max(page_max);
-                let alpha = (out.m[t] - m).exp(); // 0 before the first participant
-                out.l[t] *= alpha;
-                let acc = if values {
-                    &mut out.acc[t * d..(t + 1) * d]
-                } else {
-                    &mut [][..]
-                };
-                if alpha != 1.0 {
-                    scale_by(acc, alpha);
-                }
-                for (i, &si) in s[..nr].iter().enumerate() {
-                    if si != f32::NEG_INFINITY {
-                        let e = (si - m).exp();
-                        out.l[t] += e;
-                        if values {
-                            axpy(acc, e, &vt[i * d..(i + 1) * d]);
-                        }
-                    }
-                }
-                out.m[t] = m;
             }
         }
     }
     out
 }
 
+/// Folds the first `nr` tokens of the tiles (those kept by `keep`) into entry `t` of `out`
+/// for query `qv`: scores, the page maximum, one rescale, then the weighted values.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn fold_page(
+    qv: &[f32],
+    tiles: &mut Tiles,
+    nr: usize,
+    keep: Option<&[u8]>,
+    scale: f32,
+    values: bool,
+    out: &mut TaskOut,
+    t: usize,
+    d: usize,
+) {
+    let mut page_max = f32::NEG_INFINITY;
+    for (i, si) in tiles.s[..nr].iter_mut().enumerate() {
+        *si = if keep.is_none_or(|k| k[i] != 0) {
+            dot(qv, &tiles.k[i * d..(i + 1) * d]) * scale
+        } else {
+            f32::NEG_INFINITY
+        };
+        page_max = page_max.max(*si);
+    }
+    if page_max == f32::NEG_INFINITY {
+        return; // no participant in this page
+    }
+    let m = out.m[t].max(page_max);
+    let alpha = (out.m[t] - m).exp(); // 0 before the first participant
+    out.l[t] *= alpha;
+    let acc = if values {
+        &mut out.acc[t * d..(t + 1) * d]
+    } else {
+        &mut [][..]
+    };
+    if alpha != 1.0 {
+        scale_by(acc, alpha);
+    }
+    for (i, &si) in tiles.s[..nr].iter().enumerate() {
+        if si != f32::NEG_INFINITY {
+            let e = (si - m).exp();
+            out.l[t] += e;
+            if values {
+                axpy(acc, e, &tiles.v[i * d..(i + 1) * d]);
+            }
+        }
+    }
+    out.m[t] = m;
+}
+
 /// The softmax partials of every row over all its pages: tasks in parallel, then the chunks of
-/// each (block, KV head) merged in order. With `values == false` only `(max, sum)` are made.
+/// each block merged in order. With `values == false` only `(max, sum)` are made.
 pub(crate) fn partials<T: KvElem>(pb: &Problem<'_, T>, values: bool) -> Partials {
     let l = pb.l;
-    let (d, gqa, hg) = (l.head_dim, l.gqa, l.heads_per_group);
-    let gh = hg * gqa;
+    let d = l.head_dim;
+    let gh = l.heads_per_group * l.gqa;
     let blocks = blocks(pb.rows);
-    let tasks = tasks(&blocks, hg, rayon::current_num_threads());
+    let tasks = tasks(&blocks, rayon::current_num_threads());
     let outs: Vec<TaskOut> = tasks
         .par_iter()
         .map(|t| run_task(pb, &blocks[t.block], t, values))
@@ -276,13 +314,13 @@ pub(crate) fn partials<T: KvElem>(pb: &Problem<'_, T>, values: bool) -> Partials
         l: vec![0f32; n],
         acc: vec![0f32; if values { n * d } else { 0 }],
     };
-    // Merge each task into its rows' entries; a (block, head)'s chunks arrive in order.
-    // O(tasks × block × d): small next to the tasks themselves.
+    // Merge each task into its rows' entries; a block's chunks arrive in order.
+    // O(tasks × block × gh × d): small next to the tasks themselves.
     for (task, o) in tasks.iter().zip(&outs) {
         let blk = &blocks[task.block];
         for (ri, r) in blk.rows.clone().enumerate() {
-            for jj in 0..gqa {
-                let (t, e) = (ri * gqa + jj, r * gh + task.h * gqa + jj);
+            for j in 0..gh {
+                let (t, e) = (ri * gh + j, r * gh + j);
                 let (acc, accb) = if values {
                     (&mut res.acc[e * d..(e + 1) * d], &o.acc[t * d..(t + 1) * d])
                 } else {
@@ -462,7 +500,7 @@ mod tests {
     }
 
     #[test]
-    fn tasks_cover_every_page_once_per_head_in_order() {
+    fn tasks_cover_every_page_once_in_order() {
         let rows: Vec<AttnRow> = (0..40)
             .map(|i| AttnRow {
                 q_row: i,
@@ -485,16 +523,14 @@ mod tests {
             vec![16, 16, 8, 1]
         );
         for threads in [1, 2, 16, 64] {
-            let t = tasks(&b, 3, threads);
+            let t = tasks(&b, threads);
             for (bi, blk) in b.iter().enumerate() {
-                for h in 0..3 {
-                    let covered: Vec<usize> = t
-                        .iter()
-                        .filter(|t| t.block == bi && t.h == h)
-                        .flat_map(|t| t.pages.clone())
-                        .collect();
-                    assert_eq!(covered, blk.pages.clone().collect::<Vec<_>>());
-                }
+                let covered: Vec<usize> = t
+                    .iter()
+                    .filter(|t| t.block == bi)
+                    .flat_map(|t| t.pages.clone())
+                    .collect();
+                assert_eq!(covered, blk.pages.clone().collect::<Vec<_>>());
             }
         }
     }
