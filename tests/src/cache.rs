@@ -274,8 +274,9 @@ fn exhausted_tiers_are_errors(dev: &Arc<dyn Device>) -> Result<(), String> {
         ..CacheConfig::default()
     };
     let slot = base.slot_bytes(&shape);
-    // Device pool: room for one sequence's budget in each layer, then a second sequence.
-    let cfg = CacheConfig { device_bytes: slot * (2 * 8 + 6), ..base.clone() };
+    // Device pool: one sequence's budget in each layer plus a chunk and the staging slots of
+    // prefill, then a second sequence that cannot fit.
+    let cfg = CacheConfig { device_bytes: slot * (2 * 8 + 4 + 8 + 2), ..base.clone() };
     let mut h = Harness::new(dev, shape, cfg, "arkvale", 7)?;
     let a = h.add();
     h.prefill(a, 200, TOL)?;
@@ -344,8 +345,9 @@ fn fig1d_recall(dev: &Arc<dyn Device>) -> Result<(), String> {
         q[0] = 4.0;
         q[d] = 4.0;
         let (_, k1, v1) = h.random_qkv(1);
+        let masks = h.keep_masks(&[id], 0);
         let out = h.decode_layer_with(&[id], 0, &q, &k1, &v1)?;
-        h.check_decode(&[id], 0, &q, &out, TOL)?;
+        h.check_decode(&[id], 0, &q, &out, &masks, TOL)?;
         if policy == "arkvale" {
             let attended = h.cache.last_attended(id, 0, 0).map_err(|e| e.to_string())?;
             if !attended.contains(&(needle_page as u32)) || h.cache.stats().recalls == 0 {

@@ -169,8 +169,9 @@ impl Harness {
         let mut outs = Vec::with_capacity(layers);
         for layer in 0..layers {
             let (q, k, v) = self.random_qkv(seqs.len());
+            let masks = self.keep_masks(seqs, layer);
             let out = self.decode_layer_with(seqs, layer, &q, &k, &v)?;
-            self.check_decode(seqs, layer, &q, &out, tol)?;
+            self.check_decode(seqs, layer, &q, &out, &masks, tol)?;
             outs.push(out);
         }
         Ok(outs)
@@ -213,14 +214,25 @@ impl Harness {
         }
     }
 
+    /// The keep-masks of token-level policies, per sequence and KV head, as they are now
+    /// (take them before a step: a step drops tokens only after its attention).
+    pub fn keep_masks(&self, seqs: &[SeqId], layer: usize) -> Vec<Vec<Option<Vec<bool>>>> {
+        let heads = self.cache.shape().kv_heads;
+        seqs.iter()
+            .map(|id| (0..heads).map(|h| self.cache.keep_mask(*id, layer, h).unwrap_or(None)).collect())
+            .collect()
+    }
+
     /// Checks a decode output against f64 attention over the pages the cache reports as
-    /// attended, minus tokens masked by token-level policies.
+    /// attended, minus tokens that `masks_before` (from [`Harness::keep_masks`] before the
+    /// step) had dropped; tokens newer than a mask are kept.
     pub fn check_decode(
         &self,
         seqs: &[SeqId],
         layer: usize,
         q: &[f32],
         out: &[f32],
+        masks_before: &[Vec<Option<Vec<bool>>>],
         tol: f64,
     ) -> Result<(), String> {
         let s = *self.cache.shape();
@@ -239,11 +251,9 @@ impl Harness {
                 }
                 attended.push(sel);
             }
-            let masks: Vec<Option<Vec<bool>>> = (0..s.kv_heads)
-                .map(|h| self.cache.keep_mask(*id, layer, h).unwrap_or(None))
-                .collect();
+            let masks = &masks_before[i];
             let expect = self.reference_row(*id, layer, &q[i * qr..(i + 1) * qr], |kvh, t| {
-                attended[kvh / hg][t] && masks[kvh].as_ref().is_none_or(|m| m[t])
+                attended[kvh / hg][t] && masks[kvh].as_ref().is_none_or(|m| m.get(t).copied().unwrap_or(true))
             });
             compare(&out[i * qr..(i + 1) * qr], &expect, tol)
                 .map_err(|e| format!("decode layer {layer} seq {}: {e}", id.0))?;

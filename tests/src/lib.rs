@@ -10,6 +10,8 @@
 //! `PROPTEST_RNG_SEED` to replay one).
 
 pub mod backends;
+pub mod cache;
+pub mod driver;
 pub mod storage;
 
 use std::sync::Arc;
@@ -28,6 +30,7 @@ pub struct Case {
 pub fn all_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     cases.extend(storage::cases());
+    cases.extend(cache::cases());
     cases
 }
 

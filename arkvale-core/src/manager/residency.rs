@@ -109,28 +109,33 @@ impl Resources {
                 .summarize(&self.layout, kind, &self.pool, &jobs, store.buffer())?;
         }
         if plan.budgeted() {
-            let mut pairs = Vec::with_capacity(slots.len());
-            for (i, &slot) in slots.iter().enumerate() {
-                match self.host.reserve(self.dev.as_ref()) {
-                    Ok(id) => {
-                        out[i].backup = Some(id);
-                        pairs.push((slot, id));
-                    }
-                    Err(e) => {
-                        for (_, id) in pairs {
-                            self.host.free(id);
+            // Reserve and issue in batches no larger than the host tier, so that a full tier
+            // can spill earlier (issued) backups to make room for later ones.
+            let batch = self.host.capacity_pages().max(1);
+            for (first, chunk) in slots.chunks(batch).enumerate() {
+                let mut pairs = Vec::with_capacity(chunk.len());
+                for (i, &slot) in chunk.iter().enumerate() {
+                    match self.host.reserve(self.dev.as_ref()) {
+                        Ok(id) => {
+                            out[first * batch + i].backup = Some(id);
+                            pairs.push((slot, id));
                         }
-                        return Err(e);
+                        Err(e) => {
+                            for (_, id) in pairs {
+                                self.host.free(id);
+                            }
+                            return Err(e);
+                        }
                     }
                 }
-            }
-            for group in self.host.by_chunk(&pairs)? {
-                let host = self.host.chunk(group.chunk).ok_or_else(missing_chunk)?;
-                let event = self.dev.backup_pages(&self.layout, &self.pool, &group.copies, host)?;
-                for id in group.ids {
-                    self.host.set_backup_event(id, event.clone())?;
+                for group in self.host.by_chunk(&pairs)? {
+                    let host = self.host.chunk(group.chunk).ok_or_else(missing_chunk)?;
+                    let event = self.dev.backup_pages(&self.layout, &self.pool, &group.copies, host)?;
+                    for id in group.ids {
+                        self.host.set_backup_event(id, event.clone())?;
+                    }
+                    self.stats.bytes_d2h += (group.copies.len() * self.layout.slot_bytes()) as u64;
                 }
-                self.stats.bytes_d2h += (group.copies.len() * self.layout.slot_bytes()) as u64;
             }
         }
         Ok(out)
@@ -143,21 +148,25 @@ impl Resources {
             return Ok(());
         }
         let started = Instant::now();
-        for (i, &(_, id)) in copies.iter().enumerate() {
-            if let Err(e) = self.host.prepare_recall(self.dev.as_ref(), id) {
-                for &(_, prepared) in &copies[..i] {
-                    self.host.unpin(prepared);
+        // Batches no larger than the host tier: a spilled page must come back into a host room
+        // before its recall, and rooms of issued recalls can be reused once those complete.
+        for batch in copies.chunks(self.host.capacity_pages().max(1)) {
+            for (i, &(_, id)) in batch.iter().enumerate() {
+                if let Err(e) = self.host.prepare_recall(self.dev.as_ref(), id) {
+                    for &(_, prepared) in &batch[..i] {
+                        self.host.unpin(prepared);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
             }
-        }
-        for group in self.host.by_chunk(copies)? {
-            let host = self.host.chunk(group.chunk).ok_or_else(missing_chunk)?;
-            let event = self.dev.recall_pages(&self.layout, host, &group.copies, &self.pool)?;
-            for id in group.ids {
-                self.host.set_recall_event(id, event.clone())?;
+            for group in self.host.by_chunk(batch)? {
+                let host = self.host.chunk(group.chunk).ok_or_else(missing_chunk)?;
+                let event = self.dev.recall_pages(&self.layout, host, &group.copies, &self.pool)?;
+                for id in group.ids {
+                    self.host.set_recall_event(id, event.clone())?;
+                }
+                self.dev.wait_on_device(&event)?;
             }
-            self.dev.wait_on_device(&event)?;
         }
         self.stats.bytes_h2d += (copies.len() * self.layout.slot_bytes()) as u64;
         self.stats.time.recall += started.elapsed();
