@@ -23,9 +23,13 @@ pub mod digest;
 pub mod dtype;
 pub mod error;
 pub mod host_store;
+pub mod manager;
+pub mod policy;
+pub mod pool;
 pub mod reference;
 pub mod shape;
 pub mod spill;
+pub mod stats;
 
 pub use config::{AttentionMode, CacheConfig, DigestKind, PageBudget, ScoreAgg};
 pub use device::{
@@ -34,4 +38,7 @@ pub use device::{
 };
 pub use dtype::{DType, KvDtype};
 pub use error::{Error, Result};
+pub use manager::{CacheManager, PageInfo, SeqId};
+pub use policy::{Policy, policy_by_name};
 pub use shape::ModelShape;
+pub use stats::{CacheStats, PhaseTimes};
