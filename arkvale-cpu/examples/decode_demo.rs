@@ -69,6 +69,35 @@ impl Rng {
     }
 }
 
+/// Topic directions: each page of keys leans toward one, and queries toward a few, so some
+/// pages matter much more than others (as in real models) and the important set drifts slowly.
+const TOPICS: usize = 64;
+
+fn synthetic_keys(rng: &mut Rng, topics: &[f32], tokens: usize, shape: ModelShape) -> Vec<f32> {
+    let d = shape.head_dim;
+    let mut k = rng.vec(tokens * shape.kv_heads * d);
+    for (t, head) in k.chunks_mut(d).enumerate() {
+        let page = t / shape.kv_heads / 32;
+        let topic = (page * 2654435761) % TOPICS;
+        for (x, c) in head.iter_mut().zip(&topics[topic * d..(topic + 1) * d]) {
+            *x = 0.5 * *x + 3.0 * c;
+        }
+    }
+    k
+}
+
+fn synthetic_query(rng: &mut Rng, topics: &[f32], shape: ModelShape) -> Vec<f32> {
+    let d = shape.head_dim;
+    let mut q = rng.vec(shape.q_heads * d);
+    let focus = (rng.vec(1)[0].abs() * 3.0) as usize;
+    for head in q.chunks_mut(d) {
+        for (x, c) in head.iter_mut().zip(&topics[focus * d..(focus + 1) * d]) {
+            *x = 0.3 * *x + 1.0 * c;
+        }
+    }
+    q
+}
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("error: {e}");
@@ -85,12 +114,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         budget_tokens: args.budget,
         dense_layers: 2,
         kv_dtype: KvDtype::F16,
-        device_bytes: 4 << 30,
-        host_bytes: 8 << 30,
+        device_bytes: 1 << 30,
+        host_bytes: 2 << 30,
         ..CacheConfig::default()
     };
     let row = shape.kv_heads * shape.head_dim;
     let qrow = shape.q_heads * shape.head_dim;
+    let topics = Rng(7).vec(TOPICS * shape.head_dim);
     let mut caches = Vec::new();
     for name in ["full", "arkvale"] {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -98,13 +128,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let seq = cache.add_sequence();
         let started = Instant::now();
         for layer in 0..shape.layers {
-            let mut k = rng.vec(args.context * row);
+            let k = synthetic_keys(&mut rng, &topics, args.context, shape);
             let v = rng.vec(args.context * row);
-            for (t, key) in k.chunks_mut(row).enumerate() {
-                let bias = 2.0 * ((t / 32) as f32 * 0.61 + layer as f32).sin();
-                key.iter_mut().step_by(7).for_each(|x| *x += bias);
-            }
-            let q = dev.upload_f32(&rng.vec(qrow), DType::F32)?;
+            let q = dev.upload_f32(&synthetic_query(&mut rng, &topics, shape), DType::F32)?;
             cache.load_layer(layer, seq, &k, &v, &q)?;
         }
         eprintln!("{name}: loaded {} tokens x {} layers in {:.1?}", args.context, shape.layers, started.elapsed());
@@ -115,7 +141,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut rel_err = Vec::new();
     for _ in 0..args.steps {
         for layer in 0..shape.layers {
-            let q = dev.upload_f32(&rng.vec(qrow), DType::F32)?;
+            let q = dev.upload_f32(&synthetic_query(&mut rng, &topics, shape), DType::F32)?;
             let k = dev.upload_f32(&rng.vec(row), DType::F32)?;
             let v = dev.upload_f32(&rng.vec(row), DType::F32)?;
             for (_, cache, seq, time, last) in caches.iter_mut() {
