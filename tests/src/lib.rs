@@ -12,6 +12,7 @@
 pub mod backends;
 pub mod cache;
 pub mod driver;
+pub mod ops;
 pub mod storage;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub struct Case {
 /// Every case of the suite, in a fixed order.
 pub fn all_cases() -> Vec<Case> {
     let mut cases = Vec::new();
+    cases.extend(ops::cases());
     cases.extend(storage::cases());
     cases.extend(cache::cases());
     cases
