@@ -259,10 +259,14 @@ fn fold_page(
     t: usize,
     d: usize,
 ) {
+    let s = &mut tiles.s[..nr];
+    for (i, si) in s.iter_mut().enumerate() {
+        *si = dot(qv, &tiles.k[i * d..(i + 1) * d]);
+    }
     let mut page_max = f32::NEG_INFINITY;
-    for (i, si) in tiles.s[..nr].iter_mut().enumerate() {
+    for (i, si) in s.iter_mut().enumerate() {
         *si = if keep.is_none_or(|k| k[i] != 0) {
-            dot(qv, &tiles.k[i * d..(i + 1) * d]) * scale
+            *si * scale
         } else {
             f32::NEG_INFINITY
         };

@@ -1,15 +1,19 @@
 //! `summarize`, `estimate` and `topk`: digests of pages, their scores, and the selection.
 //!
-//! The arithmetic is core's scalar digest code ([`arkvale_core::digest`]), run in parallel
-//! over jobs, so the CPU backend agrees with the reference bit for bit on these ops.
+//! Digests use core's scalar digest code ([`arkvale_core::digest::summarize`]) in parallel over
+//! (job, KV head), so they agree with the reference bit for bit (a digest is made once per
+//! filled page; it is not on the per-step path). Scores are on the per-step path (every
+//! filled page, every decode step), so they use [`score`], the same formulas as
+//! [`arkvale_core::digest::score`] summed over eight lanes: equal to the reference within f32
+//! rounding. Top-k follows the reference's total order exactly.
 
 use std::cmp::Ordering;
 
-use arkvale_core::digest::{rank_cmp, score, summarize as digest_of};
+use arkvale_core::digest::{rank_cmp, summarize as digest_of};
 use arkvale_core::{DigestKind, EstimateJob, KvLayout, ScoreAgg, SummarizeJob, TopkSegment};
 use rayon::prelude::*;
 
-use crate::elem::{KvElem, load};
+use crate::elem::{KvElem, dot, load};
 use crate::scatter::{chunks_mut, group_by_target};
 
 /// Writes the digest of each job's page (jobs validated), in parallel over jobs and KV heads.
@@ -49,8 +53,36 @@ pub(crate) fn summarize<T: KvElem>(
         });
 }
 
+/// The estimated importance of a page for query `q` given its digest: the formulas of
+/// [`arkvale_core::digest::score`], with the sums over the head dimension in eight lanes.
+pub(crate) fn score(kind: DigestKind, q: &[f32], digest: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let d = q.len();
+    match kind {
+        DigestKind::CuboidMax | DigestKind::CuboidCenter | DigestKind::CuboidMean => {
+            let (hi, lo) = digest.split_at(d);
+            let full = d / LANES * LANES;
+            let mut acc = [0f32; LANES];
+            for c in (0..full).step_by(LANES) {
+                let x: &[f32; LANES] = q[c..c + LANES].try_into().unwrap();
+                let h: &[f32; LANES] = hi[c..c + LANES].try_into().unwrap();
+                let o: &[f32; LANES] = lo[c..c + LANES].try_into().unwrap();
+                for i in 0..LANES {
+                    acc[i] += (x[i] * h[i]).max(x[i] * o[i]);
+                }
+            }
+            let tail: f32 = (full..d).map(|i| (q[i] * hi[i]).max(q[i] * lo[i])).sum();
+            acc.iter().sum::<f32>() + tail
+        }
+        DigestKind::SphereMax | DigestKind::SphereCenter | DigestKind::SphereMean => {
+            dot(q, &digest[..d]) + digest[d] * dot(q, q).sqrt()
+        }
+        DigestKind::Centroid => dot(q, digest),
+    }
+}
+
 /// Writes one score per job (validated): each query head of the group against its own KV
-/// head's digest, combined by `agg`. Same order of operations as the reference.
+/// head's digest, combined by `agg` (in the reference's order over heads).
 pub(crate) fn estimate(
     l: &KvLayout,
     kind: DigestKind,
@@ -116,4 +148,31 @@ pub(crate) fn topk(scores: &[f32], segments: &[TopkSegment], out: &mut [u32]) {
             idx.sort_unstable_by(cmp);
             dst.copy_from_slice(&idx);
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_scores_equal_core_scores_within_f32_rounding() {
+        for d in 1..40 {
+            let q: Vec<f32> = (0..d).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect();
+            let keys: Vec<f32> = (0..5 * d)
+                .map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0)
+                .collect();
+            for kind in DigestKind::ALL {
+                let mut dg = vec![0f32; kind.len(d)];
+                digest_of(kind, &keys, d, &mut dg);
+                let (got, want) = (
+                    score(kind, &q, &dg),
+                    arkvale_core::digest::score(kind, &q, &dg),
+                );
+                assert!(
+                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{kind:?} d={d}: {got} vs {want}"
+                );
+            }
+        }
+    }
 }

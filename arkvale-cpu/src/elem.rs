@@ -73,7 +73,7 @@ pub(crate) fn store<T: KvElem>(src: &[f32], dst: &mut [T]) {
     T::store(src, dst);
 }
 
-/// The dot product of two equally long f32 vectors, with sixteen partial sums so that the
+/// The dot product of two equally long f32 vectors, with eight partial sums so that the
 /// compiler can vectorize it (the order differs from a left fold; within f32 rounding).
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -6,8 +6,10 @@
 //! three groups of one to three KV heads, pages of 8, 16 and 32 tokens, head dims 1..=40 and
 //! every storage type.
 //!
-//! Tolerances: append, summarize, estimate and top-k run the same f32 operations in the same
-//! order as the reference and must match **bit for bit** (NaN for NaN). Attention (f32 on the
+//! Tolerances: append, summarize and top-k run the same operations in the same order as the
+//! reference and must match **bit for bit** (NaN for NaN). Estimate sums in eight lanes: it
+//! must agree within `1e-5 * (1 + max |reference score|)` (a score sums `d` products).
+//! Attention (f32 on the
 //! CPU, f64 in the reference, both over the same stored values) must agree within
 //! `ATTN_TOL = 1e-5` relative to the output scale (`|a - b| <= 1e-5 * (1 + |b|)`; values are
 //! at most 1 in magnitude). That holds for f16/bf16 storage too: storage rounding is the same
@@ -122,9 +124,14 @@ fn same(a: &[f32], b: &[f32]) -> Result<(), TestCaseError> {
 
 /// Equality within `tol * (1 + |b|)`, NaN matching NaN (an unwritten poisoned element).
 fn close(a: &[f32], b: &[f32], tol: f32) -> Result<(), TestCaseError> {
+    close_scaled(a, b, tol, 1.0)
+}
+
+/// Equality within `tol * (scale + |b|)`, NaN matching NaN.
+fn close_scaled(a: &[f32], b: &[f32], tol: f32, scale: f32) -> Result<(), TestCaseError> {
     prop_assert_eq!(a.len(), b.len());
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        let ok = (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol * (1.0 + y.abs());
+        let ok = (x.is_nan() && y.is_nan()) || (x - y).abs() <= tol * (scale + y.abs());
         prop_assert!(ok, "at {}: device {} vs reference {}", i, x, y);
     }
     Ok(())
@@ -244,7 +251,7 @@ proptest! {
     }
 
     #[test]
-    fn estimate_matches_reference_bitwise_mean_and_max(c in case()) {
+    fn estimate_matches_reference_mean_and_max(c in case()) {
         let (dev, mut rng) = (dev(), Rng(c.seed));
         let kind = DigestKind::ALL[rng.below(DigestKind::ALL.len())];
         let n_dig = 1 + rng.below(8);
@@ -264,7 +271,8 @@ proptest! {
             dev.estimate(&c.l, kind, agg, &db, &qb, &jobs, &scores).unwrap();
             let mut want = vec![f32::NAN; jobs.len() + 3];
             reference::estimate(&c.l, kind, agg, &dvals, &q, &jobs, &mut want);
-            same(&dev.download_f32(&scores).unwrap(), &want)?;
+            let top = want.iter().filter(|x| !x.is_nan()).fold(0f32, |m, x| m.max(x.abs()));
+            close_scaled(&dev.download_f32(&scores).unwrap(), &want, 1e-5, 1.0 + top)?;
         }
     }
 
