@@ -112,7 +112,7 @@ struct Block {
 fn blocks(rows: &[AttnRow]) -> Vec<Block> {
     let mut out: Vec<Block> = Vec::new();
     for (n, r) in rows.iter().enumerate() {
-        let pages = r.page_start as usize..(r.page_start + r.page_count) as usize;
+        let pages = r.page_start as usize..r.page_start as usize + r.page_count as usize;
         match out.last_mut() {
             Some(b)
                 if b.group == r.group as usize && b.pages == pages && b.rows.len() < ROW_BLOCK =>
@@ -446,7 +446,8 @@ pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
             let mut kt: Vec<f32> = Vec::new(); // widened on first use
             let mut add = vec![0f32; p];
             for (r, row) in pb.rows.iter().enumerate() {
-                let covers = (row.page_start as usize..(row.page_start + row.page_count) as usize)
+                let covers = (row.page_start as usize
+                    ..row.page_start as usize + row.page_count as usize)
                     .contains(&pi);
                 let Some(reach) = row.pos.checked_sub(page.base_pos) else {
                     continue;

@@ -137,7 +137,7 @@ pub(crate) fn topk(scores: &[f32], segments: &[TopkSegment], out: &mut [u32]) {
             if k == 0 {
                 return;
             }
-            let s = &scores[seg.start as usize..(seg.start + seg.len) as usize];
+            let s = &scores[seg.start as usize..seg.start as usize + seg.len as usize];
             let cmp =
                 |a: &u32, b: &u32| -> Ordering { rank_cmp(s[*a as usize], *a, s[*b as usize], *b) };
             let mut idx: Vec<u32> = (0..seg.len).collect();

@@ -403,6 +403,54 @@ proptest! {
     }
 }
 
+/// A u32 that is usually small (often valid) and sometimes huge.
+fn index() -> impl Strategy<Value = u32> {
+    prop_oneof![4 => 0u32..12, 1 => any::<u32>()]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Arbitrary descriptors: every op returns `Ok` or `Err`, never panics.
+    #[test]
+    fn garbage_descriptors_never_panic(
+        c in case(),
+        a in prop::array::uniform5(index()),
+        b in prop::array::uniform5(index()),
+    ) {
+        let dev = dev();
+        let l = c.l;
+        let pool = dev.alloc(l.kv_dtype.dtype(), c.slots * l.slot_elems()).unwrap();
+        let f = dev.alloc(DType::F32, 4 * l.q_heads() * l.head_dim).unwrap();
+        let g = dev.alloc(DType::F32, 4 * l.q_heads() * l.head_dim).unwrap();
+        let u = dev.alloc(DType::U32, 16).unwrap();
+        let m = dev.alloc(DType::U8, c.slots * l.tokens_per_slot()).unwrap();
+        let host = dev.alloc_host(2 * l.slot_bytes()).unwrap();
+        let dest = AppendDest { token: a[0], group: a[1], slot: a[2], pos: a[3] };
+        let _ = dev.append_kv(&l, &pool, &f, &g, &[dest]);
+        let job = SummarizeJob { slot: a[0], digest: a[1], len: a[2] };
+        let _ = dev.summarize(&l, DigestKind::SphereMean, &pool, &[job], &f);
+        let est = EstimateJob { q_row: a[0], group: a[1], digest: a[2] };
+        let _ = dev.estimate(&l, DigestKind::CuboidMax, ScoreAgg::Max, &f, &g, &[est], &u);
+        let _ = dev.estimate(&l, DigestKind::CuboidMax, ScoreAgg::Max, &f, &g, &[est], &f);
+        let seg = TopkSegment { start: a[0], len: a[1], k: a[2] };
+        let _ = dev.topk(&f, &[seg], &u);
+        let row = AttnRow { q_row: a[0], group: a[1], pos: a[2], page_start: a[3], page_count: a[4] };
+        let page = AttnPage { slot: b[0], base_pos: b[1], len: b[2] };
+        let pages = [page, AttnPage { slot: b[3], base_pos: b[4], len: b[0] }];
+        let _ = dev.decode_attention(&l, &pool, &f, &[row], &pages, Some(&m), 1.0, &g);
+        let state = dev.alloc_attn_state(1 + b[3] as usize % 4, l.q_heads(), l.head_dim).unwrap();
+        let _ = dev.prefill_attention(&l, &pool, &f, &[row], &pages, None, 1.0, &state);
+        let _ = dev.attention_finalize(&l, &state, &[row], &g);
+        let _ = dev.attention_weights(&l, &pool, &f, &[row], &pages, Some(&m), 1.0, &g);
+        let _ = dev.backup_pages(&l, &pool, &[(a[0], b[0] as u64)], &host).map(|e| dev.wait_host(&e));
+        let _ = dev.recall_pages(&l, &host, &[(a[1], b[1] as u64)], &pool).map(|e| dev.wait_on_device(&e));
+        let _ = dev.copy(&f, a[0] as usize, &g, a[1] as usize, b[0] as usize);
+        let _ = dev.fill_f32(&f, a[0] as usize, b[0] as usize, 1.0);
+        dev.synchronize().unwrap();
+    }
+}
+
 #[test]
 fn write_read_copy_fill_round_trip() {
     let dev = dev();
