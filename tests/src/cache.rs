@@ -25,6 +25,7 @@ pub fn cases() -> Vec<Case> {
         Case { name: "cache::host_overflow_spills_and_stays_exact", run: spill_stays_exact },
         Case { name: "cache::exhausted_tiers_are_clear_errors", run: exhausted_tiers_are_errors },
         Case { name: "cache::fig1d_recall_recovers_what_streaming_loses", run: fig1d_recall },
+        Case { name: "cache::removing_sequences_frees_every_tier", run: removal_frees_everything },
     ]
 }
 
@@ -361,4 +362,39 @@ fn fig1d_recall(dev: &Arc<dyn Device>) -> Result<(), String> {
         return Err("streaming matched the full cache although the needle was evicted".into());
     }
     Ok(())
+}
+
+/// Removing sequences mid-run gives back their slots and backups; the others decode on.
+fn removal_frees_everything(dev: &Arc<dyn Device>) -> Result<(), String> {
+    check_scenarios(6, |s| {
+        let mut h = Harness::new(dev, s.shape, s.config(), "arkvale", s.seed)?;
+        let ids: Vec<SeqId> = s.prompts.iter().map(|_| h.add()).collect();
+        for (id, &n) in ids.iter().zip(&s.prompts) {
+            h.prefill(*id, n, TOL)?;
+        }
+        let (gone, kept) = ids.split_at(ids.len() / 2);
+        for id in gone {
+            h.cache.remove_sequence(*id).map_err(|e| e.to_string())?;
+        }
+        if h.cache.remove_sequence(gone.first().copied().unwrap_or(SeqId(u64::MAX))).is_ok() {
+            return Err("removing an unknown sequence must be an error".into());
+        }
+        if !kept.is_empty() {
+            h.decode(kept, TOL)?;
+            check_invariants(&h, kept)?;
+        }
+        for id in kept {
+            h.cache.remove_sequence(*id).map_err(|e| e.to_string())?;
+        }
+        let hs = h.cache.host_stats();
+        if h.cache.resident_bytes() != 0 || hs.pages_in_host + hs.pages_on_disk != 0 {
+            return Err(format!(
+                "after removing every sequence: {} resident bytes, {} host pages, {} disk pages",
+                h.cache.resident_bytes(),
+                hs.pages_in_host,
+                hs.pages_on_disk
+            ));
+        }
+        Ok(())
+    })
 }
