@@ -26,6 +26,7 @@ pub fn cases() -> Vec<Case> {
         Case { name: "cache::exhausted_tiers_are_clear_errors", run: exhausted_tiers_are_errors },
         Case { name: "cache::fig1d_recall_recovers_what_streaming_loses", run: fig1d_recall },
         Case { name: "cache::removing_sequences_frees_every_tier", run: removal_frees_everything },
+        Case { name: "cache::recall_displaces_the_lowest_ranked_residents", run: victims_are_lowest_ranked },
     ]
 }
 
@@ -397,4 +398,72 @@ fn removal_frees_everything(dev: &Arc<dyn Device>) -> Result<(), String> {
         }
         Ok(())
     })
+}
+
+/// DESIGN.md §2 step 4: evicted top-k pages are recalled into the slots of the lowest-ranked
+/// resident candidates; the best resident candidate outside the top-k stays. And step 5: the
+/// new page takes the slot of the page leaving the window.
+fn victims_are_lowest_ranked(dev: &Arc<dyn Device>) -> Result<(), String> {
+    let (d, p) = (16, 8);
+    let shape = ModelShape { layers: 1, q_heads: 2, kv_heads: 1, head_dim: d };
+    let cfg = CacheConfig {
+        page_size: p,
+        budget_tokens: 6 * p,
+        topk_tokens: Some(2 * p),
+        dense_layers: 0,
+        kv_dtype: KvDtype::F32,
+        prefill_chunk_tokens: 128,
+        ..CacheConfig::default()
+    };
+    let mut h = Harness::new(dev, shape, cfg, "arkvale", 5)?;
+    let id = h.add();
+    let prompt = 10 * p;
+    let mut k = h.rng.vec(prompt * d, 0.05);
+    let v = h.rng.vec(prompt * d, 1.0);
+    // Pages 1, 2, 3 suit the prompt's last query (+e1) and rank 1 < 2 < 3 along e2; pages 4
+    // and 5 point along e0 (what the later query wants); pages 6 and 7 suit nobody.
+    for t in 0..prompt {
+        let row = &mut k[t * d..(t + 1) * d];
+        match t / p {
+            page @ 1..=3 => {
+                row[1] = 1.0;
+                row[2] = 0.5 * page as f32;
+            }
+            4 | 5 => {
+                row[0] = 8.0;
+                row[1] = -1.0;
+            }
+            6 | 7 => row[1] = -0.5,
+            _ => {}
+        }
+    }
+    let mut q = vec![0f32; prompt * 2 * d];
+    for t in 0..prompt {
+        q[t * 2 * d + 1] = 1.0;
+        q[t * 2 * d + d + 1] = 1.0;
+    }
+    h.prefill_with(id, 0, &q, &k, &v, true)?;
+    let resident = |h: &Harness| -> Result<Vec<usize>, String> {
+        Ok(h.cache.pages(id, 0, 0).map_err(|e| e.to_string())?.iter().filter(|p| p.slot.is_some()).map(|p| p.index).collect())
+    };
+    let after_prefill = resident(&h)?;
+    if after_prefill != [0, 1, 2, 3, 8, 9] {
+        return Err(format!("after the prompt: resident {after_prefill:?}, expected sinks, pages 1-3 and the window"));
+    }
+    // The first decode token opens page 10: page 8 leaves the window and gives up its slot;
+    // pages 4 and 5 are recalled into the slots of pages 1 and 2, the lowest-ranked residents.
+    let mut q = vec![0f32; 2 * d];
+    for head in q.chunks_mut(d) {
+        head[0] = 4.0;
+        head[2] = 1.0;
+    }
+    let (_, k1, v1) = h.random_qkv(1);
+    let masks = h.keep_masks(&[id], 0);
+    let out = h.decode_layer_with(&[id], 0, &q, &k1, &v1)?;
+    h.check_decode(&[id], 0, &q, &out, &masks, TOL)?;
+    let after_step = resident(&h)?;
+    if after_step != [0, 3, 4, 5, 9, 10] {
+        return Err(format!("after the recall: resident {after_step:?}, expected [0, 3, 4, 5, 9, 10]"));
+    }
+    Ok(())
 }
