@@ -1,16 +1,17 @@
 //! `append_kv`: new keys and values into their pool slots, rounded to the storage type.
 //!
-//! Destinations are grouped by slot; slots are written in parallel, each by one task that
+//! Destinations are grouped by slot; slots are written in parallel (see [`Par`]), each by one task that
 //! applies its destinations in the given order (a later one wins, as in the reference).
 
 use arkvale_core::{AppendDest, KvLayout};
-use rayon::prelude::*;
 
 use crate::elem::{KvElem, store};
+use crate::par::Par;
 use crate::scatter::{chunks_mut, group_by_target};
 
 /// Writes `k`, `v` (f32 `[tokens, Hkv, d]`) into `pool` for each destination (validated).
 pub(crate) fn append_kv<T: KvElem>(
+    par: Par,
     l: &KvLayout,
     pool: &mut [T],
     k: &[f32],
@@ -22,10 +23,9 @@ pub(crate) fn append_kv<T: KvElem>(
     let targets: Vec<usize> = dests.iter().map(|x| x.slot as usize).collect();
     let groups = group_by_target(&targets);
     let slots = chunks_mut(pool, l.slot_elems(), groups.iter().map(|g| g.0));
-    slots
-        .into_par_iter()
-        .zip(groups.par_iter())
-        .for_each(|(slot, (_, items))| {
+    par.for_each(
+        slots.into_iter().zip(&groups).collect(),
+        |(slot, (_, items))| {
             for &n in items {
                 let dest = &dests[n];
                 for h in 0..hg {
@@ -37,5 +37,6 @@ pub(crate) fn append_kv<T: KvElem>(
                     store(&v[src..src + d], &mut slot[vo..vo + d]);
                 }
             }
-        });
+        },
+    );
 }

@@ -27,9 +27,9 @@
 use std::ops::Range;
 
 use arkvale_core::{AttnPage, AttnRow, KvLayout};
-use rayon::prelude::*;
 
 use crate::elem::{KvElem, axpy, dot, load, scale as scale_by};
+use crate::par::Par;
 use crate::scatter::{chunks_mut, group_by_target};
 
 /// Most query rows scored together against one page tile.
@@ -40,6 +40,8 @@ const TASKS_PER_THREAD: usize = 4;
 
 /// The inputs of one attention op (descriptors validated).
 pub(crate) struct Problem<'a, T> {
+    /// Where the work runs.
+    pub par: Par,
     /// Pool geometry.
     pub l: &'a KvLayout,
     /// The pool's elements.
@@ -305,11 +307,10 @@ pub(crate) fn partials<T: KvElem>(pb: &Problem<'_, T>, values: bool) -> Partials
     let d = l.head_dim;
     let gh = l.heads_per_group * l.gqa;
     let blocks = blocks(pb.rows);
-    let tasks = tasks(&blocks, rayon::current_num_threads());
-    let outs: Vec<TaskOut> = tasks
-        .par_iter()
-        .map(|t| run_task(pb, &blocks[t.block], t, values))
-        .collect();
+    let tasks = tasks(&blocks, pb.par.threads());
+    let outs: Vec<TaskOut> = pb
+        .par
+        .map(&tasks, |t| run_task(pb, &blocks[t.block], t, values));
     let n = pb.rows.len() * gh;
     let mut res = Partials {
         gh,
@@ -347,9 +348,9 @@ pub(crate) fn decode<T: KvElem>(pb: &Problem<'_, T>, out: &mut [f32]) {
     let targets: Vec<usize> = pb.rows.iter().map(|r| r.q_row as usize).collect();
     let groups = group_by_target(&targets);
     let dst = chunks_mut(out, row_len, groups.iter().map(|g| g.0));
-    dst.into_par_iter()
-        .zip(groups.par_iter())
-        .for_each(|(dst, (_, items))| {
+    pb.par.for_each(
+        dst.into_iter().zip(&groups).collect(),
+        |(dst, (_, items))| {
             for &r in items {
                 let first = pb.rows[r].group as usize * gh;
                 for j in 0..gh {
@@ -360,7 +361,8 @@ pub(crate) fn decode<T: KvElem>(pb: &Problem<'_, T>, out: &mut [f32]) {
                     }
                 }
             }
-        });
+        },
+    );
 }
 
 /// The state buffers of a prefill, as mutable slices.
@@ -384,32 +386,36 @@ pub(crate) fn prefill<T: KvElem>(pb: &Problem<'_, T>, state: StateMut<'_>) {
     let acc = chunks_mut(state.acc, heads * d, touched());
     let max = chunks_mut(state.max, heads, touched());
     let sum = chunks_mut(state.sum, heads, touched());
-    acc.into_par_iter()
-        .zip(max)
-        .zip(sum)
-        .zip(groups.par_iter())
-        .for_each(|(((acc, max), sum), (_, items))| {
-            for &r in items {
-                let first = pb.rows[r].group as usize * gh;
-                for j in 0..gh {
-                    let (mb, lb, accb) = parts.get(r, j);
-                    let head = first + j;
-                    let a = &mut acc[head * d..(head + 1) * d];
-                    merge(&mut max[head], &mut sum[head], a, mb, lb, accb);
-                }
+    let items: Vec<_> = acc.into_iter().zip(max).zip(sum).zip(&groups).collect();
+    pb.par.for_each(items, |(((acc, max), sum), (_, items))| {
+        for &r in items {
+            let first = pb.rows[r].group as usize * gh;
+            for j in 0..gh {
+                let (mb, lb, accb) = parts.get(r, j);
+                let head = first + j;
+                let a = &mut acc[head * d..(head + 1) * d];
+                merge(&mut max[head], &mut sum[head], a, mb, lb, accb);
             }
-        });
+        }
+    });
 }
 
 /// Finalize: `out = acc / sum` for each row's group heads, zeros where `sum == 0`.
-pub(crate) fn finalize(l: &KvLayout, acc: &[f32], sum: &[f32], rows: &[AttnRow], out: &mut [f32]) {
+pub(crate) fn finalize(
+    par: Par,
+    l: &KvLayout,
+    acc: &[f32],
+    sum: &[f32],
+    rows: &[AttnRow],
+    out: &mut [f32],
+) {
     let (d, gh, heads) = (l.head_dim, l.heads_per_group * l.gqa, l.q_heads());
     let targets: Vec<usize> = rows.iter().map(|r| r.q_row as usize).collect();
     let groups = group_by_target(&targets);
     let dst = chunks_mut(out, heads * d, groups.iter().map(|g| g.0));
-    dst.into_par_iter()
-        .zip(groups.par_iter())
-        .for_each(|(dst, (q_row, items))| {
+    par.for_each(
+        dst.into_iter().zip(&groups).collect(),
+        |(dst, (q_row, items))| {
             for &r in items {
                 let first = rows[r].group as usize * gh;
                 for head in first..first + gh {
@@ -420,7 +426,8 @@ pub(crate) fn finalize(l: &KvLayout, acc: &[f32], sum: &[f32], rows: &[AttnRow],
                     }
                 }
             }
-        });
+        },
+    );
 }
 
 /// Token weights: adds each row's softmax probabilities, summed over the query heads that share
@@ -432,10 +439,9 @@ pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
     let l = pb.l;
     let (d, p, gqa, hg) = (l.head_dim, l.page_size, l.gqa, l.heads_per_group);
     let n = pb.pages.len() * hg * p;
-    weights[..n]
-        .par_chunks_mut(p)
-        .enumerate()
-        .for_each(|(c, w)| {
+    pb.par.for_each(
+        weights[..n].chunks_mut(p).enumerate().collect(),
+        |(c, w)| {
             let (pi, h) = (c / hg, c % hg);
             let page = &pb.pages[pi];
             let len = page.len as usize;
@@ -481,7 +487,8 @@ pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
                     *x += a;
                 }
             }
-        });
+        },
+    );
 }
 
 #[cfg(test)]

@@ -8,16 +8,21 @@
 //! arenas, as on a GPU).
 //!
 //! The `Arc` lets the copy worker keep a buffer alive while a copy is in flight: dropping a
-//! handle frees the memory once the device no longer uses it.
+//! handle frees the memory once the device no longer uses it. A device buffer also records
+//! which of its slots asynchronous copies are moving, until the caller has seen them complete
+//! ([`Storage::check_access`]).
 
+use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arkvale_core::{Buffer, DType, Error, HostBuffer, Result};
 use half::{bf16, f16};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::BACKEND;
+use crate::event::CpuEvent;
 
 /// Bytes currently allocated in one memory arena.
 #[derive(Debug, Default)]
@@ -119,7 +124,118 @@ fn zeroed_vec<T: bytemuck::Zeroable + Clone>(len: usize) -> Result<Vec<T>> {
 pub(crate) struct Storage {
     device: u64,
     pub(crate) data: RwLock<Data>,
+    /// Asynchronous copies touching this buffer that the caller has not yet seen complete.
+    in_flight: Mutex<InFlightMap>,
     _reservation: Reservation,
+}
+
+/// Which way an asynchronous copy moves a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CopyDir {
+    /// Device → host: the slot is read by the copy and must not be written meanwhile.
+    Backup,
+    /// Host → device: the slot is written by the copy and must not be touched meanwhile.
+    Recall,
+}
+
+/// One copied slot: its element range (keyed by start), direction and completion marker.
+#[derive(Debug)]
+struct InFlight {
+    end: usize,
+    slot: u32,
+    dir: CopyDir,
+    event: Arc<CpuEvent>,
+    /// The device's synchronize count when the copy was issued.
+    epoch: u64,
+}
+
+/// In-flight copies of one buffer, keyed by the first element of the range.
+#[derive(Debug, Default)]
+struct InFlightMap {
+    by_start: BTreeMap<usize, InFlight>,
+    /// Longest range recorded (bounds the look-back of an overlap query).
+    max_len: usize,
+}
+
+impl Storage {
+    /// Records that slot `slot` (elements `range`) is being copied by the job of `event`.
+    pub(crate) fn start_copy(
+        &self,
+        slot: u32,
+        range: Range<usize>,
+        dir: CopyDir,
+        event: &Arc<CpuEvent>,
+        epoch: u64,
+    ) {
+        let mut map = self.in_flight.lock();
+        map.max_len = map.max_len.max(range.len());
+        let entry = InFlight {
+            end: range.end,
+            slot,
+            dir,
+            event: event.clone(),
+            epoch,
+        };
+        map.by_start.insert(range.start, entry);
+    }
+
+    /// Makes an access to `ranges` safe with respect to this buffer's in-flight copies, where
+    /// `epoch` is the device's current synchronize count. Copies the caller may rely on (its
+    /// event was seen complete, or it was issued before the last `synchronize`) are forgotten.
+    /// Of the others:
+    /// * a **recall** overlapping any access is an error: the contract requires waiting on a
+    ///   recall's event before its slot is used;
+    /// * a **backup** overlapping a write is waited for first (the calling thread blocks until
+    ///   the copy thread has read the slot), so that a backup always holds what the slot held
+    ///   when it was issued, as the contract promises. Reads never conflict with backups.
+    pub(crate) fn prepare_access(
+        &self,
+        ranges: impl IntoIterator<Item = Range<usize>>,
+        write: bool,
+        epoch: u64,
+        what: &str,
+    ) -> Result<()> {
+        let mut wait_for: Vec<Arc<CpuEvent>> = Vec::new();
+        {
+            let mut map = self.in_flight.lock();
+            if map.by_start.is_empty() {
+                return Ok(());
+            }
+            for r in ranges {
+                let from = r.start.saturating_sub(map.max_len.saturating_sub(1));
+                let hits: Vec<usize> = map
+                    .by_start
+                    .range(from..r.end)
+                    .filter(|(_, f)| f.end > r.start)
+                    .map(|(&start, _)| start)
+                    .collect();
+                for start in hits {
+                    let f = &map.by_start[&start];
+                    if f.event.observed() || f.epoch < epoch {
+                        map.by_start.remove(&start);
+                    } else if f.dir == CopyDir::Recall {
+                        return Err(Error::device(
+                            BACKEND,
+                            format!(
+                                "{what}: slot {} is being written by an earlier recall_pages \
+                                 whose event has not been waited on (wait_on_device, wait_host, \
+                                 or is_done returning true) or the device synchronized",
+                                f.slot
+                            ),
+                        ));
+                    } else if write {
+                        wait_for.push(f.event.clone());
+                        map.by_start.remove(&start);
+                    }
+                }
+            }
+        }
+        // Outside the lock: the copy thread needs no lock of ours to finish the backup.
+        for event in wait_for {
+            event.wait_until_finished();
+        }
+        Ok(())
+    }
 }
 
 /// A host buffer's storage: plain bytes.
@@ -138,6 +254,7 @@ pub(crate) fn alloc(device: u64, arena: &Arc<Arena>, dtype: DType, len: usize) -
     let storage = Arc::new(Storage {
         device,
         data: RwLock::new(Data::zeroed(dtype, len)?),
+        in_flight: Mutex::default(),
         _reservation: Reservation::new(arena, bytes),
     });
     Ok(Buffer::new(Box::new(storage), len, dtype))

@@ -10,7 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use arkvale_core::{Error, Event, Result};
+use arkvale_core::{DeviceEvent, Error, Result};
 use crossbeam_channel::{Sender, unbounded};
 
 use crate::BACKEND;
@@ -55,7 +55,7 @@ impl CopyWorker {
     }
 
     /// Queues `job` behind every earlier job and returns its event at once.
-    pub(crate) fn submit(&self, job: Job) -> Result<Event> {
+    pub(crate) fn submit(&self, job: Job) -> Result<Arc<CpuEvent>> {
         let event = Arc::new(CpuEvent::new(self.device));
         let queue = self
             .queue
@@ -64,13 +64,13 @@ impl CopyWorker {
         queue
             .send((job, event.clone()))
             .map_err(|_| Error::device(BACKEND, "the copy thread has stopped"))?;
-        Ok(Event(event))
+        Ok(event)
     }
 
     /// Blocks until every job submitted so far has run (a fence through the FIFO queue).
     pub(crate) fn drain(&self) -> Result<()> {
         let fence = self.submit(Box::new(|| Ok(())))?;
-        fence.0.wait()
+        fence.wait()
     }
 }
 
@@ -125,14 +125,8 @@ mod tests {
             .unwrap();
         let boom = w.submit(Box::new(|| panic!("kaboom"))).unwrap();
         let good = w.submit(Box::new(|| Ok(()))).unwrap();
-        assert!(
-            bad.0
-                .wait()
-                .unwrap_err()
-                .to_string()
-                .contains("disk on fire")
-        );
-        assert!(boom.0.wait().unwrap_err().to_string().contains("kaboom"));
-        good.0.wait().unwrap();
+        assert!(bad.wait().unwrap_err().to_string().contains("disk on fire"));
+        assert!(boom.wait().unwrap_err().to_string().contains("kaboom"));
+        good.wait().unwrap();
     }
 }

@@ -12,13 +12,21 @@
 //!   caller computes meanwhile. Because compute has no queue of its own here,
 //!   [`Device::wait_on_device`] ("later compute waits for the event") **blocks the calling
 //!   thread** until the event completed. [`Device::synchronize`] waits for every queued copy.
-//!   A copy may also observe compute issued *after* it on other slots (it runs whenever the
-//!   copy thread gets to it); as on a GPU, the caller must not overwrite a slot before its
-//!   backup event completed, nor read a recalled slot before waiting on its event.
+//!   Each pool remembers its slots that in-flight copies move, until the caller has seen the
+//!   copy's event complete (`wait_on_device`, `wait_host`, `is_done` returning true) or
+//!   synchronized:
+//!   * a backup holds exactly what its slots held when it was issued: an op that would
+//!     overwrite such a slot first waits (blocking the caller) for the copy thread to have read
+//!     it. (A backup whose slot is reused right away, e.g. of a removed sequence, is legal.)
+//!   * a recall's slots may not be read or written before its event was seen complete, as the
+//!     contract says: such an op fails with [`Error::Device`], deterministically, whether or
+//!     not the copy thread happens to have finished — a race that timing could hide on a GPU
+//!     is a clear error here.
 //! * **Buffers** lock as a whole: reads share, writes are exclusive, so a copy and a compute op
 //!   that touch the same buffer serialize (correct, never torn). An op's output buffer must not
 //!   also be one of its inputs ([`Error::Shape`]).
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -30,12 +38,13 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::BACKEND;
 use crate::attention::{self, StateMut};
-use crate::buffer::{self, Arena, Data, Storage, check_range, not_aliased};
+use crate::buffer::{self, Arena, CopyDir, Data, Storage, check_range, not_aliased};
 use crate::copy_worker::CopyWorker;
 use crate::dispatch::{
     AppendKernel, AttnInputs, AttnKernel, AttnOp, SummarizeKernel, f32s, f32s_mut, with_pool,
 };
 use crate::event::CpuEvent;
+use crate::par::{INLINE_WORK, Par};
 use crate::{digest_ops, validate};
 
 /// Ids of devices made so far, so that a handle can be traced to its device.
@@ -48,10 +57,14 @@ static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 pub struct CpuDevice {
     id: u64,
     threads: usize,
+    /// Ops with less work than this run inline (see [`crate::par`]).
+    inline_work: usize,
     pool: ThreadPool,
     copies: CopyWorker,
     device_mem: Arc<Arena>,
     host_mem: Arc<Arena>,
+    /// How many times `synchronize` completed: copies issued before the last one are done.
+    epoch: AtomicU64,
 }
 
 impl std::fmt::Debug for CpuDevice {
@@ -81,11 +94,20 @@ impl CpuDevice {
         Ok(CpuDevice {
             id,
             threads,
+            inline_work: INLINE_WORK,
             pool,
             copies: CopyWorker::start(id)?,
             device_mem: Arc::default(),
             host_mem: Arc::default(),
+            epoch: AtomicU64::new(0),
         })
+    }
+
+    /// Sets the work below which ops run inline (tests use 0 to force the pool path, or
+    /// `usize::MAX` to force the inline path).
+    #[cfg(test)]
+    pub(crate) fn set_inline_work(&mut self, work: usize) {
+        self.inline_work = work;
     }
 
     /// Compute threads of this device.
@@ -113,6 +135,57 @@ impl CpuDevice {
     }
 
     /// The pool's storage, checked against the layout.
+    /// Runs `f` inline on the calling thread if `work` (element operations) is small or the
+    /// device has one thread, else inside this device's rayon pool.
+    fn run<R: Send>(&self, work: usize, f: impl FnOnce(Par) -> R + Send) -> R {
+        if work < self.inline_work || self.threads == 1 {
+            f(Par::INLINE)
+        } else {
+            let threads = self.threads;
+            self.pool.install(|| f(Par::pool(threads)))
+        }
+    }
+
+    /// Makes an access to element ranges of `s` safe against its in-flight copies (see
+    /// [`Storage::prepare_access`]): may wait for a backup, fails on an unwaited recall.
+    fn access(
+        &self,
+        s: &Storage,
+        ranges: impl IntoIterator<Item = Range<usize>>,
+        write: bool,
+        what: &str,
+    ) -> Result<()> {
+        s.prepare_access(ranges, write, self.epoch.load(Ordering::Acquire), what)
+    }
+
+    /// Prepares reading (`write == false`) or writing the given slots of `pool`.
+    fn slots_access(
+        &self,
+        layout: &KvLayout,
+        pool: &Buffer,
+        slots: impl Iterator<Item = u32>,
+        write: bool,
+        what: &str,
+    ) -> Result<()> {
+        let s = self.storage(pool, what)?;
+        self.access(s, slot_ranges(layout, slots), write, what)
+    }
+
+    /// Records the slots of a submitted copy as in flight.
+    fn track(
+        &self,
+        pool: &Storage,
+        copies: &[(u32, u64)],
+        slots: Vec<Range<usize>>,
+        dir: CopyDir,
+        event: &Arc<CpuEvent>,
+    ) {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        for (&(slot, _), range) in copies.iter().zip(slots) {
+            pool.start_copy(slot, range, dir, event, epoch);
+        }
+    }
+
     fn kv_pool<'a>(&self, l: &KvLayout, pool: &'a Buffer, what: &str) -> Result<&'a Arc<Storage>> {
         validate::layout(l)?;
         self.typed(pool, l.kv_dtype.dtype(), &format!("{what}: pool"))
@@ -173,6 +246,12 @@ impl Device for CpuDevice {
             )));
         }
         check_range(offset, data.len() / size, buf.len(), "write")?;
+        self.access(
+            s,
+            std::iter::once(offset..offset + data.len() / size),
+            true,
+            "write",
+        )?;
         let mut g = s.data.write();
         g.bytes_mut()[offset * size..offset * size + data.len()].copy_from_slice(data);
         Ok(())
@@ -189,6 +268,12 @@ impl Device for CpuDevice {
             )));
         }
         check_range(offset, out.len() / size, buf.len(), "read")?;
+        self.access(
+            s,
+            std::iter::once(offset..offset + out.len() / size),
+            false,
+            "read",
+        )?;
         let g = s.data.read_recursive();
         out.copy_from_slice(&g.bytes()[offset * size..offset * size + out.len()]);
         Ok(())
@@ -215,6 +300,18 @@ impl Device for CpuDevice {
         }
         check_range(src_off, len, src.len(), "copy: src")?;
         check_range(dst_off, len, dst.len(), "copy: dst")?;
+        self.access(
+            s,
+            std::iter::once(src_off..src_off + len),
+            false,
+            "copy: src",
+        )?;
+        self.access(
+            d,
+            std::iter::once(dst_off..dst_off + len),
+            true,
+            "copy: dst",
+        )?;
         let size = src.dtype().size();
         let (from, to, n) = (src_off * size, dst_off * size, len * size);
         if Arc::ptr_eq(s, d) {
@@ -230,6 +327,7 @@ impl Device for CpuDevice {
     fn fill_f32(&self, buf: &Buffer, offset: usize, len: usize, value: f32) -> Result<()> {
         let s = self.typed(buf, DType::F32, "fill_f32")?;
         check_range(offset, len, buf.len(), "fill_f32")?;
+        self.access(s, std::iter::once(offset..offset + len), true, "fill_f32")?;
         let mut g = s.data.write();
         f32s_mut(&mut g)?[offset..offset + len].fill(value);
         Ok(())
@@ -237,7 +335,9 @@ impl Device for CpuDevice {
 
     /// Waits for every queued copy (compute is always finished when a method returns).
     fn synchronize(&self) -> Result<()> {
-        self.copies.drain()
+        self.copies.drain()?;
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     fn alloc_host(&self, bytes: usize) -> Result<HostBuffer> {
@@ -269,15 +369,20 @@ impl Device for CpuDevice {
         let pool_s = self.kv_pool(layout, pool, "backup_pages")?.clone();
         let host_s = buffer::host_storage(self.id, host, "backup_pages")?.clone();
         let plan = page_copy_plan(layout, pool.len(), host.bytes(), copies, "backup_pages")?;
-        self.copies.submit(Box::new(move || {
-            let src = pool_s.data.read_recursive();
+        let slots = slot_ranges(layout, copies.iter().map(|c| c.0));
+        self.access(&pool_s, slots.clone(), false, "backup_pages")?;
+        let storage = pool_s.clone();
+        let event = self.copies.submit(Box::new(move || {
+            let src = storage.data.read_recursive();
             let mut dst = host_s.data.write();
             for &(pool_byte, host_byte, n) in &plan {
                 dst[host_byte..host_byte + n]
                     .copy_from_slice(&src.bytes()[pool_byte..pool_byte + n]);
             }
             Ok(())
-        }))
+        }))?;
+        self.track(&pool_s, copies, slots, CopyDir::Backup, &event);
+        Ok(Event(event))
     }
 
     /// Validates the copies, then queues them on the copy thread (see the module doc).
@@ -291,15 +396,20 @@ impl Device for CpuDevice {
         let pool_s = self.kv_pool(layout, pool, "recall_pages")?.clone();
         let host_s = buffer::host_storage(self.id, host, "recall_pages")?.clone();
         let plan = page_copy_plan(layout, pool.len(), host.bytes(), copies, "recall_pages")?;
-        self.copies.submit(Box::new(move || {
+        let slots = slot_ranges(layout, copies.iter().map(|c| c.0));
+        self.access(&pool_s, slots.clone(), true, "recall_pages")?;
+        let storage = pool_s.clone();
+        let event = self.copies.submit(Box::new(move || {
             let src = host_s.data.read_recursive();
-            let mut dst = pool_s.data.write();
+            let mut dst = storage.data.write();
             for &(pool_byte, host_byte, n) in &plan {
                 dst.bytes_mut()[pool_byte..pool_byte + n]
                     .copy_from_slice(&src[host_byte..host_byte + n]);
             }
             Ok(())
-        }))
+        }))?;
+        self.track(&pool_s, copies, slots, CopyDir::Recall, &event);
+        Ok(Event(event))
     }
 
     /// Blocks the calling thread until `event` completed: CPU compute runs on the caller's
@@ -332,6 +442,13 @@ impl Device for CpuDevice {
         let v_s = self.typed(v, DType::F32, "append_kv: v")?;
         not_aliased(pool_s, &[k_s, v_s], "append_kv")?;
         validate::append(layout, pool.len(), k.len(), v.len(), dests)?;
+        self.slots_access(
+            layout,
+            pool,
+            dests.iter().map(|d| d.slot),
+            true,
+            "append_kv",
+        )?;
         let (kg, vg) = (k_s.data.read_recursive(), v_s.data.read_recursive());
         let mut pg = pool_s.data.write();
         let pool_data: &mut Data = &mut pg;
@@ -341,7 +458,8 @@ impl Device for CpuDevice {
             v: f32s(&vg)?,
             dests,
         };
-        self.pool.install(|| kernel.run_mut(pool_data))
+        let work = dests.len() * layout.heads_per_group * layout.head_dim * 2;
+        self.run(work, |par| kernel.run_mut(par, pool_data))
     }
 
     fn summarize(
@@ -356,6 +474,13 @@ impl Device for CpuDevice {
         let dg_s = self.typed(digests, DType::F32, "summarize: digests")?;
         not_aliased(dg_s, &[pool_s], "summarize")?;
         validate::summarize(layout, kind, pool.len(), jobs, digests.len())?;
+        self.slots_access(
+            layout,
+            pool,
+            jobs.iter().map(|j| j.slot),
+            false,
+            "summarize",
+        )?;
         let pg = pool_s.data.read_recursive();
         let mut dg = dg_s.data.write();
         let kernel = SummarizeKernel {
@@ -364,7 +489,8 @@ impl Device for CpuDevice {
             jobs,
             digests: f32s_mut(&mut dg)?,
         };
-        self.pool.install(|| with_pool(&pg, kernel))
+        let work = jobs.len() * layout.heads_per_group * layout.page_size * layout.head_dim * 4;
+        self.run(work, |par| with_pool(par, &pg, kernel))
     }
 
     fn estimate(
@@ -386,8 +512,10 @@ impl Device for CpuDevice {
         let (dg, qg) = (dg_s.data.read_recursive(), q_s.data.read_recursive());
         let mut sg = sc_s.data.write();
         let (dg, qg, sg) = (f32s(&dg)?, f32s(&qg)?, f32s_mut(&mut sg)?);
-        self.pool
-            .install(|| digest_ops::estimate(layout, kind, agg, dg, qg, jobs, sg));
+        let work = jobs.len() * layout.heads_per_group * layout.gqa * kind.len(layout.head_dim);
+        self.run(work, |par| {
+            digest_ops::estimate(par, layout, kind, agg, dg, qg, jobs, sg)
+        });
         Ok(())
     }
 
@@ -401,7 +529,8 @@ impl Device for CpuDevice {
             return Err(Error::shape("topk: out must be u32"));
         };
         let s = f32s(&sg)?;
-        self.pool.install(|| digest_ops::topk(s, segments, o));
+        let work = segments.iter().map(|g| g.len as usize * 8).sum();
+        self.run(work, |par| digest_ops::topk(par, s, segments, o));
         Ok(())
     }
 
@@ -429,6 +558,7 @@ impl Device for CpuDevice {
             pages,
             mask_v.map(<[u8]>::len),
         )?;
+        self.slots_access(layout, pool, pages.iter().map(|p| p.slot), false, what)?;
         let mut og = out_s.data.write();
         let op = AttnOp::Decode(f32s_mut(&mut og)?);
         let kernel = AttnKernel {
@@ -440,7 +570,9 @@ impl Device for CpuDevice {
             scale,
             op,
         };
-        self.pool.install(|| with_pool(&inp.pool, kernel))
+        self.run(attention_work(layout, rows), |par| {
+            with_pool(par, &inp.pool, kernel)
+        })
     }
 
     fn prefill_attention(
@@ -469,6 +601,7 @@ impl Device for CpuDevice {
             pages,
             mask_v.map(<[u8]>::len),
         )?;
+        self.slots_access(layout, pool, pages.iter().map(|p| p.slot), false, what)?;
         validate::state(
             layout,
             rows,
@@ -491,7 +624,9 @@ impl Device for CpuDevice {
             scale,
             op,
         };
-        self.pool.install(|| with_pool(&inp.pool, kernel))
+        self.run(attention_work(layout, rows), |par| {
+            with_pool(par, &inp.pool, kernel)
+        })
     }
 
     fn attention_finalize(
@@ -518,8 +653,8 @@ impl Device for CpuDevice {
         let (ag, sg) = (acc_s.data.read_recursive(), sum_s.data.read_recursive());
         let mut og = out_s.data.write();
         let (a, s, o) = (f32s(&ag)?, f32s(&sg)?, f32s_mut(&mut og)?);
-        self.pool
-            .install(|| attention::finalize(layout, a, s, rows, o));
+        let work = rows.len() * layout.heads_per_group * layout.gqa * layout.head_dim;
+        self.run(work, |par| attention::finalize(par, layout, a, s, rows, o));
         Ok(())
     }
 
@@ -547,6 +682,7 @@ impl Device for CpuDevice {
             pages,
             mask_v.map(<[u8]>::len),
         )?;
+        self.slots_access(layout, pool, pages.iter().map(|p| p.slot), false, what)?;
         check_range(
             0,
             pages.len().saturating_mul(layout.tokens_per_slot()),
@@ -564,8 +700,26 @@ impl Device for CpuDevice {
             scale,
             op,
         };
-        self.pool.install(|| with_pool(&inp.pool, kernel))
+        self.run(attention_work(layout, rows), |par| {
+            with_pool(par, &inp.pool, kernel)
+        })
     }
+}
+
+/// Element operations of an attention op: every row's tokens × its query heads × `2d`.
+fn attention_work(l: &KvLayout, rows: &[AttnRow]) -> usize {
+    let per_page = l.page_size * l.heads_per_group * l.gqa * l.head_dim * 2;
+    rows.iter()
+        .map(|r| (r.page_count as usize).saturating_mul(per_page))
+        .fold(0, usize::saturating_add)
+}
+
+/// The element ranges of slots (validated).
+fn slot_ranges(l: &KvLayout, slots: impl Iterator<Item = u32>) -> Vec<Range<usize>> {
+    let n = l.slot_elems();
+    slots
+        .map(|s| s as usize * n..(s as usize + 1) * n)
+        .collect()
 }
 
 /// Turns `(slot, host byte offset)` copies into checked `(pool byte, host byte, bytes)` ranges.

@@ -10,6 +10,7 @@ use parking_lot::RwLockReadGuard;
 use crate::attention::{self, Problem, StateMut};
 use crate::buffer::Data;
 use crate::elem::KvElem;
+use crate::par::Par;
 use crate::{append, digest_ops};
 
 /// The f32 elements of a storage already checked to be f32.
@@ -31,15 +32,15 @@ pub(crate) fn f32s_mut(d: &mut Data) -> Result<&mut [f32]> {
 /// A kernel generic over the pool's element type.
 pub(crate) trait PoolKernel {
     type Out;
-    fn run<T: KvElem>(self, pool: &[T]) -> Self::Out;
+    fn run<T: KvElem>(self, par: Par, pool: &[T]) -> Self::Out;
 }
 
 /// Runs `k` over the pool's typed elements.
-pub(crate) fn with_pool<K: PoolKernel>(data: &Data, k: K) -> Result<K::Out> {
+pub(crate) fn with_pool<K: PoolKernel>(par: Par, data: &Data, k: K) -> Result<K::Out> {
     match data {
-        Data::F32(v) => Ok(k.run::<f32>(v)),
-        Data::F16(v) => Ok(k.run::<f16>(v)),
-        Data::BF16(v) => Ok(k.run::<bf16>(v)),
+        Data::F32(v) => Ok(k.run::<f32>(par, v)),
+        Data::F16(v) => Ok(k.run::<f16>(par, v)),
+        Data::BF16(v) => Ok(k.run::<bf16>(par, v)),
         _ => Err(Error::shape("the KV pool must be f32, f16 or bf16")),
     }
 }
@@ -64,8 +65,9 @@ pub(crate) struct AttnKernel<'a> {
 
 impl PoolKernel for AttnKernel<'_> {
     type Out = ();
-    fn run<T: KvElem>(self, pool: &[T]) {
+    fn run<T: KvElem>(self, par: Par, pool: &[T]) {
         let pb = Problem {
+            par,
             l: self.l,
             pool,
             q: self.q,
@@ -92,11 +94,11 @@ pub(crate) struct AppendKernel<'a> {
 
 impl AppendKernel<'_> {
     /// Runs the append over the pool's typed elements.
-    pub(crate) fn run_mut(self, data: &mut Data) -> Result<()> {
+    pub(crate) fn run_mut(self, par: Par, data: &mut Data) -> Result<()> {
         match data {
-            Data::F32(p) => append::append_kv(self.l, p, self.k, self.v, self.dests),
-            Data::F16(p) => append::append_kv(self.l, p, self.k, self.v, self.dests),
-            Data::BF16(p) => append::append_kv(self.l, p, self.k, self.v, self.dests),
+            Data::F32(p) => append::append_kv(par, self.l, p, self.k, self.v, self.dests),
+            Data::F16(p) => append::append_kv(par, self.l, p, self.k, self.v, self.dests),
+            Data::BF16(p) => append::append_kv(par, self.l, p, self.k, self.v, self.dests),
             _ => return Err(Error::shape("the KV pool must be f32, f16 or bf16")),
         }
         Ok(())
@@ -113,8 +115,8 @@ pub(crate) struct SummarizeKernel<'a> {
 
 impl PoolKernel for SummarizeKernel<'_> {
     type Out = ();
-    fn run<T: KvElem>(self, pool: &[T]) {
-        digest_ops::summarize(self.l, self.kind, pool, self.jobs, self.digests)
+    fn run<T: KvElem>(self, par: Par, pool: &[T]) {
+        digest_ops::summarize(par, self.l, self.kind, pool, self.jobs, self.digests)
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`CpuEvent`]: the completion marker of the copy worker's jobs.
 
 use std::any::Any;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arkvale_core::{DeviceEvent, Error, Result};
 use parking_lot::{Condvar, Mutex};
@@ -25,6 +26,8 @@ pub struct CpuEvent {
     device: u64,
     state: Mutex<State>,
     changed: Condvar,
+    /// Whether a caller has seen the job finished (a wait returned, or `is_done` said so).
+    observed: AtomicBool,
 }
 
 impl CpuEvent {
@@ -34,6 +37,7 @@ impl CpuEvent {
             device,
             state: Mutex::new(State::Pending),
             changed: Condvar::new(),
+            observed: AtomicBool::new(false),
         }
     }
 
@@ -55,7 +59,27 @@ impl CpuEvent {
         }
     }
 
-    fn outcome(state: &State) -> Result<bool> {
+    /// Whether a caller has seen this job finished (through [`DeviceEvent::wait`], a `true`
+    /// from [`DeviceEvent::is_done`], or a failure reported by either). Only then may the
+    /// caller rely on the job's completion, so only then are its slots free again.
+    pub(crate) fn observed(&self) -> bool {
+        self.observed.load(Ordering::Acquire)
+    }
+
+    /// Blocks until the job finished, without reporting its outcome to anyone (the backend
+    /// waits this way for a backup before overwriting its slot; the caller still learns the
+    /// backup's outcome from its own waits).
+    pub(crate) fn wait_until_finished(&self) {
+        let mut state = self.state.lock();
+        while *state == State::Pending {
+            self.changed.wait(&mut state);
+        }
+    }
+
+    fn outcome(&self, state: &State) -> Result<bool> {
+        if *state != State::Pending {
+            self.observed.store(true, Ordering::Release);
+        }
         match state {
             State::Pending => Ok(false),
             State::Done => Ok(true),
@@ -71,7 +95,7 @@ impl DeviceEvent for CpuEvent {
     /// `Ok(true)` once the job finished, `Ok(false)` while it is pending, the job's error if it
     /// failed.
     fn is_done(&self) -> Result<bool> {
-        Self::outcome(&self.state.lock())
+        self.outcome(&self.state.lock())
     }
 
     /// Blocks until the job finished; returns the job's error if it failed.
@@ -80,7 +104,7 @@ impl DeviceEvent for CpuEvent {
         while *state == State::Pending {
             self.changed.wait(&mut state);
         }
-        Self::outcome(&state).map(|_| ())
+        self.outcome(&state).map(|_| ())
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -97,10 +121,12 @@ mod tests {
     fn wait_returns_once_completed_from_another_thread() {
         let ev = Arc::new(CpuEvent::new(1));
         assert!(!ev.is_done().unwrap());
+        assert!(!ev.observed());
         let other = ev.clone();
         let t = std::thread::spawn(move || other.complete(Ok(())));
         ev.wait().unwrap();
         t.join().unwrap();
+        assert!(ev.observed());
         assert!(ev.is_done().unwrap());
     }
 

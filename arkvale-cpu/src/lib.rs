@@ -14,7 +14,7 @@
 //! a bad handle or descriptor is an error, never a panic.
 //!
 //! Modules, one job each: `buffer` (storage and arenas), `elem` (storage types, small f32
-//! kernels), `validate` (descriptor checks), `scatter` (disjoint parallel writes), `append`,
+//! kernels), `validate` (descriptor checks), `scatter` (disjoint parallel writes), `par` (pool or inline), `append`,
 //! `digest_ops` (summarize, estimate, top-k), `attention`, `event` and `copy_worker` (the
 //! asynchronous copy queue), `dispatch` (from typed storage to generic kernels) and `device`
 //! (the [`Device`](arkvale_core::Device) implementation).
@@ -28,6 +28,7 @@ mod digest_ops;
 mod dispatch;
 mod elem;
 mod event;
+mod par;
 mod scatter;
 mod validate;
 

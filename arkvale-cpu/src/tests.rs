@@ -90,8 +90,18 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
+/// A three-thread device; half the cases force every op onto the rayon pool, the other half
+/// run every op inline on the calling thread (the two execution paths of `crate::par`).
+fn dev_for(c: &Case) -> Arc<dyn Device> {
+    let mut dev = CpuDevice::new(Some(3)).expect("cpu device");
+    dev.set_inline_work(if c.seed & 2 == 0 { 0 } else { usize::MAX });
+    Arc::new(dev)
+}
+
 fn dev() -> Arc<dyn Device> {
-    Arc::new(CpuDevice::new(Some(3)).expect("cpu device"))
+    let mut dev = CpuDevice::new(Some(3)).expect("cpu device");
+    dev.set_inline_work(0);
+    Arc::new(dev)
 }
 
 /// A pool filled with random values: the device buffer and the reference's rounded values.
@@ -208,7 +218,7 @@ proptest! {
 
     #[test]
     fn append_kv_matches_reference_bitwise(c in case()) {
-        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let (dev, mut rng) = (dev_for(&c), Rng(c.seed));
         let (pool, mut want) = random_pool(&dev, &c, &mut rng);
         let tokens = 1 + rng.below(5);
         let row = c.l.kv_heads() * c.l.head_dim;
@@ -230,7 +240,7 @@ proptest! {
 
     #[test]
     fn summarize_matches_reference_bitwise_for_every_kind(c in case()) {
-        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let (dev, mut rng) = (dev_for(&c), Rng(c.seed));
         let (pool, vals) = random_pool(&dev, &c, &mut rng);
         let n_dig = 1 + rng.below(6);
         let jobs: Vec<SummarizeJob> = (0..1 + rng.below(6))
@@ -252,7 +262,7 @@ proptest! {
 
     #[test]
     fn estimate_matches_reference_mean_and_max(c in case()) {
-        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let (dev, mut rng) = (dev_for(&c), Rng(c.seed));
         let kind = DigestKind::ALL[rng.below(DigestKind::ALL.len())];
         let n_dig = 1 + rng.below(8);
         let dvals = rng.values(n_dig * c.l.heads_per_group * kind.len(c.l.head_dim));
@@ -304,7 +314,7 @@ proptest! {
 
     #[test]
     fn decode_attention_matches_reference(c in case(), masked in any::<bool>()) {
-        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let (dev, mut rng) = (dev_for(&c), Rng(c.seed));
         let (pool, vals) = random_pool(&dev, &c, &mut rng);
         let a = attn_case(&c, &mut rng, true);
         let qn = a.n_q * c.l.q_heads() * c.l.head_dim;
@@ -323,7 +333,7 @@ proptest! {
 
     #[test]
     fn prefill_over_several_calls_then_finalize_matches_reference(c in case(), masked in any::<bool>()) {
-        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let (dev, mut rng) = (dev_for(&c), Rng(c.seed));
         let (pool, vals) = random_pool(&dev, &c, &mut rng);
         let a = attn_case(&c, &mut rng, false);
         let qn = a.n_q * c.l.q_heads() * c.l.head_dim;
@@ -353,7 +363,7 @@ proptest! {
 
     #[test]
     fn attention_weights_match_reference(c in case(), masked in any::<bool>()) {
-        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let (dev, mut rng) = (dev_for(&c), Rng(c.seed));
         let (pool, vals) = random_pool(&dev, &c, &mut rng);
         let a = attn_case(&c, &mut rng, true);
         let q = rng.values(a.n_q * c.l.q_heads() * c.l.head_dim);
@@ -373,7 +383,7 @@ proptest! {
 
     #[test]
     fn backup_then_recall_restores_identical_bytes(c in case()) {
-        let (dev, mut rng) = (dev(), Rng(c.seed));
+        let (dev, mut rng) = (dev_for(&c), Rng(c.seed));
         let (pool, _) = random_pool(&dev, &c, &mut rng);
         let sb = c.l.slot_bytes();
         let mut before = vec![0u8; pool.bytes()];
@@ -637,6 +647,136 @@ fn bad_handles_and_descriptors_are_errors_not_panics() {
         &scores
     )));
     assert!(CpuDevice::new(Some(0)).is_err());
+}
+
+#[test]
+fn a_backup_holds_its_slot_as_issued_even_if_the_slot_is_overwritten_at_once() {
+    let dev = CpuDevice::new(Some(2)).unwrap();
+    let l = KvLayout {
+        kv_dtype: KvDtype::F32,
+        heads_per_group: 8,
+        gqa: 1,
+        page_size: 32,
+        head_dim: 128,
+        groups: 1,
+    };
+    let slots = 64;
+    let vals: Vec<f32> = (0..slots * l.slot_elems())
+        .map(|i| (i % 1000) as f32)
+        .collect();
+    let pool = dev.upload_f32(&vals, DType::F32).unwrap();
+    let host = dev.alloc_host((slots + 1) * l.slot_bytes()).unwrap();
+    // Keep the copy thread busy so that the last backup is still queued when we write.
+    let all: Vec<(u32, u64)> = (0..slots as u32)
+        .map(|s| (s, s as u64 * l.slot_bytes() as u64))
+        .collect();
+    for _ in 0..4 {
+        dev.backup_pages(&l, &pool, &all, &host).unwrap();
+    }
+    let last = (slots * l.slot_bytes()) as u64;
+    let ev = dev.backup_pages(&l, &pool, &[(5, last)], &host).unwrap();
+    let k = dev
+        .upload_f32(&vec![-1.0; l.kv_heads() * l.head_dim], DType::F32)
+        .unwrap();
+    dev.append_kv(
+        &l,
+        &pool,
+        &k,
+        &k,
+        &[AppendDest {
+            token: 0,
+            group: 0,
+            slot: 5,
+            pos: 0,
+        }],
+    )
+    .unwrap();
+    dev.fill_f32(&pool, 5 * l.slot_elems() + 7, 3, -2.0)
+        .unwrap();
+    dev.wait_host(&ev).unwrap();
+    let mut got = vec![0u8; l.slot_bytes()];
+    dev.host_read(&host, last as usize, &mut got).unwrap();
+    let want = &vals[5 * l.slot_elems()..6 * l.slot_elems()];
+    assert_eq!(bytemuck::cast_slice::<u8, f32>(&got), want);
+}
+
+#[test]
+fn using_a_recalled_slot_before_waiting_is_an_error() {
+    let dev = CpuDevice::new(Some(2)).unwrap();
+    let l = KvLayout {
+        kv_dtype: KvDtype::F16,
+        heads_per_group: 1,
+        gqa: 1,
+        page_size: 8,
+        head_dim: 4,
+        groups: 1,
+    };
+    let pool = dev.alloc(DType::F16, 3 * l.slot_elems()).unwrap();
+    let host = dev.alloc_host(3 * l.slot_bytes()).unwrap();
+    let k = dev.alloc(DType::F32, 4).unwrap();
+    let out = dev.alloc(DType::F32, 4).unwrap();
+    let into = |slot| {
+        [AppendDest {
+            token: 0,
+            group: 0,
+            slot,
+            pos: 0,
+        }]
+    };
+    let row = AttnRow {
+        q_row: 0,
+        group: 0,
+        pos: 9,
+        page_start: 0,
+        page_count: 1,
+    };
+    let page = |slot| {
+        [AttnPage {
+            slot,
+            base_pos: 0,
+            len: 8,
+        }]
+    };
+    let is_device = |r: arkvale_core::Result<()>| matches!(r, Err(Error::Device { .. }));
+    let ev = dev.recall_pages(&l, &host, &[(2, 0)], &pool).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5)); // done, but nobody looked
+    assert!(is_device(dev.decode_attention(
+        &l,
+        &pool,
+        &k,
+        &[row],
+        &page(2),
+        None,
+        1.0,
+        &out
+    )));
+    assert!(is_device(dev.append_kv(&l, &pool, &k, &k, &into(2))));
+    assert!(is_device(dev.read(
+        &pool,
+        2 * l.slot_elems(),
+        &mut [0u8; 2]
+    )));
+    assert!(is_device(
+        dev.backup_pages(&l, &pool, &[(2, 0)], &host).map(|_| ())
+    ));
+    // Other slots are free to use.
+    assert!(
+        dev.decode_attention(&l, &pool, &k, &[row], &page(1), None, 1.0, &out)
+            .is_ok()
+    );
+    // is_done == true counts as seeing it complete.
+    while !ev.is_done().unwrap() {}
+    assert!(
+        dev.decode_attention(&l, &pool, &k, &[row], &page(2), None, 1.0, &out)
+            .is_ok()
+    );
+    // So do wait_on_device and synchronize.
+    let ev = dev.recall_pages(&l, &host, &[(1, 0)], &pool).unwrap();
+    dev.wait_on_device(&ev).unwrap();
+    assert!(dev.append_kv(&l, &pool, &k, &k, &into(1)).is_ok());
+    dev.recall_pages(&l, &host, &[(0, 0)], &pool).unwrap();
+    dev.synchronize().unwrap();
+    assert!(dev.append_kv(&l, &pool, &k, &k, &into(0)).is_ok());
 }
 
 #[test]
