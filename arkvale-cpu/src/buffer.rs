@@ -10,7 +10,7 @@
 //! The `Arc` lets the copy worker keep a buffer alive while a copy is in flight: dropping a
 //! handle frees the memory once the device no longer uses it. A device buffer also records
 //! which of its slots asynchronous copies are moving, until the caller has seen them complete
-//! ([`Storage::check_access`]).
+//! ([`Storage::prepare_access`]).
 
 use std::collections::BTreeMap;
 use std::ops::Range;

@@ -2,29 +2,7 @@
 //! op kernels together. Each method checks its handles and descriptors, takes the buffers'
 //! locks, and runs a kernel on this device's own rayon pool.
 //!
-//! # How the contract maps to the CPU
-//!
-//! * **Stream order.** Compute methods run to completion on the calling thread (fanning out to
-//!   the rayon pool) before they return, so a later operation trivially observes every earlier
-//!   one, and every copy observes the compute issued before it.
-//! * **Asynchronous copies.** [`Device::backup_pages`] / [`Device::recall_pages`] validate their
-//!   descriptors, queue a job on the copy thread and return its [`CpuEvent`] at once; the
-//!   caller computes meanwhile. Because compute has no queue of its own here,
-//!   [`Device::wait_on_device`] ("later compute waits for the event") **blocks the calling
-//!   thread** until the event completed. [`Device::synchronize`] waits for every queued copy.
-//!   Each pool remembers its slots that in-flight copies move, until the caller has seen the
-//!   copy's event complete (`wait_on_device`, `wait_host`, `is_done` returning true) or
-//!   synchronized:
-//!   * a backup holds exactly what its slots held when it was issued: an op that would
-//!     overwrite such a slot first waits (blocking the caller) for the copy thread to have read
-//!     it. (A backup whose slot is reused right away, e.g. of a removed sequence, is legal.)
-//!   * a recall's slots may not be read or written before its event was seen complete, as the
-//!     contract says: such an op fails with [`Error::Device`], deterministically, whether or
-//!     not the copy thread happens to have finished — a race that timing could hide on a GPU
-//!     is a clear error here.
-//! * **Buffers** lock as a whole: reads share, writes are exclusive, so a copy and a compute op
-//!   that touch the same buffer serialize (correct, never torn). An op's output buffer must not
-//!   also be one of its inputs ([`Error::Shape`]).
+//! See [`CpuDevice`] for how the [`Device`] contract maps to the CPU.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -51,9 +29,36 @@ use crate::{digest_ops, validate};
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The multithreaded CPU backend: f32 arithmetic, f32/f16/bf16 KV storage, a persistent
-/// rayon pool for compute and one copy thread for asynchronous page copies between its
-/// "device" arena and its host arena. See the [module doc](self) for how the [`Device`]
-/// contract maps to the CPU.
+/// rayon pool for compute (small ops run inline on the calling thread instead) and one copy
+/// thread for asynchronous page copies between its "device" arena and its host arena.
+///
+/// # How the `Device` contract maps to the CPU
+///
+/// * **Stream order.** Compute methods run to completion before they return (fanned out over
+///   the device's rayon pool, or inline on the calling thread when the op is smaller than about
+///   64k element operations), so a later operation trivially observes every earlier one, and
+///   every copy observes the compute issued before it.
+/// * **Asynchronous copies.** [`Device::backup_pages`] / [`Device::recall_pages`] validate their
+///   descriptors, queue a job on the copy thread and return its [`CpuEvent`] at once; the
+///   caller computes meanwhile. Because compute has no queue of its own here,
+///   [`Device::wait_on_device`] ("later compute waits for the event") **blocks the calling
+///   thread** until the event completed. [`Device::synchronize`] waits for every queued copy.
+///   Each pool remembers its slots that in-flight copies move, until the caller has seen the
+///   copy's event complete (`wait_on_device`, `wait_host`, `is_done` returning true) or
+///   synchronized:
+///   * a backup holds exactly what its slots held when it was issued: an op that would
+///     overwrite such a slot first waits (blocking the caller) for the copy thread to have read
+///     it. (A backup whose slot is reused right away, e.g. of a removed sequence, is legal.)
+///   * a recall's slots may not be read or written before its event was seen complete, as the
+///     contract says: such an op fails with [`Error::Device`], deterministically, whether or
+///     not the copy thread happens to have finished — a race that timing could hide on a GPU
+///     is a clear error here.
+/// * **Buffers** lock as a whole: reads share, writes are exclusive, so a copy and a compute op
+///   that touch the same buffer serialize (correct, never torn). An op's output buffer must not
+///   also be one of its inputs ([`Error::Shape`]).
+/// * **Errors.** Every descriptor is checked before any work starts: an index out of range, a
+///   buffer too small or of the wrong dtype is [`Error::Shape`]; a handle or event of another
+///   device is [`Error::Device`]; nothing panics.
 pub struct CpuDevice {
     id: u64,
     threads: usize,
