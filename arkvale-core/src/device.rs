@@ -14,7 +14,9 @@
 //!   call [`Device::wait_on_device`] to make the compute queue wait for an event (no host
 //!   stall), or [`Device::wait_host`] to block the host. A backup's host bytes may be read
 //!   only after its event completed; a recall's destination slot may be read only after
-//!   `wait_on_device` on its event.
+//!   `wait_on_device` on its event. The cache manager never writes a slot while a backup of
+//!   it may still be reading it (it waits for the backup's event before a slot changes
+//!   hands), so backends need not order compute after copies on their own.
 //! * **Ownership.** A [`Buffer`] / [`HostBuffer`] is an owned handle; dropping it frees the
 //!   memory once the device no longer uses it. Handles are not `Clone`: copying device memory
 //!   can fail, so it is an explicit operation ([`Device::copy`]). A handle must only be passed

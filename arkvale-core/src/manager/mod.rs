@@ -204,14 +204,17 @@ impl CacheManager {
     /// Removes a sequence and frees its slots, digests and host backups.
     pub fn remove_sequence(&mut self, id: SeqId) -> Result<()> {
         let seq = self.seqs.remove(&id).ok_or(Error::UnknownSequence(id.0))?;
+        let mut first_error = None;
         for layer in seq.layers {
             for group in layer.groups {
                 for page in group.pages {
-                    self.res.release_page(page);
+                    if let Err(e) = self.res.release_page(page) {
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Sets the attention softmax scale (default `1 / sqrt(head_dim)`).

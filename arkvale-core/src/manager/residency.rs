@@ -73,9 +73,14 @@ impl Resources {
         Ok(slot)
     }
 
-    /// Frees every resource of a page (sequence removal).
-    pub fn release_page(&mut self, page: PageEntry) {
+    /// Frees every resource of a page (sequence removal). A resident page's slot goes back to
+    /// the pool only after its backup copy finished reading it, so no later write can race
+    /// with the copy.
+    pub fn release_page(&mut self, page: PageEntry) -> Result<()> {
         if let Some(slot) = page.slot {
+            if let Some(b) = page.backup {
+                self.host.wait_complete(b)?;
+            }
             self.slots.free(slot);
         }
         if let (Some(d), Some(store)) = (page.digest, self.digests.as_mut()) {
@@ -84,6 +89,7 @@ impl Resources {
         if let Some(b) = page.backup {
             self.host.free(b);
         }
+        Ok(())
     }
 
     /// Writes the digests of the given full pages (slots) and starts their backups, batched:
