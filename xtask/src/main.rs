@@ -1,1 +1,94 @@
-fn main() {}
+//! # xtask
+//!
+//! Project automation for arkvale-rs, run as `cargo xtask <command>` (an alias in
+//! `.cargo/config.toml`). Plain Rust with no dependencies: every command drives `cargo`
+//! (the one in the `CARGO` environment variable, else `cargo` on the `PATH`) from the workspace
+//! root, streams its output, and exits non-zero when a step fails.
+//!
+//! * `test-all-backends` ([`test_all`]): `cargo test --workspace`, then the differential suite
+//!   on every backend, then one summary line per backend;
+//! * `ci` ([`ci`]): formatting, clippy, doc tests, then `test-all-backends`;
+//! * `bench` ([`bench`]): the CPU backend's criterion benches.
+
+mod bench;
+mod ci;
+mod process;
+mod test_all;
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+cargo xtask: project automation for arkvale-rs
+
+USAGE:
+    cargo xtask <COMMAND> [ARGS...]
+
+COMMANDS:
+    test-all-backends [--filter SUBSTR | -- SUBSTR]
+        Runs `cargo test --workspace --no-fail-fast`, then the cross-backend
+        differential suite (`cargo run -p arkvale-tests --bin arkvale-suite --
+        --backend all`) on every backend compiled in. Ends with one line per backend:
+            backend <name>: <N> passed, <M> failed
+            backend <name>: skipped (<reason>)
+        A filter is passed to both: to `cargo test` as its test-name filter and to the
+        suite as `--filter`. Fails if `cargo test` or any backend failed; a backend whose
+        device is absent on this machine is skipped, not failed.
+
+    ci [--no-tests]
+        What CI runs, stopping at the first failing step:
+            cargo fmt --all -- --check
+            cargo clippy --workspace --all-targets -- -D warnings
+            cargo test --workspace --doc
+            cargo xtask test-all-backends
+        `--no-tests` stops after the doc tests (the CI script then runs
+        `cargo xtask test-all-backends` as its own, separately timed step).
+
+    bench [ARGS...]
+        Runs `cargo bench -p arkvale-cpu ARGS...`; for example
+        `cargo xtask bench -- decode` passes the filter `decode` to criterion.
+
+    help, -h, --help
+        Prints this help.
+
+Cargo honours CARGO_TARGET_DIR and the other CARGO_* variables of the environment.
+";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let Some(command) = args.next() else {
+        eprint!("{HELP}");
+        return ExitCode::from(2);
+    };
+    let rest: Vec<String> = args.collect();
+    let wants_help = rest.iter().any(|a| a == "-h" || a == "--help");
+    let result = match command.as_str() {
+        "help" | "-h" | "--help" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        // `bench` passes every argument on, `--help` included (criterion has its own).
+        "bench" => bench::run(&rest),
+        _ if wants_help => {
+            print!("{HELP}");
+            Ok(())
+        }
+        "test-all-backends" => {
+            match test_all::parse_filter(&rest).and_then(|f| test_all::run(f.as_deref())) {
+                // The summary already says what failed; keep the backend lines the last lines.
+                Ok(false) => return ExitCode::FAILURE,
+                other => other.map(|_| ()),
+            }
+        }
+        "ci" => ci::parse(&rest).and_then(ci::run),
+        other => Err(format!(
+            "unknown command '{other}' (see `cargo xtask --help`)"
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("xtask: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

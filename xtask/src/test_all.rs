@@ -1,0 +1,197 @@
+//! `cargo xtask test-all-backends`: the workspace's tests, then the differential suite on every
+//! backend, then one summary line per backend as the last lines of the output.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::Instant;
+
+use crate::process::{cargo, display, outcome, run_timed, seconds};
+
+/// Reads the optional test-name filter: `--filter SUBSTR`, `--filter=SUBSTR`, `-- SUBSTR` or a
+/// bare `SUBSTR`.
+pub fn parse_filter(args: &[String]) -> Result<Option<String>, String> {
+    let mut filter = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let value = match arg.as_str() {
+            "--filter" | "--" => args
+                .next()
+                .ok_or_else(|| format!("`{arg}` needs a filter after it"))?
+                .clone(),
+            a if a.starts_with("--filter=") => a["--filter=".len()..].to_string(),
+            a if a.starts_with('-') => return Err(format!("unexpected option '{a}'")),
+            a => a.to_string(),
+        };
+        if filter.replace(value).is_some() {
+            return Err("give at most one filter".into());
+        }
+    }
+    Ok(filter)
+}
+
+/// One backend's summary line as printed by `arkvale-suite`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendLine {
+    /// The backend's name.
+    pub name: String,
+    /// The whole line, `backend <name>: ...`.
+    pub line: String,
+    /// Whether any case failed on it.
+    pub failed: bool,
+}
+
+/// Recognizes `backend <name>: <N> passed, <M> failed` and `backend <name>: skipped (<why>)`;
+/// any other line (a case's output, say) is `None`.
+pub fn parse_backend_line(line: &str) -> Option<BackendLine> {
+    let line = line.trim_end();
+    let (name, rest) = line.strip_prefix("backend ")?.split_once(": ")?;
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return None;
+    }
+    let failed = if rest.starts_with("skipped (") && rest.ends_with(')') {
+        false
+    } else {
+        let (passed, failed) = rest.split_once(" passed, ")?;
+        let failed = failed.strip_suffix(" failed")?;
+        passed.parse::<usize>().ok()?;
+        failed.parse::<usize>().ok()? > 0
+    };
+    Some(BackendLine {
+        name: name.to_string(),
+        line: line.to_string(),
+        failed,
+    })
+}
+
+/// Runs the tests and the suite and prints the summary. `Ok(true)`: everything passed;
+/// `Ok(false)`: something failed and the summary says what; `Err`: a command could not run.
+pub fn run(filter: Option<&str>) -> Result<bool, String> {
+    // 1. The workspace's own tests, output streamed as usual; every test binary runs even if
+    //    an earlier one failed, so one run shows every failure.
+    let mut test = cargo(["test", "--workspace", "--no-fail-fast"]);
+    if let Some(f) = filter {
+        test.args(["--", f]);
+    }
+    let (test_status, test_time) = run_timed(&mut test)?;
+
+    // 2. The differential suite, streamed line by line while its summary lines are kept.
+    let mut suite = cargo(["run", "-p", "arkvale-tests", "--bin", "arkvale-suite", "--"]);
+    suite.args(["--backend", "all"]);
+    if let Some(f) = filter {
+        suite.args(["--filter", f]);
+    }
+    let suite_line = display(&suite);
+    eprintln!("==> {suite_line}");
+    let start = Instant::now();
+    let mut child = suite
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not start `{suite_line}`: {e}"))?;
+    let mut backends: Vec<BackendLine> = Vec::new();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| format!("reading the output of `{suite_line}`: {e}"))?;
+        let _ = writeln!(out, "{line}");
+        if let Some(b) = parse_backend_line(&line) {
+            // One line per backend; a repeated name keeps its latest line.
+            backends.retain(|old| old.name != b.name);
+            backends.push(b);
+        }
+    }
+    drop(out);
+    let suite_status = child
+        .wait()
+        .map_err(|e| format!("waiting for `{suite_line}`: {e}"))?;
+    let suite_time = start.elapsed();
+    eprintln!(
+        "<== {suite_line}: {} in {}",
+        outcome(suite_status),
+        seconds(suite_time)
+    );
+
+    // 3. The summary: the verdict first, the backend lines last.
+    let failed: Vec<&str> = backends
+        .iter()
+        .filter(|b| b.failed)
+        .map(|b| b.name.as_str())
+        .collect();
+    let mut problems = Vec::new();
+    if !test_status.success() {
+        problems.push("cargo test --workspace failed".to_string());
+    }
+    if !failed.is_empty() {
+        problems.push(format!("failures on backend(s) {}", failed.join(", ")));
+    } else if backends.is_empty() {
+        problems.push("no backend reported a result (see the suite's output above)".into());
+    } else if !suite_status.success() {
+        problems.push(format!("arkvale-suite {}", outcome(suite_status)));
+    }
+    println!();
+    println!("test-all-backends summary");
+    println!(
+        "cargo test --workspace: {} in {}",
+        outcome(test_status),
+        seconds(test_time)
+    );
+    println!(
+        "arkvale-suite: {} in {}",
+        outcome(suite_status),
+        seconds(suite_time)
+    );
+    if problems.is_empty() {
+        println!("result: ok");
+    } else {
+        println!("result: FAILED ({})", problems.join("; "));
+    }
+    for b in &backends {
+        println!("{}", b.line);
+    }
+    Ok(problems.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognizes_exactly_the_summary_lines() {
+        let b = parse_backend_line("backend cpu: 12 passed, 0 failed\n").unwrap();
+        assert_eq!((b.name.as_str(), b.failed), ("cpu", false));
+        assert_eq!(b.line, "backend cpu: 12 passed, 0 failed");
+        assert!(
+            parse_backend_line("backend cuda: 3 passed, 2 failed")
+                .unwrap()
+                .failed
+        );
+        let s = parse_backend_line("backend wgpu: skipped (no adapter: lavapipe missing)").unwrap();
+        assert_eq!((s.name.as_str(), s.failed), ("wgpu", false));
+        for other in [
+            "test ops::append ... ok",
+            "backend cpu: many passed, 0 failed",
+            "backend cpu: 1 passed",
+            "backend : 1 passed, 0 failed",
+            "running the suite on backend cpu (cpu)",
+            "backend cpu: skipped",
+        ] {
+            assert_eq!(parse_backend_line(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn takes_one_filter_in_any_form() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(parse_filter(&args(&[])).unwrap(), None);
+        for form in [
+            &["--filter", "ops"][..],
+            &["--filter=ops"],
+            &["--", "ops"],
+            &["ops"],
+        ] {
+            assert_eq!(parse_filter(&args(form)).unwrap().as_deref(), Some("ops"));
+        }
+        assert!(parse_filter(&args(&["a", "b"])).is_err());
+        assert!(parse_filter(&args(&["--filter"])).is_err());
+        assert!(parse_filter(&args(&["--release"])).is_err());
+    }
+}
