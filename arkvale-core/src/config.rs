@@ -56,7 +56,10 @@ impl DigestKind {
             .find(|k| k.name() == s)
             .ok_or_else(|| {
                 let names: Vec<_> = Self::ALL.iter().map(|k| k.name()).collect();
-                Error::config(format!("unknown digest '{s}', expected one of {}", names.join(", ")))
+                Error::config(format!(
+                    "unknown digest '{s}', expected one of {}",
+                    names.join(", ")
+                ))
             })
     }
 
@@ -176,7 +179,9 @@ impl CacheConfig {
         shape.validate()?;
         let p = self.page_size;
         if ![8, 16, 32, 64].contains(&p) {
-            return Err(Error::config(format!("page_size must be 8, 16, 32 or 64, got {p}")));
+            return Err(Error::config(format!(
+                "page_size must be 8, 16, 32 or 64, got {p}"
+            )));
         }
         if self.budget_tokens == 0 || self.budget_tokens % p != 0 {
             return Err(Error::config(format!(
@@ -260,14 +265,25 @@ mod tests {
     use super::*;
 
     fn shape() -> ModelShape {
-        ModelShape { layers: 4, q_heads: 8, kv_heads: 4, head_dim: 16 }
+        ModelShape {
+            layers: 4,
+            q_heads: 8,
+            kv_heads: 4,
+            head_dim: 16,
+        }
     }
 
     #[test]
     fn default_topk_is_the_papers_rule() {
-        let c = CacheConfig { budget_tokens: 4096, ..Default::default() };
+        let c = CacheConfig {
+            budget_tokens: 4096,
+            ..Default::default()
+        };
         assert_eq!(c.topk_tokens(), 1280);
-        let c = CacheConfig { budget_tokens: 1024, ..Default::default() };
+        let c = CacheConfig {
+            budget_tokens: 1024,
+            ..Default::default()
+        };
         assert_eq!(c.topk_tokens(), 512);
         let b = c.resolve(&shape()).unwrap();
         assert_eq!((b.pages, b.topk, b.sinks, b.window), (32, 16, 1, 2));
@@ -277,15 +293,69 @@ mod tests {
     fn each_bad_field_is_named() {
         let s = shape();
         let bad = [
-            (CacheConfig { page_size: 12, ..Default::default() }, "page_size"),
-            (CacheConfig { budget_tokens: 100, ..Default::default() }, "budget"),
-            (CacheConfig { window_pages: 1, ..Default::default() }, "window_pages"),
-            (CacheConfig { head_groups: 3, ..Default::default() }, "head_groups"),
-            (CacheConfig { dense_layers: 5, ..Default::default() }, "dense_layers"),
-            (CacheConfig { sink_pages: 40, ..Default::default() }, "sink"),
-            (CacheConfig { device_bytes: 10, ..Default::default() }, "device_bytes"),
-            (CacheConfig { host_bytes: 10, ..Default::default() }, "host_bytes"),
-            (CacheConfig { topk_tokens: Some(33), ..Default::default() }, "top-k"),
+            (
+                CacheConfig {
+                    page_size: 12,
+                    ..Default::default()
+                },
+                "page_size",
+            ),
+            (
+                CacheConfig {
+                    budget_tokens: 100,
+                    ..Default::default()
+                },
+                "budget",
+            ),
+            (
+                CacheConfig {
+                    window_pages: 1,
+                    ..Default::default()
+                },
+                "window_pages",
+            ),
+            (
+                CacheConfig {
+                    head_groups: 3,
+                    ..Default::default()
+                },
+                "head_groups",
+            ),
+            (
+                CacheConfig {
+                    dense_layers: 5,
+                    ..Default::default()
+                },
+                "dense_layers",
+            ),
+            (
+                CacheConfig {
+                    sink_pages: 40,
+                    ..Default::default()
+                },
+                "sink",
+            ),
+            (
+                CacheConfig {
+                    device_bytes: 10,
+                    ..Default::default()
+                },
+                "device_bytes",
+            ),
+            (
+                CacheConfig {
+                    host_bytes: 10,
+                    ..Default::default()
+                },
+                "host_bytes",
+            ),
+            (
+                CacheConfig {
+                    topk_tokens: Some(33),
+                    ..Default::default()
+                },
+                "top-k",
+            ),
         ];
         for (cfg, word) in bad {
             let msg = cfg.resolve(&s).unwrap_err().to_string();

@@ -285,8 +285,14 @@ pub trait Device: Send + Sync {
     /// data is on the host.
     fn read(&self, buf: &Buffer, offset: usize, out: &mut [u8]) -> Result<()>;
     /// Copies `len` elements from `src[src_off..]` to `dst[dst_off..]` (same dtype).
-    fn copy(&self, src: &Buffer, src_off: usize, dst: &Buffer, dst_off: usize, len: usize)
-    -> Result<()>;
+    fn copy(
+        &self,
+        src: &Buffer,
+        src_off: usize,
+        dst: &Buffer,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()>;
     /// Sets `len` elements of the f32 buffer `buf` from `offset` to `value`.
     fn fill_f32(&self, buf: &Buffer, offset: usize, len: usize, value: f32) -> Result<()>;
     /// Blocks until every issued operation (compute and copies) has finished.

@@ -33,8 +33,8 @@ pub mod stats;
 
 pub use config::{AttentionMode, CacheConfig, DigestKind, PageBudget, ScoreAgg};
 pub use device::{
-    AppendDest, AttnPage, AttnRow, AttnState, Buffer, Device, DeviceEvent, DeviceExt,
-    EstimateJob, Event, HostBuffer, KvLayout, SummarizeJob, TopkSegment,
+    AppendDest, AttnPage, AttnRow, AttnState, Buffer, Device, DeviceEvent, DeviceExt, EstimateJob,
+    Event, HostBuffer, KvLayout, SummarizeJob, TopkSegment,
 };
 pub use dtype::{DType, KvDtype};
 pub use error::{Error, Result};

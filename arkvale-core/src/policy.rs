@@ -256,14 +256,32 @@ mod tests {
         for n in POLICY_NAMES {
             assert_eq!(policy_by_name(n, &cfg).unwrap().name(), n);
         }
-        assert!(policy_by_name("lru", &cfg).unwrap_err().to_string().contains("lru"));
+        assert!(
+            policy_by_name("lru", &cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("lru")
+        );
     }
 
     #[test]
     fn streaming_window_covers_the_non_sink_budget() {
-        let b = PageBudget { page_size: 16, pages: 10, topk: 4, sinks: 1, window: 2 };
+        let b = PageBudget {
+            page_size: 16,
+            pages: 10,
+            topk: 4,
+            sinks: 1,
+            window: 2,
+        };
         assert_eq!(Streaming.window_pages(&b), 9);
         assert_eq!(Quest.decode_topk(&b), 7);
-        assert_eq!(ArkVale { digest: DigestKind::CuboidMean, attention: AttentionMode::Resident }.decode_topk(&b), 4);
+        assert_eq!(
+            ArkVale {
+                digest: DigestKind::CuboidMean,
+                attention: AttentionMode::Resident
+            }
+            .decode_topk(&b),
+            4
+        );
     }
 }

@@ -127,7 +127,10 @@ mod tests {
         assert_eq!(p.alloc().unwrap(), 0);
         assert_eq!(p.alloc().unwrap(), 2);
         let err = p.alloc().unwrap_err();
-        assert!(matches!(err, Error::DevicePoolExhausted { capacity: 3, .. }), "{err}");
+        assert!(
+            matches!(err, Error::DevicePoolExhausted { capacity: 3, .. }),
+            "{err}"
+        );
         assert!(p.alloc_many(1).is_err());
         assert_eq!(p.used(), 3);
     }

@@ -49,7 +49,12 @@ mod tests {
 
     #[test]
     fn rejects_zero_and_non_multiple_heads() {
-        let ok = ModelShape { layers: 2, q_heads: 8, kv_heads: 2, head_dim: 4 };
+        let ok = ModelShape {
+            layers: 2,
+            q_heads: 8,
+            kv_heads: 2,
+            head_dim: 4,
+        };
         assert!(ok.validate().is_ok());
         assert_eq!(ok.gqa(), 4);
         assert!(ModelShape { kv_heads: 3, ..ok }.validate().is_err());

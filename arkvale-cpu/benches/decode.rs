@@ -20,7 +20,12 @@ use arkvale_core::{
 use arkvale_cpu::CpuDevice;
 use criterion::{Criterion, criterion_group, criterion_main};
 
-const SHAPE: ModelShape = ModelShape { layers: 1, q_heads: 32, kv_heads: 8, head_dim: 128 };
+const SHAPE: ModelShape = ModelShape {
+    layers: 1,
+    q_heads: 32,
+    kv_heads: 8,
+    head_dim: 128,
+};
 const CONTEXTS: [usize; 2] = [8192, 32768];
 const BUDGET: usize = 2048;
 
@@ -70,10 +75,21 @@ fn setup(dev: &Arc<dyn Device>, policy: &str, context: usize) -> Setup {
     let qv = rand_vec(&mut state, SHAPE.q_heads * SHAPE.head_dim);
     let q = dev.upload_f32(&qv, DType::F32).expect("q");
     cache.load_layer(0, seq, &k, &v, &q).expect("load");
-    let k1 = dev.upload_f32(&rand_vec(&mut state, row), DType::F32).expect("k");
-    let v1 = dev.upload_f32(&rand_vec(&mut state, row), DType::F32).expect("v");
+    let k1 = dev
+        .upload_f32(&rand_vec(&mut state, row), DType::F32)
+        .expect("k");
+    let v1 = dev
+        .upload_f32(&rand_vec(&mut state, row), DType::F32)
+        .expect("v");
     let out = dev.alloc(DType::F32, qv.len()).expect("out");
-    Setup { cache, seq, q, k: k1, v: v1, out }
+    Setup {
+        cache,
+        seq,
+        q,
+        k: k1,
+        v: v1,
+        out,
+    }
 }
 
 fn step(s: &mut Setup) {
@@ -103,7 +119,9 @@ fn bench(c: &mut Criterion) {
         let mut full = setup(&dev, "full", context);
         let mut ark = setup(&dev, "arkvale", context);
         let mut group = c.benchmark_group(format!("decode_layer_{}k", context / 1024));
-        group.sample_size(20).measurement_time(Duration::from_secs(4));
+        group
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(4));
         group.bench_function("full", |b| b.iter(|| step(&mut full)));
         group.bench_function("arkvale_2048", |b| b.iter(|| step(&mut ark)));
         let bytes = context * SHAPE.kv_bytes_per_token_layer(2);
@@ -121,7 +139,9 @@ fn bench(c: &mut Criterion) {
         let t_copy = median_time(|| dst.copy_from_slice(black_box(&src)), 15);
         rows.push((context, t_full, t_ark, t_copy, bytes));
     }
-    println!("\n| context | full | arkvale (2048) | full / arkvale | full attn GB/s | memcpy GB/s | attn / memcpy |");
+    println!(
+        "\n| context | full | arkvale (2048) | full / arkvale | full attn GB/s | memcpy GB/s | attn / memcpy |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for (ctx, tf, ta, tc, bytes) in rows {
         let gbs = |t: Duration| bytes as f64 / t.as_secs_f64() / 1e9;

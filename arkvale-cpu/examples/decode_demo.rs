@@ -26,7 +26,11 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { context: 16384, budget: 2048, steps: 32 };
+    let mut args = Args {
+        context: 16384,
+        budget: 2048,
+        steps: 32,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| -> Result<usize, String> {
@@ -107,7 +111,12 @@ fn main() {
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
-    let shape = ModelShape { layers: 4, q_heads: 16, kv_heads: 4, head_dim: 64 };
+    let shape = ModelShape {
+        layers: 4,
+        q_heads: 16,
+        kv_heads: 4,
+        head_dim: 64,
+    };
     let dev: Arc<dyn Device> = Arc::new(CpuDevice::new(None)?);
     let base = CacheConfig {
         page_size: 32,
@@ -124,7 +133,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut caches = Vec::new();
     for name in ["full", "arkvale"] {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let mut cache = CacheManager::new(dev.clone(), shape, base.clone(), policy_by_name(name, &base)?)?;
+        let mut cache = CacheManager::new(
+            dev.clone(),
+            shape,
+            base.clone(),
+            policy_by_name(name, &base)?,
+        )?;
         let seq = cache.add_sequence();
         let started = Instant::now();
         for layer in 0..shape.layers {
@@ -133,7 +147,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let q = dev.upload_f32(&synthetic_query(&mut rng, &topics, shape), DType::F32)?;
             cache.load_layer(layer, seq, &k, &v, &q)?;
         }
-        eprintln!("{name}: loaded {} tokens x {} layers in {:.1?}", args.context, shape.layers, started.elapsed());
+        eprintln!(
+            "{name}: loaded {} tokens x {} layers in {:.1?}",
+            args.context,
+            shape.layers,
+            started.elapsed()
+        );
         cache.take_stats();
         caches.push((name, cache, seq, Duration::ZERO, Vec::<f32>::new()));
     }
@@ -159,26 +178,57 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "context {} tokens, {} decode steps, {} layers ({} dense), {}q/{}kv heads x {}, f16 KV\n",
-        args.context, args.steps, shape.layers, base.dense_layers, shape.q_heads, shape.kv_heads, shape.head_dim
+        args.context,
+        args.steps,
+        shape.layers,
+        base.dense_layers,
+        shape.q_heads,
+        shape.kv_heads,
+        shape.head_dim
     );
     println!("| | full | arkvale (budget {}) |", args.budget);
     println!("|---|---|---|");
     let stats: Vec<CacheStats> = caches.iter().map(|c| c.1.stats().clone()).collect();
-    let line = |name: &str, f: &dyn Fn(usize) -> String| println!("| {name} | {} | {} |", f(0), f(1));
+    let line =
+        |name: &str, f: &dyn Fn(usize) -> String| println!("| {name} | {} | {} |", f(0), f(1));
     let per_step = |i: usize| caches[i].3.as_secs_f64() * 1e3 / args.steps as f64;
-    line("decode ms / step (all layers)", &|i| format!("{:.2}", per_step(i)));
-    line("resident KV MiB", &|i| format!("{:.1}", caches[i].1.resident_bytes() as f64 / (1 << 20) as f64));
-    line("full-cache KV MiB", &|i| format!("{:.1}", caches[i].1.full_bytes() as f64 / (1 << 20) as f64));
-    line("recalls / layer-step", &|i| format!("{:.2}", stats[i].recalls_per_layer_step()));
-    line("pages scored / step", &|i| format!("{}", stats[i].pages_scored / args.steps as u64));
-    line("host->device MiB", &|i| format!("{:.1}", stats[i].bytes_h2d as f64 / (1 << 20) as f64));
+    line("decode ms / step (all layers)", &|i| {
+        format!("{:.2}", per_step(i))
+    });
+    line("resident KV MiB", &|i| {
+        format!(
+            "{:.1}",
+            caches[i].1.resident_bytes() as f64 / (1 << 20) as f64
+        )
+    });
+    line("full-cache KV MiB", &|i| {
+        format!("{:.1}", caches[i].1.full_bytes() as f64 / (1 << 20) as f64)
+    });
+    line("recalls / layer-step", &|i| {
+        format!("{:.2}", stats[i].recalls_per_layer_step())
+    });
+    line("pages scored / step", &|i| {
+        format!("{}", stats[i].pages_scored / args.steps as u64)
+    });
+    line("host->device MiB", &|i| {
+        format!("{:.1}", stats[i].bytes_h2d as f64 / (1 << 20) as f64)
+    });
     let t = |i: usize| stats[i].time;
     line("estimate / select / recall ms", &|i| {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        format!("{:.1} / {:.1} / {:.1}", ms(t(i).estimate), ms(t(i).select), ms(t(i).recall))
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            ms(t(i).estimate),
+            ms(t(i).select),
+            ms(t(i).recall)
+        )
     });
     line("attention / other ms", &|i| {
-        format!("{:.1} / {:.1}", t(i).attention.as_secs_f64() * 1e3, t(i).other.as_secs_f64() * 1e3)
+        format!(
+            "{:.1} / {:.1}",
+            t(i).attention.as_secs_f64() * 1e3,
+            t(i).other.as_secs_f64() * 1e3
+        )
     });
     let mean = rel_err.iter().sum::<f32>() / rel_err.len().max(1) as f32;
     println!(

@@ -19,14 +19,38 @@ const TOL: f64 = 1e-5;
 /// The cache-level cases.
 pub fn cases() -> Vec<Case> {
     vec![
-        Case { name: "cache::budget_covering_sequence_equals_full_bitwise", run: budget_covering_equals_full },
-        Case { name: "cache::outputs_match_selected_tokens_every_policy", run: outputs_match_selected_tokens },
-        Case { name: "cache::invariants_hold_over_random_runs", run: invariants_hold },
-        Case { name: "cache::host_overflow_spills_and_stays_exact", run: spill_stays_exact },
-        Case { name: "cache::exhausted_tiers_are_clear_errors", run: exhausted_tiers_are_errors },
-        Case { name: "cache::fig1d_recall_recovers_what_streaming_loses", run: fig1d_recall },
-        Case { name: "cache::removing_sequences_frees_every_tier", run: removal_frees_everything },
-        Case { name: "cache::recall_displaces_the_lowest_ranked_residents", run: victims_are_lowest_ranked },
+        Case {
+            name: "cache::budget_covering_sequence_equals_full_bitwise",
+            run: budget_covering_equals_full,
+        },
+        Case {
+            name: "cache::outputs_match_selected_tokens_every_policy",
+            run: outputs_match_selected_tokens,
+        },
+        Case {
+            name: "cache::invariants_hold_over_random_runs",
+            run: invariants_hold,
+        },
+        Case {
+            name: "cache::host_overflow_spills_and_stays_exact",
+            run: spill_stays_exact,
+        },
+        Case {
+            name: "cache::exhausted_tiers_are_clear_errors",
+            run: exhausted_tiers_are_errors,
+        },
+        Case {
+            name: "cache::fig1d_recall_recovers_what_streaming_loses",
+            run: fig1d_recall,
+        },
+        Case {
+            name: "cache::removing_sequences_frees_every_tier",
+            run: removal_frees_everything,
+        },
+        Case {
+            name: "cache::recall_displaces_the_lowest_ranked_residents",
+            run: victims_are_lowest_ranked,
+        },
     ]
 }
 
@@ -49,10 +73,20 @@ struct Scenario {
 impl Scenario {
     fn config(&self) -> CacheConfig {
         let p = self.page;
-        let max_tokens = self.prompts.iter().zip(&self.steps).map(|(a, b)| a + b).max().unwrap_or(0);
+        let max_tokens = self
+            .prompts
+            .iter()
+            .zip(&self.steps)
+            .map(|(a, b)| a + b)
+            .max()
+            .unwrap_or(0);
         let pages_per_seq = max_tokens / p + 2;
-        let slot = 2 * (self.shape.kv_heads / self.groups) * p * self.shape.head_dim * self.dtype.size();
-        let slots = self.prompts.len() * self.shape.layers * self.groups * (pages_per_seq + self.chunk_pages)
+        let slot =
+            2 * (self.shape.kv_heads / self.groups) * p * self.shape.head_dim * self.dtype.size();
+        let slots = self.prompts.len()
+            * self.shape.layers
+            * self.groups
+            * (pages_per_seq + self.chunk_pages)
             + 16;
         CacheConfig {
             page_size: p,
@@ -84,32 +118,53 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         any::<u64>(),
         prop::sample::select(vec![KvDtype::F32, KvDtype::F16, KvDtype::BF16]),
     )
-        .prop_flat_map(|(gqa, kv, d, layers, page, budget, chunk, batch, seed, dtype)| {
-            let groups = prop::sample::select(vec![1usize, 2, 4].into_iter().filter(|g| kv % g == 0).collect::<Vec<_>>());
-            (
-                Just((gqa, kv, d, layers, page, budget, chunk, seed, dtype)),
-                groups,
-                0..=layers.min(1),
-                1..=budget - 3,
-                prop::collection::vec(1usize..=12 * page, batch),
-                prop::collection::vec(1usize..=2 * page + 2, batch),
-            )
-        })
-        .prop_map(|((gqa, kv, d, layers, page, budget, chunk, seed, dtype), groups, dense, topk, prompts, steps)| {
-            Scenario {
-                shape: ModelShape { layers, q_heads: kv * gqa, kv_heads: kv, head_dim: d },
+        .prop_flat_map(
+            |(gqa, kv, d, layers, page, budget, chunk, batch, seed, dtype)| {
+                let groups = prop::sample::select(
+                    vec![1usize, 2, 4]
+                        .into_iter()
+                        .filter(|g| kv % g == 0)
+                        .collect::<Vec<_>>(),
+                );
+                (
+                    Just((gqa, kv, d, layers, page, budget, chunk, seed, dtype)),
+                    groups,
+                    0..=layers.min(1),
+                    1..=budget - 3,
+                    prop::collection::vec(1usize..=12 * page, batch),
+                    prop::collection::vec(1usize..=2 * page + 2, batch),
+                )
+            },
+        )
+        .prop_map(
+            |(
+                (gqa, kv, d, layers, page, budget, chunk, seed, dtype),
                 groups,
                 dense,
-                page,
-                budget_pages: budget,
-                topk_pages: topk,
-                chunk_pages: chunk,
+                topk,
                 prompts,
                 steps,
-                dtype,
-                seed,
-            }
-        })
+            )| {
+                Scenario {
+                    shape: ModelShape {
+                        layers,
+                        q_heads: kv * gqa,
+                        kv_heads: kv,
+                        head_dim: d,
+                    },
+                    groups,
+                    dense,
+                    page,
+                    budget_pages: budget,
+                    topk_pages: topk,
+                    chunk_pages: chunk,
+                    prompts,
+                    steps,
+                    dtype,
+                    seed,
+                }
+            },
+        )
 }
 
 /// Runs `body` on random scenarios with a fresh seed (or `PROPTEST_RNG_SEED`).
@@ -117,7 +172,11 @@ fn check_scenarios(
     cases: u32,
     body: impl Fn(&Scenario) -> Result<(), String>,
 ) -> Result<(), String> {
-    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
     runner
         .run(&scenario(), |s| body(&s).map_err(TestCaseError::fail))
         .map_err(|e| e.to_string())
@@ -137,8 +196,16 @@ fn drive(
     }
     let mut outs = Vec::new();
     for step in 0..s.steps.iter().copied().max().unwrap_or(0) {
-        let batch: Vec<SeqId> = ids.iter().zip(&s.steps).filter(|(_, n)| **n > step).map(|(id, _)| *id).collect();
-        outs.extend(h.decode(&batch, TOL).map_err(|e| format!("step {step}: {e}"))?);
+        let batch: Vec<SeqId> = ids
+            .iter()
+            .zip(&s.steps)
+            .filter(|(_, n)| **n > step)
+            .map(|(id, _)| *id)
+            .collect();
+        outs.extend(
+            h.decode(&batch, TOL)
+                .map_err(|e| format!("step {step}: {e}"))?,
+        );
         after_step(h, &ids)?;
     }
     Ok(outs)
@@ -147,16 +214,28 @@ fn drive(
 fn budget_covering_equals_full(dev: &Arc<dyn Device>) -> Result<(), String> {
     check_scenarios(12, |s| {
         let cfg = s.config();
-        let max_tokens = s.prompts.iter().zip(&s.steps).map(|(a, b)| a + b).max().unwrap_or(0);
+        let max_tokens = s
+            .prompts
+            .iter()
+            .zip(&s.steps)
+            .map(|(a, b)| a + b)
+            .max()
+            .unwrap_or(0);
         let pages = max_tokens.div_ceil(s.page).max(s.budget_pages);
-        let big = CacheConfig { budget_tokens: pages * s.page, topk_tokens: Some(s.page), ..cfg.clone() };
+        let big = CacheConfig {
+            budget_tokens: pages * s.page,
+            topk_tokens: Some(s.page),
+            ..cfg.clone()
+        };
         let mut full = Harness::new(dev, s.shape, cfg, "full", s.seed)?;
         let mut ark = Harness::new(dev, s.shape, big, "arkvale", s.seed)?;
         let a = drive(&mut full, s, |_, _| Ok(()))?;
         let b = drive(&mut ark, s, |_, _| Ok(()))?;
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
             if x.iter().zip(y).any(|(p, q)| p.to_bits() != q.to_bits()) {
-                return Err(format!("layer-step {i}: arkvale with a covering budget differs from full"));
+                return Err(format!(
+                    "layer-step {i}: arkvale with a covering budget differs from full"
+                ));
             }
         }
         Ok(())
@@ -213,11 +292,16 @@ fn check_invariants(h: &Harness, ids: &[SeqId]) -> Result<(), String> {
                             return Err(format!("{at}: sink/window page {} not resident", p.index));
                         }
                         if p.len == cfg.page_size && p.slot.is_none() && !p.backed_up {
-                            return Err(format!("{at}: page {} neither resident nor backed up", p.index));
+                            return Err(format!(
+                                "{at}: page {} neither resident nor backed up",
+                                p.index
+                            ));
                         }
                     }
                 } else if resident != n {
-                    return Err(format!("{at}: {resident} of {n} pages resident in a keep-all layer"));
+                    return Err(format!(
+                        "{at}: {resident} of {n} pages resident in a keep-all layer"
+                    ));
                 }
                 // Resident bytes are exactly what was appended (recalls included).
                 let sh = &h.shadows[&id];
@@ -226,7 +310,8 @@ fn check_invariants(h: &Harness, ids: &[SeqId]) -> Result<(), String> {
                         .resident_page_bytes(id, layer, g, p.index)
                         .map_err(|e| e.to_string())?
                         .ok_or("resident page without bytes")?;
-                    let vals = arkvale_core::dtype::decode_f32(&bytes, cfg.kv_dtype.dtype()).ok_or("decode")?;
+                    let vals = arkvale_core::dtype::decode_f32(&bytes, cfg.kv_dtype.dtype())
+                        .ok_or("decode")?;
                     for j in 0..hg {
                         for t in 0..p.len {
                             let pos = p.index * cfg.page_size + t;
@@ -234,8 +319,13 @@ fn check_invariants(h: &Harness, ids: &[SeqId]) -> Result<(), String> {
                             let ko = layout.k_offset(0, j, t);
                             let vo = layout.v_offset(0, j, t);
                             let d = shape.head_dim;
-                            if vals[ko..ko + d] != sh.k[layer][src..src + d] || vals[vo..vo + d] != sh.v[layer][src..src + d] {
-                                return Err(format!("{at}: page {} token {t} head {j} bytes differ from what was appended", p.index));
+                            if vals[ko..ko + d] != sh.k[layer][src..src + d]
+                                || vals[vo..vo + d] != sh.v[layer][src..src + d]
+                            {
+                                return Err(format!(
+                                    "{at}: page {} token {t} head {j} bytes differ from what was appended",
+                                    p.index
+                                ));
                             }
                         }
                     }
@@ -259,14 +349,21 @@ fn spill_stays_exact(dev: &Arc<dyn Device>) -> Result<(), String> {
         let hs = h.cache.host_stats();
         let backups: usize = hs.pages_in_host + hs.pages_on_disk;
         if backups > 3 && hs.pages_on_disk == 0 {
-            return Err(format!("{backups} backups in a 3-page host tier but nothing on disk"));
+            return Err(format!(
+                "{backups} backups in a 3-page host tier but nothing on disk"
+            ));
         }
         Ok(())
     })
 }
 
 fn exhausted_tiers_are_errors(dev: &Arc<dyn Device>) -> Result<(), String> {
-    let shape = ModelShape { layers: 2, q_heads: 4, kv_heads: 2, head_dim: 8 };
+    let shape = ModelShape {
+        layers: 2,
+        q_heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+    };
     let base = CacheConfig {
         page_size: 8,
         budget_tokens: 64,
@@ -278,7 +375,10 @@ fn exhausted_tiers_are_errors(dev: &Arc<dyn Device>) -> Result<(), String> {
     let slot = base.slot_bytes(&shape);
     // Device pool: one sequence's budget in each layer plus a chunk and the staging slots of
     // prefill, then a second sequence that cannot fit.
-    let cfg = CacheConfig { device_bytes: slot * (2 * 8 + 4 + 8 + 2), ..base.clone() };
+    let cfg = CacheConfig {
+        device_bytes: slot * (2 * 8 + 4 + 8 + 2),
+        ..base.clone()
+    };
     let mut h = Harness::new(dev, shape, cfg, "arkvale", 7)?;
     let a = h.add();
     h.prefill(a, 200, TOL)?;
@@ -288,12 +388,27 @@ fn exhausted_tiers_are_errors(dev: &Arc<dyn Device>) -> Result<(), String> {
         other => return Err(format!("expected a pool-exhausted error, got {other:?}")),
     }
     // Host tier without spill: a few pages, then a clear error.
-    let cfg = CacheConfig { host_bytes: 4 * slot, ..base };
+    let cfg = CacheConfig {
+        host_bytes: 4 * slot,
+        ..base
+    };
     let mut h = Harness::new(dev, shape, cfg, "arkvale", 8)?;
     let a = h.add();
     match h.prefill(a, 200, TOL) {
-        Err(e) if e.contains(&Error::HostTierExhausted { capacity_bytes: 4 * slot, capacity_pages: 4 }.to_string()) => Ok(()),
-        other => Err(format!("expected a host-tier-exhausted error, got {other:?}")),
+        Err(e)
+            if e.contains(
+                &Error::HostTierExhausted {
+                    capacity_bytes: 4 * slot,
+                    capacity_pages: 4,
+                }
+                .to_string(),
+            ) =>
+        {
+            Ok(())
+        }
+        other => Err(format!(
+            "expected a host-tier-exhausted error, got {other:?}"
+        )),
     }
 }
 
@@ -302,7 +417,12 @@ fn exhausted_tiers_are_errors(dev: &Arc<dyn Device>) -> Result<(), String> {
 fn fig1d_recall(dev: &Arc<dyn Device>) -> Result<(), String> {
     let d = 16;
     let p = 8;
-    let shape = ModelShape { layers: 1, q_heads: 2, kv_heads: 1, head_dim: d };
+    let shape = ModelShape {
+        layers: 1,
+        q_heads: 2,
+        kv_heads: 1,
+        head_dim: d,
+    };
     let cfg = CacheConfig {
         page_size: p,
         budget_tokens: 4 * p,
@@ -339,8 +459,14 @@ fn fig1d_recall(dev: &Arc<dyn Device>) -> Result<(), String> {
             q[t * 2 * d + d + 1] = 1.0;
         }
         h.prefill_with(id, 0, &q, &k, &v, true)?;
-        if policy != "full" && h.cache.pages(id, 0, 0).map_err(|e| e.to_string())?[needle_page].slot.is_some() {
-            return Err(format!("{policy}: the needle page should be evicted after the prompt"));
+        if policy != "full"
+            && h.cache.pages(id, 0, 0).map_err(|e| e.to_string())?[needle_page]
+                .slot
+                .is_some()
+        {
+            return Err(format!(
+                "{policy}: the needle page should be evicted after the prompt"
+            ));
         }
         // The later query looks for the needle (both query heads).
         let mut q = vec![0f32; 2 * d];
@@ -353,7 +479,9 @@ fn fig1d_recall(dev: &Arc<dyn Device>) -> Result<(), String> {
         if policy == "arkvale" {
             let attended = h.cache.last_attended(id, 0, 0).map_err(|e| e.to_string())?;
             if !attended.contains(&(needle_page as u32)) || h.cache.stats().recalls == 0 {
-                return Err(format!("arkvale did not recall the needle page (attended {attended:?})"));
+                return Err(format!(
+                    "arkvale did not recall the needle page (attended {attended:?})"
+                ));
             }
         }
         outputs.push(out);
@@ -377,7 +505,10 @@ fn removal_frees_everything(dev: &Arc<dyn Device>) -> Result<(), String> {
         for id in gone {
             h.cache.remove_sequence(*id).map_err(|e| e.to_string())?;
         }
-        if h.cache.remove_sequence(gone.first().copied().unwrap_or(SeqId(u64::MAX))).is_ok() {
+        if h.cache
+            .remove_sequence(gone.first().copied().unwrap_or(SeqId(u64::MAX)))
+            .is_ok()
+        {
             return Err("removing an unknown sequence must be an error".into());
         }
         if !kept.is_empty() {
@@ -405,7 +536,12 @@ fn removal_frees_everything(dev: &Arc<dyn Device>) -> Result<(), String> {
 /// new page takes the slot of the page leaving the window.
 fn victims_are_lowest_ranked(dev: &Arc<dyn Device>) -> Result<(), String> {
     let (d, p) = (16, 8);
-    let shape = ModelShape { layers: 1, q_heads: 2, kv_heads: 1, head_dim: d };
+    let shape = ModelShape {
+        layers: 1,
+        q_heads: 2,
+        kv_heads: 1,
+        head_dim: d,
+    };
     let cfg = CacheConfig {
         page_size: p,
         budget_tokens: 6 * p,
@@ -444,11 +580,19 @@ fn victims_are_lowest_ranked(dev: &Arc<dyn Device>) -> Result<(), String> {
     }
     h.prefill_with(id, 0, &q, &k, &v, true)?;
     let resident = |h: &Harness| -> Result<Vec<usize>, String> {
-        Ok(h.cache.pages(id, 0, 0).map_err(|e| e.to_string())?.iter().filter(|p| p.slot.is_some()).map(|p| p.index).collect())
+        Ok(h.cache
+            .pages(id, 0, 0)
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter(|p| p.slot.is_some())
+            .map(|p| p.index)
+            .collect())
     };
     let after_prefill = resident(&h)?;
     if after_prefill != [0, 1, 2, 3, 8, 9] {
-        return Err(format!("after the prompt: resident {after_prefill:?}, expected sinks, pages 1-3 and the window"));
+        return Err(format!(
+            "after the prompt: resident {after_prefill:?}, expected sinks, pages 1-3 and the window"
+        ));
     }
     // The first decode token opens page 10: page 8 leaves the window and gives up its slot;
     // pages 4 and 5 are recalled into the slots of pages 1 and 2, the lowest-ranked residents.
@@ -463,7 +607,9 @@ fn victims_are_lowest_ranked(dev: &Arc<dyn Device>) -> Result<(), String> {
     h.check_decode(&[id], 0, &q, &out, &masks, TOL)?;
     let after_step = resident(&h)?;
     if after_step != [0, 3, 4, 5, 9, 10] {
-        return Err(format!("after the recall: resident {after_step:?}, expected [0, 3, 4, 5, 9, 10]"));
+        return Err(format!(
+            "after the recall: resident {after_step:?}, expected [0, 3, 4, 5, 9, 10]"
+        ));
     }
     Ok(())
 }

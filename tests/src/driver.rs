@@ -67,7 +67,8 @@ impl Harness {
         seed: u64,
     ) -> Result<Self, String> {
         let policy = policy_by_name(policy, &config).map_err(|e| e.to_string())?;
-        let cache = CacheManager::new(dev.clone(), shape, config, policy).map_err(|e| e.to_string())?;
+        let cache =
+            CacheManager::new(dev.clone(), shape, config, policy).map_err(|e| e.to_string())?;
         Ok(Harness {
             cache,
             shadows: Default::default(),
@@ -82,7 +83,10 @@ impl Harness {
         let layers = self.cache.shape().layers;
         self.shadows.insert(
             id,
-            Shadow { k: vec![Vec::new(); layers], v: vec![Vec::new(); layers] },
+            Shadow {
+                k: vec![Vec::new(); layers],
+                v: vec![Vec::new(); layers],
+            },
         );
         id
     }
@@ -117,7 +121,12 @@ impl Harness {
                 let len = self.shadows[&seq].k[layer].len() / self.kv_row();
                 for i in 0..n {
                     let pos = len - n + i;
-                    let expect = self.reference_row(seq, layer, &q[i * self.q_row()..(i + 1) * self.q_row()], |_, t| t <= pos);
+                    let expect = self.reference_row(
+                        seq,
+                        layer,
+                        &q[i * self.q_row()..(i + 1) * self.q_row()],
+                        |_, t| t <= pos,
+                    );
                     compare(&out[i * self.q_row()..(i + 1) * self.q_row()], &expect, tol)
                         .map_err(|e| format!("prefill layer {layer} token {pos}: {e}"))?;
                 }
@@ -154,7 +163,9 @@ impl Harness {
             dev.upload_f32(k, DType::F32).map_err(e)?,
             dev.upload_f32(v, DType::F32).map_err(e)?,
         );
-        let out = dev.upload_f32(&vec![f32::NAN; q.len()], DType::F32).map_err(e)?;
+        let out = dev
+            .upload_f32(&vec![f32::NAN; q.len()], DType::F32)
+            .map_err(e)?;
         self.cache
             .prefill_layer(layer, seq, &qb, &kb, &vb, &out, last)
             .map_err(e)?;
@@ -193,13 +204,20 @@ impl Harness {
             dev.upload_f32(k, DType::F32).map_err(e)?,
             dev.upload_f32(v, DType::F32).map_err(e)?,
         );
-        let out = dev.upload_f32(&vec![f32::NAN; q.len()], DType::F32).map_err(e)?;
+        let out = dev
+            .upload_f32(&vec![f32::NAN; q.len()], DType::F32)
+            .map_err(e)?;
         self.cache
             .decode_layer(layer, seqs, &qb, &kb, &vb, &out)
             .map_err(e)?;
         let kr = self.kv_row();
         for (i, id) in seqs.iter().enumerate() {
-            self.record(&[*id], layer, &k[i * kr..(i + 1) * kr], &v[i * kr..(i + 1) * kr]);
+            self.record(
+                &[*id],
+                layer,
+                &k[i * kr..(i + 1) * kr],
+                &v[i * kr..(i + 1) * kr],
+            );
         }
         dev.download_f32(&out).map_err(e)
     }
@@ -219,7 +237,11 @@ impl Harness {
     pub fn keep_masks(&self, seqs: &[SeqId], layer: usize) -> Vec<Vec<Option<Vec<bool>>>> {
         let heads = self.cache.shape().kv_heads;
         seqs.iter()
-            .map(|id| (0..heads).map(|h| self.cache.keep_mask(*id, layer, h).unwrap_or(None)).collect())
+            .map(|id| {
+                (0..heads)
+                    .map(|h| self.cache.keep_mask(*id, layer, h).unwrap_or(None))
+                    .collect()
+            })
             .collect()
     }
 
@@ -242,7 +264,10 @@ impl Harness {
         for (i, id) in seqs.iter().enumerate() {
             let mut attended: Vec<Vec<bool>> = Vec::new();
             for g in 0..self.cache.config().head_groups {
-                let pages = self.cache.last_attended(*id, layer, g).map_err(|e| e.to_string())?;
+                let pages = self
+                    .cache
+                    .last_attended(*id, layer, g)
+                    .map_err(|e| e.to_string())?;
                 let len = self.cache.seq_len(*id, layer).map_err(|e| e.to_string())?;
                 let mut sel = vec![false; len];
                 for pg in pages {
@@ -253,7 +278,10 @@ impl Harness {
             }
             let masks = &masks_before[i];
             let expect = self.reference_row(*id, layer, &q[i * qr..(i + 1) * qr], |kvh, t| {
-                attended[kvh / hg][t] && masks[kvh].as_ref().is_none_or(|m| m.get(t).copied().unwrap_or(true))
+                attended[kvh / hg][t]
+                    && masks[kvh]
+                        .as_ref()
+                        .is_none_or(|m| m.get(t).copied().unwrap_or(true))
             });
             compare(&out[i * qr..(i + 1) * qr], &expect, tol)
                 .map_err(|e| format!("decode layer {layer} seq {}: {e}", id.0))?;
@@ -284,7 +312,14 @@ impl Harness {
                 .filter(|&t| take(kvh, t))
                 .map(|t| {
                     let k = &sh.k[layer][at(t)..at(t) + d];
-                    (t, qh.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale)
+                    (
+                        t,
+                        qh.iter()
+                            .zip(k)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
+                            * scale,
+                    )
                 })
                 .collect();
             let m = scores.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);

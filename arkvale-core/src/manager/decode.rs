@@ -63,7 +63,12 @@ impl CacheManager {
                         Error::InvalidRequest(format!("last page {page} is not resident"))
                     })?
                 };
-                dests.push(AppendDest { token: row as u32, group: g as u32, slot, pos: off as u32 });
+                dests.push(AppendDest {
+                    token: row as u32,
+                    group: g as u32,
+                    slot,
+                    pos: off as u32,
+                });
                 if off + 1 == p {
                     filled.push((*id, g, page, slot));
                 }
@@ -79,7 +84,8 @@ impl CacheManager {
         let slots: Vec<u32> = filled.iter().map(|f| f.3).collect();
         let sealed = self.res.seal(&plan, &slots)?;
         for ((id, g, page, _), s) in filled.into_iter().zip(sealed) {
-            let entry = &mut self.seqs.get_mut(&id).expect("checked").layers[layer].groups[g].pages[page];
+            let entry =
+                &mut self.seqs.get_mut(&id).expect("checked").layers[layer].groups[g].pages[page];
             entry.digest = s.digest;
             entry.backup = s.backup;
         }
@@ -105,10 +111,18 @@ impl CacheManager {
                         let digest = table.pages[i].digest.ok_or_else(|| {
                             Error::InvalidRequest(format!("candidate page {i} has no digest"))
                         })?;
-                        jobs.push(EstimateJob { q_row: row as u32, group: g as u32, digest });
+                        jobs.push(EstimateJob {
+                            q_row: row as u32,
+                            group: g as u32,
+                            digest,
+                        });
                     }
                     let k = plan.topk.min(cands.len());
-                    segments.push(TopkSegment { start: start as u32, len: cands.len() as u32, k: k as u32 });
+                    segments.push(TopkSegment {
+                        start: start as u32,
+                        len: cands.len() as u32,
+                        k: k as u32,
+                    });
                     scored.push(ScoredGroup {
                         row,
                         group: g,
@@ -207,8 +221,13 @@ impl CacheManager {
             let mut dropped_all = Vec::new();
             for (row, id) in seqs.iter().enumerate() {
                 let ls = &mut self.seqs.get_mut(id).expect("checked").layers[layer];
-                let per_head = self.res.per_head_weights(&rows, &attn_pages, &weights, row, ls.len);
-                let ts = ls.tokens.as_mut().expect("token rule layers have token state");
+                let per_head = self
+                    .res
+                    .per_head_weights(&rows, &attn_pages, &weights, row, ls.len);
+                let ts = ls
+                    .tokens
+                    .as_mut()
+                    .expect("token rule layers have token state");
                 let dropped = ts.after_decode(rule, budget_tokens, &per_head, q_heads);
                 dropped_all.push((*id, dropped));
             }
@@ -233,14 +252,36 @@ impl CacheManager {
         let kind = plan.digest.expect("scored layers have a digest");
         let res = &mut self.res;
         let dev = res.dev.clone();
-        super::grow(dev.as_ref(), &mut res.scratch_scores, DType::F32, jobs.len())?;
-        super::grow(dev.as_ref(), &mut res.scratch_picks, DType::U32, picks_total.max(1))?;
+        super::grow(
+            dev.as_ref(),
+            &mut res.scratch_scores,
+            DType::F32,
+            jobs.len(),
+        )?;
+        super::grow(
+            dev.as_ref(),
+            &mut res.scratch_picks,
+            DType::U32,
+            picks_total.max(1),
+        )?;
         let (scores_buf, picks_buf) = (
             res.scratch_scores.as_ref().expect("grown"),
             res.scratch_picks.as_ref().expect("grown"),
         );
-        let digests = res.digests.as_ref().expect("scored layers have digests").buffer();
-        dev.estimate(&res.layout, kind, self.config.score_agg, digests, q, jobs, scores_buf)?;
+        let digests = res
+            .digests
+            .as_ref()
+            .expect("scored layers have digests")
+            .buffer();
+        dev.estimate(
+            &res.layout,
+            kind,
+            self.config.score_agg,
+            digests,
+            q,
+            jobs,
+            scores_buf,
+        )?;
         dev.topk(scores_buf, segments, picks_buf)?;
         let picks = dev.download_u32(picks_buf, 0, picks_total)?;
         let scores = dev.download_f32_range(scores_buf, 0, jobs.len())?;
@@ -248,7 +289,12 @@ impl CacheManager {
     }
 
     /// Writes the dropped tokens' keep-mask bytes to zero.
-    pub(super) fn apply_drops(&mut self, id: SeqId, layer: usize, dropped: &[Dropped]) -> Result<()> {
+    pub(super) fn apply_drops(
+        &mut self,
+        id: SeqId,
+        layer: usize,
+        dropped: &[Dropped],
+    ) -> Result<()> {
         let Some(mask) = self.res.masks.as_ref() else {
             return Ok(());
         };
@@ -256,7 +302,10 @@ impl CacheManager {
         let p = layout.page_size;
         let ls = &self.seqs[&id].layers[layer];
         for d in dropped {
-            let (g, j) = (d.kv_head / layout.heads_per_group, d.kv_head % layout.heads_per_group);
+            let (g, j) = (
+                d.kv_head / layout.heads_per_group,
+                d.kv_head % layout.heads_per_group,
+            );
             let slot = ls.groups[g].pages[d.pos / p].slot.ok_or_else(|| {
                 Error::InvalidRequest("token-level policies keep every page resident".into())
             })?;
@@ -282,7 +331,10 @@ impl CacheManager {
         let mut seen = std::collections::BTreeSet::new();
         for id in seqs {
             if !seen.insert(*id) {
-                return Err(Error::InvalidRequest(format!("sequence {} twice in a batch", id.0)));
+                return Err(Error::InvalidRequest(format!(
+                    "sequence {} twice in a batch",
+                    id.0
+                )));
             }
             self.seq(*id)?;
         }
@@ -305,7 +357,11 @@ impl super::Resources {
         first_candidate: usize,
         copies: &mut Vec<(u32, crate::host_store::BackupId)>,
     ) -> Result<usize> {
-        let missing: Vec<usize> = top.iter().copied().filter(|&i| table.pages[i].slot.is_none()).collect();
+        let missing: Vec<usize> = top
+            .iter()
+            .copied()
+            .filter(|&i| table.pages[i].slot.is_none())
+            .collect();
         if missing.is_empty() {
             return Ok(0);
         }
@@ -368,9 +424,18 @@ impl super::Resources {
 }
 
 /// Pages a decode row attends, ascending: all resident pages, or sinks + top-k + window.
-fn attended_pages(table: &GroupTable, plan: &LayerPlan, budget: &PageBudget, top: &[usize]) -> Vec<usize> {
+fn attended_pages(
+    table: &GroupTable,
+    plan: &LayerPlan,
+    budget: &PageBudget,
+    top: &[usize],
+) -> Vec<usize> {
     let n_pages = table.pages.len();
-    let resident = || (0..n_pages).filter(|&i| table.pages[i].slot.is_some()).collect();
+    let resident = || {
+        (0..n_pages)
+            .filter(|&i| table.pages[i].slot.is_some())
+            .collect()
+    };
     if n_pages <= budget.pages || plan.attend == AttendScope::Resident {
         return resident();
     }

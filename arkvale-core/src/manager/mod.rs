@@ -52,9 +52,7 @@ use crate::host_store::HostStore;
 use crate::policy::{AttendScope, Policy, Residency};
 use crate::pool::{DigestStore, SlotPool};
 use crate::stats::CacheStats;
-use crate::{
-    Buffer, CacheConfig, DType, Device, Error, KvLayout, ModelShape, PageBudget, Result,
-};
+use crate::{Buffer, CacheConfig, DType, Device, Error, KvLayout, ModelShape, PageBudget, Result};
 
 use table::{GroupTable, LayerPlan, LayerState, Sequence, TokenState};
 
@@ -93,7 +91,12 @@ pub(crate) struct Resources {
 }
 
 /// Makes `slot` hold a buffer of at least `len` elements of `dtype` (reallocating when short).
-pub(crate) fn grow(dev: &dyn Device, slot: &mut Option<Buffer>, dtype: DType, len: usize) -> Result<()> {
+pub(crate) fn grow(
+    dev: &dyn Device,
+    slot: &mut Option<Buffer>,
+    dtype: DType,
+    len: usize,
+) -> Result<()> {
     if slot.as_ref().is_none_or(|b| b.len() < len) {
         *slot = Some(dev.alloc(dtype, len.next_power_of_two())?);
     }
@@ -326,14 +329,21 @@ impl CacheManager {
     /// Page indices the last decode attention of (sequence, layer, group) read.
     pub fn last_attended(&self, id: SeqId, layer: usize, group: usize) -> Result<Vec<u32>> {
         let ls = self.layer_state(id, layer)?;
-        Ok(ls.groups.get(group).map(|g| g.last_attended.clone()).unwrap_or_default())
+        Ok(ls
+            .groups
+            .get(group)
+            .map(|g| g.last_attended.clone())
+            .unwrap_or_default())
     }
 
     /// The keep-mask of a token-level policy for (sequence, layer, KV head), one flag per
     /// token; `None` for page-level policies and dense layers.
     pub fn keep_mask(&self, id: SeqId, layer: usize, kv_head: usize) -> Result<Option<Vec<bool>>> {
         let ls = self.layer_state(id, layer)?;
-        Ok(ls.tokens.as_ref().and_then(|t| t.keep.get(kv_head).cloned()))
+        Ok(ls
+            .tokens
+            .as_ref()
+            .and_then(|t| t.keep.get(kv_head).cloned()))
     }
 
     /// The stored bytes of a resident page (K then V of its slot), for tests and debugging.
@@ -345,15 +355,21 @@ impl CacheManager {
         page: usize,
     ) -> Result<Option<Vec<u8>>> {
         let ls = self.layer_state(id, layer)?;
-        let Some(slot) = ls.groups.get(group).and_then(|g| g.pages.get(page)).and_then(|p| p.slot)
+        let Some(slot) = ls
+            .groups
+            .get(group)
+            .and_then(|g| g.pages.get(page))
+            .and_then(|p| p.slot)
         else {
             return Ok(None);
         };
         let layout = &self.res.layout;
         let mut bytes = vec![0u8; layout.slot_bytes()];
-        self.res
-            .dev
-            .read(&self.res.pool, slot as usize * layout.slot_elems(), &mut bytes)?;
+        self.res.dev.read(
+            &self.res.pool,
+            slot as usize * layout.slot_elems(),
+            &mut bytes,
+        )?;
         Ok(Some(bytes))
     }
 

@@ -33,10 +33,16 @@ impl CacheManager {
         let q_row = self.shape.q_heads * self.shape.head_dim;
         let n = q.len() / q_row;
         if q.dtype() != DType::F32 || q.len() % q_row != 0 {
-            return Err(Error::shape(format!("q must be f32 [n, {}, {}], got {q:?}", self.shape.q_heads, self.shape.head_dim)));
+            return Err(Error::shape(format!(
+                "q must be f32 [n, {}, {}], got {q:?}",
+                self.shape.q_heads, self.shape.head_dim
+            )));
         }
         if layer >= self.shape.layers {
-            return Err(Error::InvalidRequest(format!("layer {layer} out of {}", self.shape.layers)));
+            return Err(Error::InvalidRequest(format!(
+                "layer {layer} out of {}",
+                self.shape.layers
+            )));
         }
         if n == 0 || n > self.config.prefill_chunk_tokens {
             return Err(Error::InvalidRequest(format!(
@@ -89,14 +95,27 @@ impl CacheManager {
         }
         let scale = self.scale;
         let layout = self.res.layout;
-        let mask = if masked { self.res.masks.as_ref() } else { None };
-        self.res
-            .dev
-            .prefill_attention(&layout, &self.res.pool, q, &rows, &pages, mask, scale, &state)?;
+        let mask = if masked {
+            self.res.masks.as_ref()
+        } else {
+            None
+        };
+        self.res.dev.prefill_attention(
+            &layout,
+            &self.res.pool,
+            q,
+            &rows,
+            &pages,
+            mask,
+            scale,
+            &state,
+        )?;
         if !evicted.is_empty() {
             self.stream_evicted(q, n, start, len, &evicted, masked, &state)?;
         }
-        self.res.dev.attention_finalize(&layout, &state, &rows, out)?;
+        self.res
+            .dev
+            .attention_finalize(&layout, &state, &rows, out)?;
         self.res.stats.time.attention += started.elapsed();
 
         // Token-level baselines: H2O accumulates every prompt query's attention; TOVA keeps
@@ -105,9 +124,11 @@ impl CacheManager {
             let started = Instant::now();
             let weight_rows: Vec<AttnRow> = match rule {
                 crate::policy::TokenRule::H2O => rows.clone(),
-                crate::policy::TokenRule::Tova => {
-                    rows.iter().filter(|r| r.q_row as usize == n - 1).copied().collect()
-                }
+                crate::policy::TokenRule::Tova => rows
+                    .iter()
+                    .filter(|r| r.q_row as usize == n - 1)
+                    .copied()
+                    .collect(),
             };
             let mut per_head = None;
             if rule == crate::policy::TokenRule::H2O || last_chunk {
@@ -170,7 +191,12 @@ impl CacheManager {
                         Error::InvalidRequest(format!("last page {page} is not resident"))
                     })?
                 };
-                dests.push(AppendDest { token: i as u32, group: g as u32, slot, pos: off as u32 });
+                dests.push(AppendDest {
+                    token: i as u32,
+                    group: g as u32,
+                    slot,
+                    pos: off as u32,
+                });
                 if off + 1 == p {
                     filled.push((g, page, slot));
                 }
@@ -212,7 +238,10 @@ impl CacheManager {
     ) -> Result<()> {
         self.seq(seq)?;
         if layer >= self.shape.layers {
-            return Err(Error::InvalidRequest(format!("layer {layer} out of {}", self.shape.layers)));
+            return Err(Error::InvalidRequest(format!(
+                "layer {layer} out of {}",
+                self.shape.layers
+            )));
         }
         let plan = self.plan(layer);
         if plan.token_rule.is_some() {
@@ -223,7 +252,10 @@ impl CacheManager {
         }
         let row = self.shape.kv_heads * self.shape.head_dim;
         if k.len() != v.len() || k.len() % row != 0 {
-            return Err(Error::shape(format!("k and v must both be [n, {}, {}]", self.shape.kv_heads, self.shape.head_dim)));
+            return Err(Error::shape(format!(
+                "k and v must both be [n, {}, {}]",
+                self.shape.kv_heads, self.shape.head_dim
+            )));
         }
         self.check_rows("query", query, 1, self.shape.q_heads)?;
         let chunk = self.config.prefill_chunk_tokens;
@@ -252,7 +284,10 @@ impl CacheManager {
         state: &crate::AttnState,
     ) -> Result<()> {
         let p = self.budget.page_size;
-        let staging = self.res.slots.alloc_many(STAGING_SLOTS.min(evicted.len()))?;
+        let staging = self
+            .res
+            .slots
+            .alloc_many(STAGING_SLOTS.min(evicted.len()))?;
         let result = (|| {
             for batch in evicted.chunks(staging.len()) {
                 let copies: Vec<(u32, BackupId)> =
@@ -277,7 +312,11 @@ impl CacheManager {
                         page_count,
                     }));
                 }
-                let mask = if masked { self.res.masks.as_ref() } else { None };
+                let mask = if masked {
+                    self.res.masks.as_ref()
+                } else {
+                    None
+                };
                 self.res.dev.prefill_attention(
                     &self.res.layout,
                     &self.res.pool,
@@ -327,9 +366,17 @@ impl CacheManager {
                     let digest = table.pages[i].digest.ok_or_else(|| {
                         Error::InvalidRequest(format!("candidate page {i} has no digest"))
                     })?;
-                    jobs.push(EstimateJob { q_row: (n - 1) as u32, group: g as u32, digest });
+                    jobs.push(EstimateJob {
+                        q_row: (n - 1) as u32,
+                        group: g as u32,
+                        digest,
+                    });
                 }
-                segments.push(TopkSegment { start: start as u32, len: cands.len() as u32, k: k as u32 });
+                segments.push(TopkSegment {
+                    start: start as u32,
+                    len: cands.len() as u32,
+                    k: k as u32,
+                });
             }
             groups_scored.push((g, cands, k, start));
         }
@@ -338,7 +385,8 @@ impl CacheManager {
         let picks = if jobs.is_empty() {
             Vec::new()
         } else {
-            self.estimate_and_pick(plan, q, &jobs, &segments, picks_total)?.1
+            self.estimate_and_pick(plan, q, &jobs, &segments, picks_total)?
+                .1
         };
         self.res.stats.pages_scored += jobs.len() as u64;
         self.res.stats.time.estimate += started.elapsed();
@@ -371,14 +419,28 @@ impl CacheManager {
         q: &Buffer,
         rows: &[AttnRow],
         pages: &[AttnPage],
-) -> Result<Vec<f32>> {
+    ) -> Result<Vec<f32>> {
         let n = pages.len() * self.res.layout.tokens_per_slot();
         let dev = self.res.dev.clone();
-        super::grow(dev.as_ref(), &mut self.res.scratch_weights, DType::F32, n.max(1))?;
+        super::grow(
+            dev.as_ref(),
+            &mut self.res.scratch_weights,
+            DType::F32,
+            n.max(1),
+        )?;
         let w = self.res.scratch_weights.as_ref().expect("grown");
         dev.fill_f32(w, 0, n, 0.0)?;
         let mask = self.res.masks.as_ref();
-        dev.attention_weights(&self.res.layout, &self.res.pool, q, rows, pages, mask, self.scale, w)?;
+        dev.attention_weights(
+            &self.res.layout,
+            &self.res.pool,
+            q,
+            rows,
+            pages,
+            mask,
+            self.scale,
+            w,
+        )?;
         dev.download_f32_range(w, 0, n)
     }
 }

@@ -27,7 +27,9 @@ impl Resources {
     ) -> Result<u32> {
         let new_index = table.pages.len();
         let slot = if displace && plan.budgeted() && table.resident >= budget.pages {
-            let leaving = new_index.checked_sub(plan.window).filter(|&i| i >= budget.sinks);
+            let leaving = new_index
+                .checked_sub(plan.window)
+                .filter(|&i| i >= budget.sinks);
             let victim = leaving
                 .filter(|&i| table.pages[i].slot.is_some())
                 .or_else(|| {
@@ -102,14 +104,22 @@ impl Resources {
             let digest = match (plan.digest, self.digests.as_mut()) {
                 (Some(_), Some(store)) => {
                     let d = store.alloc(self.dev.as_ref())?;
-                    jobs.push(SummarizeJob { slot, digest: d, len: p });
+                    jobs.push(SummarizeJob {
+                        slot,
+                        digest: d,
+                        len: p,
+                    });
                     Some(d)
                 }
                 _ => None,
             };
-            out.push(Sealed { digest, backup: None });
+            out.push(Sealed {
+                digest,
+                backup: None,
+            });
         }
-        if let (Some(kind), Some(store), false) = (plan.digest, self.digests.as_ref(), jobs.is_empty())
+        if let (Some(kind), Some(store), false) =
+            (plan.digest, self.digests.as_ref(), jobs.is_empty())
         {
             self.dev
                 .summarize(&self.layout, kind, &self.pool, &jobs, store.buffer())?;
@@ -136,7 +146,9 @@ impl Resources {
                 }
                 for group in self.host.by_chunk(&pairs)? {
                     let host = self.host.chunk(group.chunk).ok_or_else(missing_chunk)?;
-                    let event = self.dev.backup_pages(&self.layout, &self.pool, &group.copies, host)?;
+                    let event =
+                        self.dev
+                            .backup_pages(&self.layout, &self.pool, &group.copies, host)?;
                     for id in group.ids {
                         self.host.set_backup_event(id, event.clone())?;
                     }
@@ -167,7 +179,9 @@ impl Resources {
             }
             for group in self.host.by_chunk(batch)? {
                 let host = self.host.chunk(group.chunk).ok_or_else(missing_chunk)?;
-                let event = self.dev.recall_pages(&self.layout, host, &group.copies, &self.pool)?;
+                let event = self
+                    .dev
+                    .recall_pages(&self.layout, host, &group.copies, &self.pool)?;
                 for id in group.ids {
                     self.host.set_recall_event(id, event.clone())?;
                 }

@@ -100,7 +100,9 @@ impl TokenState {
                     if self.kept[h] <= budget {
                         continue;
                     }
-                    let kept: Vec<usize> = (0..self.keep[h].len()).filter(|&i| self.keep[h][i]).collect();
+                    let kept: Vec<usize> = (0..self.keep[h].len())
+                        .filter(|&i| self.keep[h][i])
+                        .collect();
                     let (older, _recent) = kept.split_at(kept.len() - recent);
                     let heavy = ranked_best_first(older, &self.acc[h]);
                     for &pos in &heavy[budget - recent..] {
@@ -112,7 +114,9 @@ impl TokenState {
                 let Some(w) = last_weights else { return out };
                 let avg = average_over_heads(w, q_heads);
                 if self.kept[0] > budget {
-                    let kept: Vec<usize> = (0..self.keep[0].len()).filter(|&i| self.keep[0][i]).collect();
+                    let kept: Vec<usize> = (0..self.keep[0].len())
+                        .filter(|&i| self.keep[0][i])
+                        .collect();
                     let ranked = ranked_best_first(&kept, &avg);
                     for &pos in &ranked[budget..] {
                         for h in 0..self.keep.len() {
@@ -195,7 +199,13 @@ mod tests {
         let w = vec![vec![0.4, 0.1, 0.2, 0.2, 0.1], vec![0.4, 0.3, 0.0, 0.1, 0.2]];
         let d = s.after_decode(TokenRule::Tova, 4, &w, 2);
         // Averages: [0.4, 0.2, 0.1, 0.15, 0.15] → token 2 goes from both heads.
-        assert_eq!(d, vec![Dropped { kv_head: 0, pos: 2 }, Dropped { kv_head: 1, pos: 2 }]);
+        assert_eq!(
+            d,
+            vec![
+                Dropped { kv_head: 0, pos: 2 },
+                Dropped { kv_head: 1, pos: 2 }
+            ]
+        );
         assert_eq!(s.kept, vec![4, 4]);
     }
 }
