@@ -40,3 +40,8 @@ pub use event::CpuEvent;
 
 /// The backend name used in errors and by [`arkvale_core::Device::name`].
 pub(crate) const BACKEND: &str = "cpu";
+
+/// The README's library snippet, compiled and run as a doc test.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
