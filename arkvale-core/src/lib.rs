@@ -17,6 +17,8 @@
 //! This crate decides *which* pages are resident, recalled, evicted and attended; backends only
 //! do arithmetic and copies. It must not grow device-specific code.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod device;
 pub mod digest;

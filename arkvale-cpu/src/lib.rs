@@ -19,6 +19,8 @@
 //! asynchronous copy queue), `dispatch` (from typed storage to generic kernels) and `device`
 //! (the [`Device`](arkvale_core::Device) implementation).
 
+#![warn(missing_docs)]
+
 mod append;
 mod attention;
 mod buffer;

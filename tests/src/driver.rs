@@ -158,14 +158,7 @@ impl Harness {
     ) -> Result<Vec<f32>, String> {
         let dev = self.cache.device().clone();
         let e = |e: arkvale_core::Error| e.to_string();
-        let (qb, kb, vb) = (
-            dev.upload_f32(q, DType::F32).map_err(e)?,
-            dev.upload_f32(k, DType::F32).map_err(e)?,
-            dev.upload_f32(v, DType::F32).map_err(e)?,
-        );
-        let out = dev
-            .upload_f32(&vec![f32::NAN; q.len()], DType::F32)
-            .map_err(e)?;
+        let [qb, kb, vb, out] = upload_step(&dev, q, k, v).map_err(e)?;
         self.cache
             .prefill_layer(layer, seq, &qb, &kb, &vb, &out, last)
             .map_err(e)?;
@@ -199,14 +192,7 @@ impl Harness {
     ) -> Result<Vec<f32>, String> {
         let dev = self.cache.device().clone();
         let e = |e: arkvale_core::Error| e.to_string();
-        let (qb, kb, vb) = (
-            dev.upload_f32(q, DType::F32).map_err(e)?,
-            dev.upload_f32(k, DType::F32).map_err(e)?,
-            dev.upload_f32(v, DType::F32).map_err(e)?,
-        );
-        let out = dev
-            .upload_f32(&vec![f32::NAN; q.len()], DType::F32)
-            .map_err(e)?;
+        let [qb, kb, vb, out] = upload_step(&dev, q, k, v).map_err(e)?;
         self.cache
             .decode_layer(layer, seqs, &qb, &kb, &vb, &out)
             .map_err(e)?;
@@ -334,6 +320,21 @@ impl Harness {
         }
         out
     }
+}
+
+/// Uploads one step's inputs and a NaN-poisoned output buffer: `[q, k, v, out]`.
+fn upload_step(
+    dev: &Arc<dyn Device>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> arkvale_core::Result<[arkvale_core::Buffer; 4]> {
+    Ok([
+        dev.upload_f32(q, DType::F32)?,
+        dev.upload_f32(k, DType::F32)?,
+        dev.upload_f32(v, DType::F32)?,
+        dev.upload_f32(&vec![f32::NAN; q.len()], DType::F32)?,
+    ])
 }
 
 /// Norm-wise relative error of `got` against `want`, per head-sized slice, within `tol`.

@@ -9,6 +9,8 @@
 //! draw random inputs with proptest's runner and a fresh seed per run (set
 //! `PROPTEST_RNG_SEED` to replay one).
 
+#![warn(missing_docs)]
+
 pub mod backends;
 pub mod cache;
 pub mod driver;

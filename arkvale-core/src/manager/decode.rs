@@ -56,13 +56,9 @@ impl CacheManager {
             let ls = &mut self.seqs.get_mut(id).expect("checked").layers[layer];
             let (page, off) = (ls.len / p, ls.len % p);
             for (g, table) in ls.groups.iter_mut().enumerate() {
-                let slot = if off == 0 {
-                    self.res.open_page(&plan, &budget, table, true)?
-                } else {
-                    table.pages[page].slot.ok_or_else(|| {
-                        Error::InvalidRequest(format!("last page {page} is not resident"))
-                    })?
-                };
+                let slot = self
+                    .res
+                    .slot_for_token(&plan, &budget, table, (page, off), true)?;
                 dests.push(AppendDest {
                     token: row as u32,
                     group: g as u32,

@@ -184,13 +184,9 @@ impl CacheManager {
             let pos = start + i;
             let (page, off) = (pos / p, pos % p);
             for (g, table) in ls.groups.iter_mut().enumerate() {
-                let slot = if off == 0 {
-                    self.res.open_page(plan, &budget, table, false)?
-                } else {
-                    table.pages[page].slot.ok_or_else(|| {
-                        Error::InvalidRequest(format!("last page {page} is not resident"))
-                    })?
-                };
+                let slot = self
+                    .res
+                    .slot_for_token(plan, &budget, table, (page, off), false)?;
                 dests.push(AppendDest {
                     token: i as u32,
                     group: g as u32,

@@ -59,6 +59,25 @@ impl Resources {
         Ok(slot)
     }
 
+    /// The slot a token at in-page offset `off` of page `page` goes to: the page's slot, or,
+    /// for the first token of a page, the slot of a freshly opened page (see
+    /// [`Resources::open_page`]).
+    pub fn slot_for_token(
+        &mut self,
+        plan: &LayerPlan,
+        budget: &PageBudget,
+        table: &mut GroupTable,
+        (page, off): (usize, usize),
+        displace: bool,
+    ) -> Result<u32> {
+        if off == 0 {
+            return self.open_page(plan, budget, table, displace);
+        }
+        table.pages[page]
+            .slot
+            .ok_or_else(|| Error::InvalidRequest(format!("last page {page} is not resident")))
+    }
+
     /// Takes page `index` off the device and returns its slot (not given back to the pool).
     /// The page's backup must exist; the host waits for it if it is still in flight.
     pub fn evict(&mut self, table: &mut GroupTable, index: usize) -> Result<u32> {
