@@ -1,0 +1,17 @@
+//! # arkvale-model
+//!
+//! Real models on the ArkVale cache. This crate will own everything between a model file and
+//! generated text: the Llama-family architectures (Llama 2/3, Mistral, Qwen2, SmolLM2) loaded
+//! from GGUF and safetensors, the tokenizer and chat templates, sampling and generation, the
+//! evaluation harness, and the `arkvale` CLI. It drives a `Device` through arkvale-core's cache
+//! manager and must not decide eviction itself (policies live in core) nor contain kernels
+//! (arithmetic lives in the backends).
+//!
+//! What exists today is the first piece: the [`gguf`] reader — GGUF v2/v3 parsing with typed
+//! metadata access, memory-mapped tensor data, and dequantization to `f32` of F32, F16, BF16,
+//! Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K tensors. Malformed files are errors, never
+//! panics.
+
+#![warn(missing_docs)]
+
+pub mod gguf;
