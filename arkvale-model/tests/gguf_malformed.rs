@@ -95,6 +95,9 @@ fn bad_magic_and_version() {
         assert!(matches!(e, GgufError::UnsupportedVersion { version } if version == v));
         assert!(e.to_string().contains(&format!("version {v}")), "{e}");
     }
+    let e = err(&B::header(3u32.swap_bytes(), 0, 0));
+    assert!(matches!(e, GgufError::BigEndian { version: 3 }), "{e}");
+    assert!(e.to_string().contains("big-endian"), "{e}");
     // Empty but valid files of both versions.
     assert_eq!(B::header(2, 0, 0).parse().unwrap().version(), 2);
     assert_eq!(B::header(3, 0, 0).parse().unwrap().version(), 3);

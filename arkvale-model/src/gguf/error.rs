@@ -30,6 +30,14 @@ pub enum GgufError {
         /// The version found in the header.
         version: u32,
     },
+    /// The header's version reads as 2 or 3 only when byte-swapped: a big-endian file.
+    #[error(
+        "big-endian GGUF (version {version}) is not supported; only little-endian files are read"
+    )]
+    BigEndian {
+        /// The version, byte-swapped to its intended value.
+        version: u32,
+    },
     /// A read ran past the end of the file.
     #[error(
         "truncated GGUF file: needed {needed} bytes for {what} at offset {offset}, file has {len} bytes"

@@ -13,6 +13,20 @@
 //! that afterwards reading tensor data cannot fail on bounds. Any malformed input is a
 //! [`GgufError`]; nothing panics, and no allocation is sized by a count from the file without
 //! first checking it against the bytes that remain.
+//!
+//! ```no_run
+//! use arkvale_model::gguf::GgufFile;
+//!
+//! let f = GgufFile::open("models/SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! let arch = f.metadata().get_str("general.architecture")?;
+//! let n_layer = f.metadata().get_uint(&format!("{arch}.block_count"))?;
+//! let vocab = f.metadata().get_str_array("tokenizer.ggml.tokens")?;
+//! let info = f.tensor("token_embd.weight").expect("embedding");
+//! let emb: Vec<f32> = f.tensor_f32("token_embd.weight")?; // info.dims = [d_model, n_vocab]
+//! assert_eq!(emb.len() as u64, info.n_elements);
+//! # let _ = (n_layer, vocab);
+//! # Ok::<(), arkvale_model::gguf::GgufError>(())
+//! ```
 
 mod dequant;
 mod error;
@@ -115,6 +129,11 @@ impl GgufFile {
             });
         }
         let version = r.u32("version")?;
+        if (2..=3).contains(&version.swap_bytes()) {
+            return Err(GgufError::BigEndian {
+                version: version.swap_bytes(),
+            });
+        }
         if !(2..=3).contains(&version) {
             return Err(GgufError::UnsupportedVersion { version });
         }
