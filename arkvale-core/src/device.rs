@@ -34,10 +34,17 @@
 //! * Digest store: f32, `hg * digest.len(d)` values per digest index; see [`crate::digest`].
 //! * Keep-mask (token-level policies): u8 `[slots][hg][p]`, non-zero = the token takes part.
 //! * Token weights (for H2O/TOVA): f32 `[pages.len()][hg][p]`, aligned with a page list.
+//! * Dense model ops ([`crate::dense`]): activations f32 row-major (`x [m, k]`, hidden states
+//!   `[tokens, dim]`, q/k `[tokens, heads, head_dim]`, logits `[rows, vocab]`); weights
+//!   `W [n, k]` and embedding tables `[vocab, dim]` in f32, f16 or bf16; token ids and argmax
+//!   results u32. An op reads and writes the leading elements its sizes name; a larger buffer
+//!   is fine, a smaller one is an error, and an output may not be one of the op's inputs
+//!   (except where the op is documented as in place).
 
 use std::any::Any;
 use std::sync::Arc;
 
+use crate::dense::{MatmulDims, Rope};
 use crate::{DType, DigestKind, KvDtype, Result, ScoreAgg};
 
 /// An owned handle to a device buffer of `len` elements of `dtype`.
@@ -271,7 +278,10 @@ pub struct AttnState {
     pub sum: Buffer,
 }
 
-/// The KV part of a backend (dense model ops are added by the model crate's issue).
+/// What a backend provides: buffers and copies, the KV ops (append, summarize, estimate,
+/// top-k, paged attention, asynchronous page backup/recall) and the dense model ops
+/// ([`Device::matmul`], [`Device::rmsnorm`], [`Device::rope`], [`Device::silu_mul`],
+/// [`Device::add`], [`Device::embedding`], [`Device::argmax`]).
 /// See the module documentation for the contract.
 pub trait Device: Send + Sync {
     /// A short backend name for messages and test summaries (`cpu`, `cuda`, `wgpu`).
@@ -415,6 +425,36 @@ pub trait Device: Send + Sync {
         scale: f32,
         weights: &Buffer,
     ) -> Result<()>;
+
+    /// `out[m, n] = x[m, k] · Wᵀ` with `x` f32 `[m, k]`, `w` `[n, k]` row-major in f32, f16 or
+    /// bf16, `out` f32 `[m, n]`; f32 accumulation (half weights are widened exactly).
+    fn matmul(&self, dims: &MatmulDims, x: &Buffer, w: &Buffer, out: &Buffer) -> Result<()>;
+    /// RMSNorm of each of `rows` rows of `dim` values of `x` (f32) scaled by `weight` (f32
+    /// `[dim]`): `out = x / sqrt(mean(x²) + eps) * weight`, into f32 `out [rows, dim]`.
+    fn rmsnorm(
+        &self,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        x: &Buffer,
+        weight: &Buffer,
+        out: &Buffer,
+    ) -> Result<()>;
+    /// Rotates `x` (f32 `[positions.len(), rope.heads, rope.head_dim]`) **in place**, token
+    /// `t` by position `positions[t]`, as [`Rope`] defines it.
+    fn rope(&self, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()>;
+    /// `out[i] = silu(gate[i]) * up[i]` for `i < len` (f32; `silu(g) = g / (1 + e^-g)`).
+    fn silu_mul(&self, len: usize, gate: &Buffer, up: &Buffer, out: &Buffer) -> Result<()>;
+    /// The residual add, **in place**: `x[i] += y[i]` for `i < len` (f32; `x` and `y` must
+    /// be different buffers).
+    fn add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()>;
+    /// Gathers rows of `table` (`[vocab, dim]`, f32, f16 or bf16, `vocab = table.len() / dim`)
+    /// into f32 `out [ids.len(), dim]`: `out[t] = table[ids[t]]`. An id `>= vocab` is an error.
+    fn embedding(&self, dim: usize, table: &Buffer, ids: &[u32], out: &Buffer) -> Result<()>;
+    /// For each of `rows` rows of `cols` f32 `logits`, writes the column of its largest value
+    /// into `out[row]` (u32): ties go to the lower index, NaN ranks below every number, a row
+    /// of NaN only gives 0. `cols` must be non-zero.
+    fn argmax(&self, rows: usize, cols: usize, logits: &Buffer, out: &Buffer) -> Result<()>;
 }
 
 /// Helpers every backend gets for free.

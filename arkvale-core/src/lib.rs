@@ -9,8 +9,8 @@
 //!   `quest`, `h2o`, `tova`);
 //! * the bookkeeping: page tables, the device slot pool, the host backup store and its disk
 //!   spill tier;
-//! * the [`Device`] trait every backend implements, and the [`CacheManager`] that drives any
-//!   `Device` through prefill and decode;
+//! * the [`Device`] trait every backend implements (KV ops and the [`dense`] model ops), and
+//!   the [`CacheManager`] that drives any `Device` through prefill and decode;
 //! * scalar [`reference`] implementations of every device op, the oracle of the differential
 //!   tests.
 //!
@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod dense;
 pub mod device;
 pub mod digest;
 pub mod dtype;
@@ -34,6 +35,7 @@ pub mod spill;
 pub mod stats;
 
 pub use config::{AttentionMode, CacheConfig, DigestKind, PageBudget, ScoreAgg};
+pub use dense::{MatmulDims, Rope, RopeScaling, RopeStyle, rope_inv_freq};
 pub use device::{
     AppendDest, AttnPage, AttnRow, AttnState, Buffer, Device, DeviceEvent, DeviceExt, EstimateJob,
     Event, HostBuffer, KvLayout, SummarizeJob, TopkSegment,

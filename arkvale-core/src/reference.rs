@@ -11,6 +11,8 @@
 //!   `hg * kind.len(d)` values per digest index, keep-masks `[slots][hg][p]` bytes and token
 //!   weights `[pages.len()][hg][p]`.
 //!
+//! The dense model ops have their references in [`dense`] (re-exported here).
+//!
 //! Digests and scores use [`crate::digest`] directly (f32, the order written there); attention
 //! is computed exactly in f64 and rounded to f32 once at the end, so it is the reference for
 //! both `decode_attention` and `prefill_attention` + `attention_finalize`.
@@ -25,6 +27,9 @@ use crate::device::{
     AppendDest, AttnPage, AttnRow, EstimateJob, KvLayout, SummarizeJob, TopkSegment,
 };
 use crate::{DigestKind, ScoreAgg, digest};
+
+pub mod dense;
+pub use dense::{add, argmax, embedding, matmul, rmsnorm, rope, rope_pair, silu_mul};
 
 /// Writes each destination's keys and values (`k`, `v`: f32 `[tokens, Hkv, d]`) into `pool`,
 /// rounded with [`KvDtype::round`](crate::KvDtype::round). Destinations are applied in order,

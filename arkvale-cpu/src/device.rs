@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arkvale_core::{
     AppendDest, AttnPage, AttnRow, AttnState, Buffer, DType, Device, DigestKind, Error,
-    EstimateJob, Event, HostBuffer, KvLayout, Result, ScoreAgg, SummarizeJob, TopkSegment,
+    EstimateJob, Event, HostBuffer, KvLayout, MatmulDims, Result, Rope, ScoreAgg, SummarizeJob,
+    TopkSegment,
 };
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
@@ -131,18 +132,25 @@ impl CpuDevice {
         self.host_mem.in_use()
     }
 
-    fn storage<'a>(&self, buf: &'a Buffer, what: &str) -> Result<&'a Arc<Storage>> {
+    /// The storage of `buf` if this device made it.
+    pub(crate) fn storage<'a>(&self, buf: &'a Buffer, what: &str) -> Result<&'a Arc<Storage>> {
         buffer::storage(self.id, buf, what)
     }
 
-    fn typed<'a>(&self, buf: &'a Buffer, dtype: DType, what: &str) -> Result<&'a Arc<Storage>> {
+    /// The storage of `buf` if this device made it and it holds `dtype`.
+    pub(crate) fn typed<'a>(
+        &self,
+        buf: &'a Buffer,
+        dtype: DType,
+        what: &str,
+    ) -> Result<&'a Arc<Storage>> {
         buffer::typed(self.id, buf, dtype, what)
     }
 
     /// The pool's storage, checked against the layout.
     /// Runs `f` inline on the calling thread if `work` (element operations) is small or the
     /// device has one thread, else inside this device's rayon pool.
-    fn run<R: Send>(&self, work: usize, f: impl FnOnce(Par) -> R + Send) -> R {
+    pub(crate) fn run<R: Send>(&self, work: usize, f: impl FnOnce(Par) -> R + Send) -> R {
         if work < self.inline_work || self.threads == 1 {
             f(Par::INLINE)
         } else {
@@ -708,6 +716,42 @@ impl Device for CpuDevice {
         self.run(attention_work(layout, rows), |par| {
             with_pool(par, &inp.pool, kernel)
         })
+    }
+
+    fn matmul(&self, dims: &MatmulDims, x: &Buffer, w: &Buffer, out: &Buffer) -> Result<()> {
+        self.dense_matmul(dims, x, w, out)
+    }
+
+    fn rmsnorm(
+        &self,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        x: &Buffer,
+        weight: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
+        self.dense_rmsnorm(rows, dim, eps, x, weight, out)
+    }
+
+    fn rope(&self, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
+        self.dense_rope(rope, positions, x)
+    }
+
+    fn silu_mul(&self, len: usize, gate: &Buffer, up: &Buffer, out: &Buffer) -> Result<()> {
+        self.dense_silu_mul(len, gate, up, out)
+    }
+
+    fn add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
+        self.dense_add(len, x, y)
+    }
+
+    fn embedding(&self, dim: usize, table: &Buffer, ids: &[u32], out: &Buffer) -> Result<()> {
+        self.dense_embedding(dim, table, ids, out)
+    }
+
+    fn argmax(&self, rows: usize, cols: usize, logits: &Buffer, out: &Buffer) -> Result<()> {
+        self.dense_argmax(rows, cols, logits, out)
     }
 }
 

@@ -5,8 +5,9 @@
 //! KV ops on the CPU: typed buffers in a "device" arena and a separate host arena, a
 //! persistent rayon pool for compute (append, digests, estimate, top-k, paged attention with
 //! flash-decoding splits and tiled online-softmax prefill), and a copy thread that runs page
-//! backups and recalls asynchronously behind events. Arithmetic is f32; KV storage is
-//! f32, f16 or bf16 (via `half`).
+//! backups and recalls asynchronously behind events, plus the dense model ops (matmul via the
+//! `gemm` crate, RMSNorm, RoPE, SiLU-gating, add, embedding, argmax). Arithmetic is f32; KV
+//! storage, weights and embedding tables are f32, f16 or bf16 (via `half`).
 //!
 //! It must not decide anything: which pages are resident, recalled, evicted or attended is the
 //! cache manager's business in `arkvale-core`. Every op agrees with the scalar reference in
@@ -15,7 +16,9 @@
 //!
 //! Modules, one job each: `buffer` (storage and arenas), `elem` (storage types, small f32
 //! kernels), `validate` (descriptor checks), `scatter` (disjoint parallel writes), `par` (pool or inline), `append`,
-//! `digest_ops` (summarize, estimate, top-k), `attention`, `event` and `copy_worker` (the
+//! `digest_ops` (summarize, estimate, top-k), `attention`, `matmul` (the `gemm`-based dense
+//! matmul with f16/bf16 weights widened per tile), `dense` (RMSNorm, RoPE, SiLU-gating, add,
+//! embedding, argmax kernels) and `dense_ops` (their checks and dispatch), `event` and `copy_worker` (the
 //! asynchronous copy queue), `dispatch` (from typed storage to generic kernels) and `device`
 //! (the [`Device`](arkvale_core::Device) implementation).
 
@@ -25,15 +28,20 @@ mod append;
 mod attention;
 mod buffer;
 mod copy_worker;
+mod dense;
+mod dense_ops;
 mod device;
 mod digest_ops;
 mod dispatch;
 mod elem;
 mod event;
+mod matmul;
 mod par;
 mod scatter;
 mod validate;
 
+#[cfg(test)]
+mod dense_tests;
 #[cfg(test)]
 mod tests;
 

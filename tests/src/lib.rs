@@ -13,6 +13,7 @@
 
 pub mod backends;
 pub mod cache;
+pub mod dense;
 pub mod driver;
 pub mod ops;
 pub mod storage;
@@ -35,6 +36,7 @@ pub fn all_cases() -> Vec<Case> {
     cases.extend(ops::cases());
     cases.extend(storage::cases());
     cases.extend(cache::cases());
+    cases.extend(dense::cases());
     cases
 }
 

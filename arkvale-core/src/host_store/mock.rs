@@ -233,4 +233,33 @@ impl Device for MockDevice {
     ) -> Result<()> {
         unsupported()
     }
+    fn matmul(&self, _: &crate::MatmulDims, _: &Buffer, _: &Buffer, _: &Buffer) -> Result<()> {
+        unsupported()
+    }
+    fn rmsnorm(
+        &self,
+        _: usize,
+        _: usize,
+        _: f32,
+        _: &Buffer,
+        _: &Buffer,
+        _: &Buffer,
+    ) -> Result<()> {
+        unsupported()
+    }
+    fn rope(&self, _: &crate::Rope<'_>, _: &[u32], _: &Buffer) -> Result<()> {
+        unsupported()
+    }
+    fn silu_mul(&self, _: usize, _: &Buffer, _: &Buffer, _: &Buffer) -> Result<()> {
+        unsupported()
+    }
+    fn add(&self, _: usize, _: &Buffer, _: &Buffer) -> Result<()> {
+        unsupported()
+    }
+    fn embedding(&self, _: usize, _: &Buffer, _: &[u32], _: &Buffer) -> Result<()> {
+        unsupported()
+    }
+    fn argmax(&self, _: usize, _: usize, _: &Buffer, _: &Buffer) -> Result<()> {
+        unsupported()
+    }
 }

@@ -1,0 +1,283 @@
+//! The dense ops of `CpuDevice` against `arkvale_core::reference::dense` on random non-zero
+//! inputs (magnitudes in [0.05, 1], both signs; proptest draws shapes and a fresh seed), with
+//! NaN-poisoned outputs a few elements longer than needed, on both execution paths: inline on
+//! the calling thread and fanned out over a 3-thread pool.
+//!
+//! Tolerances, `|cpu - reference| <= tol * (scale + |reference|)`:
+//! * `matmul`, f32 weights: `1e-5` with `scale = sum_l |x_il w_jl|` (f32 accumulation error
+//!   grows with that sum);
+//! * `matmul`, f16/bf16 weights: the same — the CPU widens half weights exactly and the
+//!   reference sees the same widened values (the `1e-2` allowed for half types elsewhere is for
+//!   backends that also round activations); a separate test checks against the **unrounded**
+//!   f32 weights within `1e-2` (f16) / `1e-2 * 8` (bf16, 8 mantissa bits);
+//! * `rmsnorm`, `rope`, `silu_mul`: `1e-5`, `scale = 1`;
+//! * `add`, `embedding`, `argmax`: exact.
+
+use std::sync::Arc;
+
+use arkvale_core::{
+    Buffer, DType, Device, DeviceExt, MatmulDims, Rope, RopeScaling, RopeStyle, reference,
+    rope_inv_freq,
+};
+use proptest::prelude::*;
+
+use crate::CpuDevice;
+
+const TOL: f32 = 1e-5;
+const PAD: usize = 3;
+
+/// A device on the inline path and one that always uses its 3-thread pool.
+fn devices() -> [Arc<dyn Device>; 2] {
+    let mut inline = CpuDevice::new(Some(3)).unwrap();
+    inline.set_inline_work(usize::MAX);
+    let mut pool = CpuDevice::new(Some(3)).unwrap();
+    pool.set_inline_work(0);
+    [Arc::new(inline), Arc::new(pool)]
+}
+
+/// Bulk data of one case (xorshift, never zero).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn value(&mut self) -> f32 {
+        let m = 0.05 + 0.95 * (self.next() >> 40) as f32 / (1u64 << 24) as f32;
+        if self.next() & 1 == 0 { m } else { -m }
+    }
+    fn values(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.value()).collect()
+    }
+}
+
+fn poisoned(dev: &Arc<dyn Device>, n: usize) -> Buffer {
+    dev.upload_f32(&vec![f32::NAN; n + PAD], DType::F32)
+        .unwrap()
+}
+
+fn assert_close(got: &[f32], want: &[f32], tol: f32, scale: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for i in 0..got.len() {
+        let (a, b) = (got[i], want[i]);
+        let s = scale.get(i).copied().unwrap_or(1.0);
+        assert!(
+            (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * (s + b.abs()),
+            "{what}: at {i}: cpu {a} vs reference {b}"
+        );
+    }
+}
+
+/// `sum_l |x_il w_jl|` per output.
+fn abs_scale(d: &MatmulDims, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let mut s = Vec::with_capacity(d.m * d.n);
+    for i in 0..d.m {
+        for j in 0..d.n {
+            s.push(
+                (0..d.k)
+                    .map(|l| (x[i * d.k + l] * w[j * d.k + l]).abs())
+                    .sum(),
+            );
+        }
+    }
+    s
+}
+
+fn dtype() -> impl Strategy<Value = DType> {
+    prop::sample::select(vec![DType::F32, DType::F16, DType::BF16])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matmul_matches_reference(
+        m in prop_oneof![1usize..=3, 4usize..=37],
+        n in 1usize..=150,
+        k in prop_oneof![1usize..=70, Just(576usize)],
+        dt in dtype(),
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Rng::new(seed);
+        let dims = MatmulDims { m, n, k };
+        let (x, w0) = (rng.values(m * k), rng.values(n * k));
+        for dev in devices() {
+            let wb = dev.upload_f32(&w0, dt).unwrap();
+            let w = dev.download_f32(&wb).unwrap();
+            let xb = dev.upload_f32(&x, DType::F32).unwrap();
+            let out = poisoned(&dev, m * n);
+            dev.matmul(&dims, &xb, &wb, &out).unwrap();
+            let mut want = vec![f32::NAN; m * n + PAD];
+            reference::matmul(&dims, &x, &w, &mut want);
+            let got = dev.download_f32(&out).unwrap();
+            assert_close(&got, &want, TOL, &abs_scale(&dims, &x, &w), &format!("{dt:?} {dims:?}"));
+            // Against the unrounded weights: the half types' own rounding.
+            if dt != DType::F32 {
+                reference::matmul(&dims, &x, &w0, &mut want);
+                let tol = if dt == DType::F16 { 1e-2 } else { 8e-2 };
+                assert_close(&got, &want, tol, &abs_scale(&dims, &x, &w0), "vs f32 weights");
+            }
+        }
+    }
+
+    #[test]
+    fn rmsnorm_silu_add_match_reference(rows in 1usize..=6, dim in 1usize..=300, seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let (x, w, up) = (rng.values(rows * dim), rng.values(dim), rng.values(rows * dim));
+        let len = rows * dim;
+        for dev in devices() {
+            let up_b = dev.upload_f32(&up, DType::F32).unwrap();
+            let (xb, wb) = (dev.upload_f32(&x, DType::F32).unwrap(), dev.upload_f32(&w, DType::F32).unwrap());
+            let out = poisoned(&dev, len);
+            dev.rmsnorm(rows, dim, 1e-5, &xb, &wb, &out).unwrap();
+            let mut want = vec![f32::NAN; len + PAD];
+            reference::rmsnorm(rows, dim, 1e-5, &x, &w, &mut want);
+            assert_close(&dev.download_f32(&out).unwrap(), &want, TOL, &[], "rmsnorm");
+
+            let gate: Vec<f32> = x.iter().map(|v| v * 10.0).collect();
+            let gb = dev.upload_f32(&gate, DType::F32).unwrap();
+            let out = poisoned(&dev, len);
+            dev.silu_mul(len, &gb, &up_b, &out).unwrap();
+            reference::silu_mul(&gate, &up, &mut want[..len]);
+            assert_close(&dev.download_f32(&out).unwrap(), &want, TOL, &[], "silu_mul");
+
+            let res = poisoned(&dev, len);
+            dev.copy(&xb, 0, &res, 0, len).unwrap();
+            dev.add(len, &res, &up_b).unwrap();
+            let mut sum = x.clone();
+            reference::add(&mut sum, &up);
+            sum.extend([f32::NAN; PAD]);
+            assert_close(&dev.download_f32(&res).unwrap(), &sum, 0.0, &[0.0; 0], "add");
+        }
+    }
+
+    #[test]
+    fn rope_matches_reference(
+        tokens in 1usize..=5,
+        heads in 1usize..=4,
+        half in 1usize..=40,
+        interleaved in any::<bool>(),
+        llama3 in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Rng::new(seed);
+        let d = 2 * half;
+        let style = if interleaved { RopeStyle::Interleaved } else { RopeStyle::Neox };
+        let scaling = if llama3 {
+            RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 }
+        } else {
+            RopeScaling::None
+        };
+        let inv_freq = rope_inv_freq(d, 500000.0, scaling).unwrap();
+        let r = Rope { style, heads, head_dim: d, inv_freq: &inv_freq, position_scale: 1.0 };
+        let positions: Vec<u32> = (0..tokens).map(|_| (rng.next() % 40000) as u32).collect();
+        let mut x = rng.values(tokens * heads * d);
+        x.extend([f32::NAN; PAD]);
+        for dev in devices() {
+            let xb = dev.upload_f32(&x, DType::F32).unwrap();
+            dev.rope(&r, &positions, &xb).unwrap();
+            let mut want = x.clone();
+            reference::rope(&r, &positions, &mut want);
+            assert_close(&dev.download_f32(&xb).unwrap(), &want, TOL, &[], "rope");
+        }
+    }
+
+    #[test]
+    fn embedding_and_argmax_match_reference(
+        vocab in 1usize..=100,
+        dim in 1usize..=64,
+        dt in dtype(),
+        seed in any::<u64>(),
+    ) {
+        let mut rng = Rng::new(seed);
+        let n = 1 + (rng.next() % 9) as usize;
+        let ids: Vec<u32> = (0..n).map(|_| (rng.next() % vocab as u64) as u32).collect();
+        // Logits from a few levels: ties everywhere.
+        let logits: Vec<f32> = (0..n * dim).map(|_| (rng.next() % 4) as f32).collect();
+        for dev in devices() {
+            let tb = dev.upload_f32(&rng.values(vocab * dim), dt).unwrap();
+            let table = dev.download_f32(&tb).unwrap();
+            let out = poisoned(&dev, n * dim);
+            dev.embedding(dim, &tb, &ids, &out).unwrap();
+            let mut want = vec![f32::NAN; n * dim + PAD];
+            reference::embedding(dim, &table, &ids, &mut want);
+            assert_close(&dev.download_f32(&out).unwrap(), &want, 0.0, &[0.0; 0], "embedding");
+
+            let lb = dev.upload_f32(&logits, DType::F32).unwrap();
+            let ob = dev.alloc(DType::U32, n + PAD).unwrap();
+            dev.argmax(n, dim, &lb, &ob).unwrap();
+            let mut want = vec![0u32; n + PAD];
+            reference::argmax(n, dim, &logits, &mut want);
+            prop_assert_eq!(dev.download_u32(&ob, 0, n + PAD).unwrap(), want);
+        }
+    }
+}
+
+#[test]
+fn argmax_nan_rows_and_ties() {
+    let logits = [
+        f32::NAN,
+        2.0,
+        2.0,
+        f32::NAN,
+        f32::NAN,
+        f32::NAN,
+        -1.0,
+        f32::NAN,
+        -1.0,
+    ];
+    for dev in devices() {
+        let lb = dev.upload_f32(&logits, DType::F32).unwrap();
+        let ob = dev.alloc(DType::U32, 3).unwrap();
+        dev.argmax(3, 3, &lb, &ob).unwrap();
+        assert_eq!(dev.download_u32(&ob, 0, 3).unwrap(), [1, 0, 0]);
+    }
+}
+
+#[test]
+fn matmul_with_empty_inner_dimension_writes_zeros() {
+    for dev in devices() {
+        let x = dev.alloc(DType::F32, 0).unwrap();
+        let w = dev.alloc(DType::F16, 0).unwrap();
+        let out = poisoned(&dev, 6);
+        dev.matmul(&MatmulDims { m: 2, n: 3, k: 0 }, &x, &w, &out)
+            .unwrap();
+        let got = dev.download_f32(&out).unwrap();
+        assert!(got[..6].iter().all(|v| *v == 0.0) && got[6..].iter().all(|v| v.is_nan()));
+    }
+}
+
+#[test]
+fn bad_descriptors_are_errors_not_panics() {
+    let dev = CpuDevice::new(Some(2)).unwrap();
+    let other = CpuDevice::new(Some(1)).unwrap();
+    let x = dev.upload_f32(&[0.5; 8], DType::F32).unwrap();
+    let w = dev.upload_f32(&[0.5; 8], DType::BF16).unwrap();
+    let out = dev.alloc(DType::F32, 8).unwrap();
+    let foreign = other.alloc(DType::F32, 8).unwrap();
+    let dims = MatmulDims { m: 2, n: 2, k: 4 };
+    assert!(dev.matmul(&dims, &x, &w, &out).is_ok());
+    assert!(dev.matmul(&dims, &x, &w, &foreign).is_err());
+    assert!(
+        dev.matmul(&MatmulDims { m: 3, ..dims }, &x, &w, &out)
+            .is_err()
+    );
+    assert!(dev.rmsnorm(2, 4, f32::NAN, &x, &out, &foreign).is_err());
+    assert!(dev.rmsnorm(2, 4, -1.0, &x, &x, &out).is_err());
+    assert!(dev.embedding(4, &w, &[2], &out).is_err());
+    assert!(dev.add(8, &out, &foreign).is_err());
+    let r = Rope {
+        style: RopeStyle::Neox,
+        heads: 2,
+        head_dim: 4,
+        inv_freq: &[1.0, 0.5],
+        position_scale: f32::INFINITY,
+    };
+    assert!(dev.rope(&r, &[0], &x).is_err());
+}

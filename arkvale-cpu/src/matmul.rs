@@ -1,0 +1,163 @@
+//! `out[m, n] = x[m, k] · Wᵀ` on the CPU, with `W` `[n, k]` in f32, f16 or bf16.
+//!
+//! * f32 weights with `m >= GEMM_MIN_ROWS`: one call of the `gemm` crate over the whole
+//!   problem, multithreaded on the device's rayon pool (`Parallelism::Rayon`).
+//! * Everything else is split into blocks of `W` rows (output columns), one task per block on
+//!   the pool: f16/bf16 rows are widened into an f32 scratch tile (exact; the tile is a few
+//!   hundred KiB, so it stays in cache and each weight is converted once per call), then the
+//!   block is multiplied by single-threaded `gemm` (`m >= GEMM_MIN_ROWS`) or, for decode-sized
+//!   `m`, by plain dot products, which for a matrix-vector product are bound by reading `W`
+//!   anyway. Widening on the fly keeps half weights at half the memory traffic;
+//!   `gemm`'s own f16 kernels would need f16 activations and an f16 output, i.e. an f16
+//!   accumulation result, which the contract rules out.
+//!
+//! Accumulation is f32 throughout (each output is one dot product of length `k`; the order of
+//! the additions differs from a left fold, within f32 rounding).
+
+use gemm::Parallelism;
+use half::{bf16, f16};
+
+use crate::elem::{KvElem, dot};
+use crate::par::Par;
+
+/// Below this many rows of `x`, blocks use dot products instead of `gemm`.
+pub(crate) const GEMM_MIN_ROWS: usize = 4;
+
+/// Target size in elements of one widened weight tile (256 KiB of f32).
+const TILE_ELEMS: usize = 1 << 16;
+
+/// The weights of a matmul, in their storage type.
+#[derive(Clone, Copy)]
+pub(crate) enum Weights<'a> {
+    /// f32 `[n, k]`.
+    F32(&'a [f32]),
+    /// f16 `[n, k]`.
+    F16(&'a [f16]),
+    /// bf16 `[n, k]`.
+    BF16(&'a [bf16]),
+}
+
+/// A raw pointer to the output that tasks writing disjoint columns share.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks only write through the pointer to disjoint column blocks of the output (see
+// `matmul`), while the `&mut [f32]` it came from is borrowed for the whole parallel section.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `out[..m * n] = x[..m * k] · w[..n * k]ᵀ` (lengths checked by the caller).
+pub(crate) fn matmul(
+    par: Par,
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    w: Weights,
+    out: &mut [f32],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out[..m * n].fill(0.0);
+        return;
+    }
+    let (x, out) = (&x[..m * k], &mut out[..m * n]);
+    if let Weights::F32(w) = w {
+        if m >= GEMM_MIN_ROWS {
+            let threads = par.threads();
+            let p = if threads > 1 {
+                Parallelism::Rayon(threads)
+            } else {
+                Parallelism::None
+            };
+            // SAFETY: `out` is m x n (row stride n), `x` is m x k (row stride k) and `w` is
+            // n x k, read as the k x n matrix Wᵀ (row stride 1, column stride k); all three
+            // slices have exactly those lengths and `out` is borrowed mutably (no aliasing).
+            unsafe { gemm_block(m, n, k, x, &w[..n * k], out.as_mut_ptr(), n, p) };
+            return;
+        }
+    }
+    let block = (TILE_ELEMS / k).clamp(8, 512).min(n);
+    // Enough blocks for every thread to stay busy, as long as blocks keep >= 8 rows.
+    let block = block.min(n.div_ceil(par.threads() * 4).max(8));
+    let blocks: Vec<usize> = (0..n.div_ceil(block)).collect();
+    let ptr = OutPtr(out.as_mut_ptr());
+    par.for_each(blocks, move |b| {
+        let ptr = ptr;
+        let (j0, j1) = (b * block, ((b + 1) * block).min(n));
+        let mut tile = Vec::new();
+        let wb: &[f32] = match w {
+            Weights::F32(w) => &w[j0 * k..j1 * k],
+            Weights::F16(w) => widen(&w[j0 * k..j1 * k], &mut tile),
+            Weights::BF16(w) => widen(&w[j0 * k..j1 * k], &mut tile),
+        };
+        let nb = j1 - j0;
+        if m >= GEMM_MIN_ROWS {
+            // SAFETY: the destination is columns j0..j1 of the m x n output (row stride n):
+            // in bounds, and no other task writes those columns; `wb` is nb x k.
+            unsafe { gemm_block(m, nb, k, x, wb, ptr.0.add(j0), n, Parallelism::None) };
+        } else {
+            for i in 0..m {
+                let xi = &x[i * k..(i + 1) * k];
+                for (jj, wj) in wb.chunks_exact(k).enumerate() {
+                    // SAFETY: (i, j0 + jj) is inside the m x n output and in this task's
+                    // column block, which no other task writes.
+                    unsafe { *ptr.0.add(i * n + j0 + jj) = dot(xi, wj) };
+                }
+            }
+        }
+    });
+}
+
+/// Widens a half-precision weight block into `tile` and returns it.
+fn widen<'t, T: KvElem>(src: &[T], tile: &'t mut Vec<f32>) -> &'t [f32] {
+    tile.resize(src.len(), 0.0);
+    T::load(src, tile);
+    tile
+}
+
+/// `dst[i, j] = sum_l x[i, l] w[j, l]` for an m x nb block whose element (i, j) is at
+/// `dst + i * dst_rs + j`.
+///
+/// # Safety
+/// `x` holds m x k and `w` nb x k values; `dst` must be valid for writes of every element of
+/// the block, and nothing else may access those elements during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_block(
+    m: usize,
+    nb: usize,
+    k: usize,
+    x: &[f32],
+    w: &[f32],
+    dst: *mut f32,
+    dst_rs: usize,
+    p: Parallelism,
+) {
+    debug_assert!(x.len() >= m * k && w.len() >= nb * k);
+    // SAFETY: by the caller's contract; strides describe x (m x k, row-major), Wᵀ (k x nb,
+    // element (l, j) at w[j * k + l]) and the destination block.
+    unsafe {
+        gemm::gemm(
+            m,
+            nb,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            p,
+        )
+    }
+}
