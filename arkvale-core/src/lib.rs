@@ -11,8 +11,8 @@
 //!   spill tier;
 //! * the [`Device`] trait every backend implements (KV ops and the [`dense`] model ops), and
 //!   the [`CacheManager`] that drives any `Device` through prefill and decode;
-//! * scalar [`reference`] implementations of every device op, the oracle of the differential
-//!   tests.
+//! * scalar [`reference`](mod@reference) implementations of every device op, the oracle of the
+//!   differential tests.
 //!
 //! This crate decides *which* pages are resident, recalled, evicted and attended; backends only
 //! do arithmetic and copies. It must not grow device-specific code.
