@@ -431,6 +431,7 @@ pub trait Device: Send + Sync {
     fn matmul(&self, dims: &MatmulDims, x: &Buffer, w: &Buffer, out: &Buffer) -> Result<()>;
     /// RMSNorm of each of `rows` rows of `dim` values of `x` (f32) scaled by `weight` (f32
     /// `[dim]`): `out = x / sqrt(mean(x²) + eps) * weight`, into f32 `out [rows, dim]`.
+    /// `eps` must be finite and `>= 0`; `dim` must be non-zero when `rows > 0`.
     fn rmsnorm(
         &self,
         rows: usize,

@@ -80,6 +80,7 @@ pub(crate) fn matmul(
             } else {
                 Parallelism::None
             };
+            // gemm's Rayon parallelism runs on the current pool, i.e. the device's own.
             // SAFETY: `out` is m x n (row stride n), `x` is m x k (row stride k) and `w` is
             // n x k, read as the k x n matrix Wᵀ (row stride 1, column stride k); all three
             // slices have exactly those lengths and `out` is borrowed mutably (no aliasing).
@@ -93,6 +94,7 @@ pub(crate) fn matmul(
     let blocks: Vec<usize> = (0..n.div_ceil(block)).collect();
     let ptr = OutPtr(out.as_mut_ptr());
     par.for_each(blocks, move |b| {
+        // Capture the whole `OutPtr` (Send + Sync), not just its raw-pointer field.
         let ptr = ptr;
         let (j0, j1) = (b * block, ((b + 1) * block).min(n));
         let nb = j1 - j0;
