@@ -10,8 +10,10 @@
 //! What exists today is the first piece: the [`gguf`] reader — GGUF v2/v3 parsing with typed
 //! metadata access, memory-mapped tensor data, and dequantization to `f32` of F32, F16, BF16,
 //! Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K tensors. Malformed files are errors, never
-//! panics.
+//! panics. The [`tokenizer`] turns text into token ids and back as llama.cpp does, for the
+//! byte-level BPE vocabularies of GGUF files (SmolLM2, Llama 3, Qwen2, GPT-2 style).
 
 #![warn(missing_docs)]
 
 pub mod gguf;
+pub mod tokenizer;
