@@ -12,12 +12,13 @@
 //! would need f16 activations and an f16 output, i.e. a result rounded to f16, which the
 //! contract rules out. Measured on this 2-core dev machine (release,
 //! `cargo run --release -p arkvale-cpu --example matmul_bench`; `W` 1536 x 576 and 576 x 1536):
-//! m = 512: f32 ~230 GFLOP/s, f16 ~200, bf16 ~205 (widening costs ~12%); m = 1: f32 ~37,
-//! f16 ~17, bf16 ~24 (the whole f32 matrix fits in cache here, so decode is bound by the
-//! widening, not by memory; `gemm` itself at m = 1 gave only ~20-25 GFLOP/s for f32, hence the
-//! dot-product path); for the 49152 x 576 logits matrix (beyond the caches) m = 1 gives f32
-//! ~22, f16 ~19, bf16 ~26 GFLOP/s. f16 uses `half`'s slice conversion (F16C when present), ~40% faster than
-//! the portable loop in `elem`.
+//! m = 512: f32 ~230 GFLOP/s, f16 ~200, bf16 ~205 (widening costs ~12%). m = 1 (decode):
+//! `gemm` itself gave only ~20-25 GFLOP/s for f32, hence the dot-product path: f32 ~40, bf16
+//! ~25 (widen, then dot), f16 ~75 with the fused F16C kernel (`f16c`: weights widened in
+//! registers, half the bytes of f32; ~17 before it). For the 49152 x 576 logits matrix
+//! (beyond the caches, memory-bound) m = 1 gives f32 ~22, bf16 ~26, f16 ~56. Without F16C,
+//! f16 rows are widened with `half`'s slice conversion. (Timings vary ±30% with the
+//! machine's load.)
 //!
 //! Accumulation is f32 throughout (each output is one dot product of length `k`; the order of
 //! the additions differs from a left fold, within f32 rounding).
@@ -109,7 +110,21 @@ pub(crate) fn matmul(
             // in bounds, and no other task writes those columns; `wb` is nb x k.
             unsafe { gemm_block(m, nb, k, x, wb, ptr.0.add(j0), n, Parallelism::None) };
         } else {
-            // Decode-sized: one weight row at a time, widened into an L1-resident buffer.
+            // Decode-sized: one weight row at a time, widened into an L1-resident buffer
+            // (f16 on x86-64 with F16C + FMA: widened in registers instead, see `f16c`).
+            if let Weights::F16(w) = w
+                && f16c::available()
+            {
+                for j in j0..j1 {
+                    let wj = &w[j * k..(j + 1) * k];
+                    for i in 0..m {
+                        let v = f16c::dot(&x[i * k..(i + 1) * k], wj);
+                        // SAFETY: as below.
+                        unsafe { *ptr.0.add(i * n + j) = v };
+                    }
+                }
+                return;
+            }
             for j in j0..j1 {
                 let wj: &[f32] = match w {
                     Weights::F32(w) => &w[j * k..(j + 1) * k],
@@ -196,5 +211,101 @@ unsafe fn gemm_block(
             false,
             p,
         )
+    }
+}
+
+/// A fused f16-weight dot product for x86-64 CPUs with F16C and FMA (detected at run time):
+/// eight weights are widened in a register (`vcvtph2ps`) and multiplied into eight f32 lanes,
+/// so the decode path reads half the bytes of f32 weights and never stores widened values.
+mod f16c {
+    use half::f16;
+
+    /// Whether [`dot`] may be called on this CPU.
+    pub(super) fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("f16c")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("avx")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// `sum_l x[l] * w[l]` over the common length, in f32 (a plain loop where
+    /// [`available`] is false).
+    pub(super) fn dot(x: &[f32], w: &[f16]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if available() {
+            // SAFETY: the CPU has the features `dot_avx` is compiled for (checked just now);
+            // it reads only inside the two slices.
+            return unsafe { dot_avx(x, w) };
+        }
+        x.iter().zip(w).map(|(a, b)| a * b.to_f32()).sum()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx,f16c,fma")]
+    fn dot_avx(x: &[f32], w: &[f16]) -> f32 {
+        use std::arch::x86_64::*;
+        let n = x.len().min(w.len());
+        let full = n / 16 * 16;
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut l = 0;
+        while l < full {
+            // SAFETY: l + 16 <= n: every load is inside both slices (unaligned loads).
+            unsafe {
+                let h0 = _mm_loadu_si128(w.as_ptr().add(l).cast());
+                let h1 = _mm_loadu_si128(w.as_ptr().add(l + 8).cast());
+                let x0 = _mm256_loadu_ps(x.as_ptr().add(l));
+                let x1 = _mm256_loadu_ps(x.as_ptr().add(l + 8));
+                a0 = _mm256_fmadd_ps(x0, _mm256_cvtph_ps(h0), a0);
+                a1 = _mm256_fmadd_ps(x1, _mm256_cvtph_ps(h1), a1);
+            }
+            l += 16;
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds eight f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0, a1)) };
+        let tail: f32 = x[full..n]
+            .iter()
+            .zip(&w[full..n])
+            .map(|(a, b)| a * b.to_f32())
+            .sum();
+        lanes.iter().sum::<f32>() + tail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_f16_dot_matches_widen_then_dot_on_every_tail_length() {
+        for n in 0..70 {
+            let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let w: Vec<f16> = (0..n)
+                .map(|i| f16::from_f32((i as f32 * 0.11).cos()))
+                .collect();
+            let mut wide = vec![0f32; n];
+            <f16 as HalfWeight>::widen(&w, &mut wide);
+            let want: f64 = x
+                .iter()
+                .zip(&wide)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
+            let scale: f64 = x
+                .iter()
+                .zip(&wide)
+                .map(|(a, b)| (*a * *b).abs() as f64)
+                .sum();
+            let got = f16c::dot(&x, &w) as f64;
+            assert!(
+                (got - want).abs() <= 1e-6 * (1.0 + scale),
+                "n = {n}: {got} vs {want}"
+            );
+        }
     }
 }
