@@ -447,3 +447,10 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn tokenizer_is_send_and_sync() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Tokenizer>();
+    shareable::<DecodeStream<'static>>();
+}
