@@ -6,19 +6,22 @@
 //!   the pool. With `m >= GEMM_MIN_ROWS`, a block's f16/bf16 rows are widened into an f32
 //!   scratch tile (exact; at most 256 KiB, so it stays in L2 and each weight is converted once
 //!   per call) and multiplied by single-threaded `gemm`. Below that (decode), each weight row
-//!   is widened into an L1-resident buffer and dotted with the few rows of `x`.
+//!   is dotted with the few rows of `x` by a fused AVX2/FMA/F16C kernel (`fused`: weights
+//!   loaded in their storage type and widened in registers) where the CPU has those features,
+//!   else widened into an L1-resident buffer for the portable `elem::dot`.
 //!
 //! Why widen on the fly: half weights keep half the memory, and `gemm`'s own f16 kernels
 //! would need f16 activations and an f16 output, i.e. a result rounded to f16, which the
-//! contract rules out. Measured on this 2-core dev machine (release,
-//! `cargo run --release -p arkvale-cpu --example matmul_bench`; `W` 1536 x 576 and 576 x 1536):
-//! m = 512: f32 ~230 GFLOP/s, f16 ~200, bf16 ~205 (widening costs ~12%). m = 1 (decode):
-//! `gemm` itself gave only ~20-25 GFLOP/s for f32, hence the dot-product path: f32 ~40, bf16
-//! ~25 (widen, then dot), f16 ~75 with the fused F16C kernel (`f16c`: weights widened in
-//! registers, half the bytes of f32; ~17 before it). For the 49152 x 576 logits matrix
-//! (beyond the caches, memory-bound) m = 1 gives f32 ~22, bf16 ~26, f16 ~56. Without F16C,
-//! f16 rows are widened with `half`'s slice conversion. (Timings vary ±30% with the
-//! machine's load.)
+//! contract rules out. Measured on the 2-core dev machine (release,
+//! `cargo run --release -p arkvale-cpu --example matmul_bench [-- THREADS]`, `W` 1536 x 576 /
+//! 576 x 1536 / 49152 x 576; the machine was shared, so only numbers of one run compare):
+//! * m = 512, 2 threads, quiet machine: f32 ~230 GFLOP/s, f16 ~200, bf16 ~205 (the widening
+//!   costs ~12%).
+//! * m = 1: `gemm` gave only ~20-25 GFLOP/s for f32 (2 threads), half of the dot path, hence
+//!   the dot path. One thread, same run, widen-then-SSE-dot vs fused kernels: f32 27 -> 34,
+//!   bf16 15 -> 37, f16 (F16C already) ~45 either way; on the 49152 x 576 logits matrix
+//!   (beyond the caches, memory-bound) f32 ~15, bf16 15 -> 27, f16 ~31: half weights are the
+//!   faster choice for decode.
 //!
 //! Accumulation is f32 throughout (each output is one dot product of length `k`; the order of
 //! the additions differs from a left fold, within f32 rounding).
@@ -110,16 +113,20 @@ pub(crate) fn matmul(
             // in bounds, and no other task writes those columns; `wb` is nb x k.
             unsafe { gemm_block(m, nb, k, x, wb, ptr.0.add(j0), n, Parallelism::None) };
         } else {
-            // Decode-sized: one weight row at a time, widened into an L1-resident buffer
-            // (f16 on x86-64 with F16C + FMA: widened in registers instead, see `f16c`).
-            if let Weights::F16(w) = w
-                && f16c::available()
-            {
+            // Decode-sized: one weight row at a time, dotted by the fused AVX2 kernels where the
+            // CPU has them, else widened into an L1-resident buffer for the portable `dot`.
+            if fused::available() {
                 for j in j0..j1 {
-                    let wj = &w[j * k..(j + 1) * k];
                     for i in 0..m {
-                        let v = f16c::dot(&x[i * k..(i + 1) * k], wj);
-                        // SAFETY: as below.
+                        let xi = &x[i * k..(i + 1) * k];
+                        let (a, b) = (j * k, (j + 1) * k);
+                        let v = match w {
+                            Weights::F32(w) => fused::dot_f32(xi, &w[a..b]),
+                            Weights::F16(w) => fused::dot_f16(xi, &w[a..b]),
+                            Weights::BF16(w) => fused::dot_bf16(xi, &w[a..b]),
+                        };
+                        // SAFETY: (i, j) is inside the m x n output and in this task's column
+                        // block, which no other task writes.
                         unsafe { *ptr.0.add(i * n + j) = v };
                     }
                 }
@@ -214,19 +221,21 @@ unsafe fn gemm_block(
     }
 }
 
-/// A fused f16-weight dot product for x86-64 CPUs with F16C and FMA (detected at run time):
-/// eight weights are widened in a register (`vcvtph2ps`) and multiplied into eight f32 lanes,
-/// so the decode path reads half the bytes of f32 weights and never stores widened values.
-mod f16c {
-    use half::f16;
+/// Fused dot products for x86-64 CPUs with AVX2, FMA and F16C (detected at run time): eight
+/// weights at a time are loaded and widened in a register (`vcvtph2ps` for f16, a 16-bit shift
+/// for bf16) and multiply-added into f32 lanes, so the decode path reads the weights once in
+/// their storage type and never stores widened values. (The portable `elem::dot` is built for
+/// the x86-64 baseline, SSE2 without FMA.)
+mod fused {
+    use half::{bf16, f16};
 
-    /// Whether [`dot`] may be called on this CPU.
+    /// Whether the AVX2 kernels run on this CPU (else the `dot_*` fall back to plain loops).
     pub(super) fn available() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            std::arch::is_x86_feature_detected!("f16c")
+            std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("avx")
+                && std::arch::is_x86_feature_detected!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -234,48 +243,76 @@ mod f16c {
         }
     }
 
-    /// `sum_l x[l] * w[l]` over the common length, in f32 (a plain loop where
-    /// [`available`] is false).
-    pub(super) fn dot(x: &[f32], w: &[f16]) -> f32 {
-        #[cfg(target_arch = "x86_64")]
-        if available() {
-            // SAFETY: the CPU has the features `dot_avx` is compiled for (checked just now);
-            // it reads only inside the two slices.
-            return unsafe { dot_avx(x, w) };
-        }
-        x.iter().zip(w).map(|(a, b)| a * b.to_f32()).sum()
+    /// One kernel: 16 weights per iteration in two accumulators, then a scalar tail.
+    /// `$load` turns a pointer to 8 weights into 8 f32 lanes.
+    macro_rules! kernel {
+        ($name:ident, $t:ty, |$p:ident| $load:expr) => {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn $name(x: &[f32], w: &[$t]) -> f32 {
+                use std::arch::x86_64::*;
+                let n = x.len().min(w.len());
+                let full = n / 16 * 16;
+                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut l = 0;
+                while l < full {
+                    // SAFETY: l + 16 <= n, so every (unaligned) load is inside both slices.
+                    unsafe {
+                        let w0 = {
+                            let $p = w.as_ptr().add(l);
+                            $load
+                        };
+                        let w1 = {
+                            let $p = w.as_ptr().add(l + 8);
+                            $load
+                        };
+                        let x0 = _mm256_loadu_ps(x.as_ptr().add(l));
+                        let x1 = _mm256_loadu_ps(x.as_ptr().add(l + 8));
+                        a0 = _mm256_fmadd_ps(x0, w0, a0);
+                        a1 = _mm256_fmadd_ps(x1, w1, a1);
+                    }
+                    l += 16;
+                }
+                let mut lanes = [0f32; 8];
+                // SAFETY: `lanes` holds eight f32.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0, a1)) };
+                let tail: f32 = x[full..n]
+                    .iter()
+                    .zip(&w[full..n])
+                    .map(|(a, b)| a * f32::from(*b))
+                    .sum();
+                lanes.iter().sum::<f32>() + tail
+            }
+        };
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx,f16c,fma")]
-    fn dot_avx(x: &[f32], w: &[f16]) -> f32 {
-        use std::arch::x86_64::*;
-        let n = x.len().min(w.len());
-        let full = n / 16 * 16;
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut l = 0;
-        while l < full {
-            // SAFETY: l + 16 <= n: every load is inside both slices (unaligned loads).
-            unsafe {
-                let h0 = _mm_loadu_si128(w.as_ptr().add(l).cast());
-                let h1 = _mm_loadu_si128(w.as_ptr().add(l + 8).cast());
-                let x0 = _mm256_loadu_ps(x.as_ptr().add(l));
-                let x1 = _mm256_loadu_ps(x.as_ptr().add(l + 8));
-                a0 = _mm256_fmadd_ps(x0, _mm256_cvtph_ps(h0), a0);
-                a1 = _mm256_fmadd_ps(x1, _mm256_cvtph_ps(h1), a1);
+    kernel!(dot_f32_avx, f32, |p| _mm256_loadu_ps(p));
+    kernel!(dot_f16_avx, f16, |p| _mm256_cvtph_ps(_mm_loadu_si128(
+        p.cast()
+    )));
+    kernel!(dot_bf16_avx, bf16, |p| _mm256_castsi256_ps(
+        _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())))
+    ));
+
+    /// Defines a safe entry point that runs its kernel where [`available`], else a plain loop.
+    macro_rules! entry {
+        ($name:ident, $kernel:ident, $t:ty) => {
+            /// `sum_l x[l] * w[l]` over the common length, in f32.
+            pub(super) fn $name(x: &[f32], w: &[$t]) -> f32 {
+                #[cfg(target_arch = "x86_64")]
+                if available() {
+                    // SAFETY: the CPU has the kernel's target features (checked just now);
+                    // the kernel reads only inside the two slices.
+                    return unsafe { $kernel(x, w) };
+                }
+                x.iter().zip(w).map(|(a, b)| a * f32::from(*b)).sum()
             }
-            l += 16;
-        }
-        let mut lanes = [0f32; 8];
-        // SAFETY: `lanes` holds eight f32.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0, a1)) };
-        let tail: f32 = x[full..n]
-            .iter()
-            .zip(&w[full..n])
-            .map(|(a, b)| a * b.to_f32())
-            .sum();
-        lanes.iter().sum::<f32>() + tail
+        };
     }
+
+    entry!(dot_f32, dot_f32_avx, f32);
+    entry!(dot_f16, dot_f16_avx, f16);
+    entry!(dot_bf16, dot_bf16_avx, bf16);
 }
 
 #[cfg(test)]
@@ -283,7 +320,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fused_f16_dot_matches_widen_then_dot_on_every_tail_length() {
+    fn fused_dots_match_f64_on_every_tail_length() {
         for n in 0..70 {
             let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
             let w: Vec<f16> = (0..n)
@@ -301,11 +338,20 @@ mod tests {
                 .zip(&wide)
                 .map(|(a, b)| (*a * *b).abs() as f64)
                 .sum();
-            let got = f16c::dot(&x, &w) as f64;
-            assert!(
-                (got - want).abs() <= 1e-6 * (1.0 + scale),
-                "n = {n}: {got} vs {want}"
-            );
+            let w32: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+            let wb: Vec<bf16> = w32.iter().map(|v| bf16::from_f32(*v)).collect();
+            let want_b: f64 = x.iter().zip(&wb).map(|(a, b)| *a as f64 * b.to_f64()).sum();
+            for (what, got, want) in [
+                ("f16", fused::dot_f16(&x, &w), want),
+                ("f32", fused::dot_f32(&x, &w32), want),
+                ("bf16", fused::dot_bf16(&x, &wb), want_b),
+            ] {
+                let got = got as f64;
+                assert!(
+                    (got - want).abs() <= 1e-6 * (1.0 + scale),
+                    "{what}, n = {n}: {got} vs {want}"
+                );
+            }
         }
     }
 }
