@@ -113,39 +113,53 @@ pub(crate) fn matmul(
             // in bounds, and no other task writes those columns; `wb` is nb x k.
             unsafe { gemm_block(m, nb, k, x, wb, ptr.0.add(j0), n, Parallelism::None) };
         } else {
-            // Decode-sized: one weight row at a time, dotted by the fused AVX2 kernels where the
-            // CPU has them, else widened into an L1-resident buffer for the portable `dot`.
-            if fused::available() {
-                for j in j0..j1 {
-                    for i in 0..m {
-                        let xi = &x[i * k..(i + 1) * k];
-                        let (a, b) = (j * k, (j + 1) * k);
-                        let v = match w {
-                            Weights::F32(w) => fused::dot_f32(xi, &w[a..b]),
-                            Weights::F16(w) => fused::dot_f16(xi, &w[a..b]),
-                            Weights::BF16(w) => fused::dot_bf16(xi, &w[a..b]),
-                        };
-                        // SAFETY: (i, j) is inside the m x n output and in this task's column
-                        // block, which no other task writes.
-                        unsafe { *ptr.0.add(i * n + j) = v };
-                    }
-                }
-                return;
-            }
+            // Decode-sized: one weight row at a time (see `decode_column`).
+            let fast = fused::available();
+            let mut col = vec![0f32; m];
             for j in j0..j1 {
-                let wj: &[f32] = match w {
-                    Weights::F32(w) => &w[j * k..(j + 1) * k],
-                    Weights::F16(w) => widen(&w[j * k..(j + 1) * k], &mut tile),
-                    Weights::BF16(w) => widen(&w[j * k..(j + 1) * k], &mut tile),
-                };
-                for i in 0..m {
+                decode_column(fast, k, x, w, j, &mut tile, &mut col);
+                for (i, v) in col.iter().enumerate() {
                     // SAFETY: (i, j) is inside the m x n output and in this task's column
                     // block, which no other task writes.
-                    unsafe { *ptr.0.add(i * n + j) = dot(&x[i * k..(i + 1) * k], wj) };
+                    unsafe { *ptr.0.add(i * n + j) = *v };
                 }
             }
         }
     });
+}
+
+/// `col[i] = x_i · w_j` for the `col.len()` rows of `x` (`k` values each): by the fused
+/// kernels when `fast` (only where [`fused::available`]), else by widening row `j` into `tile`
+/// for the portable `elem::dot`.
+fn decode_column(
+    fast: bool,
+    k: usize,
+    x: &[f32],
+    w: Weights,
+    j: usize,
+    tile: &mut Vec<f32>,
+    col: &mut [f32],
+) {
+    let (a, b) = (j * k, (j + 1) * k);
+    if fast {
+        for (i, c) in col.iter_mut().enumerate() {
+            let xi = &x[i * k..(i + 1) * k];
+            *c = match w {
+                Weights::F32(w) => fused::dot_f32(xi, &w[a..b]),
+                Weights::F16(w) => fused::dot_f16(xi, &w[a..b]),
+                Weights::BF16(w) => fused::dot_bf16(xi, &w[a..b]),
+            };
+        }
+        return;
+    }
+    let wj: &[f32] = match w {
+        Weights::F32(w) => &w[a..b],
+        Weights::F16(w) => widen(&w[a..b], tile),
+        Weights::BF16(w) => widen(&w[a..b], tile),
+    };
+    for (i, c) in col.iter_mut().enumerate() {
+        *c = dot(&x[i * k..(i + 1) * k], wj);
+    }
 }
 
 /// A half-precision weight type and its fastest exact widening to f32.
@@ -318,6 +332,26 @@ mod fused {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn portable_and_fused_decode_columns_agree_for_every_weight_type() {
+        let (m, n, k) = (3, 5, 37);
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.71).sin()).collect();
+        let w32: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.13).cos()).collect();
+        let w16: Vec<f16> = w32.iter().map(|v| f16::from_f32(*v)).collect();
+        let wb: Vec<bf16> = w32.iter().map(|v| bf16::from_f32(*v)).collect();
+        let mut tile = Vec::new();
+        for w in [Weights::F32(&w32), Weights::F16(&w16), Weights::BF16(&wb)] {
+            for j in 0..n {
+                let (mut fast, mut portable) = (vec![f32::NAN; m], vec![f32::NAN; m]);
+                decode_column(fused::available(), k, &x, w, j, &mut tile, &mut fast);
+                decode_column(false, k, &x, w, j, &mut tile, &mut portable);
+                for (a, b) in fast.iter().zip(&portable) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn fused_dots_match_f64_on_every_tail_length() {
