@@ -16,4 +16,5 @@
 #![warn(missing_docs)]
 
 pub mod gguf;
+pub mod llama;
 pub mod tokenizer;
