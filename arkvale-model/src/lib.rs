@@ -11,7 +11,10 @@
 //! metadata access, memory-mapped tensor data, and dequantization to `f32` of F32, F16, BF16,
 //! Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K tensors. Malformed files are errors, never
 //! panics. The [`tokenizer`] turns text into token ids and back as llama.cpp does, for the
-//! byte-level BPE vocabularies of GGUF files (SmolLM2, Llama 3, Qwen2, GPT-2 style).
+//! byte-level BPE vocabularies of GGUF files (SmolLM2, Llama 3, Qwen2, GPT-2 style). The
+//! [`llama`] module runs Llama-family decoders from GGUF (SmolLM2, Llama 2/3 files of
+//! architecture `llama`): chunked prefill and batched decode with every attention going through
+//! the `CacheManager`, f32 logits out.
 
 #![warn(missing_docs)]
 
