@@ -1,5 +1,5 @@
 //! Llama-family decoders (SmolLM2 and other GGUF files of architecture `llama`) whose every
-//! attention runs through arkvale-core's [`CacheManager`].
+//! attention runs through arkvale-core's [`CacheManager`](arkvale_core::CacheManager).
 //!
 //! # Usage
 //!
@@ -35,9 +35,10 @@
 //! # The computation
 //!
 //! Per layer: RMSNorm → Q, K, V projections → RoPE on Q and K → cache attention
-//! ([`CacheManager::prefill_layer`] / [`CacheManager::decode_layer`]) → output projection →
-//! residual add → RMSNorm → gate and up projections → SiLU(gate)·up → down projection →
-//! residual add; then the final RMSNorm and the logits projection (the token embedding when
+//! ([`CacheManager::prefill_layer`](arkvale_core::CacheManager::prefill_layer) /
+//! [`CacheManager::decode_layer`](arkvale_core::CacheManager::decode_layer)) → output
+//! projection → residual add → RMSNorm → gate and up projections → SiLU(gate)·up → down
+//! projection → residual add; then the final RMSNorm and the logits projection (the token embedding when
 //! the file has no `output.weight`).
 //!
 //! RoPE uses [`RopeStyle::Interleaved`] (adjacent pairs), because llama.cpp's converter
