@@ -17,8 +17,9 @@ use serde_json::Value;
 /// Largest |our logit - numpy fp32 logit| accepted on the top-5 logits. Both sides are f32
 /// with identical dequantized weights; they differ only in summation order (GEMM blocking,
 /// softmax and RMSNorm reductions) over 30 layers, which the fixture's own fp32-vs-fp64
-/// comparison puts at ~7e-5 on the logits; 1e-3 (the bound) leaves room for our different blocking
-/// while still catching any real mistake (a wrong RoPE angle or norm moves logits by > 0.1).
+/// comparison puts at ~7e-5 on the logits (we measure ~3e-5); 1e-3 (the bound) leaves
+/// room for other blocking (threads, backends) while still catching any real mistake (a wrong
+/// RoPE angle or norm moves logits by > 0.1).
 const LOGIT_TOL: f32 = 1e-3;
 
 fn model_path() -> Option<PathBuf> {

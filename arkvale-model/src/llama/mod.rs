@@ -38,8 +38,8 @@
 //! ([`CacheManager::prefill_layer`](arkvale_core::CacheManager::prefill_layer) /
 //! [`CacheManager::decode_layer`](arkvale_core::CacheManager::decode_layer)) → output
 //! projection → residual add → RMSNorm → gate and up projections → SiLU(gate)·up → down
-//! projection → residual add; then the final RMSNorm and the logits projection (the token embedding when
-//! the file has no `output.weight`).
+//! projection → residual add; then the final RMSNorm and the logits projection (the token
+//! embedding when the file has no `output.weight`).
 //!
 //! RoPE uses [`RopeStyle::Interleaved`] (adjacent pairs), because llama.cpp's converter
 //! permutes the Q/K rows of `llama` checkpoints for that rotation; a Hugging Face checkpoint
