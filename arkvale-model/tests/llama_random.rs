@@ -435,3 +435,41 @@ fn bad_gguf_config_is_a_clear_error() {
     let c = LlamaConfig::from_gguf(&file).unwrap();
     assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 4.0 });
 }
+
+#[test]
+fn rope_freqs_tensor_scales_the_frequencies() {
+    let half = tiny_config().head_dim / 2;
+    let with_freqs = |factors: Vec<f32>| {
+        let mut t = tiny_tensors();
+        t.push((
+            "rope_freqs.weight".to_string(),
+            vec![factors.len() as u64],
+            factors,
+        ));
+        GgufFile::from_bytes(gguf_bytes(&tiny_metadata(), &t)).unwrap()
+    };
+    let dev: Arc<dyn Device> = Arc::new(CpuDevice::new(Some(2)).unwrap());
+    let tokens = prompt(20, 23);
+    let run = |file: &GgufFile| {
+        let m = LlamaModel::load(dev.clone(), file, DType::F32).unwrap();
+        let mut c = cache(&m, "full", 256, 64);
+        let s = c.add_sequence();
+        m.prefill(&mut c, s, &tokens).unwrap()
+    };
+    let plain = run(&GgufFile::from_bytes(gguf_bytes(&tiny_metadata(), &tiny_tensors())).unwrap());
+    let ones = with_freqs(vec![1.0; half]);
+    assert_eq!(
+        LlamaConfig::from_gguf(&ones).unwrap().rope_freq_factors,
+        Some(vec![1.0; half])
+    );
+    assert_eq!(run(&ones), plain, "factors of 1 change nothing");
+    let scaled = run(&with_freqs(vec![8.0; half]));
+    assert!(
+        max_diff(&scaled, &plain) > 1e-3,
+        "factors of 8 change the logits"
+    );
+    let e = LlamaConfig::from_gguf(&with_freqs(vec![1.0; half + 1])).unwrap_err();
+    assert!(e.to_string().contains("rope_freqs.weight"), "{e}");
+    let e = LlamaConfig::from_gguf(&with_freqs(vec![0.0; half])).unwrap_err();
+    assert!(e.to_string().contains("rope_freqs.weight"), "{e}");
+}
