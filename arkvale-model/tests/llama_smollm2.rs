@@ -12,6 +12,7 @@ use arkvale_core::{CacheConfig, CacheManager, DType, KvDtype, policy_by_name};
 use arkvale_cpu::CpuDevice;
 use arkvale_model::gguf::GgufFile;
 use arkvale_model::llama::LlamaModel;
+use arkvale_model::tokenizer::Tokenizer;
 use serde_json::Value;
 
 /// Largest |our logit - numpy fp32 logit| accepted on the top-5 logits. Both sides are f32
@@ -115,6 +116,15 @@ fn smollm2_matches_the_numpy_f32_reference() {
         let want_logits = floats(&p["top5_next_numpy_fp32"]["logits"]);
         let want_greedy = ids(&p["greedy20_numpy_fp32"]["ids"]);
 
+        // Text in, text out: the tokenizer gives the fixture's ids and reads back its text.
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        let text = p["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text, false, true).unwrap(),
+            prompt,
+            "{name}: token ids"
+        );
+
         let mut cache = cache_for(&model, "full", 2048);
         let seq = cache.add_sequence();
         let t = Instant::now();
@@ -159,6 +169,12 @@ fn smollm2_matches_the_numpy_f32_reference() {
             "{name}: top-5 logits differ by {max_diff}"
         );
         assert_eq!(greedy, want_greedy, "{name}: greedy continuation");
+        let want_text = p["greedy20_numpy_fp32"]["text"].as_str().unwrap();
+        assert_eq!(
+            tok.decode(&greedy, false).unwrap(),
+            want_text,
+            "{name}: greedy text"
+        );
     }
 }
 
