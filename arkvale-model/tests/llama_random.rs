@@ -178,7 +178,7 @@ fn batched_decode_equals_single_sequence_decode() {
 
 #[test]
 fn arkvale_with_a_covering_budget_decodes_like_full() {
-    for dtype in [DType::F32, DType::F16] {
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
         let m = model(dtype);
         let tokens = prompt(70, 11);
         let full = greedy(&m, &mut cache(&m, "full", 256, 32), &tokens, 20);
