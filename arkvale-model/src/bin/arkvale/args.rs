@@ -1,0 +1,331 @@
+//! The command line: `arkvale generate` and `arkvale info` (clap derive).
+
+use std::path::PathBuf;
+
+use arkvale_core::{DigestKind, policy::POLICY_NAMES};
+use clap::builder::PossibleValuesParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The environment variable naming the default model file.
+pub const MODEL_ENV: &str = "ARKVALE_MODEL";
+
+/// Where the default model is looked for (relative to the current directory) when neither
+/// `--model` nor `$ARKVALE_MODEL` is given.
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Run Llama-family GGUF models with an ArkVale (recallable eviction) KV cache.
+#[derive(Debug, Parser)]
+#[command(name = "arkvale", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt, streamed to stdout (or one JSON object with --json).
+    Generate(GenerateArgs),
+    /// Describe a model file: architecture, shapes, tokenizer, KV memory for a context.
+    Info(InfoArgs),
+}
+
+/// Options of `arkvale generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// GGUF model file [default: $ARKVALE_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// The prompt text (else --prompt-file, else standard input).
+    #[arg(long, value_name = "TEXT", conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
+    /// Apply the model's chat template (not supported yet: fails with a clear error).
+    #[arg(long)]
+    pub chat: bool,
+    /// Most tokens to generate (generation also stops at EOS and at the context length).
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub max_tokens: usize,
+    /// Keep generating after the end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Sampling temperature; 0 is greedy (argmax).
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    pub top_p: f32,
+    /// Keep only the K most likely tokens (0: no cut).
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub top_k: usize,
+    /// Seed of the sampler's RNG [default: from the clock; reported in the statistics].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    /// Compute backend (only `cpu` exists so far).
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
+    /// Worker threads of the CPU backend [default: all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Storage type of the weight matrices (dequantized on load).
+    #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
+    pub weights: WeightDtype,
+    /// Print one JSON object (prompt ids, generated ids, text, statistics) instead of
+    /// streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Never draw the prefill progress bar (it is drawn only when stderr is a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// The KV-cache options shared by `generate` (and the budget of `info`).
+#[derive(Debug, Args, Clone)]
+pub struct CacheArgs {
+    /// Eviction policy.
+    #[arg(long, default_value = "arkvale", value_parser = PossibleValuesParser::new(POLICY_NAMES))]
+    pub policy: String,
+    /// Resident KV tokens per (layer, head group); a multiple of --page-size.
+    #[arg(long, default_value_t = 2048, value_name = "TOKENS")]
+    pub budget: usize,
+    /// Tokens per KV page: 8, 16, 32 or 64.
+    #[arg(long, default_value_t = 32, value_name = "TOKENS")]
+    pub page_size: usize,
+    /// Page digest used to estimate importance.
+    #[arg(long, default_value = "cuboid-mean", value_parser = PossibleValuesParser::new(DigestKind::ALL.map(DigestKind::name)))]
+    pub digest: String,
+    /// Tokens that take part in each attention (top-k) [default: min(1280, budget / 2)].
+    #[arg(long, value_name = "TOKENS")]
+    pub topk: Option<usize>,
+    /// Leading pages never evicted (attention sinks).
+    #[arg(long, default_value_t = 1, value_name = "PAGES")]
+    pub sinks: usize,
+    /// Trailing pages never evicted (>= 2).
+    #[arg(long, default_value_t = 2, value_name = "PAGES")]
+    pub window: usize,
+    /// Leading layers that keep every page.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub dense_layers: usize,
+    /// Which pages decode attends once a sequence exceeds its budget.
+    #[arg(long, value_enum, default_value_t = Attention::Resident)]
+    pub attention: Attention,
+    /// Storage type of the KV cache and its host backups.
+    #[arg(long, value_enum, default_value_t = KvType::F16)]
+    pub kv_dtype: KvType,
+}
+
+/// Options of `arkvale info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// GGUF model file [default: $ARKVALE_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Context length for the KV memory estimate [default: the model's context length].
+    #[arg(long, value_name = "TOKENS")]
+    pub context: Option<usize>,
+    /// ArkVale budget (resident tokens per layer) for the KV memory estimate.
+    #[arg(long, default_value_t = 2048, value_name = "TOKENS")]
+    pub budget: usize,
+    /// Tokens per KV page.
+    #[arg(long, default_value_t = 32, value_name = "TOKENS")]
+    pub page_size: usize,
+    /// Leading layers that keep every page.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub dense_layers: usize,
+    /// Storage type of the KV cache.
+    #[arg(long, value_enum, default_value_t = KvType::F16)]
+    pub kv_dtype: KvType,
+}
+
+/// `--attention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Attention {
+    /// Every resident page.
+    Resident,
+    /// Only sinks + top-k + window.
+    Sparse,
+}
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// The multithreaded CPU backend.
+    Cpu,
+}
+
+/// `--weights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WeightDtype {
+    /// f32 weights (exact dequantized values).
+    F32,
+    /// f16 weights (half the memory, faster decode).
+    F16,
+}
+
+/// `--kv-dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KvType {
+    /// f32 KV (exact).
+    F32,
+    /// f16 KV (as in the paper).
+    F16,
+    /// bf16 KV.
+    Bf16,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("arkvale").chain(args.iter().copied()))
+    }
+
+    fn generate(args: &[&str]) -> GenerateArgs {
+        match parse(&[&["generate"], args].concat()).unwrap().command {
+            Command::Generate(g) => g,
+            c => panic!("expected generate, got {c:?}"),
+        }
+    }
+
+    #[test]
+    fn generate_defaults() {
+        let g = generate(&["--prompt", "hi"]);
+        assert_eq!(g.prompt.as_deref(), Some("hi"));
+        assert_eq!(g.max_tokens, 128);
+        assert_eq!(g.temperature, 0.0);
+        assert_eq!((g.top_k, g.top_p, g.seed), (0, 1.0, None));
+        assert_eq!(g.cache.policy, "arkvale");
+        assert_eq!((g.cache.budget, g.cache.page_size), (2048, 32));
+        assert_eq!(g.cache.digest, "cuboid-mean");
+        assert_eq!(
+            (g.cache.sinks, g.cache.window, g.cache.dense_layers),
+            (1, 2, 2)
+        );
+        assert_eq!(g.cache.attention, Attention::Resident);
+        assert_eq!(g.cache.kv_dtype, KvType::F16);
+        assert_eq!(g.weights, WeightDtype::F32);
+        assert_eq!(g.backend, Backend::Cpu);
+        assert!(!g.json && !g.chat && !g.ignore_eos && g.model.is_none());
+    }
+
+    #[test]
+    fn generate_every_option() {
+        let g = generate(&[
+            "--model",
+            "m.gguf",
+            "--prompt-file",
+            "p.txt",
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0.7",
+            "--top-p",
+            "0.9",
+            "--top-k",
+            "40",
+            "--seed",
+            "5",
+            "--policy",
+            "quest",
+            "--budget",
+            "512",
+            "--page-size",
+            "16",
+            "--digest",
+            "sphere-max",
+            "--topk",
+            "128",
+            "--sinks",
+            "2",
+            "--window",
+            "3",
+            "--dense-layers",
+            "0",
+            "--attention",
+            "sparse",
+            "--threads",
+            "2",
+            "--weights",
+            "f16",
+            "--kv-dtype",
+            "bf16",
+            "--json",
+            "--ignore-eos",
+        ]);
+        assert_eq!(g.model, Some(PathBuf::from("m.gguf")));
+        assert_eq!(g.prompt_file, Some(PathBuf::from("p.txt")));
+        assert_eq!((g.max_tokens, g.top_k, g.seed), (8, 40, Some(5)));
+        assert_eq!((g.temperature, g.top_p), (0.7, 0.9));
+        assert_eq!(g.cache.policy, "quest");
+        assert_eq!(
+            (g.cache.budget, g.cache.page_size, g.cache.topk),
+            (512, 16, Some(128))
+        );
+        assert_eq!(g.cache.digest, "sphere-max");
+        assert_eq!(
+            (g.cache.sinks, g.cache.window, g.cache.dense_layers),
+            (2, 3, 0)
+        );
+        assert_eq!(g.cache.attention, Attention::Sparse);
+        assert_eq!(g.cache.kv_dtype, KvType::Bf16);
+        assert_eq!((g.threads, g.weights), (Some(2), WeightDtype::F16));
+        assert!(g.json && g.ignore_eos);
+    }
+
+    #[test]
+    fn prompt_and_prompt_file_conflict() {
+        let e = parse(&["generate", "--prompt", "a", "--prompt-file", "b"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn unknown_policy_lists_the_valid_ones() {
+        let e = parse(&["generate", "--prompt", "a", "--policy", "lru"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidValue);
+        let msg = e.to_string();
+        for name in POLICY_NAMES {
+            assert!(msg.contains(name), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for args in [
+            &["generate", "--digest", "cube"][..],
+            &["generate", "--attention", "dense"],
+            &["generate", "--max-tokens", "-1"],
+            &["generate", "--weights", "q4"],
+            &["generate", "--backend", "cuda"],
+            &["info", "--context", "many"],
+            &["frobnicate"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn info_options() {
+        let c = parse(&[
+            "info",
+            "--model",
+            "x.gguf",
+            "--context",
+            "8192",
+            "--budget",
+            "512",
+        ])
+        .unwrap();
+        let Command::Info(i) = c.command else {
+            panic!("expected info")
+        };
+        assert_eq!(i.model, Some(PathBuf::from("x.gguf")));
+        assert_eq!((i.context, i.budget, i.page_size), (Some(8192), 512, 32));
+    }
+}

@@ -1,0 +1,365 @@
+//! `arkvale generate`: load, tokenize, prefill (with a progress bar), sample and decode,
+//! streaming text to stdout or printing one JSON object.
+
+use std::io::{IsTerminal, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use arkvale_core::{
+    AttentionMode, CacheConfig, CacheManager, DType, DigestKind, KvDtype, SeqId, policy_by_name,
+};
+use arkvale_cpu::CpuDevice;
+use arkvale_model::gguf::GgufFile;
+use arkvale_model::llama::LlamaModel;
+use arkvale_model::tokenizer::Tokenizer;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use crate::args::{Attention, CacheArgs, GenerateArgs, KvType, WeightDtype};
+use crate::memory::size_cache;
+use crate::model_path::resolve_model;
+use crate::sampling::{Sampler, SamplingParams};
+
+/// Prompt tokens per prefill chunk (a multiple of every page size).
+const PREFILL_CHUNK: usize = 512;
+
+/// Prompts at least this long get a progress bar (when stderr is a terminal).
+const PROGRESS_MIN_TOKENS: usize = 2 * PREFILL_CHUNK;
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Eos,
+    MaxTokens,
+    ContextLength,
+    /// stdout was closed (e.g. piped into `head`).
+    OutputClosed,
+}
+
+impl StopReason {
+    fn name(self) -> &'static str {
+        match self {
+            StopReason::Eos => "eos",
+            StopReason::MaxTokens => "max_tokens",
+            StopReason::ContextLength => "context_length",
+            StopReason::OutputClosed => "output_closed",
+        }
+    }
+}
+
+/// Runs `arkvale generate`.
+pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.chat {
+        bail!(
+            "--chat is not supported yet (the chat-template engine is still to come); \
+             write the template into the prompt yourself, e.g. \
+             \"<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n\""
+        );
+    }
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+    };
+    params.validate().map_err(anyhow::Error::msg)?;
+    if args.threads == Some(0) {
+        bail!("--threads must be at least 1");
+    }
+    let prompt = read_prompt(&args)?;
+    let path = resolve_model(args.model.as_deref())?;
+
+    let t_load = Instant::now();
+    let file = GgufFile::open(&path)
+        .with_context(|| format!("cannot read model file {}", path.display()))?;
+    let tokenizer = Tokenizer::from_gguf(&file)
+        .with_context(|| format!("cannot build the tokenizer of {}", path.display()))?;
+    let dev = Arc::new(CpuDevice::new(args.threads).context("cannot start the CPU backend")?);
+    let weight_dtype = match args.weights {
+        WeightDtype::F32 => DType::F32,
+        WeightDtype::F16 => DType::F16,
+    };
+    let model = LlamaModel::load(dev.clone(), &file, weight_dtype)
+        .with_context(|| format!("cannot load the model in {}", path.display()))?;
+    let load_time = t_load.elapsed();
+
+    let prompt_ids = tokenizer
+        .encode(&prompt, true, true)
+        .context("cannot tokenize the prompt")?;
+    if prompt_ids.is_empty() {
+        bail!("the prompt is empty after tokenization");
+    }
+    let ctx = model.config().context_length;
+    if prompt_ids.len() > ctx {
+        bail!(
+            "the prompt has {} tokens but the model's context length is {ctx}; shorten it \
+             (it is not truncated)",
+            prompt_ids.len()
+        );
+    }
+    let max_tokens = args.max_tokens;
+    let total_tokens = (prompt_ids.len() + max_tokens).min(ctx);
+
+    let mut config = cache_config(&args.cache)?;
+    let policy = policy_by_name(&args.cache.policy, &config)?;
+    let sizing = size_cache(&model.shape(), &config, policy.residency(), total_tokens);
+    config.device_bytes = sizing.device_bytes;
+    config.host_bytes = sizing.host_bytes;
+    let mut cache = CacheManager::new(dev, model.shape(), config.clone(), policy)
+        .context("invalid cache configuration")?;
+    let seq = cache.add_sequence();
+
+    let seed = args.seed.unwrap_or_else(clock_seed);
+    let mut sampler = Sampler::new(params, seed).map_err(anyhow::Error::msg)?;
+    let eos = if args.ignore_eos {
+        None
+    } else {
+        tokenizer.eos_id()
+    };
+
+    // Prefill.
+    let t_prefill = Instant::now();
+    let show_progress = !args.no_progress
+        && std::io::stderr().is_terminal()
+        && prompt_ids.len() >= PROGRESS_MIN_TOKENS;
+    let logits = prefill(&model, &mut cache, seq, &prompt_ids, show_progress)?;
+    let prefill_time = t_prefill.elapsed();
+
+    // Decode.
+    let mut out = std::io::stdout().lock();
+    let mut stream = tokenizer.decode_stream(true);
+    let mut tokens: Vec<u32> = Vec::new();
+    let mut text = String::new();
+    let mut stop = StopReason::MaxTokens;
+    let mut decode_steps = 0usize;
+    let t_decode = Instant::now();
+    let mut logits = logits;
+    while tokens.len() < max_tokens {
+        let next = sampler.sample(&logits).map_err(anyhow::Error::msg)?;
+        if Some(next) == eos {
+            stop = StopReason::Eos;
+            break;
+        }
+        tokens.push(next);
+        let piece = stream
+            .push(next)
+            .context("cannot decode a generated token")?;
+        text.push_str(&piece);
+        if !args.json && !piece.is_empty() && !emit(&mut out, &piece)? {
+            stop = StopReason::OutputClosed;
+            break;
+        }
+        if tokens.len() == max_tokens {
+            break;
+        }
+        if prompt_ids.len() + tokens.len() >= ctx {
+            stop = StopReason::ContextLength;
+            break;
+        }
+        logits = model.decode(&mut cache, &[seq], &[next])?;
+        decode_steps += 1;
+    }
+    let decode_time = t_decode.elapsed();
+    let tail = stream.finish();
+    text.push_str(&tail);
+    if !args.json && stop != StopReason::OutputClosed {
+        let _ = emit(&mut out, &format!("{tail}\n"))?;
+    }
+
+    let stats = cache.stats().clone();
+    let per_s = |n: usize, t: Duration| {
+        if t.as_secs_f64() > 0.0 {
+            n as f64 / t.as_secs_f64()
+        } else {
+            0.0
+        }
+    };
+    let prefill_tps = per_s(prompt_ids.len(), prefill_time);
+    let decode_tps = per_s(decode_steps, decode_time);
+    let recalls_per_step = if decode_steps == 0 {
+        0.0
+    } else {
+        stats.recalls as f64 / decode_steps as f64
+    };
+    let resident = cache.resident_bytes();
+    let full = cache.full_bytes();
+    eprintln!(
+        "[arkvale] policy {} | prefill {} tokens, {:.1} tokens/s | decode {} tokens, {:.1} \
+         tokens/s | KV resident {} of {} full ({:.0}%) | {:.2} recalls/step | stop: {}",
+        args.cache.policy,
+        prompt_ids.len(),
+        prefill_tps,
+        decode_steps,
+        decode_tps,
+        human_bytes(resident),
+        human_bytes(full),
+        if full > 0 {
+            100.0 * resident as f64 / full as f64
+        } else {
+            100.0
+        },
+        recalls_per_step,
+        stop.name(),
+    );
+    if args.json {
+        let obj = json!({
+            "prompt_tokens": prompt_ids,
+            "tokens": tokens,
+            "text": text,
+            "stats": {
+                "prefill_tokens_per_s": prefill_tps,
+                "decode_tokens_per_s": decode_tps,
+                "kv_resident_bytes": resident,
+                "kv_full_bytes": full,
+                "recalls_per_step": recalls_per_step,
+                "recalls_per_layer_step": stats.recalls_per_layer_step(),
+                "prefill_seconds": prefill_time.as_secs_f64(),
+                "decode_seconds": decode_time.as_secs_f64(),
+                "decode_steps": decode_steps,
+                "load_seconds": load_time.as_secs_f64(),
+                "stop_reason": stop.name(),
+                "policy": args.cache.policy,
+                "budget_tokens": config.budget_tokens,
+                "page_size": config.page_size,
+                "kv_device_pool_bytes": config.device_bytes,
+                "kv_host_limit_bytes": config.host_bytes,
+                "recalls": stats.recalls,
+                "evictions": stats.evictions,
+                "pages_scored": stats.pages_scored,
+                "prefill_streamed_pages": stats.prefill_streamed,
+                "bytes_h2d": stats.bytes_h2d,
+                "bytes_d2h": stats.bytes_d2h,
+                "seed": seed,
+            }
+        });
+        let _ = emit(&mut out, &format!("{obj}\n"))?;
+    }
+    Ok(())
+}
+
+/// Writes `s` to stdout and flushes; `Ok(false)` when stdout was closed by the reader.
+fn emit(out: &mut impl Write, s: &str) -> Result<bool> {
+    match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("cannot write to stdout"),
+    }
+}
+
+/// The prompt from `--prompt`, `--prompt-file` or standard input (exactly one source).
+fn read_prompt(args: &GenerateArgs) -> Result<String> {
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(_), Some(_)) => bail!("give the prompt once: --prompt or --prompt-file, not both"),
+        (Some(p), None) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the prompt file {}", f.display()))?,
+        (None, None) => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                bail!("no prompt: pass --prompt TEXT, --prompt-file FILE, or pipe it on stdin");
+            }
+            let mut s = String::new();
+            stdin
+                .lock()
+                .read_to_string(&mut s)
+                .context("cannot read the prompt from stdin")?;
+            s
+        }
+    };
+    if prompt.trim().is_empty() {
+        bail!("the prompt is empty");
+    }
+    Ok(prompt)
+}
+
+/// The cache configuration of the command-line options (byte budgets are set later).
+fn cache_config(c: &CacheArgs) -> Result<CacheConfig> {
+    Ok(CacheConfig {
+        page_size: c.page_size,
+        budget_tokens: c.budget,
+        topk_tokens: c.topk,
+        sink_pages: c.sinks,
+        window_pages: c.window,
+        dense_layers: c.dense_layers,
+        digest: DigestKind::parse(&c.digest)?,
+        attention: match c.attention {
+            Attention::Resident => AttentionMode::Resident,
+            Attention::Sparse => AttentionMode::Sparse,
+        },
+        kv_dtype: kv_dtype(c.kv_dtype),
+        prefill_chunk_tokens: PREFILL_CHUNK,
+        ..Default::default()
+    })
+}
+
+/// The core KV type of `--kv-dtype`.
+pub fn kv_dtype(k: KvType) -> KvDtype {
+    match k {
+        KvType::F32 => KvDtype::F32,
+        KvType::F16 => KvDtype::F16,
+        KvType::Bf16 => KvDtype::BF16,
+    }
+}
+
+/// Prefills `ids` in chunks of the cache's `prefill_chunk_tokens` (the same chunks the model
+/// would make), advancing a progress bar on stderr. Token-level policies (H2O, TOVA) choose
+/// their tokens on a call's last chunk, so for them the prompt goes in one call.
+fn prefill(
+    model: &LlamaModel,
+    cache: &mut CacheManager,
+    seq: SeqId,
+    ids: &[u32],
+    show_progress: bool,
+) -> Result<Vec<f32>> {
+    let chunk = if cache.policy().token_rule().is_some() {
+        ids.len()
+    } else {
+        cache.config().prefill_chunk_tokens
+    };
+    let bar = if show_progress {
+        let bar =
+            ProgressBar::with_draw_target(Some(ids.len() as u64), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "prefill {bar:40.cyan/blue} {pos}/{len} tokens ({per_sec}, eta {eta})",
+        ) {
+            bar.set_style(style);
+        }
+        Some(bar)
+    } else {
+        None
+    };
+    let mut logits = Vec::new();
+    for piece in ids.chunks(chunk) {
+        logits = model.prefill(cache, seq, piece)?;
+        if let Some(bar) = &bar {
+            bar.inc(piece.len() as u64);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(logits)
+}
+
+/// A seed from the clock, for runs without `--seed`.
+fn clock_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// `n` bytes in KiB/MiB/GiB with one decimal.
+pub fn human_bytes(n: usize) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,99 @@
+//! `arkvale info`: what a model file holds and the KV memory a context needs.
+
+use anyhow::{Context, Result};
+use arkvale_core::CacheConfig;
+use arkvale_model::gguf::GgufFile;
+use arkvale_model::llama::LlamaConfig;
+use arkvale_model::tokenizer::Tokenizer;
+
+use crate::args::InfoArgs;
+use crate::generate::{human_bytes, kv_dtype};
+use crate::memory::{budget_kv_bytes, full_kv_bytes};
+use crate::model_path::resolve_model;
+
+/// Runs `arkvale info`, printing to stdout.
+pub fn run(args: InfoArgs) -> Result<()> {
+    let path = resolve_model(args.model.as_deref())?;
+    let file = GgufFile::open(&path)
+        .with_context(|| format!("cannot read model file {}", path.display()))?;
+    let c = LlamaConfig::from_gguf(&file)
+        .with_context(|| format!("cannot read the model configuration of {}", path.display()))?;
+    let tok = Tokenizer::from_gguf(&file)
+        .with_context(|| format!("cannot build the tokenizer of {}", path.display()))?;
+    let md = file.metadata();
+    let name = md.get_str("general.name").unwrap_or("(unnamed)");
+    let chat = md.get("tokenizer.chat_template").is_some();
+    let special = |id: Option<u32>| match id {
+        Some(id) => format!("{id} {:?}", tok.id_to_token(id).unwrap_or("?")),
+        None => "none".to_string(),
+    };
+
+    println!("model        {} ({name})", path.display());
+    println!("architecture {} (GGUF v{})", c.arch, file.version());
+    println!(
+        "shape        {} layers, d_model {}, d_ff {}, {} q heads / {} kv heads x {}",
+        c.layers, c.d_model, c.d_ff, c.q_heads, c.kv_heads, c.head_dim
+    );
+    println!(
+        "context      {} tokens, RoPE base {}, scaling {:?}{}",
+        c.context_length,
+        c.rope_theta,
+        c.rope_scaling,
+        if c.rope_freq_factors.is_some() {
+            " + frequency factors"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "embeddings   {}, RMSNorm eps {:e}",
+        if c.tied_embeddings {
+            "tied"
+        } else {
+            "separate output"
+        },
+        c.rms_eps
+    );
+    println!(
+        "tokenizer    {} tokens, pre-tokenizer {:?}, BOS {} (added: {}), EOS {}",
+        tok.vocab_size(),
+        tok.pre_tokenizer(),
+        special(tok.bos_id()),
+        if tok.add_bos() { "yes" } else { "no" },
+        special(tok.eos_id())
+    );
+    println!("chat template {}", if chat { "yes" } else { "no" });
+
+    let context = args.context.unwrap_or(c.context_length);
+    let config = CacheConfig {
+        page_size: args.page_size,
+        budget_tokens: args.budget,
+        dense_layers: args.dense_layers,
+        kv_dtype: kv_dtype(args.kv_dtype),
+        ..Default::default()
+    };
+    let shape = c.shape();
+    config
+        .resolve(&shape)
+        .context("invalid --budget/--page-size/--dense-layers")?;
+    let full = full_kv_bytes(&shape, &config, context);
+    let budget = budget_kv_bytes(&shape, &config, context);
+    println!(
+        "KV memory    {context} tokens, {:?} KV, pages of {}: full cache {}, ArkVale budget {} \
+         tokens ({} dense layers) {} on the device ({:.1}%; evicted pages backed up on the host)",
+        config.kv_dtype,
+        config.page_size,
+        human_bytes(full),
+        args.budget,
+        config.dense_layers,
+        human_bytes(budget),
+        100.0 * budget as f64 / full.max(1) as f64
+    );
+    if context > c.context_length {
+        println!(
+            "note         {context} tokens exceed the model's context length ({})",
+            c.context_length
+        );
+    }
+    Ok(())
+}

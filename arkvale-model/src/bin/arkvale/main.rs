@@ -1,0 +1,33 @@
+//! `arkvale`: run Llama-family GGUF models with an ArkVale KV cache from the command line.
+//!
+//! * `arkvale generate --prompt TEXT` streams a continuation to stdout (`--json`: one JSON
+//!   object with ids, text and statistics) and ends with a statistics line on stderr.
+//! * `arkvale info --model PATH` describes a model and the KV memory a context needs.
+//!
+//! Errors are one `error: ...` message on stderr and exit status 1; usage errors exit with 2.
+
+mod args;
+mod generate;
+mod info;
+mod memory;
+mod model_path;
+mod sampling;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    let result = match cli.command {
+        args::Command::Generate(a) => generate::run(a),
+        args::Command::Info(a) => info::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
