@@ -194,17 +194,22 @@ fn smollm2_arkvale_and_f16_weights() {
     let run = |model: &LlamaModel, policy: &str, budget: usize, steps: usize| {
         let mut cache = cache_for(model, policy, budget);
         let seq = cache.add_sequence();
+        let t = Instant::now();
         let mut out = vec![argmax(&model.prefill(&mut cache, seq, &prompt).unwrap())];
+        let prefill = t.elapsed();
+        let t = Instant::now();
         while out.len() < steps {
             let l = model
                 .decode(&mut cache, &[seq], &[*out.last().unwrap()])
                 .unwrap();
             out.push(argmax(&l));
         }
+        let per_step = t.elapsed() / (steps as u32 - 1);
         let stats = cache.stats();
         eprintln!(
-            "{policy} budget {budget}: resident {} of {} bytes, recalls/layer-step {:.2}: \
-             {out:?}",
+            "{policy} budget {budget}, {:?} weights: prefill {prefill:.2?}, decode \
+             {per_step:.2?}/step; resident {} of {} bytes, recalls/layer-step {:.2}: {out:?}",
+            model.weight_dtype(),
             cache.resident_bytes(),
             cache.full_bytes(),
             stats.recalls_per_layer_step()
