@@ -21,9 +21,10 @@ use arkvale_core::{
     rope_inv_freq,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use crate::Case;
+use crate::datagen::{Gen, err, poisoned, upload};
 
 /// Tolerance of f32 arithmetic against the reference.
 pub const TOL_F32: f32 = 1e-5;
@@ -97,41 +98,9 @@ fn check(body: impl Fn(u64) -> Result<(), String>) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn err(e: arkvale_core::Error) -> String {
-    e.to_string()
-}
-
-/// The data generator of one seed.
-struct Gen(TestRng);
-
-impl Gen {
-    fn new(seed: u64) -> Self {
-        let mut bytes = [0u8; 32];
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (seed >> (8 * (i % 8))) as u8 ^ (i as u8).wrapping_mul(29);
-        }
-        Gen(TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
-    }
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.0.next_u64() % (hi - lo + 1) as u64) as usize
-    }
-    /// Non-zero: magnitude in [0.05, 1], random sign.
-    fn value(&mut self) -> f32 {
-        let m = 0.05 + 0.95 * (self.0.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
-        if self.0.next_u32() & 1 == 0 { m } else { -m }
-    }
-    fn values(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.value()).collect()
-    }
-}
-
-fn upload(dev: &Arc<dyn Device>, v: &[f32]) -> Result<Buffer, String> {
-    dev.upload_f32(v, DType::F32).map_err(err)
-}
-
-fn poisoned(dev: &Arc<dyn Device>, n: usize) -> Result<Buffer, String> {
-    upload(dev, &vec![f32::NAN; n + PAD])
+/// An f32 buffer of `n + PAD` NaNs: the padding catches writes past the end.
+fn poisoned_padded(dev: &Arc<dyn Device>, n: usize) -> Result<Buffer, String> {
+    poisoned(dev, n + PAD)
 }
 
 /// `|got - want| <= tol * (scale[i] + |want|)`, NaN matching NaN only (for the padding).
@@ -188,7 +157,7 @@ fn matmul(dev: &Arc<dyn Device>, dtype: DType) -> Result<(), String> {
         let dims = MatmulDims { m, n, k };
         let x = g.values(m * k);
         let (wb, w) = table(dev, &mut g, n * k, dtype)?;
-        let (xb, out) = (upload(dev, &x)?, poisoned(dev, m * n)?);
+        let (xb, out) = (upload(dev, &x)?, poisoned_padded(dev, m * n)?);
         dev.matmul(&dims, &xb, &wb, &out).map_err(err)?;
         let mut want = vec![f32::NAN; m * n + PAD];
         reference::matmul(&dims, &x, &w, &mut want);
@@ -223,7 +192,7 @@ fn rmsnorm(dev: &Arc<dyn Device>) -> Result<(), String> {
         let (xb, wb, out) = (
             upload(dev, &x)?,
             upload(dev, &w)?,
-            poisoned(dev, rows * dim)?,
+            poisoned_padded(dev, rows * dim)?,
         );
         dev.rmsnorm(rows, dim, eps, &xb, &wb, &out).map_err(err)?;
         let mut want = vec![f32::NAN; rows * dim + PAD];
@@ -282,7 +251,11 @@ fn silu_add(dev: &Arc<dyn Device>) -> Result<(), String> {
         let len = g.range(1, 70000);
         let (gate, up) = (g.values(len), g.values(len));
         let gate: Vec<f32> = gate.iter().map(|v| v * 8.0).collect(); // both silu tails
-        let (gb, ub, out) = (upload(dev, &gate)?, upload(dev, &up)?, poisoned(dev, len)?);
+        let (gb, ub, out) = (
+            upload(dev, &gate)?,
+            upload(dev, &up)?,
+            poisoned_padded(dev, len)?,
+        );
         dev.silu_mul(len, &gb, &ub, &out).map_err(err)?;
         let mut want = vec![f32::NAN; len + PAD];
         reference::silu_mul(&gate, &up, &mut want[..len]);
@@ -306,7 +279,7 @@ fn embedding(dev: &Arc<dyn Device>) -> Result<(), String> {
         let (vocab, dim, n) = (g.range(1, 300), g.range(1, 200), g.range(1, 40));
         let (tb, t) = table(dev, &mut g, vocab * dim, dtype)?;
         let ids: Vec<u32> = (0..n).map(|_| g.range(0, vocab - 1) as u32).collect();
-        let out = poisoned(dev, n * dim)?;
+        let out = poisoned_padded(dev, n * dim)?;
         dev.embedding(dim, &tb, &ids, &out).map_err(err)?;
         let mut want = vec![f32::NAN; n * dim + PAD];
         reference::embedding(dim, &t, &ids, &mut want);

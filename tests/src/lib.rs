@@ -13,6 +13,7 @@
 
 pub mod backends;
 pub mod cache;
+mod datagen;
 pub mod dense;
 pub mod driver;
 pub mod ops;

@@ -27,13 +27,14 @@
 use std::sync::Arc;
 
 use arkvale_core::{
-    AppendDest, AttnPage, AttnRow, Buffer, DType, Device, DeviceExt, DigestKind, Error,
-    EstimateJob, KvDtype, KvLayout, ScoreAgg, SummarizeJob, TopkSegment, digest, reference,
+    AppendDest, AttnPage, AttnRow, Buffer, DType, Device, DeviceExt, DigestKind, EstimateJob,
+    KvDtype, KvLayout, ScoreAgg, SummarizeJob, TopkSegment, digest, reference,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use crate::Case;
+use crate::datagen::{Gen, err, poisoned, upload};
 
 /// Tolerance of f32 arithmetic against the reference (relative to `1 + |reference|`).
 pub const TOL_F32: f32 = 1e-5;
@@ -227,49 +228,6 @@ fn check(
     runner
         .run(&strategy, |s| body(&s).map_err(TestCaseError::fail))
         .map_err(|e| e.to_string())
-}
-
-fn err(e: Error) -> String {
-    e.to_string()
-}
-
-/// The data generator of one shape.
-struct Gen(TestRng);
-
-impl Gen {
-    fn new(seed: u64) -> Self {
-        let mut bytes = [0u8; 32];
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (seed >> (8 * (i % 8))) as u8 ^ (i as u8).wrapping_mul(31);
-        }
-        Gen(TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
-    }
-    /// Uniform in `0..n` (0 when `n == 0`).
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.0.next_u64() % n as u64) as usize
-        }
-    }
-    /// Non-zero: magnitude in [0.05, 1], random sign.
-    fn value(&mut self) -> f32 {
-        let m = 0.05 + 0.95 * (self.0.next_u32() >> 8) as f32 / (1u32 << 24) as f32;
-        if self.0.next_u32() & 1 == 0 { m } else { -m }
-    }
-    fn values(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.value()).collect()
-    }
-}
-
-/// Uploads f32 values as f32.
-fn upload(dev: &Arc<dyn Device>, values: &[f32]) -> Result<Buffer, String> {
-    dev.upload_f32(values, DType::F32).map_err(err)
-}
-
-/// An f32 buffer of `n` NaNs.
-fn poisoned(dev: &Arc<dyn Device>, n: usize) -> Result<Buffer, String> {
-    upload(dev, &vec![f32::NAN; n])
 }
 
 /// A u8 buffer holding `bytes`.
