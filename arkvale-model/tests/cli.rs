@@ -187,6 +187,43 @@ fn no_prompt_at_all_is_an_error() {
 }
 
 #[test]
+fn an_over_long_prompt_names_both_numbers() {
+    let Some(model) = model_path() else { return };
+    let prompt = "lorem ipsum dolor sit amet ".repeat(3000);
+    let out = arkvale(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        &prompt,
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("8192") && err.contains("context length"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_sampling_and_cache_options_are_errors() {
+    let Some(model) = model_path() else { return };
+    let model = model.to_str().unwrap();
+    for (args, want) in [
+        (&["--temperature", "-1"][..], "--temperature"),
+        (&["--top-p", "0"], "--top-p"),
+        (
+            &["--budget", "48", "--page-size", "16", "--topk", "32"],
+            "budget",
+        ),
+    ] {
+        let out = arkvale(&[&["generate", "--model", model, "--prompt", "hi"], args].concat());
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn chat_is_not_supported_yet() {
     let out = arkvale(&["generate", "--chat", "--prompt", "hi"]);
     assert!(!out.status.success());

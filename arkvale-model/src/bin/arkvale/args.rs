@@ -53,10 +53,20 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub ignore_eos: bool,
     /// Sampling temperature; 0 is greedy (argmax).
-    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_name = "T",
+        allow_negative_numbers = true
+    )]
     pub temperature: f32,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P.
-    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        value_name = "P",
+        allow_negative_numbers = true
+    )]
     pub top_p: f32,
     /// Keep only the K most likely tokens (0: no cut).
     #[arg(long, default_value_t = 0, value_name = "K")]

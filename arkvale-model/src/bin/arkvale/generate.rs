@@ -106,7 +106,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     config.device_bytes = sizing.device_bytes;
     config.host_bytes = sizing.host_bytes;
     let mut cache = CacheManager::new(dev, model.shape(), config.clone(), policy)
-        .context("invalid cache configuration")?;
+        .context("cannot create the KV cache")?;
     let seq = cache.add_sequence();
 
     let seed = args.seed.unwrap_or_else(clock_seed);
