@@ -13,6 +13,18 @@ pub const MODEL_ENV: &str = "ARKVALE_MODEL";
 /// `--model` nor `$ARKVALE_MODEL` is given.
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
+/// Extra text of `arkvale generate --help`: memory sizing and the statistics.
+const GENERATE_NOTES: &str = "\
+KV memory: with T = prompt + max-tokens tokens (at most the context length) and P = ceil(T / \
+page-size) pages, the device pool holds P pages for every layer that keeps all its pages \
+(policies full, quest, h2o, tova; the --dense-layers leading layers) and min(P, budget pages + one \
+prefill chunk + 1) for every budgeted layer (arkvale, streaming), plus 16 staging pages; \
+the host tier (backups of evicted pages, allocated as used) may hold every page.
+
+Statistics (last line on stderr; the \"stats\" object with --json): prefill and decode tokens/s, \
+KV bytes resident on the device vs a full cache for the same tokens, and recalls per step \
+(pages recalled from host backups per decode step, all layers together).";
+
 /// Run Llama-family GGUF models with an ArkVale (recallable eviction) KV cache.
 #[derive(Debug, Parser)]
 #[command(name = "arkvale", version, about, long_about = None)]
@@ -26,6 +38,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate text from a prompt, streamed to stdout (or one JSON object with --json).
+    #[command(after_long_help = GENERATE_NOTES)]
     Generate(GenerateArgs),
     /// Describe a model file: architecture, shapes, tokenizer, KV memory for a context.
     Info(InfoArgs),

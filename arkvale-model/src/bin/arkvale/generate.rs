@@ -320,7 +320,7 @@ fn prefill(
         let bar =
             ProgressBar::with_draw_target(Some(ids.len() as u64), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
-            "prefill {bar:40.cyan/blue} {pos}/{len} tokens ({per_sec}, eta {eta})",
+            "prefill {bar:40.cyan/blue} {pos}/{len} tokens ({elapsed}, eta {eta})",
         ) {
             bar.set_style(style);
         }

@@ -4,13 +4,14 @@
 //!
 //! With `T = prompt + max_tokens` tokens (capped at the model's context length) the sequence
 //! needs `P = ceil(T / page_size)` pages per (layer, head group) with a full cache. A layer
-//! whose pages all stay resident (policies `full`, `h2o`, `tova`, and the `--dense-layers`
-//! leading layers of the budgeted ones) needs `P` slots; a budgeted layer (`arkvale`,
-//! `streaming`, `quest`) needs at most `min(P, B + C + 1)` — the `B` budget pages, the `C`
+//! whose pages all stay resident (policies `full`, `quest`, `h2o`, `tova`, and the
+//! `--dense-layers` leading layers of the budgeted ones) needs `P` slots; a budgeted layer
+//! (`arkvale`, `streaming`) needs at most `min(P, B + C + 1)` — the `B` budget pages, the `C`
 //! pages of a prefill chunk appended before eviction, and the open page. On top come
-//! [`STAGING_SLACK`] slots that prefill borrows to stream evicted pages back. The device
-//! pool is that many slots, and at least `B + 1` (what the cache manager requires); the host tier (allocated lazily, only for backups of budgeted
-//! layers) is sized for every page of every layer.
+//! [`STAGING_SLACK`] slots that prefill borrows to stream evicted pages back. The device pool
+//! is that many slots, and at least `B + 1` (what the cache manager requires); the host tier
+//! (allocated lazily, only for backups of budgeted layers) is sized for every page of every
+//! layer.
 
 use arkvale_core::{CacheConfig, ModelShape, policy::Residency};
 
