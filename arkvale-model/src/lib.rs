@@ -19,5 +19,6 @@
 #![warn(missing_docs)]
 
 pub mod gguf;
+pub mod hf;
 pub mod llama;
 pub mod tokenizer;

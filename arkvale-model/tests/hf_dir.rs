@@ -1,0 +1,544 @@
+//! `arkvale_model::hf` on tiny random Hugging Face model directories written here (no
+//! network, no fixture files): the HF Q/K order with NeoX RoPE must give the same logits as
+//! the same weights permuted into llama.cpp's layout with interleaved RoPE; F32 and BF16
+//! files, one file or two shards; and clear errors for broken directories.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arkvale_core::{
+    CacheConfig, CacheManager, DType, Device, KvDtype, RopeScaling, policy_by_name,
+};
+use arkvale_cpu::CpuDevice;
+use arkvale_model::hf::{self, HfError, HfModelDir};
+use arkvale_model::llama::{HostLayer, LlamaConfig, LlamaHostWeights, LlamaModel};
+use safetensors::tensor::{Dtype, TensorView};
+
+/// Deterministic xorshift generator of values in [-1, 1).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
+        (0..len).map(|_| self.next() * scale).collect()
+    }
+    fn norm(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| 1.0 + 0.2 * self.next()).collect()
+    }
+}
+
+const LAYERS: usize = 2;
+const D: usize = 64;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const HEAD_DIM: usize = D / HEADS;
+const FF: usize = 96;
+const VOCAB: usize = 64;
+
+fn config_json(model_type: &str, tied: bool) -> String {
+    format!(
+        r#"{{
+  "architectures": ["LlamaForCausalLM"],
+  "model_type": "{model_type}",
+  "hidden_size": {D},
+  "intermediate_size": {FF},
+  "num_hidden_layers": {LAYERS},
+  "num_attention_heads": {HEADS},
+  "num_key_value_heads": {KV_HEADS},
+  "rms_norm_eps": 1e-05,
+  "rope_theta": 10000.0,
+  "max_position_embeddings": 256,
+  "vocab_size": {VOCAB},
+  "tie_word_embeddings": {tied},
+  "rope_scaling": null,
+  "bos_token_id": 0,
+  "eos_token_id": 1,
+  "torch_dtype": "float32"
+}}"#
+    )
+}
+
+/// A word-level tokenizer: `<s>`, `</s>`, `<unk>`, then `w3` .. `w63`.
+fn tokenizer_json() -> String {
+    let special = |id: usize, s: &str| {
+        format!(
+            r#"{{"id":{id},"content":"{s}","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}}"#
+        )
+    };
+    let mut vocab = vec![
+        "\"<s>\":0".to_string(),
+        "\"</s>\":1".into(),
+        "\"<unk>\":2".into(),
+    ];
+    vocab.extend((3..VOCAB).map(|i| format!("\"w{i}\":{i}")));
+    format!(
+        r#"{{"version":"1.0","truncation":null,"padding":null,
+"added_tokens":[{},{}],
+"normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,"decoder":null,
+"model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<unk>"}}}}"#,
+        special(0, "<s>"),
+        special(1, "</s>"),
+        vocab.join(",")
+    )
+}
+
+const TOKENIZER_CONFIG: &str = r#"{"bos_token": {"content": "<s>"}, "eos_token": "</s>",
+"add_bos_token": true, "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}"#;
+
+/// Random weights by Hugging Face name, shape and values (HF Q/K row order).
+fn hf_tensors(tied: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut r = Rng(0x5eed);
+    let kv = KV_HEADS * HEAD_DIM;
+    let s = |k: usize| 1.5 / (k as f32).sqrt();
+    let mut t = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![VOCAB, D],
+        r.vec(VOCAB * D, 1.0),
+    )];
+    for l in 0..LAYERS {
+        let p = |n: &str| format!("model.layers.{l}.{n}");
+        t.push((p("input_layernorm.weight"), vec![D], r.norm(D)));
+        t.push((p("self_attn.q_proj.weight"), vec![D, D], r.vec(D * D, s(D))));
+        t.push((
+            p("self_attn.k_proj.weight"),
+            vec![kv, D],
+            r.vec(kv * D, s(D)),
+        ));
+        t.push((
+            p("self_attn.v_proj.weight"),
+            vec![kv, D],
+            r.vec(kv * D, s(D)),
+        ));
+        t.push((p("self_attn.o_proj.weight"), vec![D, D], r.vec(D * D, s(D))));
+        t.push((p("post_attention_layernorm.weight"), vec![D], r.norm(D)));
+        t.push((p("mlp.gate_proj.weight"), vec![FF, D], r.vec(FF * D, s(D))));
+        t.push((p("mlp.up_proj.weight"), vec![FF, D], r.vec(FF * D, s(D))));
+        t.push((p("mlp.down_proj.weight"), vec![D, FF], r.vec(D * FF, s(FF))));
+    }
+    t.push(("model.norm.weight".into(), vec![D], r.norm(D)));
+    if !tied {
+        t.push((
+            "lm_head.weight".into(),
+            vec![VOCAB, D],
+            r.vec(VOCAB * D, 1.0),
+        ));
+    }
+    t
+}
+
+fn bytes(v: &[f32], bf16: bool) -> Vec<u8> {
+    if bf16 {
+        v.iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect()
+    } else {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+}
+
+/// What the file holds, read back as f32.
+fn stored(v: &[f32], bf16: bool) -> Vec<f32> {
+    if bf16 {
+        v.iter()
+            .map(|x| half::bf16::from_f32(*x).to_f32())
+            .collect()
+    } else {
+        v.to_vec()
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("arkvale-hf-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], bf16: bool) {
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), bytes(v, bf16)))
+        .collect();
+    let dtype = if bf16 { Dtype::BF16 } else { Dtype::F32 };
+    let views: Vec<(String, TensorView<'_>)> = data
+        .iter()
+        .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// Writes a model directory; `sharded` splits the tensors over two files with an index.
+fn write_dir(
+    dir: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    sharded: bool,
+    bf16: bool,
+    tied: bool,
+) {
+    std::fs::write(dir.join("config.json"), config_json("llama", tied)).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tokenizer_json()).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), TOKENIZER_CONFIG).unwrap();
+    if !sharded {
+        write_safetensors(&dir.join("model.safetensors"), tensors, bf16);
+        return;
+    }
+    let half = tensors.len() / 2;
+    let names = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
+    write_safetensors(&dir.join(names[0]), &tensors[..half], bf16);
+    write_safetensors(&dir.join(names[1]), &tensors[half..], bf16);
+    let map: Vec<String> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _, _))| format!("\"{n}\": \"{}\"", names[usize::from(i >= half)]))
+        .collect();
+    let index = format!(
+        "{{\"metadata\": {{\"total_size\": 0}}, \"weight_map\": {{{}}}}}",
+        map.join(", ")
+    );
+    std::fs::write(dir.join("model.safetensors.index.json"), index).unwrap();
+}
+
+/// Q/K rows of one projection (`heads` heads) from HF order into llama.cpp's GGUF order:
+/// within each head, row `j * half + i` (HF: first half, then second half) moves to
+/// `2 * i + j` (adjacent pairs).
+fn permute_for_interleaved(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let half = HEAD_DIM / 2;
+    let mut out = vec![0.0; w.len()];
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let src = (h * HEAD_DIM + j * half + i) * cols;
+                let dst = (h * HEAD_DIM + 2 * i + j) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The same weights as host weights in GGUF layout (Q/K permuted), as the file stores them.
+fn reference_model(
+    dev: Arc<dyn Device>,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    bf16: bool,
+    tied: bool,
+) -> LlamaModel {
+    let m: HashMap<&str, Vec<f32>> = tensors
+        .iter()
+        .map(|(n, _, v)| (n.as_str(), stored(v, bf16)))
+        .collect();
+    let get = |n: String| m[n.as_str()].clone();
+    let layers = (0..LAYERS)
+        .map(|l| {
+            let p = |n: &str| format!("model.layers.{l}.{n}");
+            HostLayer {
+                attn_norm: get(p("input_layernorm.weight")),
+                wq: permute_for_interleaved(&get(p("self_attn.q_proj.weight")), HEADS, D),
+                wk: permute_for_interleaved(&get(p("self_attn.k_proj.weight")), KV_HEADS, D),
+                wv: get(p("self_attn.v_proj.weight")),
+                wo: get(p("self_attn.o_proj.weight")),
+                ffn_norm: get(p("post_attention_layernorm.weight")),
+                w_gate: get(p("mlp.gate_proj.weight")),
+                w_up: get(p("mlp.up_proj.weight")),
+                w_down: get(p("mlp.down_proj.weight")),
+            }
+        })
+        .collect();
+    let weights = LlamaHostWeights {
+        embedding: get("model.embed_tokens.weight".into()),
+        layers,
+        output_norm: get("model.norm.weight".into()),
+        output: (!tied).then(|| get("lm_head.weight".into())),
+    };
+    let config = LlamaConfig {
+        arch: "llama".into(),
+        layers: LAYERS,
+        d_model: D,
+        d_ff: FF,
+        q_heads: HEADS,
+        kv_heads: KV_HEADS,
+        head_dim: HEAD_DIM,
+        vocab: VOCAB,
+        context_length: 256,
+        rope_theta: 10000.0,
+        rope_scaling: RopeScaling::None,
+        rope_freq_factors: None,
+        rms_eps: 1e-5,
+        tied_embeddings: tied,
+    };
+    LlamaModel::from_host_weights(dev, config, weights, DType::F32).unwrap()
+}
+
+fn device() -> Arc<dyn Device> {
+    Arc::new(CpuDevice::new(Some(2)).unwrap())
+}
+
+/// Logits of every step: a prefill of `prompt`, then `steps` decodes of fixed tokens.
+fn run(model: &LlamaModel, prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
+    let config = CacheConfig {
+        page_size: 8,
+        budget_tokens: 256,
+        kv_dtype: KvDtype::F32,
+        device_bytes: 8 << 20,
+        host_bytes: 8 << 20,
+        ..Default::default()
+    };
+    let policy = policy_by_name("full", &config).unwrap();
+    let mut cache =
+        CacheManager::new(model.device().clone(), model.shape(), config, policy).unwrap();
+    let seq = cache.add_sequence();
+    let mut out = vec![model.prefill(&mut cache, seq, prompt).unwrap()];
+    for s in 0..steps {
+        let tok = (7 + 5 * s as u32) % VOCAB as u32;
+        out.push(model.decode(&mut cache, &[seq], &[tok]).unwrap());
+    }
+    out
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}
+
+const PROMPT: [u32; 11] = [0, 5, 17, 33, 2, 63, 40, 8, 8, 21, 50];
+
+fn check_same_logits(name: &str, sharded: bool, bf16: bool, tied: bool) {
+    let dir = TempDir::new(name);
+    let tensors = hf_tensors(tied);
+    write_dir(&dir.0, &tensors, sharded, bf16, tied);
+    let (hf_dir, model) = hf::load(&dir.0, device(), DType::F32).unwrap();
+    assert_eq!(model.rope_style(), arkvale_core::RopeStyle::Neox);
+    assert_eq!(hf_dir.config().tied_embeddings, tied);
+    assert_eq!(hf_dir.weights().files().len(), if sharded { 2 } else { 1 });
+    let reference = reference_model(device(), &tensors, bf16, tied);
+    let a = run(&model, &PROMPT, 6);
+    let b = run(&reference, &PROMPT, 6);
+    assert!(a.iter().flatten().all(|x| x.is_finite()));
+    let diff = max_diff(&a, &b);
+    assert!(
+        diff < 1e-4,
+        "{name}: HF/NeoX vs permuted/interleaved differ by {diff}"
+    );
+    // The rotation convention matters: HF order with interleaved RoPE must differ.
+    let mut wrong = hf_dir.load_model(device(), DType::F32).unwrap();
+    wrong.set_rope_style(arkvale_core::RopeStyle::Interleaved);
+    assert!(max_diff(&run(&wrong, &PROMPT, 6), &b) > 1e-3);
+}
+
+#[test]
+fn sharded_f32_matches_permuted_interleaved_reference() {
+    check_same_logits("sharded-f32", true, false, false);
+}
+
+#[test]
+fn sharded_bf16_matches_permuted_interleaved_reference() {
+    check_same_logits("sharded-bf16", true, true, false);
+}
+
+#[test]
+fn single_file_tied_matches_permuted_interleaved_reference() {
+    check_same_logits("single-tied", false, false, true);
+}
+
+#[test]
+fn tokenizer_and_tokenizer_config() {
+    let dir = TempDir::new("tok");
+    write_dir(&dir.0, &hf_tensors(true), false, false, true);
+    let hf_dir = HfModelDir::open(&dir.0).unwrap();
+    let tok = hf_dir.tokenizer();
+    assert_eq!(tok.bos_id(), Some(0));
+    assert_eq!(tok.eos_id(), Some(1));
+    assert!(tok.add_bos());
+    assert_eq!(tok.vocab_size(), VOCAB);
+    assert_eq!(
+        tok.chat_template(),
+        Some("{% for m in messages %}{{ m.content }}{% endfor %}")
+    );
+    assert_eq!(
+        tok.encode("w5 w17 w63", false, true).unwrap(),
+        vec![5, 17, 63]
+    );
+    assert_eq!(tok.encode("<s> w5", false, true).unwrap(), vec![0, 5]);
+    assert_eq!(tok.token_to_id("w9"), Some(9));
+    assert_eq!(tok.id_to_token(9).unwrap(), "w9");
+    assert!(tok.is_control(1) && !tok.is_control(9));
+    assert_eq!(tok.decode(&[5, 17], true).unwrap(), "w5 w17");
+    assert!(tok.decode(&[500], true).is_err());
+    let mut stream = tok.decode_stream(true);
+    let mut text = String::new();
+    for id in [5, 17, 1] {
+        text += &stream.push(id).unwrap();
+    }
+    text += &stream.finish();
+    assert_eq!(text, tok.decode(&[5, 17, 1], true).unwrap());
+}
+
+fn open_err(dir: &Path) -> String {
+    match HfModelDir::open(dir) {
+        Ok(_) => panic!("{} opened", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn load_err(dir: &Path) -> String {
+    match hf::load(dir, device(), DType::F32) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_shard_is_a_clear_error() {
+    let dir = TempDir::new("missing-shard");
+    write_dir(&dir.0, &hf_tensors(false), true, false, false);
+    std::fs::remove_file(dir.0.join("model-00002-of-00002.safetensors")).unwrap();
+    let e = open_err(&dir.0);
+    assert!(
+        e.contains("missing shard") && e.contains("model-00002-of-00002.safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_shape_names_file_and_tensor() {
+    let dir = TempDir::new("wrong-shape");
+    let mut t = hf_tensors(false);
+    let k = t
+        .iter_mut()
+        .find(|(n, _, _)| n == "model.layers.1.self_attn.k_proj.weight")
+        .unwrap();
+    k.1 = vec![D, D];
+    k.2 = vec![0.5; D * D];
+    write_dir(&dir.0, &t, false, false, false);
+    let e = load_err(&dir.0);
+    assert!(
+        e.contains("model.layers.1.self_attn.k_proj.weight")
+            && e.contains("model.safetensors")
+            && e.contains("shape"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_tensor_and_bad_dtype_are_clear_errors() {
+    let dir = TempDir::new("missing-tensor");
+    let t: Vec<_> = hf_tensors(false)
+        .into_iter()
+        .filter(|(n, _, _)| n != "lm_head.weight")
+        .collect();
+    write_dir(&dir.0, &t, false, false, false);
+    let e = load_err(&dir.0);
+    assert!(e.contains("missing tensor lm_head.weight"), "{e}");
+
+    let dir = TempDir::new("bad-dtype");
+    write_dir(&dir.0, &hf_tensors(true), false, false, true);
+    let norm = vec![1u8; D];
+    let views = vec![(
+        "model.norm.weight".to_string(),
+        TensorView::new(Dtype::I8, vec![D], &norm).unwrap(),
+    )];
+    let mut all: Vec<(String, Vec<usize>, Vec<u8>)> = hf_tensors(true)
+        .into_iter()
+        .filter(|(n, _, _)| n != "model.norm.weight")
+        .map(|(n, s, v)| (n, s, bytes(&v, false)))
+        .collect();
+    all.sort();
+    let mut views: Vec<(String, TensorView<'_>)> = views;
+    views.extend(all.iter().map(|(n, s, b)| {
+        (
+            n.clone(),
+            TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+        )
+    }));
+    std::fs::write(
+        dir.0.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
+    let e = load_err(&dir.0);
+    assert!(
+        e.contains("model.norm.weight") && e.contains("unsupported dtype"),
+        "{e}"
+    );
+}
+
+#[test]
+fn config_errors() {
+    let dir = TempDir::new("config");
+    write_dir(&dir.0, &hf_tensors(false), false, false, false);
+    let set = |text: String| std::fs::write(dir.0.join("config.json"), text).unwrap();
+
+    set(config_json("gpt_neox", false));
+    let e = open_err(&dir.0);
+    assert!(e.contains("unsupported model_type 'gpt_neox'"), "{e}");
+
+    set(config_json("qwen2", false));
+    let e = open_err(&dir.0);
+    assert!(
+        e.contains("qwen2") && e.contains("q/k/v") && e.contains("bias"),
+        "{e}"
+    );
+
+    set(config_json("llama", false).replace(
+        "\"rope_scaling\": null",
+        "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}",
+    ));
+    let e = open_err(&dir.0);
+    assert!(e.contains("unsupported rope_scaling type 'yarn'"), "{e}");
+
+    set(config_json("llama", false).replace(
+        "\"rope_scaling\": null",
+        "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, \
+         \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 64}",
+    ));
+    let hf_dir = HfModelDir::open(&dir.0).unwrap();
+    assert!(matches!(
+        hf_dir.config().rope_scaling,
+        RopeScaling::Llama3 {
+            original_max_position_embeddings: 64,
+            ..
+        }
+    ));
+
+    set(config_json("mistral", false).replace("\"num_hidden_layers\": 2,", ""));
+    let e = open_err(&dir.0);
+    assert!(
+        e.contains("config.json") && e.contains("num_hidden_layers"),
+        "{e}"
+    );
+
+    set("{ not json".into());
+    assert!(open_err(&dir.0).contains("invalid JSON"));
+
+    std::fs::remove_file(dir.0.join("config.json")).unwrap();
+    assert!(open_err(&dir.0).contains("missing"));
+    assert!(matches!(
+        HfModelDir::open(dir.0.join("nope")),
+        Err(HfError::Config(_))
+    ));
+}
