@@ -105,7 +105,7 @@ fn smollm2_encodes_every_fixture_text_exactly_as_llama_cpp() {
 fn smollm2_vocabulary_and_special_tokens() {
     let Some(tok) = tokenizer() else { return };
     assert_eq!(tok.vocab_size(), 49152);
-    assert_eq!(tok.pre_tokenizer(), PreTokenizer::DigitsThenGpt2);
+    assert_eq!(tok.pre_tokenizer(), Some(PreTokenizer::DigitsThenGpt2));
     // The fixture's own statement: add_bos_token = false.
     assert!(!tok.add_bos());
     let bos = tok.bos_id().unwrap();

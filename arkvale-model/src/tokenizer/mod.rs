@@ -1,10 +1,11 @@
 //! The tokenizer of a GGUF model: text to token ids and back, as llama.cpp does it.
 //!
 //! Supported today: **byte-level BPE** vocabularies (`tokenizer.ggml.model == "gpt2"`), the
-//! kind SmolLM2, Llama 3, Qwen2, StarCoder and GPT-2 use. Not supported (a clear
-//! [`TokenizerError::UnsupportedModel`]): SentencePiece-style vocabularies (`"llama"`, as in
-//! Llama 2 and Mistral), WordPiece and the rest; nor is a Hugging Face `tokenizer.json` read
-//! here yet.
+//! kind SmolLM2, Llama 3, Qwen2, StarCoder and GPT-2 use, and **SentencePiece-style**
+//! vocabularies (`"llama"`, llama.cpp's "SPM", as in Llama 2 and Mistral; see
+//! [SentencePiece-style vocabularies](#sentencepiece-style-vocabularies)). Not supported (a
+//! clear [`TokenizerError::UnsupportedModel`]): WordPiece and the rest; nor is a Hugging Face
+//! `tokenizer.json` read here yet.
 //!
 //! # How text becomes ids
 //!
@@ -33,6 +34,20 @@
 //! time and holds back an incomplete UTF-8 sequence until the token that completes it arrives,
 //! so a streamed character is never split.
 //!
+//! # SentencePiece-style vocabularies
+//!
+//! Step 1 is the same. There is no pre-tokenization: each stretch of text between verbatim
+//! tokens has its spaces written as `▁` (U+2581) and, when `add_space_prefix` is set (the
+//! default), one `▁` put in front if the stretch starts the text or follows a verbatim token
+//! (as llama.cpp does). Its characters are then merged pairwise, always the adjacent pair whose
+//! concatenation is a *normal* token with the highest `tokenizer.ggml.scores` entry (leftmost
+//! on a tie), until no pair forms a token; a leftover character that is not a token becomes its
+//! UTF-8 bytes as `<0xNN>` *byte* tokens, or the unknown token where a byte token is missing.
+//! Decoding writes `▁` as a space and a byte token as its byte, and drops the one leading space
+//! that the prefix put at the start of the text ([`Tokenizer::decode`],
+//! [`Tokenizer::decode_stream`]; [`Tokenizer::decode_stream_continuing`] keeps it, for tokens
+//! that continue a text, such as generated ones).
+//!
 //! ```no_run
 //! use arkvale_model::gguf::GgufFile;
 //! use arkvale_model::tokenizer::Tokenizer;
@@ -51,6 +66,7 @@
 //! ```
 
 mod bytes;
+mod spm;
 #[cfg(test)]
 mod tests;
 
@@ -76,7 +92,7 @@ pub enum TokenizerError {
     Metadata(#[from] GgufError),
     /// `tokenizer.ggml.model` names a kind of tokenizer this crate does not implement.
     #[error(
-        "unsupported tokenizer model {0:?} (tokenizer.ggml.model); supported: \"gpt2\" (byte-level BPE)"
+        "unsupported tokenizer model {0:?} (tokenizer.ggml.model); supported: \"gpt2\" (byte-level BPE), \"llama\" (SentencePiece-style)"
     )]
     UnsupportedModel(String),
     /// `tokenizer.ggml.pre` names a pre-tokenizer this crate does not implement.
@@ -134,7 +150,8 @@ pub type Result<T> = std::result::Result<T, TokenizerError>;
 /// The role of a token, as in GGUF's `tokenizer.ggml.token_type` (llama.cpp's values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TokenType {
-    /// An ordinary vocabulary entry (1), written in the byte-level alphabet.
+    /// An ordinary vocabulary entry (1), written in the byte-level alphabet (BPE) or with `▁`
+    /// for a space (SentencePiece).
     Normal,
     /// The unknown token (2).
     Unknown,
@@ -145,7 +162,8 @@ pub enum TokenType {
     UserDefined,
     /// A reserved, unused slot (5): never produced, decodes to nothing.
     Unused,
-    /// A raw-byte token (6; SentencePiece style): decodes to nothing here.
+    /// A raw-byte token `<0xNN>` (6; SentencePiece style): decodes to its byte in a
+    /// SentencePiece-style vocabulary, to nothing in a BPE one.
     Byte,
 }
 
@@ -278,6 +296,30 @@ pub struct BpeVocab {
     pub add_eos: bool,
 }
 
+/// Everything a SentencePiece-style tokenizer is built from, as GGUF stores it. Build one by
+/// hand for tests or other file formats; [`Tokenizer::from_gguf`] fills it from a file.
+#[derive(Clone, Debug)]
+pub struct SpmVocab {
+    /// Token strings, a space written as `▁` (U+2581), indexed by id.
+    pub tokens: Vec<String>,
+    /// The merge priority of each token, higher first (same length as `tokens`).
+    pub scores: Vec<f32>,
+    /// The type of each token (same length as `tokens`); byte tokens must read `<0xNN>`.
+    pub token_types: Vec<TokenType>,
+    /// The beginning-of-sequence token, if any.
+    pub bos_id: Option<u32>,
+    /// The end-of-sequence token, if any.
+    pub eos_id: Option<u32>,
+    /// The token for a byte that has no byte token, if any.
+    pub unk_id: Option<u32>,
+    /// Whether [`Tokenizer::encode`] with `add_special` prepends BOS.
+    pub add_bos: bool,
+    /// Whether [`Tokenizer::encode`] with `add_special` appends EOS.
+    pub add_eos: bool,
+    /// Whether text gets a leading `▁` before merging (and decoding drops a leading space).
+    pub add_space_prefix: bool,
+}
+
 /// A special or user-defined token that is matched verbatim in text.
 #[derive(Clone, Debug)]
 struct VerbatimToken {
@@ -287,7 +329,20 @@ struct VerbatimToken {
     control: bool,
 }
 
-/// A byte-level BPE tokenizer; see the [module documentation](self).
+/// How a stretch of plain text (no verbatim tokens) becomes ids.
+enum Algorithm {
+    /// Byte-level BPE.
+    Bpe {
+        pre_tokenizer: PreTokenizer,
+        bpe: Box<HfTokenizer>,
+        /// Bytes that have no symbol in the vocabulary.
+        missing_bytes: Box<[bool; 256]>,
+    },
+    /// SentencePiece-style merging by score.
+    Spm(Box<spm::SpmModel>),
+}
+
+/// A byte-level BPE or SentencePiece-style tokenizer; see the [module documentation](self).
 pub struct Tokenizer {
     tokens: Vec<String>,
     token_types: Vec<TokenType>,
@@ -296,21 +351,18 @@ pub struct Tokenizer {
     pieces: Vec<Box<[u8]>>,
     /// Verbatim tokens grouped by first byte, longest first within a group.
     verbatim: HashMap<u8, Vec<VerbatimToken>>,
-    pre_tokenizer: PreTokenizer,
-    bpe: HfTokenizer,
+    algorithm: Algorithm,
     bos_id: Option<u32>,
     eos_id: Option<u32>,
     add_bos: bool,
     add_eos: bool,
-    /// Bytes that have no symbol in the vocabulary.
-    missing_bytes: [bool; 256],
 }
 
 impl fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tokenizer")
             .field("vocab_size", &self.tokens.len())
-            .field("pre_tokenizer", &self.pre_tokenizer)
+            .field("pre_tokenizer", &self.pre_tokenizer())
             .field("bos_id", &self.bos_id)
             .field("eos_id", &self.eos_id)
             .field("add_bos", &self.add_bos)
@@ -338,33 +390,111 @@ fn optional_bool(md: &Metadata, key: &str, default: bool) -> Result<bool> {
     Ok(md.get_bool(key)?)
 }
 
+/// The `tokenizer.ggml.token_type` array (absent: all normal).
+fn token_types_of(md: &Metadata, n: usize) -> Result<Vec<TokenType>> {
+    if md.get("tokenizer.ggml.token_type").is_none() {
+        return Ok(vec![TokenType::Normal; n]);
+    }
+    md.get_i32_array("tokenizer.ggml.token_type")?
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            TokenType::from_gguf(t).ok_or_else(|| {
+                TokenizerError::InvalidVocab(format!("token {i} has unknown token_type {t}"))
+            })
+        })
+        .collect()
+}
+
+/// Checks what every vocabulary must satisfy and returns its token-to-id map (a later duplicate
+/// wins, as in llama.cpp's).
+fn index_tokens(tokens: &[String], token_types: &[TokenType]) -> Result<HashMap<String, u32>> {
+    if tokens.is_empty() {
+        return Err(TokenizerError::InvalidVocab("no tokens".into()));
+    }
+    if u32::try_from(tokens.len()).is_err() {
+        return Err(TokenizerError::InvalidVocab(format!(
+            "{} tokens do not fit u32 ids",
+            tokens.len()
+        )));
+    }
+    if token_types.len() != tokens.len() {
+        return Err(TokenizerError::InvalidVocab(format!(
+            "{} tokens but {} token types",
+            tokens.len(),
+            token_types.len()
+        )));
+    }
+    let mut token_ids = HashMap::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        token_ids.insert(t.clone(), i as u32);
+    }
+    Ok(token_ids)
+}
+
+/// An error if special token `id` (`which`: `"BOS"`, ...) is not below `n`.
+fn check_special_id(id: Option<u32>, which: &str, n: usize) -> Result<()> {
+    match id {
+        Some(id) if id as usize >= n => Err(TokenizerError::InvalidVocab(format!(
+            "{which} id {id} is out of range (vocabulary size {n})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The control and user-defined tokens, grouped by first byte, longest first in a group.
+fn verbatim_tokens(
+    tokens: &[String],
+    token_types: &[TokenType],
+    token_ids: &HashMap<String, u32>,
+) -> HashMap<u8, Vec<VerbatimToken>> {
+    let mut verbatim: HashMap<u8, Vec<VerbatimToken>> = HashMap::new();
+    for (i, (t, ty)) in tokens.iter().zip(token_types).enumerate() {
+        let control = match ty {
+            TokenType::Control => true,
+            TokenType::UserDefined => false,
+            _ => continue,
+        };
+        // A duplicate string is matched as the id the token-to-id map gives it.
+        if t.is_empty() || token_ids[t] != i as u32 {
+            continue;
+        }
+        verbatim
+            .entry(t.as_bytes()[0])
+            .or_default()
+            .push(VerbatimToken {
+                text: t.clone(),
+                id: i as u32,
+                control,
+            });
+    }
+    for group in verbatim.values_mut() {
+        group.sort_by(|a, b| b.text.len().cmp(&a.text.len()).then(a.id.cmp(&b.id)));
+    }
+    verbatim
+}
+
 impl Tokenizer {
-    /// The tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata: `model` (must be
-    /// `"gpt2"`), `pre`, `tokens`, `merges`, `token_type` (absent: all normal),
-    /// `bos_token_id`, `eos_token_id`, `add_bos_token` and `add_eos_token` (absent: false).
+    /// The tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
+    ///
+    /// `model` picks the kind. For `"gpt2"` (byte-level BPE): `pre`, `tokens`, `merges`,
+    /// `token_type` (absent: all normal), `bos_token_id`, `eos_token_id`, `add_bos_token` and
+    /// `add_eos_token` (absent: false). For `"llama"` (SentencePiece-style): `tokens`, `scores`
+    /// (absent: all 0), `token_type` (absent: all normal), `bos_token_id`, `eos_token_id` and
+    /// `unknown_token_id` (absent: 1, 2 and 0, llama.cpp's defaults, where in range),
+    /// `add_bos_token` (absent: true), `add_eos_token` (absent: false) and `add_space_prefix`
+    /// (absent: true).
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let md = file.metadata();
         let model = md.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel(model.to_string()));
+        match model {
+            "gpt2" => {}
+            "llama" => return Self::spm_from_gguf(md),
+            _ => return Err(TokenizerError::UnsupportedModel(model.to_string())),
         }
         let pre_tokenizer = PreTokenizer::from_name(md.get_str("tokenizer.ggml.pre")?)?;
         let tokens = md.get_str_array("tokenizer.ggml.tokens")?.to_vec();
-        let token_types = if md.get("tokenizer.ggml.token_type").is_some() {
-            md.get_i32_array("tokenizer.ggml.token_type")?
-                .iter()
-                .enumerate()
-                .map(|(i, &t)| {
-                    TokenType::from_gguf(t).ok_or_else(|| {
-                        TokenizerError::InvalidVocab(format!(
-                            "token {i} has unknown token_type {t}"
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?
-        } else {
-            vec![TokenType::Normal; tokens.len()]
-        };
+        let token_types = token_types_of(md, tokens.len())?;
         let merges = md.get_str_array("tokenizer.ggml.merges")?.to_vec();
         Self::from_vocab(BpeVocab {
             tokens,
@@ -378,9 +508,99 @@ impl Tokenizer {
         })
     }
 
-    /// A tokenizer from its parts. Fails if the vocabulary is empty, larger than `u32` ids
-    /// allow, or if a merge rule is malformed or names tokens not in the vocabulary. A
-    /// vocabulary may lack the symbols of some bytes (SmolLM2 has none for most ASCII control
+    /// The SentencePiece-style tokenizer of `tokenizer.ggml.model == "llama"`.
+    fn spm_from_gguf(md: &Metadata) -> Result<Self> {
+        let tokens = md.get_str_array("tokenizer.ggml.tokens")?.to_vec();
+        let n = tokens.len();
+        let token_types = token_types_of(md, n)?;
+        let scores = if md.get("tokenizer.ggml.scores").is_some() {
+            md.get_f32_array("tokenizer.ggml.scores")?.to_vec()
+        } else {
+            vec![0.0; n]
+        };
+        // llama.cpp's defaults for SentencePiece vocabularies, where the file names none.
+        let special = |key: &str, default: u32| -> Result<Option<u32>> {
+            Ok(optional_u32(md, key)?.or(((default as usize) < n).then_some(default)))
+        };
+        Self::from_spm_vocab(SpmVocab {
+            tokens,
+            scores,
+            token_types,
+            bos_id: special("tokenizer.ggml.bos_token_id", 1)?,
+            eos_id: special("tokenizer.ggml.eos_token_id", 2)?,
+            unk_id: special("tokenizer.ggml.unknown_token_id", 0)?,
+            add_bos: optional_bool(md, "tokenizer.ggml.add_bos_token", true)?,
+            add_eos: optional_bool(md, "tokenizer.ggml.add_eos_token", false)?,
+            add_space_prefix: optional_bool(md, "tokenizer.ggml.add_space_prefix", true)?,
+        })
+    }
+
+    /// A SentencePiece-style tokenizer from its parts. Fails if the vocabulary is empty, larger
+    /// than `u32` ids allow, if `scores` or `token_types` differ in length from `tokens`, if a
+    /// byte token's text is not `<0xNN>`, or if a special id is out of range. A vocabulary may
+    /// lack some byte tokens; a character that needs one then encodes as the unknown token, or
+    /// is a [`TokenizerError::UnencodableByte`] where there is none.
+    pub fn from_spm_vocab(vocab: SpmVocab) -> Result<Self> {
+        let SpmVocab {
+            tokens,
+            scores,
+            token_types,
+            bos_id,
+            eos_id,
+            unk_id,
+            add_bos,
+            add_eos,
+            add_space_prefix,
+        } = vocab;
+        let token_ids = index_tokens(&tokens, &token_types)?;
+        if scores.len() != tokens.len() {
+            return Err(TokenizerError::InvalidVocab(format!(
+                "{} tokens but {} scores",
+                tokens.len(),
+                scores.len()
+            )));
+        }
+        let n = tokens.len();
+        check_special_id(bos_id, "BOS", n)?;
+        check_special_id(eos_id, "EOS", n)?;
+        check_special_id(unk_id, "unknown", n)?;
+        let model = spm::SpmModel::new(&tokens, &token_types, &scores, unk_id, add_space_prefix)?;
+        let pieces = tokens
+            .iter()
+            .zip(&token_types)
+            .map(|(t, ty)| match ty {
+                TokenType::Normal => t
+                    .replace(spm::SPACE_MARK, " ")
+                    .into_bytes()
+                    .into_boxed_slice(),
+                // `SpmModel::new` has checked the form of every byte token.
+                TokenType::Byte => spm::parse_byte_token(t)
+                    .map(|b| Box::from([b]))
+                    .unwrap_or_default(),
+                TokenType::Control | TokenType::UserDefined | TokenType::Unknown => {
+                    t.as_bytes().into()
+                }
+                TokenType::Unused => Box::default(),
+            })
+            .collect();
+        let verbatim = verbatim_tokens(&tokens, &token_types, &token_ids);
+        Ok(Self {
+            tokens,
+            token_types,
+            token_ids,
+            pieces,
+            verbatim,
+            algorithm: Algorithm::Spm(Box::new(model)),
+            bos_id,
+            eos_id,
+            add_bos,
+            add_eos,
+        })
+    }
+
+    /// A byte-level BPE tokenizer from its parts. Fails if the vocabulary is empty, larger than
+    /// `u32` ids allow, or if a merge rule is malformed or names tokens not in the vocabulary.
+    /// A vocabulary may lack the symbols of some bytes (SmolLM2 has none for most ASCII control
     /// characters); encoding text with such a byte is then an error.
     pub fn from_vocab(vocab: BpeVocab) -> Result<Self> {
         let BpeVocab {
@@ -393,28 +613,7 @@ impl Tokenizer {
             add_bos,
             add_eos,
         } = vocab;
-        if tokens.is_empty() {
-            return Err(TokenizerError::InvalidVocab("no tokens".into()));
-        }
-        if u32::try_from(tokens.len()).is_err() {
-            return Err(TokenizerError::InvalidVocab(format!(
-                "{} tokens do not fit u32 ids",
-                tokens.len()
-            )));
-        }
-        if token_types.len() != tokens.len() {
-            return Err(TokenizerError::InvalidVocab(format!(
-                "{} tokens but {} token types",
-                tokens.len(),
-                token_types.len()
-            )));
-        }
-
-        // Later duplicates win, as in llama.cpp's token-to-id map.
-        let mut token_ids = HashMap::with_capacity(tokens.len());
-        for (i, t) in tokens.iter().enumerate() {
-            token_ids.insert(t.clone(), i as u32);
-        }
+        let token_ids = index_tokens(&tokens, &token_types)?;
 
         // Bytes without a symbol cannot be encoded; `encode` refuses text that has them (BPE
         // would drop them silently). SmolLM2, for one, has no symbol for most control bytes.
@@ -456,14 +655,8 @@ impl Tokenizer {
         hf.with_pre_tokenizer(Some(pre_tokenizer.build()?));
 
         let n = tokens.len();
-        let check_id = |id: Option<u32>, which| match id {
-            Some(id) if id as usize >= n => Err(TokenizerError::InvalidVocab(format!(
-                "{which} id {id} is out of range (vocabulary size {n})"
-            ))),
-            _ => Ok(()),
-        };
-        check_id(bos_id, "BOS")?;
-        check_id(eos_id, "EOS")?;
+        check_special_id(bos_id, "BOS", n)?;
+        check_special_id(eos_id, "EOS", n)?;
 
         let pieces = tokens
             .iter()
@@ -477,43 +670,22 @@ impl Tokenizer {
             })
             .collect();
 
-        let mut verbatim: HashMap<u8, Vec<VerbatimToken>> = HashMap::new();
-        for (i, (t, ty)) in tokens.iter().zip(&token_types).enumerate() {
-            let control = match ty {
-                TokenType::Control => true,
-                TokenType::UserDefined => false,
-                _ => continue,
-            };
-            // A duplicate string is matched as the id the token-to-id map gives it.
-            if t.is_empty() || token_ids[t] != i as u32 {
-                continue;
-            }
-            verbatim
-                .entry(t.as_bytes()[0])
-                .or_default()
-                .push(VerbatimToken {
-                    text: t.clone(),
-                    id: i as u32,
-                    control,
-                });
-        }
-        for group in verbatim.values_mut() {
-            group.sort_by(|a, b| b.text.len().cmp(&a.text.len()).then(a.id.cmp(&b.id)));
-        }
-
+        let verbatim = verbatim_tokens(&tokens, &token_types, &token_ids);
         Ok(Self {
             tokens,
             token_types,
             token_ids,
             pieces,
             verbatim,
-            pre_tokenizer,
-            bpe: hf,
+            algorithm: Algorithm::Bpe {
+                pre_tokenizer,
+                bpe: Box::new(hf),
+                missing_bytes: Box::new(missing_bytes),
+            },
             bos_id,
             eos_id,
             add_bos,
             add_eos,
-            missing_bytes,
         })
     }
 
@@ -574,23 +746,28 @@ impl Tokenizer {
         None
     }
 
-    /// Pre-tokenization and BPE of text that holds no verbatim token (`offset`: where it starts
-    /// in the caller's text, for errors).
+    /// Pre-tokenization and BPE, or SentencePiece-style merging, of text that holds no
+    /// verbatim token and so starts the text or follows a verbatim token (`offset`: where it
+    /// starts in the caller's text, for errors).
     fn encode_plain(&self, text: &str, offset: usize, ids: &mut Vec<u32>) -> Result<()> {
         if text.is_empty() {
             return Ok(());
         }
-        if let Some(i) = text
-            .bytes()
-            .position(|b| self.missing_bytes[usize::from(b)])
-        {
+        let (bpe, missing_bytes) = match &self.algorithm {
+            Algorithm::Bpe {
+                bpe, missing_bytes, ..
+            } => (bpe, missing_bytes),
+            Algorithm::Spm(model) => {
+                return model.encode(text, model.add_space_prefix, offset, ids);
+            }
+        };
+        if let Some(i) = text.bytes().position(|b| missing_bytes[usize::from(b)]) {
             return Err(TokenizerError::UnencodableByte {
                 byte: text.as_bytes()[i],
                 offset: offset + i,
             });
         }
-        let enc = self
-            .bpe
+        let enc = bpe
             .encode_fast(text, false)
             .map_err(|e| TokenizerError::Bpe(e.to_string()))?;
         ids.extend_from_slice(enc.get_ids());
@@ -599,16 +776,31 @@ impl Tokenizer {
 
     /// The text of `ids`. With `skip_special`, control (and unknown-type) tokens are left out.
     /// Bytes that do not form valid UTF-8 become U+FFFD.
+    ///
+    /// For a SentencePiece-style vocabulary with `add_space_prefix`, the leading space of the
+    /// first token that gives any bytes is dropped (the one encoding put there).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         let mut out = Vec::new();
+        let mut strip = self.strips_leading_space();
         for &id in ids {
-            out.extend_from_slice(self.decode_piece(id, skip_special)?);
+            let mut piece = self.decode_piece(id, skip_special)?;
+            if strip && !piece.is_empty() {
+                strip = false;
+                piece = piece.strip_prefix(b" ").unwrap_or(piece);
+            }
+            out.extend_from_slice(piece);
         }
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
+    /// Whether decoding drops the leading space that a SentencePiece space prefix introduced.
+    fn strips_leading_space(&self) -> bool {
+        matches!(&self.algorithm, Algorithm::Spm(m) if m.add_space_prefix)
+    }
+
     /// The bytes that token `id` decodes to (possibly part of a UTF-8 character, possibly
-    /// empty). With `skip_special`, a control or unknown-type token gives no bytes.
+    /// empty), with no leading space dropped. With `skip_special`, a control or unknown-type
+    /// token gives no bytes.
     pub fn decode_piece(&self, id: u32, skip_special: bool) -> Result<&[u8]> {
         let ty = self.token_type(id)?;
         if skip_special && matches!(ty, TokenType::Control | TokenType::Unknown) {
@@ -617,12 +809,24 @@ impl Tokenizer {
         Ok(&self.pieces[id as usize])
     }
 
-    /// An incremental decoder over this tokenizer; see [`DecodeStream`].
+    /// An incremental decoder over this tokenizer for a whole text, as [`Tokenizer::decode`]
+    /// decodes it (so a SentencePiece space prefix is dropped); see [`DecodeStream`].
     pub fn decode_stream(&self, skip_special: bool) -> DecodeStream<'_> {
         DecodeStream {
             tokenizer: self,
             skip_special,
             pending: Vec::new(),
+            strip_space: self.strips_leading_space(),
+        }
+    }
+
+    /// An incremental decoder for tokens that continue an earlier text (such as tokens
+    /// generated after a prompt): no leading space is ever dropped, so a SentencePiece token
+    /// `▁Paris` comes out as `" Paris"`. For a BPE vocabulary this is [`Tokenizer::decode_stream`].
+    pub fn decode_stream_continuing(&self, skip_special: bool) -> DecodeStream<'_> {
+        DecodeStream {
+            strip_space: false,
+            ..self.decode_stream(skip_special)
         }
     }
 
@@ -651,13 +855,23 @@ impl Tokenizer {
         self.tokens.len()
     }
 
-    /// The pre-tokenizer in use.
-    pub fn pre_tokenizer(&self) -> PreTokenizer {
-        self.pre_tokenizer
+    /// The pre-tokenizer in use; `None` for a SentencePiece-style vocabulary, which has none.
+    pub fn pre_tokenizer(&self) -> Option<PreTokenizer> {
+        match &self.algorithm {
+            Algorithm::Bpe { pre_tokenizer, .. } => Some(*pre_tokenizer),
+            Algorithm::Spm(_) => None,
+        }
+    }
+
+    /// Whether the vocabulary is SentencePiece-style (`tokenizer.ggml.model == "llama"`) rather
+    /// than byte-level BPE.
+    pub fn is_sentencepiece(&self) -> bool {
+        matches!(self.algorithm, Algorithm::Spm(_))
     }
 
     /// The id of the token whose vocabulary string is `token` (in the byte-level alphabet for
-    /// normal tokens, e.g. `"ĠHello"`; verbatim for special ones, e.g. `"<|im_end|>"`).
+    /// normal BPE tokens, e.g. `"ĠHello"`, with `▁` for a space for SentencePiece ones, e.g.
+    /// `"▁Hello"`; verbatim for special ones, e.g. `"<|im_end|>"`).
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.token_ids.get(token).copied()
     }
@@ -695,12 +909,14 @@ impl Tokenizer {
 /// text that is complete so far and holds back the bytes of a UTF-8 character that the next
 /// token may finish. Bytes that can never become valid UTF-8 come out as U+FFFD, so the
 /// concatenation of every `push` and the final [`DecodeStream::finish`] equals
-/// [`Tokenizer::decode`] of the same ids.
+/// [`Tokenizer::decode`] of the same ids (for a stream from [`Tokenizer::decode_stream`]).
 #[derive(Debug)]
 pub struct DecodeStream<'a> {
     tokenizer: &'a Tokenizer,
     skip_special: bool,
     pending: Vec<u8>,
+    /// Whether the leading space of the first non-empty piece is still to be dropped.
+    strip_space: bool,
 }
 
 impl DecodeStream<'_> {
@@ -708,7 +924,11 @@ impl DecodeStream<'_> {
     /// while a multi-byte character is still incomplete). An out-of-range id is an error and
     /// leaves the stream as it was.
     pub fn push(&mut self, id: u32) -> Result<String> {
-        let piece = self.tokenizer.decode_piece(id, self.skip_special)?;
+        let mut piece = self.tokenizer.decode_piece(id, self.skip_special)?;
+        if self.strip_space && !piece.is_empty() {
+            self.strip_space = false;
+            piece = piece.strip_prefix(b" ").unwrap_or(piece);
+        }
         self.pending.extend_from_slice(piece);
         let mut out = String::new();
         let mut start = 0;

@@ -55,9 +55,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
         c.rms_eps
     );
     println!(
-        "tokenizer    {} tokens, pre-tokenizer {:?}, BOS {} (added: {}), EOS {}",
+        "tokenizer    {} tokens, pre-tokenizer {}, BOS {} (added: {}), EOS {}",
         tok.vocab_size(),
-        tok.pre_tokenizer(),
+        tok.pre_tokenizer()
+            .map_or_else(|| "none (SentencePiece)".to_string(), |p| format!("{p:?}")),
         special(tok.bos_id()),
         if tok.add_bos() { "yes" } else { "no" },
         special(tok.eos_id())
