@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod chat;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
