@@ -224,14 +224,12 @@ fn bad_sampling_and_cache_options_are_errors() {
 }
 
 #[test]
-fn chat_is_not_supported_yet() {
-    let out = arkvale(&["generate", "--chat", "--prompt", "hi"]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("not supported yet"),
-        "{}",
-        stderr(&out)
-    );
+fn chat_without_a_model_is_an_error() {
+    for cmd in [&["generate", "--chat", "--prompt", "hi"][..], &["chat"]] {
+        let out = arkvale(&[cmd, &["--model", "/nonexistent/m.gguf"][..]].concat());
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("m.gguf"), "{}", stderr(&out));
+    }
 }
 
 #[test]

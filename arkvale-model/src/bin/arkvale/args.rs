@@ -1,4 +1,4 @@
-//! The command line: `arkvale generate` and `arkvale info` (clap derive).
+//! The command line: `arkvale generate`, `arkvale chat` and `arkvale info` (clap derive).
 
 use std::path::PathBuf;
 
@@ -42,24 +42,51 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Describe a model file: architecture, shapes, tokenizer, KV memory for a context.
     Info(InfoArgs),
+    /// Interactive multi-turn chat on stdin (one line per user turn; /reset clears the
+    /// history, /exit or end of input ends); the KV cache is kept across turns.
+    #[command(after_long_help = GENERATE_NOTES)]
+    Chat(ChatArgs),
 }
 
 /// Options of `arkvale generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// GGUF model file [default: $ARKVALE_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf].
-    #[arg(long, value_name = "PATH")]
-    pub model: Option<PathBuf>,
     /// The prompt text (else --prompt-file, else standard input).
     #[arg(long, value_name = "TEXT", conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
     /// Read the prompt from a file.
     #[arg(long, value_name = "FILE")]
     pub prompt_file: Option<PathBuf>,
-    /// Apply the model's chat template (not supported yet: fails with a clear error).
+    /// Apply the model's chat template: the prompt becomes one user turn (plus the
+    /// template's own default system prompt, if it has one), ending with the assistant header.
     #[arg(long)]
     pub chat: bool,
-    /// Most tokens to generate (generation also stops at EOS and at the context length).
+    /// Print one JSON object (prompt ids, generated ids, text, statistics) instead of
+    /// streaming text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Options of `arkvale chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// A system prompt (else the template's default, if it has one).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The model, sampling, cache and backend options shared by `generate` and `chat`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// GGUF model file [default: $ARKVALE_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Most tokens to generate (per reply with `chat`; generation also stops at EOS and at
+    /// the context length).
     #[arg(long, default_value_t = 128, value_name = "N")]
     pub max_tokens: usize,
     /// Keep generating after the end-of-sequence token.
@@ -98,16 +125,12 @@ pub struct GenerateArgs {
     /// Storage type of the weight matrices (dequantized on load).
     #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
     pub weights: WeightDtype,
-    /// Print one JSON object (prompt ids, generated ids, text, statistics) instead of
-    /// streaming text.
-    #[arg(long)]
-    pub json: bool,
     /// Never draw the prefill progress bar (it is drawn only when stderr is a terminal).
     #[arg(long)]
     pub no_progress: bool,
 }
 
-/// The KV-cache options shared by `generate` (and the budget of `info`).
+/// The KV-cache options shared by `generate` and `chat` (and the budget of `info`).
 #[derive(Debug, Args, Clone)]
 pub struct CacheArgs {
     /// Eviction policy.
@@ -221,21 +244,25 @@ mod tests {
     fn generate_defaults() {
         let g = generate(&["--prompt", "hi"]);
         assert_eq!(g.prompt.as_deref(), Some("hi"));
-        assert_eq!(g.max_tokens, 128);
-        assert_eq!(g.temperature, 0.0);
-        assert_eq!((g.top_k, g.top_p, g.seed), (0, 1.0, None));
-        assert_eq!(g.cache.policy, "arkvale");
-        assert_eq!((g.cache.budget, g.cache.page_size), (2048, 32));
-        assert_eq!(g.cache.digest, "cuboid-mean");
+        assert_eq!(g.run.max_tokens, 128);
+        assert_eq!(g.run.temperature, 0.0);
+        assert_eq!((g.run.top_k, g.run.top_p, g.run.seed), (0, 1.0, None));
+        assert_eq!(g.run.cache.policy, "arkvale");
+        assert_eq!((g.run.cache.budget, g.run.cache.page_size), (2048, 32));
+        assert_eq!(g.run.cache.digest, "cuboid-mean");
         assert_eq!(
-            (g.cache.sinks, g.cache.window, g.cache.dense_layers),
+            (
+                g.run.cache.sinks,
+                g.run.cache.window,
+                g.run.cache.dense_layers
+            ),
             (1, 2, 2)
         );
-        assert_eq!(g.cache.attention, Attention::Resident);
-        assert_eq!(g.cache.kv_dtype, KvType::F16);
-        assert_eq!(g.weights, WeightDtype::F32);
-        assert_eq!(g.backend, Backend::Cpu);
-        assert!(!g.json && !g.chat && !g.ignore_eos && g.model.is_none());
+        assert_eq!(g.run.cache.attention, Attention::Resident);
+        assert_eq!(g.run.cache.kv_dtype, KvType::F16);
+        assert_eq!(g.run.weights, WeightDtype::F32);
+        assert_eq!(g.run.backend, Backend::Cpu);
+        assert!(!g.json && !g.chat && !g.run.ignore_eos && g.run.model.is_none());
     }
 
     #[test]
@@ -282,24 +309,31 @@ mod tests {
             "--json",
             "--ignore-eos",
         ]);
-        assert_eq!(g.model, Some(PathBuf::from("m.gguf")));
+        assert_eq!(g.run.model, Some(PathBuf::from("m.gguf")));
         assert_eq!(g.prompt_file, Some(PathBuf::from("p.txt")));
-        assert_eq!((g.max_tokens, g.top_k, g.seed), (8, 40, Some(5)));
-        assert_eq!((g.temperature, g.top_p), (0.7, 0.9));
-        assert_eq!(g.cache.policy, "quest");
         assert_eq!(
-            (g.cache.budget, g.cache.page_size, g.cache.topk),
+            (g.run.max_tokens, g.run.top_k, g.run.seed),
+            (8, 40, Some(5))
+        );
+        assert_eq!((g.run.temperature, g.run.top_p), (0.7, 0.9));
+        assert_eq!(g.run.cache.policy, "quest");
+        assert_eq!(
+            (g.run.cache.budget, g.run.cache.page_size, g.run.cache.topk),
             (512, 16, Some(128))
         );
-        assert_eq!(g.cache.digest, "sphere-max");
+        assert_eq!(g.run.cache.digest, "sphere-max");
         assert_eq!(
-            (g.cache.sinks, g.cache.window, g.cache.dense_layers),
+            (
+                g.run.cache.sinks,
+                g.run.cache.window,
+                g.run.cache.dense_layers
+            ),
             (2, 3, 0)
         );
-        assert_eq!(g.cache.attention, Attention::Sparse);
-        assert_eq!(g.cache.kv_dtype, KvType::Bf16);
-        assert_eq!((g.threads, g.weights), (Some(2), WeightDtype::F16));
-        assert!(g.json && g.ignore_eos);
+        assert_eq!(g.run.cache.attention, Attention::Sparse);
+        assert_eq!(g.run.cache.kv_dtype, KvType::Bf16);
+        assert_eq!((g.run.threads, g.run.weights), (Some(2), WeightDtype::F16));
+        assert!(g.json && g.run.ignore_eos);
     }
 
     #[test]
@@ -331,6 +365,35 @@ mod tests {
         ] {
             assert!(parse(args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn chat_shares_the_run_options() {
+        let c = parse(&[
+            "chat",
+            "--model",
+            "m.gguf",
+            "--system",
+            "Be brief.",
+            "--max-tokens",
+            "5",
+            "--policy",
+            "full",
+            "--budget",
+            "512",
+        ])
+        .unwrap();
+        let Command::Chat(c) = c.command else {
+            panic!("expected chat")
+        };
+        assert_eq!(c.system.as_deref(), Some("Be brief."));
+        assert_eq!(c.run.model, Some(PathBuf::from("m.gguf")));
+        assert_eq!(c.run.max_tokens, 5);
+        assert_eq!(
+            (c.run.cache.policy.as_str(), c.run.cache.budget),
+            ("full", 512)
+        );
+        assert!(parse(&["chat", "--prompt", "x"]).is_err());
     }
 
     #[test]

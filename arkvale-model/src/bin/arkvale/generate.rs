@@ -2,6 +2,7 @@
 //! streaming text to stdout or printing one JSON object.
 
 use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,13 +11,14 @@ use arkvale_core::{
     AttentionMode, CacheConfig, CacheManager, DType, DigestKind, KvDtype, SeqId, policy_by_name,
 };
 use arkvale_cpu::CpuDevice;
+use arkvale_model::chat::{ChatTemplate, Message};
 use arkvale_model::gguf::GgufFile;
 use arkvale_model::llama::LlamaModel;
 use arkvale_model::tokenizer::Tokenizer;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::args::{Attention, CacheArgs, GenerateArgs, KvType, WeightDtype};
+use crate::args::{Attention, CacheArgs, GenerateArgs, KvType, RunArgs, WeightDtype};
 use crate::memory::size_cache;
 use crate::model_path::resolve_model;
 use crate::sampling::{Sampler, SamplingParams};
@@ -25,11 +27,11 @@ use crate::sampling::{Sampler, SamplingParams};
 const PREFILL_CHUNK: usize = 512;
 
 /// Prompts at least this long get a progress bar (when stderr is a terminal).
-const PROGRESS_MIN_TOKENS: usize = 2 * PREFILL_CHUNK;
+pub const PROGRESS_MIN_TOKENS: usize = 2 * PREFILL_CHUNK;
 
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopReason {
+pub enum StopReason {
     Eos,
     MaxTokens,
     ContextLength,
@@ -38,7 +40,8 @@ enum StopReason {
 }
 
 impl StopReason {
-    fn name(self) -> &'static str {
+    /// The name in the statistics.
+    pub fn name(self) -> &'static str {
         match self {
             StopReason::Eos => "eos",
             StopReason::MaxTokens => "max_tokens",
@@ -48,92 +51,150 @@ impl StopReason {
     }
 }
 
-/// Runs `arkvale generate`.
-pub fn run(args: GenerateArgs) -> Result<()> {
-    if args.chat {
-        bail!(
-            "--chat is not supported yet (the chat-template engine is still to come); \
-             write the template into the prompt yourself, e.g. \
-             \"<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n\""
-        );
-    }
+/// A model file loaded for generation: its tokenizer, chat template and weights.
+pub struct Loaded {
+    /// The tokenizer of the file.
+    pub tokenizer: Tokenizer,
+    /// The chat template of the file, if it has one.
+    pub template: Option<ChatTemplate>,
+    /// The weights on the device.
+    pub model: LlamaModel,
+    /// The device the model runs on.
+    pub dev: Arc<CpuDevice>,
+    /// How long loading took.
+    pub load_time: Duration,
+    /// Where the model file is.
+    pub path: PathBuf,
+}
+
+/// Checks the options shared by `generate` and `chat` that clap cannot check.
+pub fn check_run_args(run: &RunArgs) -> Result<SamplingParams> {
     let params = SamplingParams {
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
+        temperature: run.temperature,
+        top_k: run.top_k,
+        top_p: run.top_p,
     };
     params.validate().map_err(anyhow::Error::msg)?;
-    if args.threads == Some(0) {
+    if run.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
-    let prompt = read_prompt(&args)?;
-    let path = resolve_model(args.model.as_deref())?;
+    Ok(params)
+}
 
+/// Loads the model of `--model` (tokenizer, chat template, weights).
+pub fn load(run: &RunArgs) -> Result<Loaded> {
+    let path = resolve_model(run.model.as_deref())?;
     let t_load = Instant::now();
     let file = GgufFile::open(&path)
         .with_context(|| format!("cannot read model file {}", path.display()))?;
     let tokenizer = Tokenizer::from_gguf(&file)
         .with_context(|| format!("cannot build the tokenizer of {}", path.display()))?;
-    let dev = Arc::new(CpuDevice::new(args.threads).context("cannot start the CPU backend")?);
-    let weight_dtype = match args.weights {
+    let template = ChatTemplate::from_gguf(&file)
+        .with_context(|| format!("cannot read the chat template of {}", path.display()))?;
+    let dev = Arc::new(CpuDevice::new(run.threads).context("cannot start the CPU backend")?);
+    let weight_dtype = match run.weights {
         WeightDtype::F32 => DType::F32,
         WeightDtype::F16 => DType::F16,
     };
     let model = LlamaModel::load(dev.clone(), &file, weight_dtype)
         .with_context(|| format!("cannot load the model in {}", path.display()))?;
-    let load_time = t_load.elapsed();
+    Ok(Loaded {
+        tokenizer,
+        template,
+        model,
+        dev,
+        load_time: t_load.elapsed(),
+        path,
+    })
+}
 
-    let prompt_ids = tokenizer
-        .encode(&prompt, true, true)
-        .context("cannot tokenize the prompt")?;
-    if prompt_ids.is_empty() {
-        bail!("the prompt is empty after tokenization");
+impl Loaded {
+    /// The chat template, or a clear error when the model has none.
+    pub fn chat_template(&self) -> Result<&ChatTemplate> {
+        self.template.as_ref().with_context(|| {
+            format!(
+                "{} has no chat template (GGUF metadata tokenizer.chat_template); run \
+                 without --chat and write the prompt format yourself",
+                self.path.display()
+            )
+        })
     }
-    let ctx = model.config().context_length;
-    if prompt_ids.len() > ctx {
-        bail!(
-            "the prompt has {} tokens but the model's context length is {ctx}; shorten it \
-             (it is not truncated)",
-            prompt_ids.len()
+
+    /// Renders `messages` with the chat template (ending with the assistant header) and
+    /// tokenizes the text, special tokens included.
+    pub fn chat_tokens(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let token_text = |id: Option<u32>| {
+            id.and_then(|id| self.tokenizer.id_to_token(id).ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let bos = token_text(self.tokenizer.bos_id());
+        let eos = token_text(self.tokenizer.eos_id());
+        let text = self.chat_template()?.render(messages, true, &bos, &eos)?;
+        self.tokenizer
+            .encode(&text, true, true)
+            .context("cannot tokenize the chat prompt")
+    }
+
+    /// A KV cache for this model sized for `total_tokens` tokens, and its configuration.
+    pub fn new_cache(
+        &self,
+        c: &CacheArgs,
+        total_tokens: usize,
+    ) -> Result<(CacheManager, CacheConfig)> {
+        let mut config = cache_config(c)?;
+        let policy = policy_by_name(&c.policy, &config)?;
+        let sizing = size_cache(
+            &self.model.shape(),
+            &config,
+            policy.residency(),
+            total_tokens,
         );
+        config.device_bytes = sizing.device_bytes;
+        config.host_bytes = sizing.host_bytes;
+        let cache = CacheManager::new(self.dev.clone(), self.model.shape(), config.clone(), policy)
+            .context("cannot create the KV cache")?;
+        Ok((cache, config))
     }
-    let max_tokens = args.max_tokens;
-    let total_tokens = (prompt_ids.len() + max_tokens).min(ctx);
+}
 
-    let mut config = cache_config(&args.cache)?;
-    let policy = policy_by_name(&args.cache.policy, &config)?;
-    let sizing = size_cache(&model.shape(), &config, policy.residency(), total_tokens);
-    config.device_bytes = sizing.device_bytes;
-    config.host_bytes = sizing.host_bytes;
-    let mut cache = CacheManager::new(dev, model.shape(), config.clone(), policy)
-        .context("cannot create the KV cache")?;
-    let seq = cache.add_sequence();
+/// What one decode loop produced.
+pub struct Decoded {
+    /// The generated ids (EOS excluded).
+    pub tokens: Vec<u32>,
+    /// Their text.
+    pub text: String,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Decode steps run (tokens fed back into the cache).
+    pub steps: usize,
+    /// Time spent decoding.
+    pub time: Duration,
+}
 
-    let seed = args.seed.unwrap_or_else(clock_seed);
-    let mut sampler = Sampler::new(params, seed).map_err(anyhow::Error::msg)?;
-    let eos = if args.ignore_eos {
-        None
-    } else {
-        tokenizer.eos_id()
-    };
-
-    // Prefill.
-    let t_prefill = Instant::now();
-    let show_progress = !args.no_progress
-        && std::io::stderr().is_terminal()
-        && prompt_ids.len() >= PROGRESS_MIN_TOKENS;
-    let logits = prefill(&model, &mut cache, seq, &prompt_ids, show_progress)?;
-    let prefill_time = t_prefill.elapsed();
-
-    // Decode.
+/// Samples from `logits`, feeds tokens back through `model.decode` and streams the text to
+/// stdout (unless `quiet`), until EOS, `max_tokens` or the context length (`held` tokens
+/// are already in the sequence). The last sampled token is not fed back.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_loop(
+    loaded: &Loaded,
+    cache: &mut CacheManager,
+    seq: SeqId,
+    mut logits: Vec<f32>,
+    sampler: &mut Sampler,
+    eos: Option<u32>,
+    max_tokens: usize,
+    held: usize,
+    quiet: bool,
+) -> Result<Decoded> {
+    let ctx = loaded.model.config().context_length;
     let mut out = std::io::stdout().lock();
-    let mut stream = tokenizer.decode_stream(true);
+    let mut stream = loaded.tokenizer.decode_stream(true);
     let mut tokens: Vec<u32> = Vec::new();
     let mut text = String::new();
     let mut stop = StopReason::MaxTokens;
-    let mut decode_steps = 0usize;
+    let mut steps = 0usize;
     let t_decode = Instant::now();
-    let mut logits = logits;
     while tokens.len() < max_tokens {
         let next = sampler.sample(&logits).map_err(anyhow::Error::msg)?;
         if Some(next) == eos {
@@ -145,52 +206,68 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             .push(next)
             .context("cannot decode a generated token")?;
         text.push_str(&piece);
-        if !args.json && !piece.is_empty() && !emit(&mut out, &piece)? {
+        if !quiet && !piece.is_empty() && !emit(&mut out, &piece)? {
             stop = StopReason::OutputClosed;
             break;
         }
         if tokens.len() == max_tokens {
             break;
         }
-        if prompt_ids.len() + tokens.len() >= ctx {
+        if held + tokens.len() >= ctx {
             stop = StopReason::ContextLength;
             break;
         }
-        logits = model.decode(&mut cache, &[seq], &[next])?;
-        decode_steps += 1;
+        logits = loaded.model.decode(cache, &[seq], &[next])?;
+        steps += 1;
     }
-    let decode_time = t_decode.elapsed();
+    let time = t_decode.elapsed();
     let tail = stream.finish();
     text.push_str(&tail);
-    if !args.json && stop != StopReason::OutputClosed {
-        let _ = emit(&mut out, &format!("{tail}\n"))?;
+    if !quiet && stop != StopReason::OutputClosed && !emit(&mut out, &format!("{tail}\n"))? {
+        stop = StopReason::OutputClosed;
     }
+    Ok(Decoded {
+        tokens,
+        text,
+        stop,
+        steps,
+        time,
+    })
+}
 
-    let stats = cache.stats().clone();
-    let per_s = |n: usize, t: Duration| {
-        if t.as_secs_f64() > 0.0 {
-            n as f64 / t.as_secs_f64()
-        } else {
-            0.0
-        }
-    };
-    let prefill_tps = per_s(prompt_ids.len(), prefill_time);
-    let decode_tps = per_s(decode_steps, decode_time);
-    let recalls_per_step = if decode_steps == 0 {
+/// Tokens per second.
+pub fn per_s(n: usize, t: Duration) -> f64 {
+    if t.as_secs_f64() > 0.0 {
+        n as f64 / t.as_secs_f64()
+    } else {
+        0.0
+    }
+}
+
+/// The statistics line on stderr (`recalls`: pages recalled during this decode).
+pub fn print_stats(
+    policy: &str,
+    prefill_tokens: usize,
+    prefill_time: Duration,
+    d: &Decoded,
+    recalls: u64,
+    cache: &CacheManager,
+) {
+    let recalls_per_step = if d.steps == 0 {
         0.0
     } else {
-        stats.recalls as f64 / decode_steps as f64
+        recalls as f64 / d.steps as f64
     };
     let resident = cache.resident_bytes();
     let full = cache.full_bytes();
     eprintln!(
         "[arkvale] policy {} | prefill {} tokens, {:.1} tokens/s | decode {} tokens, {:.1} \
          tokens/s | KV resident {} of {} full ({:.0}%) | {:.2} recalls/step | stop: {}",
-        args.cache.policy,
-        prompt_ids.len(),
-        prefill_tps,
-        decode_steps,
-        decode_tps,
+        policy,
+        prefill_tokens,
+        per_s(prefill_tokens, prefill_time),
+        d.steps,
+        per_s(d.steps, d.time),
         human_bytes(resident),
         human_bytes(full),
         if full > 0 {
@@ -199,26 +276,102 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             100.0
         },
         recalls_per_step,
-        stop.name(),
+        d.stop.name(),
+    );
+}
+
+/// Runs `arkvale generate`.
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let params = check_run_args(&args.run)?;
+    let prompt = read_prompt(&args)?;
+    let loaded = load(&args.run)?;
+    let run = &args.run;
+
+    let prompt_ids = if args.chat {
+        let user = prompt.trim_end_matches(['\n', '\r']);
+        loaded.chat_tokens(&[Message::user(user)])?
+    } else {
+        loaded
+            .tokenizer
+            .encode(&prompt, true, true)
+            .context("cannot tokenize the prompt")?
+    };
+    if prompt_ids.is_empty() {
+        bail!("the prompt is empty after tokenization");
+    }
+    let ctx = loaded.model.config().context_length;
+    if prompt_ids.len() > ctx {
+        bail!(
+            "the prompt has {} tokens but the model's context length is {ctx}; shorten it \
+             (it is not truncated)",
+            prompt_ids.len()
+        );
+    }
+    let total_tokens = (prompt_ids.len() + run.max_tokens).min(ctx);
+    let (mut cache, config) = loaded.new_cache(&run.cache, total_tokens)?;
+    let seq = cache.add_sequence();
+
+    let seed = run.seed.unwrap_or_else(clock_seed);
+    let mut sampler = Sampler::new(params, seed).map_err(anyhow::Error::msg)?;
+    let eos = if run.ignore_eos {
+        None
+    } else {
+        loaded.tokenizer.eos_id()
+    };
+
+    // Prefill.
+    let t_prefill = Instant::now();
+    let show_progress = !run.no_progress
+        && std::io::stderr().is_terminal()
+        && prompt_ids.len() >= PROGRESS_MIN_TOKENS;
+    let logits = prefill(&loaded.model, &mut cache, seq, &prompt_ids, show_progress)?;
+    let prefill_time = t_prefill.elapsed();
+
+    // Decode.
+    let d = decode_loop(
+        &loaded,
+        &mut cache,
+        seq,
+        logits,
+        &mut sampler,
+        eos,
+        run.max_tokens,
+        prompt_ids.len(),
+        args.json,
+    )?;
+
+    let stats = cache.stats().clone();
+    print_stats(
+        &run.cache.policy,
+        prompt_ids.len(),
+        prefill_time,
+        &d,
+        stats.recalls,
+        &cache,
     );
     if args.json {
+        let recalls_per_step = if d.steps == 0 {
+            0.0
+        } else {
+            stats.recalls as f64 / d.steps as f64
+        };
         let obj = json!({
             "prompt_tokens": prompt_ids,
-            "tokens": tokens,
-            "text": text,
+            "tokens": d.tokens,
+            "text": d.text,
             "stats": {
-                "prefill_tokens_per_s": prefill_tps,
-                "decode_tokens_per_s": decode_tps,
-                "kv_resident_bytes": resident,
-                "kv_full_bytes": full,
+                "prefill_tokens_per_s": per_s(prompt_ids.len(), prefill_time),
+                "decode_tokens_per_s": per_s(d.steps, d.time),
+                "kv_resident_bytes": cache.resident_bytes(),
+                "kv_full_bytes": cache.full_bytes(),
                 "recalls_per_step": recalls_per_step,
                 "recalls_per_layer_step": stats.recalls_per_layer_step(),
                 "prefill_seconds": prefill_time.as_secs_f64(),
-                "decode_seconds": decode_time.as_secs_f64(),
-                "decode_steps": decode_steps,
-                "load_seconds": load_time.as_secs_f64(),
-                "stop_reason": stop.name(),
-                "policy": args.cache.policy,
+                "decode_seconds": d.time.as_secs_f64(),
+                "decode_steps": d.steps,
+                "load_seconds": loaded.load_time.as_secs_f64(),
+                "stop_reason": d.stop.name(),
+                "policy": run.cache.policy,
                 "budget_tokens": config.budget_tokens,
                 "page_size": config.page_size,
                 "kv_device_pool_bytes": config.device_bytes,
@@ -232,13 +385,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 "seed": seed,
             }
         });
+        let mut out = std::io::stdout().lock();
         let _ = emit(&mut out, &format!("{obj}\n"))?;
     }
     Ok(())
 }
 
 /// Writes `s` to stdout and flushes; `Ok(false)` when stdout was closed by the reader.
-fn emit(out: &mut impl Write, s: &str) -> Result<bool> {
+pub fn emit(out: &mut impl Write, s: &str) -> Result<bool> {
     match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
@@ -304,7 +458,7 @@ pub fn kv_dtype(k: KvType) -> KvDtype {
 /// Prefills `ids` in chunks of the cache's `prefill_chunk_tokens` (the same chunks the model
 /// would make), advancing a progress bar on stderr. Token-level policies (H2O, TOVA) choose
 /// their tokens on a call's last chunk, so for them the prompt goes in one call.
-fn prefill(
+pub fn prefill(
     model: &LlamaModel,
     cache: &mut CacheManager,
     seq: SeqId,
@@ -342,7 +496,7 @@ fn prefill(
 }
 
 /// A seed from the clock, for runs without `--seed`.
-fn clock_seed() -> u64 {
+pub fn clock_seed() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)

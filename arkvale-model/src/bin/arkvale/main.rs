@@ -2,11 +2,13 @@
 //!
 //! * `arkvale generate --prompt TEXT` streams a continuation to stdout (`--json`: one JSON
 //!   object with ids, text and statistics) and ends with a statistics line on stderr.
+//! * `arkvale chat` is an interactive multi-turn chat on stdin, the KV cache kept across turns.
 //! * `arkvale info --model PATH` describes a model and the KV memory a context needs.
 //!
 //! Errors are one `error: ...` message on stderr and exit status 1; usage errors exit with 2.
 
 mod args;
+mod chat;
 mod generate;
 mod info;
 mod memory;
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         args::Command::Generate(a) => generate::run(a),
         args::Command::Info(a) => info::run(a),
+        args::Command::Chat(a) => chat::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
