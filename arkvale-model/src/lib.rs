@@ -14,7 +14,8 @@
 //! byte-level BPE vocabularies of GGUF files (SmolLM2, Llama 3, Qwen2, GPT-2 style). The
 //! [`llama`] module runs Llama-family decoders from GGUF (SmolLM2, Llama 2/3 files of
 //! architecture `llama`): chunked prefill and batched decode with every attention going through
-//! the `CacheManager`, f32 logits out.
+//! the `CacheManager`, f32 logits out. The [`chat`] module renders the chat templates stored
+//! in model files (Jinja, with `minijinja`) into prompt text.
 
 #![warn(missing_docs)]
 
