@@ -189,7 +189,7 @@ pub fn decode_loop(
 ) -> Result<Decoded> {
     let ctx = loaded.model.config().context_length;
     let mut out = std::io::stdout().lock();
-    let mut stream = loaded.tokenizer.decode_stream(true);
+    let mut stream = loaded.tokenizer.decode_stream_continuing(true);
     let mut tokens: Vec<u32> = Vec::new();
     let mut text = String::new();
     let mut stop = StopReason::MaxTokens;
