@@ -3,6 +3,9 @@
 //! template (always) and with the template stored in the model file (when the model is
 //! present: `$ARKVALE_SMOLLM2_GGUF`, else `models/SmolLM2-135M-Instruct.Q4_1.gguf`).
 
+mod common;
+
+use common::model_path;
 use std::path::PathBuf;
 
 use arkvale_model::chat::{ChatTemplate, Message};
@@ -34,24 +37,6 @@ fn fixture_chat() -> (String, String) {
         .expect("the fixture's chat prompt is ChatML: system + user + assistant header")
         .to_string();
     (text, user)
-}
-
-fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("ARKVALE_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipped: SmolLM2 GGUF not found at {} (set ARKVALE_SMOLLM2_GGUF)",
-            path.display()
-        );
-        None
-    }
 }
 
 #[test]

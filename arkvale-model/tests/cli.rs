@@ -6,7 +6,9 @@
 //! `models/SmolLM2-135M-Instruct.Q4_1.gguf` at the workspace root; without it the model test
 //! prints a skip line and passes.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{fixture, model_path};
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
@@ -22,33 +24,6 @@ fn arkvale(args: &[&str]) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn model_path() -> Option<PathBuf> {
-    let path = ["ARKVALE_MODEL", "ARKVALE_SMOLLM2_GGUF"]
-        .iter()
-        .find_map(std::env::var_os)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipped: SmolLM2 GGUF not found at {} (set ARKVALE_MODEL or fetch it as the \
-             README says)",
-            path.display()
-        );
-        None
-    }
-}
-
-fn fixture() -> Value {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u64> {

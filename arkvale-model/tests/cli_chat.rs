@@ -2,40 +2,15 @@
 //! when the model is absent: `$ARKVALE_MODEL`, else `$ARKVALE_SMOLLM2_GGUF`, else
 //! `models/SmolLM2-135M-Instruct.Q4_1.gguf` at the workspace root).
 
+mod common;
+
+use common::{fixture, model_path};
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
 const SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
-
-fn model_path() -> Option<PathBuf> {
-    let path = ["ARKVALE_MODEL", "ARKVALE_SMOLLM2_GGUF"]
-        .iter()
-        .find_map(std::env::var_os)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipped: SmolLM2 GGUF not found at {} (set ARKVALE_MODEL or fetch it as the \
-             README says)",
-            path.display()
-        );
-        None
-    }
-}
-
-fn fixture() -> Value {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 /// Runs the binary with `stdin` piped in; returns (status ok, stdout, stderr).
 fn arkvale(args: &[&str], stdin: &str) -> (bool, String, String) {

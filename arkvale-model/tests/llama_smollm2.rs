@@ -4,7 +4,9 @@
 //! `models/SmolLM2-135M-Instruct.Q4_1.gguf` at the workspace root; when neither exists the
 //! tests print a skip line and pass.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{fixture, model_path};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,30 +24,6 @@ use serde_json::Value;
 /// room for other blocking (threads, backends) while still catching any real mistake (a wrong
 /// RoPE angle or norm moves logits by > 0.1).
 const LOGIT_TOL: f32 = 1e-3;
-
-fn model_path() -> Option<PathBuf> {
-    let path = match std::env::var_os("ARKVALE_SMOLLM2_GGUF") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipped: SmolLM2 GGUF not found at {} (set ARKVALE_SMOLLM2_GGUF or run \
-             `cargo xtask fetch-model`)",
-            path.display()
-        );
-        None
-    }
-}
-
-fn fixture() -> Value {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()

@@ -6,20 +6,13 @@
 //! `<workspace>/models/SmolLM2-135M-Instruct.Q4_1.gguf` (where `.ci/run` and
 //! `cargo xtask fetch-model` put it). Without either the tests print a skip line and pass.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{fixture, model_path};
 
 use arkvale_model::gguf::GgufFile;
 use arkvale_model::tokenizer::{PreTokenizer, TokenType, Tokenizer};
 use serde_json::Value;
-
-fn model_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ARKVALE_SMOLLM2_GGUF") {
-        return Some(PathBuf::from(p));
-    }
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.exists().then_some(p)
-}
 
 fn tokenizer() -> Option<Tokenizer> {
     let Some(path) = model_path() else {
@@ -30,11 +23,6 @@ fn tokenizer() -> Option<Tokenizer> {
     };
     let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
     Some(Tokenizer::from_gguf(&file).unwrap())
-}
-
-fn fixture() -> Value {
-    let text = include_str!("fixtures/smollm2_reference.json");
-    serde_json::from_str(text).unwrap()
 }
 
 /// Every (name, text, ids) case of the fixture: the two prompts, the passkey pieces and the two
