@@ -5,21 +5,22 @@ use std::time::Instant;
 use super::table::{GroupTable, LayerPlan};
 use super::tokens::Dropped;
 use super::{CacheManager, SeqId};
-use crate::digest::rank_cmp;
 use crate::policy::{AttendScope, Residency};
 use crate::{
     AppendDest, AttnPage, AttnRow, Buffer, DType, DeviceExt, Error, EstimateJob, PageBudget,
     Result, TopkSegment,
 };
 
-/// Where one (row, group)'s candidates sit in the step's score list.
+/// Where one (row, group)'s candidates sit in the step's ranking.
 struct ScoredGroup {
     row: usize,
     group: usize,
     first_candidate: usize,
-    score_start: usize,
+    /// Candidates (the device ranks all of them).
     len: usize,
+    /// Offset of this group's ranking in the step's picks.
     pick_start: usize,
+    /// Top-k: the first `k` of the ranking.
     k: usize,
 }
 
@@ -113,27 +114,27 @@ impl CacheManager {
                             digest,
                         });
                     }
-                    let k = plan.topk.min(cands.len());
+                    // The whole ranking comes back, not only the top-k: its tail orders the
+                    // recall victims, so no scores need to be read back.
                     segments.push(TopkSegment {
                         start: start as u32,
                         len: cands.len() as u32,
-                        k: k as u32,
+                        k: cands.len() as u32,
                     });
                     scored.push(ScoredGroup {
                         row,
                         group: g,
                         first_candidate: cands.start,
-                        score_start: start,
                         len: cands.len(),
                         pick_start: picks_total,
-                        k,
+                        k: plan.topk.min(cands.len()),
                     });
-                    picks_total += k;
+                    picks_total += cands.len();
                 }
             }
         }
-        let (scores, picks) = if jobs.is_empty() {
-            (Vec::new(), Vec::new())
+        let picks = if jobs.is_empty() {
+            Vec::new()
         } else {
             self.estimate_and_pick(&plan, q, &jobs, &segments, picks_total)?
         };
@@ -153,21 +154,15 @@ impl CacheManager {
             for (g, table) in ls.groups.iter_mut().enumerate() {
                 let mut top: Vec<usize> = Vec::new();
                 if let Some(sg) = scored_iter.next_if(|sg| sg.row == row && sg.group == g) {
-                    let seg_scores = &scores[sg.score_start..sg.score_start + sg.len];
-                    top = picks[sg.pick_start..sg.pick_start + sg.k]
+                    let ranking: Vec<usize> = picks[sg.pick_start..sg.pick_start + sg.len]
                         .iter()
                         .map(|&i| sg.first_candidate + i as usize)
                         .collect();
+                    top = ranking[..sg.k].to_vec();
                     if plan.residency == (Residency::Budget { recall: true }) {
-                        let recalled = self.res.plan_recalls(
-                            table,
-                            &budget,
-                            &plan,
-                            &top,
-                            seg_scores,
-                            sg.first_candidate,
-                            &mut copies,
-                        )?;
+                        let recalled =
+                            self.res
+                                .plan_recalls(table, &budget, &ranking, sg.k, &mut copies)?;
                         self.res.stats.recalls += recalled as u64;
                     }
                 }
@@ -235,7 +230,7 @@ impl CacheManager {
         Ok(())
     }
 
-    /// Estimates every job, selects each segment's top-k on the device, and reads scores and
+    /// Estimates every job, selects each segment's top-k on the device, and reads the picks
     /// picks back (the step's one host synchronization).
     pub(super) fn estimate_and_pick(
         &mut self,
@@ -244,7 +239,7 @@ impl CacheManager {
         jobs: &[EstimateJob],
         segments: &[TopkSegment],
         picks_total: usize,
-    ) -> Result<(Vec<f32>, Vec<u32>)> {
+    ) -> Result<Vec<u32>> {
         let kind = plan.digest.expect("scored layers have a digest");
         let res = &mut self.res;
         let dev = res.dev.clone();
@@ -279,9 +274,7 @@ impl CacheManager {
             scores_buf,
         )?;
         dev.topk(scores_buf, segments, picks_buf)?;
-        let picks = dev.download_u32(picks_buf, 0, picks_total)?;
-        let scores = dev.download_f32_range(scores_buf, 0, jobs.len())?;
-        Ok((scores, picks))
+        dev.download_u32(picks_buf, 0, picks_total)
     }
 
     /// Writes the dropped tokens' keep-mask bytes to zero.
@@ -339,20 +332,19 @@ impl CacheManager {
 }
 
 impl super::Resources {
-    /// For one scored (sequence, group): recalls the evicted pages of `top` into the slots of
-    /// the lowest-ranked resident candidates outside `top` (or free slots while under budget).
-    /// Returns how many pages it recalls; the copies are appended to `copies`.
-    #[allow(clippy::too_many_arguments)]
+    /// For one scored (sequence, group) with its candidates `ranking` (page indices, best
+    /// first, as the device's top-k ranked them): recalls the evicted pages among the first `k`
+    /// into the slots of the lowest-ranked resident candidates outside them (or free slots
+    /// while under budget). Returns how many pages it recalls; the copies go to `copies`.
     fn plan_recalls(
         &mut self,
         table: &mut GroupTable,
         budget: &PageBudget,
-        plan: &LayerPlan,
-        top: &[usize],
-        scores: &[f32],
-        first_candidate: usize,
+        ranking: &[usize],
+        k: usize,
         copies: &mut Vec<(u32, crate::host_store::BackupId)>,
     ) -> Result<usize> {
+        let (top, rest) = ranking.split_at(k);
         let missing: Vec<usize> = top
             .iter()
             .copied()
@@ -361,14 +353,13 @@ impl super::Resources {
         if missing.is_empty() {
             return Ok(0);
         }
-        let n_pages = table.pages.len();
-        let mut victims: Vec<usize> = plan
-            .candidates(budget, n_pages)
-            .filter(|i| table.pages[*i].slot.is_some() && !top.contains(i))
+        // Worst-ranked first: the ranking's tail, reversed.
+        let victims: Vec<usize> = rest
+            .iter()
+            .rev()
+            .copied()
+            .filter(|&i| table.pages[i].slot.is_some())
             .collect();
-        // Worst-ranked first: the reverse of the top-k order.
-        let score = |i: usize| scores[i - first_candidate];
-        victims.sort_by(|&a, &b| rank_cmp(score(b), b as u32, score(a), a as u32));
         let mut victims = victims.into_iter();
         for &page in &missing {
             let slot = match victims.next() {

@@ -382,7 +382,6 @@ impl CacheManager {
             Vec::new()
         } else {
             self.estimate_and_pick(plan, q, &jobs, &segments, picks_total)?
-                .1
         };
         self.res.stats.pages_scored += jobs.len() as u64;
         self.res.stats.time.estimate += started.elapsed();
