@@ -449,6 +449,10 @@ pub trait Device: Send + Sync {
     /// The residual add, **in place**: `x[i] += y[i]` for `i < len` (f32; `x` and `y` must
     /// be different buffers).
     fn add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()>;
+    /// A bias added to every row, **in place**: `x[r, c] += bias[c]` for `r < rows`,
+    /// `c < cols` (f32; `x` `[rows, cols]` and `bias` `[cols]` must be different buffers).
+    /// Used for the q/k/v projection biases of Qwen2. `cols` must be non-zero when `rows > 0`.
+    fn add_bias(&self, rows: usize, cols: usize, x: &Buffer, bias: &Buffer) -> Result<()>;
     /// Gathers rows of `table` (`[vocab, dim]`, f32, f16 or bf16, `vocab = table.len() / dim`)
     /// into f32 `out [ids.len(), dim]`: `out[t] = table[ids[t]]`. An id `>= vocab` is an error.
     fn embedding(&self, dim: usize, table: &Buffer, ids: &[u32], out: &Buffer) -> Result<()>;

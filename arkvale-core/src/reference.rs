@@ -29,7 +29,7 @@ use crate::device::{
 use crate::{DigestKind, ScoreAgg, digest};
 
 pub mod dense;
-pub use dense::{add, argmax, embedding, matmul, rmsnorm, rope, rope_pair, silu_mul};
+pub use dense::{add, add_bias, argmax, embedding, matmul, rmsnorm, rope, rope_pair, silu_mul};
 
 /// Writes each destination's keys and values (`k`, `v`: f32 `[tokens, Hkv, d]`) into `pool`,
 /// rounded with [`KvDtype::round`](crate::KvDtype::round). Destinations are applied in order,

@@ -71,6 +71,19 @@ pub(crate) fn add(par: Par, x: &mut [f32], y: &[f32]) {
     });
 }
 
+/// `x[r, c] += bias[c]` for rows of `bias.len()` values (non-empty) of `x`.
+pub(crate) fn add_bias(par: Par, x: &mut [f32], bias: &[f32]) {
+    let rows_per_item = (CHUNK / bias.len()).max(1);
+    let items: Vec<_> = x.chunks_mut(rows_per_item * bias.len()).collect();
+    par.for_each(items, |x| {
+        for row in x.chunks_mut(bias.len()) {
+            for (a, &b) in row.iter_mut().zip(bias) {
+                *a += b;
+            }
+        }
+    });
+}
+
 /// `out[t] = table[ids[t]]` (widened to f32), rows of `dim` values; ids checked by the caller.
 pub(crate) fn embedding<T: KvElem>(
     par: Par,

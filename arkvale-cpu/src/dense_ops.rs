@@ -194,6 +194,39 @@ impl CpuDevice {
         Ok(())
     }
 
+    /// See [`arkvale_core::Device::add_bias`].
+    pub(crate) fn dense_add_bias(
+        &self,
+        rows: usize,
+        cols: usize,
+        x: &Buffer,
+        bias: &Buffer,
+    ) -> Result<()> {
+        let x_s = self.typed(x, DType::F32, "add_bias: x")?;
+        let b_s = self.typed(bias, DType::F32, "add_bias: bias")?;
+        if Arc::ptr_eq(x_s, b_s) {
+            return Err(Error::shape(
+                "add_bias: x and bias must be different buffers",
+            ));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        if cols == 0 {
+            return Err(Error::shape("add_bias: cols must be non-zero"));
+        }
+        let len = rows
+            .checked_mul(cols)
+            .ok_or_else(|| Error::shape("add_bias: rows * cols overflows"))?;
+        at_least(x, len, "add_bias: x")?;
+        at_least(bias, cols, "add_bias: bias")?;
+        let bg = b_s.data.read_recursive();
+        let mut xg = x_s.data.write();
+        let (bv, xv) = (f32s(&bg)?, f32s_mut(&mut xg)?);
+        self.run(len, |par| dense::add_bias(par, &mut xv[..len], &bv[..cols]));
+        Ok(())
+    }
+
     /// See [`arkvale_core::Device::embedding`].
     pub(crate) fn dense_embedding(
         &self,

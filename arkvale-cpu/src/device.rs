@@ -746,6 +746,10 @@ impl Device for CpuDevice {
         self.dense_add(len, x, y)
     }
 
+    fn add_bias(&self, rows: usize, cols: usize, x: &Buffer, bias: &Buffer) -> Result<()> {
+        self.dense_add_bias(rows, cols, x, bias)
+    }
+
     fn embedding(&self, dim: usize, table: &Buffer, ids: &[u32], out: &Buffer) -> Result<()> {
         self.dense_embedding(dim, table, ids, out)
     }

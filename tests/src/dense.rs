@@ -1,4 +1,4 @@
-//! Differential cases of the dense model ops (matmul, RMSNorm, RoPE, SiLU-gating, add,
+//! Differential cases of the dense model ops (matmul, RMSNorm, RoPE, SiLU-gating, add, bias add,
 //! embedding, argmax) against [`arkvale_core::reference::dense`], on random shapes with a fresh
 //! seed per run (replay with `PROPTEST_RNG_SEED`). Inputs are random and non-zero (magnitudes
 //! in [0.05, 1], both signs); outputs are poisoned (NaN, `u32::MAX`) and allocated a few
@@ -12,7 +12,7 @@
 //!   weight type), so the tolerance covers only the backend's own arithmetic; the CPU backend
 //!   widens half weights exactly and meets 1e-5 there too (its unit tests check that);
 //! * `rmsnorm`, `rope`, `silu_mul`: [`TOL_F32`] with `scale = 1`;
-//! * `add`, `embedding` (any table type: widening is exact), `argmax`: exact.
+//! * `add`, `add_bias`, `embedding` (any table type: widening is exact), `argmax`: exact.
 
 use std::sync::Arc;
 
@@ -268,7 +268,17 @@ fn silu_add(dev: &Arc<dyn Device>) -> Result<(), String> {
         dev.add(len, &xb, &ub).map_err(err)?;
         reference::add(&mut x[..len], &up);
         let got = dev.download_f32(&xb).map_err(err)?;
-        close(&got, &x, 0.0, &[0.0; 0], &format!("add of {len}"))
+        close(&got, &x, 0.0, &[0.0; 0], &format!("add of {len}"))?;
+
+        let (rows, cols) = (g.range(1, 300), g.range(1, 900));
+        let bias = g.values(cols);
+        let mut x = g.values(rows * cols);
+        x.extend([7.0f32; PAD]);
+        let (xb, bb) = (upload(dev, &x)?, upload(dev, &bias)?);
+        dev.add_bias(rows, cols, &xb, &bb).map_err(err)?;
+        reference::add_bias(&mut x[..rows * cols], &bias);
+        let got = dev.download_f32(&xb).map_err(err)?;
+        close(&got, &x, 0.0, &[0.0; 0], &format!("add_bias {rows}x{cols}"))
     })
 }
 
@@ -392,6 +402,10 @@ fn bad_sizes(dev: &Arc<dyn Device>) -> Result<(), String> {
         ("silu_mul aliased", dev.silu_mul(4, &x, &w, &w)),
         ("add same buffer", dev.add(4, &x, &x)),
         ("add too long", dev.add(5, &x, &out)),
+        ("add_bias same buffer", dev.add_bias(1, 4, &x, &x)),
+        ("add_bias x too small", dev.add_bias(2, 4, &x, &w)),
+        ("add_bias bias too small", dev.add_bias(1, 5, &x, &out)),
+        ("add_bias zero cols", dev.add_bias(1, 0, &x, &w)),
         (
             "embedding id outside vocab",
             dev.embedding(2, &w, &[3], &out),

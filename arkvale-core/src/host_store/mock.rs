@@ -256,6 +256,9 @@ impl Device for MockDevice {
     fn add(&self, _: usize, _: &Buffer, _: &Buffer) -> Result<()> {
         unsupported()
     }
+    fn add_bias(&self, _: usize, _: usize, _: &Buffer, _: &Buffer) -> Result<()> {
+        unsupported()
+    }
     fn embedding(&self, _: usize, _: &Buffer, _: &[u32], _: &Buffer) -> Result<()> {
         unsupported()
     }

@@ -77,6 +77,13 @@ pub fn add(x: &mut [f32], y: &[f32]) {
     }
 }
 
+/// `x[r, c] += bias[c]` over the rows of `bias.len()` values in `x` (one f32 rounding each).
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_mut(bias.len().max(1)) {
+        add(row, bias);
+    }
+}
+
 /// `out[t, :] = table[ids[t], :]` for a table of rows of `dim` values.
 pub fn embedding(dim: usize, table: &[f32], ids: &[u32], out: &mut [f32]) {
     for (t, &id) in ids.iter().enumerate() {
