@@ -40,6 +40,7 @@
 //! memory. Other sequences are unaffected.
 
 mod decode;
+mod fork;
 mod prefill;
 mod residency;
 mod table;
@@ -54,6 +55,7 @@ use crate::pool::{DigestStore, SlotPool};
 use crate::stats::CacheStats;
 use crate::{Buffer, CacheConfig, DType, Device, Error, KvLayout, ModelShape, PageBudget, Result};
 
+pub use fork::PrefillSnapshot;
 use table::{GroupTable, LayerPlan, LayerState, Sequence, TokenState};
 
 /// Identifies a sequence in a [`CacheManager`].
@@ -114,6 +116,8 @@ pub struct CacheManager {
     seqs: BTreeMap<SeqId, Sequence>,
     next_id: u64,
     scale: f32,
+    /// Sequences whose prefill is being recorded (see `fork`).
+    captures: BTreeMap<SeqId, fork::Capture>,
 }
 
 impl CacheManager {
@@ -180,6 +184,7 @@ impl CacheManager {
             config,
             seqs: BTreeMap::new(),
             next_id: 0,
+            captures: BTreeMap::new(),
         })
     }
 
@@ -207,6 +212,7 @@ impl CacheManager {
     /// Removes a sequence and frees its slots, digests and host backups.
     pub fn remove_sequence(&mut self, id: SeqId) -> Result<()> {
         let seq = self.seqs.remove(&id).ok_or(Error::UnknownSequence(id.0))?;
+        self.captures.remove(&id);
         let mut first_error = None;
         for layer in seq.layers {
             for group in layer.groups {

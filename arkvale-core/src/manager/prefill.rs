@@ -117,6 +117,10 @@ impl CacheManager {
             .dev
             .attention_finalize(&layout, &state, &rows, out)?;
         self.res.stats.time.attention += started.elapsed();
+        if self.captures.contains_key(&seq) {
+            let streamed = !evicted.is_empty();
+            self.capture_chunk(layer, seq, q, k, v, n, &rows, &pages, streamed, last_chunk)?;
+        }
 
         // Token-level baselines: H2O accumulates every prompt query's attention; TOVA keeps
         // what the last prompt token attends to.
@@ -162,7 +166,7 @@ impl CacheManager {
 
     /// Appends `n` tokens' keys and values to a layer of a sequence (chunk pages take fresh
     /// slots) and seals the pages they fill. Returns the position of the first new token.
-    fn append_chunk(
+    pub(super) fn append_chunk(
         &mut self,
         plan: &LayerPlan,
         layer: usize,
@@ -335,7 +339,7 @@ impl CacheManager {
 
     /// After a chunk: for each group with more than `B` pages keep sinks + window + the
     /// `B - sinks - window` candidates ranked best for the chunk's last query.
-    fn select_after_prefill(
+    pub(super) fn select_after_prefill(
         &mut self,
         plan: &LayerPlan,
         seq: SeqId,
