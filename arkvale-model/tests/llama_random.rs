@@ -1,15 +1,19 @@
 //! A small random-weight Llama model (no file needed): prefill/decode consistency, chunking,
 //! batching, `arkvale` against `full`, bad input, and `LlamaConfig::from_gguf` / `load` on an
-//! in-memory GGUF file written here.
+//! in-memory GGUF file written here; the forward pass (Llama and Qwen2 with biases) against a
+//! naive f64 reference.
+
+mod common;
 
 use std::sync::Arc;
 
 use arkvale_core::{
-    CacheConfig, CacheManager, DType, Device, KvDtype, RopeScaling, policy_by_name,
+    CacheConfig, CacheManager, DType, Device, KvDtype, RopeScaling, RopeStyle, policy_by_name,
 };
 use arkvale_cpu::CpuDevice;
 use arkvale_model::gguf::GgufFile;
 use arkvale_model::llama::{HostLayer, LlamaConfig, LlamaError, LlamaHostWeights, LlamaModel};
+use common::naive::naive_logits;
 
 /// Deterministic xorshift generator of values in [-1, 1).
 struct Rng(u64);
@@ -45,6 +49,17 @@ fn tiny_config() -> LlamaConfig {
         rope_freq_factors: None,
         rms_eps: 1e-5,
         tied_embeddings: true,
+        qkv_bias: false,
+    }
+}
+
+/// [`tiny_config`] as a Qwen2 model: q/k/v biases, untied output.
+fn tiny_qwen2_config() -> LlamaConfig {
+    LlamaConfig {
+        arch: "qwen2".into(),
+        qkv_bias: true,
+        tied_embeddings: false,
+        ..tiny_config()
     }
 }
 
@@ -55,16 +70,24 @@ fn random_weights(c: &LlamaConfig, seed: u64) -> LlamaHostWeights {
     LlamaHostWeights {
         embedding: r.vec(c.vocab * d, 1.0),
         layers: (0..c.layers)
-            .map(|_| HostLayer {
-                attn_norm: r.norm(d),
-                wq: r.vec(d * d, s(d)),
-                wk: r.vec(kv * d, s(d)),
-                wv: r.vec(kv * d, s(d)),
-                wo: r.vec(d * d, s(d)),
-                ffn_norm: r.norm(d),
-                w_gate: r.vec(f * d, s(d)),
-                w_up: r.vec(f * d, s(d)),
-                w_down: r.vec(d * f, s(f)),
+            .map(|_| {
+                let mut layer = HostLayer {
+                    attn_norm: r.norm(d),
+                    wq: r.vec(d * d, s(d)),
+                    wk: r.vec(kv * d, s(d)),
+                    wv: r.vec(kv * d, s(d)),
+                    wo: r.vec(d * d, s(d)),
+                    ffn_norm: r.norm(d),
+                    w_gate: r.vec(f * d, s(d)),
+                    w_up: r.vec(f * d, s(d)),
+                    w_down: r.vec(d * f, s(f)),
+                    ..Default::default()
+                };
+                if c.qkv_bias {
+                    (layer.bq, layer.bk, layer.bv) =
+                        (r.vec(d, 0.8), r.vec(kv, 0.8), r.vec(kv, 0.8));
+                }
+                layer
             })
             .collect(),
         output_norm: r.norm(d),
@@ -241,7 +264,7 @@ enum Md {
     Str(&'static str),
 }
 
-fn gguf_bytes(md: &[(&str, Md)], tensors: &[(String, Vec<u64>, Vec<f32>)]) -> Vec<u8> {
+fn gguf_bytes<K: AsRef<str>>(md: &[(K, Md)], tensors: &[(String, Vec<u64>, Vec<f32>)]) -> Vec<u8> {
     fn string(out: &mut Vec<u8>, s: &str) {
         out.extend((s.len() as u64).to_le_bytes());
         out.extend(s.as_bytes());
@@ -251,7 +274,7 @@ fn gguf_bytes(md: &[(&str, Md)], tensors: &[(String, Vec<u64>, Vec<f32>)]) -> Ve
     out.extend((tensors.len() as u64).to_le_bytes());
     out.extend((md.len() as u64).to_le_bytes());
     for (k, v) in md {
-        string(&mut out, k);
+        string(&mut out, k.as_ref());
         match v {
             Md::U32(x) => {
                 out.extend(4u32.to_le_bytes());
@@ -309,8 +332,11 @@ fn tiny_metadata() -> Vec<(&'static str, Md)> {
 }
 
 fn tiny_tensors() -> Vec<(String, Vec<u64>, Vec<f32>)> {
-    let c = tiny_config();
-    let w = random_weights(&c, 7);
+    gguf_tensors(&tiny_config(), random_weights(&tiny_config(), 7))
+}
+
+/// `w` under llama.cpp's tensor names and ggml dims (biases when present).
+fn gguf_tensors(c: &LlamaConfig, w: LlamaHostWeights) -> Vec<(String, Vec<u64>, Vec<f32>)> {
     let (d, kv, f, v) = (
         c.d_model as u64,
         (c.kv_heads * c.head_dim) as u64,
@@ -332,6 +358,15 @@ fn tiny_tensors() -> Vec<(String, Vec<u64>, Vec<f32>)> {
         t.push((name("ffn_gate"), vec![d, f], x.w_gate));
         t.push((name("ffn_up"), vec![d, f], x.w_up));
         t.push((name("ffn_down"), vec![f, d], x.w_down));
+        if c.qkv_bias {
+            let bias = |s: &str| format!("blk.{l}.{s}.bias");
+            t.push((bias("attn_q"), vec![d], x.bq));
+            t.push((bias("attn_k"), vec![kv], x.bk));
+            t.push((bias("attn_v"), vec![kv], x.bv));
+        }
+    }
+    if let Some(out) = w.output {
+        t.push(("output.weight".to_string(), vec![d, v], out));
     }
     t
 }
@@ -472,4 +507,99 @@ fn rope_freqs_tensor_scales_the_frequencies() {
     assert!(e.to_string().contains("rope_freqs.weight"), "{e}");
     let e = LlamaConfig::from_gguf(&with_freqs(vec![0.0; half])).unwrap_err();
     assert!(e.to_string().contains("rope_freqs.weight"), "{e}");
+}
+
+/// Logits of the prefill of `tokens[..split]` and of decoding the rest one by one.
+fn cached_logits(m: &LlamaModel, tokens: &[u32], split: usize) -> Vec<Vec<f32>> {
+    let mut c = cache(m, "full", 256, 8);
+    let s = c.add_sequence();
+    let mut out = vec![m.prefill(&mut c, s, &tokens[..split]).unwrap()];
+    for t in &tokens[split..] {
+        out.push(m.decode(&mut c, &[s], &[*t]).unwrap());
+    }
+    out
+}
+
+/// The model (chunked prefill then decode, through the cache) against a naive f64 forward
+/// pass of the same weights: f32 arithmetic, so within 1e-4 of logits of magnitude ~1–10.
+fn check_against_naive(config: LlamaConfig, style: RopeStyle) {
+    let w = random_weights(&config, 11);
+    let dev: Arc<dyn Device> = Arc::new(CpuDevice::new(Some(2)).unwrap());
+    let mut m = LlamaModel::from_host_weights(dev, config.clone(), w.clone(), DType::F32).unwrap();
+    m.set_rope_style(style);
+    let tokens = prompt(29, 5);
+    let split = 21; // three prefill chunks of 8, 8 and 5
+    let got = cached_logits(&m, &tokens, split);
+    let want = naive_logits(&config, &w, style, &tokens);
+    let want = &want[split - 1..];
+    assert_eq!(got.len(), want.len());
+    for (i, (g, r)) in got.iter().zip(want).enumerate() {
+        let diff = max_diff(g, r);
+        assert!(
+            diff < 1e-4,
+            "{} position {}: differs by {diff}",
+            config.arch,
+            split - 1 + i
+        );
+    }
+}
+
+#[test]
+fn llama_forward_matches_a_naive_reference() {
+    check_against_naive(tiny_config(), RopeStyle::Interleaved);
+}
+
+#[test]
+fn qwen2_forward_with_biases_matches_a_naive_reference() {
+    check_against_naive(tiny_qwen2_config(), RopeStyle::Neox);
+    // The biases are not negligible: dropping them changes the logits.
+    let c = tiny_qwen2_config();
+    let mut w = random_weights(&c, 11);
+    let tokens = prompt(12, 5);
+    let with = naive_logits(&c, &w, RopeStyle::Neox, &tokens);
+    for l in &mut w.layers {
+        (l.bq, l.bk, l.bv) = (Vec::new(), Vec::new(), Vec::new());
+    }
+    let without = naive_logits(&c, &w, RopeStyle::Neox, &tokens);
+    assert!(max_diff(&with[11], &without[11]) > 1e-2);
+}
+
+#[test]
+fn qwen2_gguf_loads_with_biases_and_neox_rope() {
+    let c = tiny_qwen2_config();
+    let w = random_weights(&c, 13);
+    let md: Vec<(String, Md)> = tiny_metadata()
+        .into_iter()
+        .map(|(k, v)| match (k, v) {
+            ("general.architecture", _) => (k.to_string(), Md::Str("qwen2")),
+            (k, v) => (k.replacen("llama.", "qwen2.", 1), v),
+        })
+        .collect();
+    let file = GgufFile::from_bytes(gguf_bytes(&md, &gguf_tensors(&c, w.clone()))).unwrap();
+    assert_eq!(LlamaConfig::from_gguf(&file).unwrap(), c);
+    let dev: Arc<dyn Device> = Arc::new(CpuDevice::new(Some(2)).unwrap());
+    let m = LlamaModel::load(dev, &file, DType::F32).unwrap();
+    assert_eq!(m.rope_style(), RopeStyle::Neox);
+    let tokens = prompt(15, 9);
+    let got = cached_logits(&m, &tokens, 15);
+    let want = naive_logits(&c, &w, RopeStyle::Neox, &tokens);
+    assert!(max_diff(&got[0], &want[14]) < 1e-4);
+
+    // A bias tensor of the wrong size is a clear error.
+    let mut t = gguf_tensors(&c, w);
+    let i = t
+        .iter()
+        .position(|(n, _, _)| n == "blk.1.attn_k.bias")
+        .unwrap();
+    t[i].1 = vec![8];
+    t[i].2.truncate(8);
+    let file = GgufFile::from_bytes(gguf_bytes(&md, &t)).unwrap();
+    let e = LlamaModel::load(
+        Arc::new(CpuDevice::new(Some(1)).unwrap()),
+        &file,
+        DType::F32,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("blk.1.attn_k.bias"), "{e}");
 }

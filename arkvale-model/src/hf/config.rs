@@ -6,14 +6,9 @@ use serde_json::Value;
 use super::{HfError, Result};
 use crate::llama::LlamaConfig;
 
-/// The `model_type` values of `config.json` this module reads.
-pub const SUPPORTED_MODEL_TYPES: [&str; 2] = ["llama", "mistral"];
-
-/// Model types recognised but not runnable yet, with the reason.
-const UNSUPPORTED_MODEL_TYPES: [(&str, &str); 1] = [(
-    "qwen2",
-    "Qwen2 needs q/k/v projection biases, which LlamaConfig/LlamaModel do not support yet",
-)];
+/// The `model_type` values of `config.json` this module reads (`qwen2`: with q/k/v
+/// projection biases).
+pub const SUPPORTED_MODEL_TYPES: [&str; 3] = ["llama", "mistral", "qwen2"];
 
 /// Reads a [`LlamaConfig`] from the text of a `config.json` (`what` names the file in errors).
 ///
@@ -32,14 +27,6 @@ pub fn parse_config(text: &str, what: &str) -> Result<LlamaConfig> {
         .get("model_type")
         .and_then(Value::as_str)
         .ok_or_else(|| err("missing string key \"model_type\"".into()))?;
-    if let Some((_, why)) = UNSUPPORTED_MODEL_TYPES
-        .iter()
-        .find(|(t, _)| *t == model_type)
-    {
-        return Err(err(format!(
-            "model_type '{model_type}' is not supported yet: {why}"
-        )));
-    }
     if !SUPPORTED_MODEL_TYPES.contains(&model_type) {
         return Err(err(format!(
             "unsupported model_type '{model_type}' (supported: {})",
@@ -131,6 +118,7 @@ pub fn parse_config(text: &str, what: &str) -> Result<LlamaConfig> {
         rope_freq_factors: None,
         rms_eps,
         tied_embeddings,
+        qkv_bias: model_type == "qwen2",
     };
     config
         .validate()

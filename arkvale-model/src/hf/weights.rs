@@ -195,17 +195,28 @@ impl SafetensorsWeights {
 
     /// Every weight of a [`LlamaConfig`] model, by Hugging Face names, in Hugging Face Q/K row
     /// order (for [`arkvale_core::RopeStyle::Neox`]). `lm_head.weight` is read unless
-    /// `config.tied_embeddings`.
+    /// `config.tied_embeddings`; the `self_attn.{q,k,v}_proj.bias` vectors when
+    /// `config.qkv_bias`.
     pub fn llama_host_weights(&self, c: &LlamaConfig) -> Result<LlamaHostWeights> {
         let (d, kv, f) = (c.d_model, c.kv_heads * c.head_dim, c.d_ff);
         let layer = |l: usize| -> Result<HostLayer> {
             let t =
                 |n: &str, shape: &[usize]| self.tensor_f32(&format!("model.layers.{l}.{n}"), shape);
+            let bias = |n: &str, len: usize| -> Result<Vec<f32>> {
+                if c.qkv_bias {
+                    t(n, &[len])
+                } else {
+                    Ok(Vec::new())
+                }
+            };
             Ok(HostLayer {
                 attn_norm: t("input_layernorm.weight", &[d])?,
                 wq: t("self_attn.q_proj.weight", &[d, d])?,
                 wk: t("self_attn.k_proj.weight", &[kv, d])?,
                 wv: t("self_attn.v_proj.weight", &[kv, d])?,
+                bq: bias("self_attn.q_proj.bias", d)?,
+                bk: bias("self_attn.k_proj.bias", kv)?,
+                bv: bias("self_attn.v_proj.bias", kv)?,
                 wo: t("self_attn.o_proj.weight", &[d, d])?,
                 ffn_norm: t("post_attention_layernorm.weight", &[d])?,
                 w_gate: t("mlp.gate_proj.weight", &[f, d])?,

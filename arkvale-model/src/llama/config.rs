@@ -1,15 +1,17 @@
 //! The hyper-parameters of a Llama-family decoder, read from GGUF metadata.
 
-use arkvale_core::{ModelShape, RopeScaling};
+use arkvale_core::{ModelShape, RopeScaling, RopeStyle};
 
 use super::{LlamaError, Result};
 use crate::gguf::{GgufFile, Metadata, MetadataValue};
 
-/// The GGUF architectures this module runs (`general.architecture`).
-pub const SUPPORTED_ARCHITECTURES: [&str; 1] = ["llama"];
+/// The GGUF architectures this module runs (`general.architecture`): `llama` (Llama 2/3,
+/// Mistral, SmolLM2, ...) and `qwen2` (the same decoder with q/k/v projection biases and
+/// NeoX-style RoPE).
+pub const SUPPORTED_ARCHITECTURES: [&str; 2] = ["llama", "qwen2"];
 
-/// Sizes and constants of a Llama-family decoder (Llama 2/3, SmolLM2 and other files with
-/// GGUF architecture `llama`).
+/// Sizes and constants of a Llama-family decoder (Llama 2/3, Mistral, SmolLM2 and other files
+/// with GGUF architecture `llama`; Qwen2).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
     /// The GGUF architecture name, the prefix of its metadata keys (`llama`).
@@ -42,6 +44,9 @@ pub struct LlamaConfig {
     pub rms_eps: f32,
     /// Whether the output projection is the token embedding (no `output.weight` tensor).
     pub tied_embeddings: bool,
+    /// Whether the q, k and v projections add a bias (Qwen2: GGUF tensors
+    /// `blk.N.attn_{q,k,v}.bias`, Hugging Face `self_attn.{q,k,v}_proj.bias`).
+    pub qkv_bias: bool,
 }
 
 impl LlamaConfig {
@@ -164,6 +169,7 @@ impl LlamaConfig {
             None => None,
         };
         let tied_embeddings = file.tensor("output.weight").is_none();
+        let qkv_bias = file.tensor("blk.0.attn_q.bias").is_some();
 
         Ok(LlamaConfig {
             arch,
@@ -180,7 +186,19 @@ impl LlamaConfig {
             rope_freq_factors,
             rms_eps,
             tied_embeddings,
+            qkv_bias,
         })
+    }
+
+    /// The RoPE pairing llama.cpp's GGUF converter stores this architecture's Q/K rows for:
+    /// [`RopeStyle::Interleaved`] for `llama` (its converter permutes the rows),
+    /// [`RopeStyle::Neox`] for `qwen2` (rows kept in Hugging Face order).
+    pub fn gguf_rope_style(&self) -> RopeStyle {
+        if self.arch == "qwen2" {
+            RopeStyle::Neox
+        } else {
+            RopeStyle::Interleaved
+        }
     }
 
     /// The attention shape the KV cache must be built with:

@@ -158,6 +158,11 @@ impl LlamaModel {
             dev.matmul(&mm(d, d), &s.h, &w.wq, &s.q)?;
             dev.matmul(&mm(kvd, d), &s.h, &w.wk, &s.k)?;
             dev.matmul(&mm(kvd, d), &s.h, &w.wv, &s.v)?;
+            if let Some([bq, bk, bv]) = &w.qkv_bias {
+                dev.add_bias(n, d, &s.q, bq)?;
+                dev.add_bias(n, kvd, &s.k, bk)?;
+                dev.add_bias(n, kvd, &s.v, bv)?;
+            }
             dev.rope(&rope(c.q_heads), positions, &s.q)?;
             dev.rope(&rope(c.kv_heads), positions, &s.k)?;
             attend(cache, layer, &s)?;

@@ -41,8 +41,12 @@
 //! projection → residual add; then the final RMSNorm and the logits projection (the token
 //! embedding when the file has no `output.weight`).
 //!
-//! RoPE uses [`RopeStyle::Interleaved`] (adjacent pairs), because llama.cpp's converter
-//! permutes the Q/K rows of `llama` checkpoints for that rotation; a Hugging Face checkpoint
+//! Qwen2 adds a bias to the Q, K and V projections ([`LlamaConfig::qkv_bias`]).
+//!
+//! RoPE uses [`RopeStyle::Interleaved`] (adjacent pairs) for GGUF architecture `llama`,
+//! because llama.cpp's converter permutes the Q/K rows of `llama` checkpoints for that
+//! rotation, and [`RopeStyle::Neox`] for `qwen2`, whose rows it keeps
+//! ([`LlamaConfig::gguf_rope_style`]); a Hugging Face checkpoint
 //! (unpermuted) would need [`RopeStyle::Neox`] — [`LlamaModel::set_rope_style`].
 //!
 //! All activations are f32; weights are dequantized on load and stored as f32, f16 or bf16
@@ -120,6 +124,7 @@ impl LlamaModel {
     /// holds at most one dequantized tensor besides the file's memory map.
     pub fn load(dev: Arc<dyn Device>, file: &GgufFile, weight_dtype: DType) -> Result<Self> {
         let config = LlamaConfig::from_gguf(file)?;
+        let rope_style = config.gguf_rope_style();
         let weights = Weights::upload(
             dev.as_ref(),
             &config,
@@ -127,7 +132,9 @@ impl LlamaModel {
             config.tied_embeddings,
             |t| weights::gguf_tensor(file, &config, t),
         )?;
-        Self::assemble(dev, config, weights, weight_dtype)
+        let mut model = Self::assemble(dev, config, weights, weight_dtype)?;
+        model.rope_style = rope_style;
+        Ok(model)
     }
 
     /// Builds a model from host weights (f32, GGUF layout and Q/K order; see [`HostLayer`]),
@@ -150,6 +157,12 @@ impl LlamaModel {
                     "absent"
                 }
             )));
+        }
+        let has_bias = |l: &HostLayer| !(l.bq.is_empty() && l.bk.is_empty() && l.bv.is_empty());
+        if !config.qkv_bias && weights.layers.iter().any(has_bias) {
+            return Err(LlamaError::Weights(
+                "q/k/v biases given but config.qkv_bias is false".into(),
+            ));
         }
         if weights.layers.len() != config.layers {
             return Err(LlamaError::Weights(format!(
@@ -212,7 +225,8 @@ impl LlamaModel {
         &self.dev
     }
 
-    /// The RoPE pairing in use ([`RopeStyle::Interleaved`] unless changed).
+    /// The RoPE pairing in use ([`LlamaConfig::gguf_rope_style`] after [`LlamaModel::load`],
+    /// [`RopeStyle::Interleaved`] after [`LlamaModel::from_host_weights`], unless changed).
     pub fn rope_style(&self) -> RopeStyle {
         self.rope_style
     }

@@ -16,6 +16,9 @@ pub(crate) enum Tensor {
     Q(usize),
     K(usize),
     V(usize),
+    QBias(usize),
+    KBias(usize),
+    VBias(usize),
     O(usize),
     FfnNorm(usize),
     Gate(usize),
@@ -34,6 +37,9 @@ impl Tensor {
             Tensor::Q(l) => format!("blk.{l}.attn_q.weight"),
             Tensor::K(l) => format!("blk.{l}.attn_k.weight"),
             Tensor::V(l) => format!("blk.{l}.attn_v.weight"),
+            Tensor::QBias(l) => format!("blk.{l}.attn_q.bias"),
+            Tensor::KBias(l) => format!("blk.{l}.attn_k.bias"),
+            Tensor::VBias(l) => format!("blk.{l}.attn_v.bias"),
             Tensor::O(l) => format!("blk.{l}.attn_output.weight"),
             Tensor::FfnNorm(l) => format!("blk.{l}.ffn_norm.weight"),
             Tensor::Gate(l) => format!("blk.{l}.ffn_gate.weight"),
@@ -47,7 +53,10 @@ impl Tensor {
         let (d, kv) = (c.d_model, c.kv_heads * c.head_dim);
         match self {
             Tensor::Embedding | Tensor::Output => [c.vocab, d],
-            Tensor::OutputNorm | Tensor::AttnNorm(_) | Tensor::FfnNorm(_) => [1, d],
+            Tensor::OutputNorm | Tensor::AttnNorm(_) | Tensor::FfnNorm(_) | Tensor::QBias(_) => {
+                [1, d]
+            }
+            Tensor::KBias(_) | Tensor::VBias(_) => [1, kv],
             Tensor::Q(_) | Tensor::O(_) => [d, d],
             Tensor::K(_) | Tensor::V(_) => [kv, d],
             Tensor::Gate(_) | Tensor::Up(_) => [c.d_ff, d],
@@ -55,10 +64,16 @@ impl Tensor {
         }
     }
 
-    fn is_norm(self) -> bool {
+    /// Norm weights and biases: vectors, one dimension in GGUF, always stored as f32.
+    fn is_vector(self) -> bool {
         matches!(
             self,
-            Tensor::OutputNorm | Tensor::AttnNorm(_) | Tensor::FfnNorm(_)
+            Tensor::OutputNorm
+                | Tensor::AttnNorm(_)
+                | Tensor::FfnNorm(_)
+                | Tensor::QBias(_)
+                | Tensor::KBias(_)
+                | Tensor::VBias(_)
         )
     }
 }
@@ -76,6 +91,13 @@ pub struct HostLayer {
     pub wk: Vec<f32>,
     /// Value projection, `[kv_heads * head_dim, d_model]`.
     pub wv: Vec<f32>,
+    /// Query projection bias, `[d_model]` (same row order as `wq`); empty unless
+    /// `LlamaConfig::qkv_bias`.
+    pub bq: Vec<f32>,
+    /// Key projection bias, `[kv_heads * head_dim]`; empty unless `LlamaConfig::qkv_bias`.
+    pub bk: Vec<f32>,
+    /// Value projection bias, `[kv_heads * head_dim]`; empty unless `LlamaConfig::qkv_bias`.
+    pub bv: Vec<f32>,
     /// Attention output projection, `[d_model, d_model]`.
     pub wo: Vec<f32>,
     /// RMSNorm weight before the feed-forward network, `[d_model]`.
@@ -114,6 +136,9 @@ impl LlamaHostWeights {
             | Tensor::Q(l)
             | Tensor::K(l)
             | Tensor::V(l)
+            | Tensor::QBias(l)
+            | Tensor::KBias(l)
+            | Tensor::VBias(l)
             | Tensor::O(l)
             | Tensor::FfnNorm(l)
             | Tensor::Gate(l)
@@ -125,6 +150,9 @@ impl LlamaHostWeights {
                     Tensor::Q(_) => &mut layer.wq,
                     Tensor::K(_) => &mut layer.wk,
                     Tensor::V(_) => &mut layer.wv,
+                    Tensor::QBias(_) => &mut layer.bq,
+                    Tensor::KBias(_) => &mut layer.bk,
+                    Tensor::VBias(_) => &mut layer.bv,
                     Tensor::O(_) => &mut layer.wo,
                     Tensor::FfnNorm(_) => &mut layer.ffn_norm,
                     Tensor::Gate(_) => &mut layer.w_gate,
@@ -143,6 +171,8 @@ pub(crate) struct LayerWeights {
     pub wq: Buffer,
     pub wk: Buffer,
     pub wv: Buffer,
+    /// The q, k and v biases (f32), when the model has them.
+    pub qkv_bias: Option<[Buffer; 3]>,
     pub wo: Buffer,
     pub ffn_norm: Buffer,
     pub w_gate: Buffer,
@@ -150,7 +180,7 @@ pub(crate) struct LayerWeights {
     pub w_down: Buffer,
 }
 
-/// Every weight of the model on the device. Norm weights are f32; matrices and the
+/// Every weight of the model on the device. Norm weights and biases are f32; matrices and the
 /// embedding table are in the chosen weight dtype.
 pub(crate) struct Weights {
     pub embedding: Buffer,
@@ -185,7 +215,7 @@ impl Weights {
                     data.len()
                 )));
             }
-            let ty = if t.is_norm() { DType::F32 } else { dtype };
+            let ty = if t.is_vector() { DType::F32 } else { dtype };
             Ok(dev.upload_f32(&data, ty)?)
         };
         let embedding = load(Tensor::Embedding)?;
@@ -196,6 +226,15 @@ impl Weights {
                 wq: load(Tensor::Q(l))?,
                 wk: load(Tensor::K(l))?,
                 wv: load(Tensor::V(l))?,
+                qkv_bias: if config.qkv_bias {
+                    Some([
+                        load(Tensor::QBias(l))?,
+                        load(Tensor::KBias(l))?,
+                        load(Tensor::VBias(l))?,
+                    ])
+                } else {
+                    None
+                },
                 wo: load(Tensor::O(l))?,
                 ffn_norm: load(Tensor::FfnNorm(l))?,
                 w_gate: load(Tensor::Gate(l))?,
@@ -226,7 +265,7 @@ pub(crate) fn gguf_tensor(file: &GgufFile, config: &LlamaConfig, t: Tensor) -> R
         .ok_or_else(|| LlamaError::Weights(format!("missing tensor {name}")))?;
     let [rows, cols] = t.shape(config);
     // ggml order: innermost dimension first; vectors have one dimension.
-    let want: Vec<u64> = if rows == 1 && t.is_norm() {
+    let want: Vec<u64> = if rows == 1 && t.is_vector() {
         vec![cols as u64]
     } else {
         vec![cols as u64, rows as u64]

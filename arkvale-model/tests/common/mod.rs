@@ -1,6 +1,8 @@
 //! Shared by the integration tests that use the real SmolLM2 model and the reference fixture.
 #![allow(dead_code)]
 
+pub mod naive;
+
 use std::path::PathBuf;
 
 /// The SmolLM2 GGUF: `$ARKVALE_MODEL`, then `$ARKVALE_SMOLLM2_GGUF`, then
