@@ -15,7 +15,10 @@
 //! [`llama`] module runs Llama-family decoders from GGUF (SmolLM2, Llama 2/3 files of
 //! architecture `llama`): chunked prefill and batched decode with every attention going through
 //! the `CacheManager`, f32 logits out. The [`chat`] module renders the chat templates stored
-//! in model files (Jinja, with `minijinja`) into prompt text.
+//! in model files (Jinja, with `minijinja`) into prompt text. [`loaded`] opens either kind of
+//! model path (GGUF file or Hugging Face directory) into a [`loaded::LoadedModel`] with one
+//! [`text::TextTokenizer`]; [`sampling`] draws next tokens (greedy, temperature, top-k,
+//! top-p, seeded) and [`stop`] ends generation at stop strings.
 
 #![warn(missing_docs)]
 
@@ -23,4 +26,8 @@ pub mod chat;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
+pub mod loaded;
+pub mod sampling;
+pub mod stop;
+pub mod text;
 pub mod tokenizer;

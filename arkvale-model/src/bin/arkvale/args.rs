@@ -82,7 +82,8 @@ pub struct ChatArgs {
 /// The model, sampling, cache and backend options shared by `generate` and `chat`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// GGUF model file [default: $ARKVALE_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    /// GGUF model file or Hugging Face model directory (config.json, tokenizer.json,
+    /// *.safetensors) [default: $ARKVALE_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf].
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Most tokens to generate (per reply with `chat`; generation also stops at EOS and at
@@ -92,6 +93,10 @@ pub struct RunArgs {
     /// Keep generating after the end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Stop when the generated text contains TEXT (repeatable); the stop string itself is
+    /// not printed.
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
     /// Sampling temperature; 0 is greedy (argmax).
     #[arg(
         long,
@@ -116,7 +121,7 @@ pub struct RunArgs {
     pub seed: Option<u64>,
     #[command(flatten)]
     pub cache: CacheArgs,
-    /// Compute backend (only `cpu` exists so far).
+    /// Compute backend (`wgpu` needs a binary built with `--features wgpu`).
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub backend: Backend,
     /// Worker threads of the CPU backend [default: all cores].
@@ -168,7 +173,8 @@ pub struct CacheArgs {
 /// Options of `arkvale info`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// GGUF model file [default: $ARKVALE_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    /// GGUF model file or Hugging Face model directory [default: $ARKVALE_MODEL, then
+    /// models/SmolLM2-135M-Instruct.Q4_1.gguf].
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Context length for the KV memory estimate [default: the model's context length].
@@ -202,6 +208,10 @@ pub enum Attention {
 pub enum Backend {
     /// The multithreaded CPU backend.
     Cpu,
+    /// The portable GPU backend (Vulkan / Metal / DX12; cargo feature `wgpu`).
+    Wgpu,
+    /// The NVIDIA backend (not implemented yet).
+    Cuda,
 }
 
 /// `--weights`.
@@ -359,12 +369,20 @@ mod tests {
             &["generate", "--attention", "dense"],
             &["generate", "--max-tokens", "-1"],
             &["generate", "--weights", "q4"],
-            &["generate", "--backend", "cuda"],
+            &["generate", "--backend", "tpu"],
             &["info", "--context", "many"],
             &["frobnicate"],
         ] {
             assert!(parse(args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn stop_strings_repeat() {
+        let g = generate(&["--stop", "\n\n", "--stop", "END"]);
+        assert_eq!(g.run.stop, vec!["\n\n".to_string(), "END".to_string()]);
+        assert!(generate(&[]).run.stop.is_empty());
+        assert_eq!(generate(&["--backend", "wgpu"]).run.backend, Backend::Wgpu);
     }
 
     #[test]

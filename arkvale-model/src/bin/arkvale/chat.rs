@@ -14,7 +14,7 @@ use crate::args::ChatArgs;
 use crate::generate::{
     Decoded, StopReason, check_run_args, clock_seed, decode_loop, load, prefill, print_stats,
 };
-use crate::sampling::Sampler;
+use arkvale_model::sampling::Sampler;
 
 /// Runs `arkvale chat`.
 pub fn run(args: ChatArgs) -> Result<()> {
@@ -106,6 +106,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             logits,
             &mut sampler,
             eos,
+            &run.stop,
             max_tokens,
             held.len(),
             false,

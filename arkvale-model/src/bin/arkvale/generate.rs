@@ -2,26 +2,26 @@
 //! streaming text to stdout or printing one JSON object.
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use arkvale_core::{
-    AttentionMode, CacheConfig, CacheManager, DType, DigestKind, KvDtype, SeqId, policy_by_name,
+    AttentionMode, CacheConfig, CacheManager, DType, Device, DigestKind, KvDtype, SeqId,
+    policy_by_name,
 };
-use arkvale_cpu::CpuDevice;
-use arkvale_model::chat::{ChatTemplate, Message};
-use arkvale_model::gguf::GgufFile;
+use arkvale_model::chat::Message;
 use arkvale_model::llama::LlamaModel;
-use arkvale_model::tokenizer::Tokenizer;
+use arkvale_model::loaded::LoadedModel;
+use arkvale_model::sampling::{Sampler, SamplingParams};
+use arkvale_model::stop::{StopMatcher, StopStep};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::args::{Attention, CacheArgs, GenerateArgs, KvType, RunArgs, WeightDtype};
+use crate::backend::open_device;
 use crate::memory::size_cache;
 use crate::model_path::resolve_model;
-use crate::sampling::{Sampler, SamplingParams};
 
 /// Prompt tokens per prefill chunk (a multiple of every page size).
 const PREFILL_CHUNK: usize = 512;
@@ -33,6 +33,8 @@ pub const PROGRESS_MIN_TOKENS: usize = 2 * PREFILL_CHUNK;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
     Eos,
+    /// A `--stop` string appeared in the output.
+    StopString,
     MaxTokens,
     ContextLength,
     /// stdout was closed (e.g. piped into `head`).
@@ -44,6 +46,7 @@ impl StopReason {
     pub fn name(self) -> &'static str {
         match self {
             StopReason::Eos => "eos",
+            StopReason::StopString => "stop_string",
             StopReason::MaxTokens => "max_tokens",
             StopReason::ContextLength => "context_length",
             StopReason::OutputClosed => "output_closed",
@@ -51,20 +54,21 @@ impl StopReason {
     }
 }
 
-/// A model file loaded for generation: its tokenizer, chat template and weights.
+/// A model loaded for generation (weights, tokenizer, chat template) and its device.
 pub struct Loaded {
-    /// The tokenizer of the file.
-    pub tokenizer: Tokenizer,
-    /// The chat template of the file, if it has one.
-    pub template: Option<ChatTemplate>,
-    /// The weights on the device.
-    pub model: LlamaModel,
+    /// The model, its tokenizer and chat template.
+    pub inner: LoadedModel,
     /// The device the model runs on.
-    pub dev: Arc<CpuDevice>,
+    pub dev: Arc<dyn Device>,
     /// How long loading took.
     pub load_time: Duration,
-    /// Where the model file is.
-    pub path: PathBuf,
+}
+
+impl std::ops::Deref for Loaded {
+    type Target = LoadedModel;
+    fn deref(&self) -> &LoadedModel {
+        &self.inner
+    }
 }
 
 /// Checks the options shared by `generate` and `chat` that clap cannot check.
@@ -74,68 +78,35 @@ pub fn check_run_args(run: &RunArgs) -> Result<SamplingParams> {
         top_k: run.top_k,
         top_p: run.top_p,
     };
-    params.validate().map_err(anyhow::Error::msg)?;
+    // The library names the fields (`temperature`, `top_p`); name the flags.
+    params
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--{}", e.replacen("top_p", "top-p", 1)))?;
     if run.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
+    StopMatcher::new(run.stop.clone()).map_err(|e| anyhow::anyhow!("--stop: {e}"))?;
     Ok(params)
 }
 
-/// Loads the model of `--model` (tokenizer, chat template, weights).
+/// Loads the model of `--model` (a GGUF file or a Hugging Face directory) on `--backend`.
 pub fn load(run: &RunArgs) -> Result<Loaded> {
     let path = resolve_model(run.model.as_deref())?;
     let t_load = Instant::now();
-    let file = GgufFile::open(&path)
-        .with_context(|| format!("cannot read model file {}", path.display()))?;
-    let tokenizer = Tokenizer::from_gguf(&file)
-        .with_context(|| format!("cannot build the tokenizer of {}", path.display()))?;
-    let template = ChatTemplate::from_gguf(&file)
-        .with_context(|| format!("cannot read the chat template of {}", path.display()))?;
-    let dev = Arc::new(CpuDevice::new(run.threads).context("cannot start the CPU backend")?);
+    let dev = open_device(run.backend, run.threads)?;
     let weight_dtype = match run.weights {
         WeightDtype::F32 => DType::F32,
         WeightDtype::F16 => DType::F16,
     };
-    let model = LlamaModel::load(dev.clone(), &file, weight_dtype)
-        .with_context(|| format!("cannot load the model in {}", path.display()))?;
+    let inner = LoadedModel::open(&path, dev.clone(), weight_dtype)?;
     Ok(Loaded {
-        tokenizer,
-        template,
-        model,
+        inner,
         dev,
         load_time: t_load.elapsed(),
-        path,
     })
 }
 
 impl Loaded {
-    /// The chat template, or a clear error when the model has none.
-    pub fn chat_template(&self) -> Result<&ChatTemplate> {
-        self.template.as_ref().with_context(|| {
-            format!(
-                "{} has no chat template (GGUF metadata tokenizer.chat_template); run \
-                 without --chat and write the prompt format yourself",
-                self.path.display()
-            )
-        })
-    }
-
-    /// Renders `messages` with the chat template (ending with the assistant header) and
-    /// tokenizes the text, special tokens included.
-    pub fn chat_tokens(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        let token_text = |id: Option<u32>| {
-            id.and_then(|id| self.tokenizer.id_to_token(id).ok())
-                .unwrap_or("")
-                .to_string()
-        };
-        let bos = token_text(self.tokenizer.bos_id());
-        let eos = token_text(self.tokenizer.eos_id());
-        let text = self.chat_template()?.render(messages, true, &bos, &eos)?;
-        self.tokenizer
-            .encode(&text, true, true)
-            .context("cannot tokenize the chat prompt")
-    }
-
     /// A KV cache for this model sized for `total_tokens` tokens, and its configuration.
     pub fn new_cache(
         &self,
@@ -173,8 +144,10 @@ pub struct Decoded {
 }
 
 /// Samples from `logits`, feeds tokens back through `model.decode` and streams the text to
-/// stdout (unless `quiet`), until EOS, `max_tokens` or the context length (`held` tokens
-/// are already in the sequence). The last sampled token is not fed back.
+/// stdout (unless `quiet`), until EOS, a stop string of `stops`, `max_tokens` or the context
+/// length (`held` tokens are already in the sequence). The last sampled token is not fed
+/// back. With a stop string, `tokens` ends with the token that completed it and `text` ends
+/// before it.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_loop(
     loaded: &Loaded,
@@ -183,10 +156,12 @@ pub fn decode_loop(
     mut logits: Vec<f32>,
     sampler: &mut Sampler,
     eos: Option<u32>,
+    stops: &[String],
     max_tokens: usize,
     held: usize,
     quiet: bool,
 ) -> Result<Decoded> {
+    let mut stop_matcher = StopMatcher::new(stops.to_vec()).map_err(anyhow::Error::msg)?;
     let ctx = loaded.model.config().context_length;
     let mut out = std::io::stdout().lock();
     let mut stream = loaded.tokenizer.decode_stream_continuing(true);
@@ -205,9 +180,17 @@ pub fn decode_loop(
         let piece = stream
             .push(next)
             .context("cannot decode a generated token")?;
+        let (piece, stopped) = match stop_matcher.push(&piece) {
+            StopStep::Emit(t) => (t, false),
+            StopStep::Stopped { text, .. } => (text, true),
+        };
         text.push_str(&piece);
         if !quiet && !piece.is_empty() && !emit(&mut out, &piece)? {
             stop = StopReason::OutputClosed;
+            break;
+        }
+        if stopped {
+            stop = StopReason::StopString;
             break;
         }
         if tokens.len() == max_tokens {
@@ -221,7 +204,17 @@ pub fn decode_loop(
         steps += 1;
     }
     let time = t_decode.elapsed();
-    let tail = stream.finish();
+    let tail = if stop == StopReason::StopString {
+        String::new()
+    } else {
+        match stop_matcher.push(&stream.finish()) {
+            StopStep::Emit(t) => t + &stop_matcher.finish(),
+            StopStep::Stopped { text, .. } => {
+                stop = StopReason::StopString;
+                text
+            }
+        }
+    };
     text.push_str(&tail);
     if !quiet && stop != StopReason::OutputClosed && !emit(&mut out, &format!("{tail}\n"))? {
         stop = StopReason::OutputClosed;
@@ -335,6 +328,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         logits,
         &mut sampler,
         eos,
+        &run.stop,
         run.max_tokens,
         prompt_ids.len(),
         args.json,

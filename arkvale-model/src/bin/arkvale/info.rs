@@ -1,9 +1,14 @@
-//! `arkvale info`: what a model file holds and the KV memory a context needs.
+//! `arkvale info`: what a model (GGUF file or Hugging Face directory) holds and the KV memory
+//! a context needs.
+
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use arkvale_core::CacheConfig;
 use arkvale_model::gguf::GgufFile;
+use arkvale_model::hf::{self, HfModelDir};
 use arkvale_model::llama::LlamaConfig;
+use arkvale_model::text::TextTokenizer;
 use arkvale_model::tokenizer::Tokenizer;
 
 use crate::args::InfoArgs;
@@ -11,25 +16,72 @@ use crate::generate::{human_bytes, kv_dtype};
 use crate::memory::{budget_kv_bytes, full_kv_bytes};
 use crate::model_path::resolve_model;
 
-/// Runs `arkvale info`, printing to stdout.
-pub fn run(args: InfoArgs) -> Result<()> {
-    let path = resolve_model(args.model.as_deref())?;
-    let file = GgufFile::open(&path)
+/// What `info` prints about a model path before the KV estimate.
+struct Described {
+    config: LlamaConfig,
+    tokenizer: TextTokenizer,
+    chat_template: bool,
+    /// `general.name` and format of a GGUF file, or the format of a directory.
+    origin: String,
+}
+
+/// Reads the configuration and tokenizer of a GGUF file or Hugging Face directory (no
+/// weights are loaded).
+fn describe(path: &Path) -> Result<Described> {
+    if hf::is_hf_dir(path) {
+        let dir = HfModelDir::open(path)?;
+        return Ok(Described {
+            config: dir.config().clone(),
+            chat_template: dir.tokenizer().chat_template().is_some(),
+            tokenizer: TextTokenizer::Hf(dir.tokenizer().clone()),
+            origin: format!(
+                "Hugging Face directory, {} weight file(s)",
+                dir.weights().files().len()
+            ),
+        });
+    }
+    let file = GgufFile::open(path)
         .with_context(|| format!("cannot read model file {}", path.display()))?;
-    let c = LlamaConfig::from_gguf(&file)
+    let config = LlamaConfig::from_gguf(&file)
         .with_context(|| format!("cannot read the model configuration of {}", path.display()))?;
     let tok = Tokenizer::from_gguf(&file)
         .with_context(|| format!("cannot build the tokenizer of {}", path.display()))?;
     let md = file.metadata();
-    let name = md.get_str("general.name").unwrap_or("(unnamed)");
-    let chat = md.get("tokenizer.chat_template").is_some();
+    Ok(Described {
+        config,
+        chat_template: md.get("tokenizer.chat_template").is_some(),
+        tokenizer: TextTokenizer::Gguf(tok),
+        origin: format!(
+            "{}, GGUF v{}",
+            md.get_str("general.name").unwrap_or("(unnamed)"),
+            file.version()
+        ),
+    })
+}
+
+/// Runs `arkvale info`, printing to stdout.
+pub fn run(args: InfoArgs) -> Result<()> {
+    let path = resolve_model(args.model.as_deref())?;
+    let Described {
+        config: c,
+        tokenizer: tok,
+        chat_template,
+        origin,
+    } = describe(&path)?;
     let special = |id: Option<u32>| match id {
-        Some(id) => format!("{id} {:?}", tok.id_to_token(id).unwrap_or("?")),
+        Some(id) => format!(
+            "{id} {:?}",
+            tok.token_text(id).unwrap_or_else(|| "?".into())
+        ),
         None => "none".to_string(),
     };
 
-    println!("model        {} ({name})", path.display());
-    println!("architecture {} (GGUF v{})", c.arch, file.version());
+    println!("model        {} ({origin})", path.display());
+    println!(
+        "architecture {}{}",
+        c.arch,
+        if c.qkv_bias { " (q/k/v biases)" } else { "" }
+    );
     println!(
         "shape        {} layers, d_model {}, d_ff {}, {} q heads / {} kv heads x {}",
         c.layers, c.d_model, c.d_ff, c.q_heads, c.kv_heads, c.head_dim
@@ -54,16 +106,30 @@ pub fn run(args: InfoArgs) -> Result<()> {
         },
         c.rms_eps
     );
+    let added = match &tok {
+        TextTokenizer::Gguf(t) => {
+            if t.add_bos() {
+                "yes"
+            } else {
+                "no"
+            }
+        }
+        TextTokenizer::Hf(t) => {
+            if t.add_bos() {
+                "yes"
+            } else {
+                "no"
+            }
+        }
+    };
     println!(
-        "tokenizer    {} tokens, pre-tokenizer {}, BOS {} (added: {}), EOS {}",
+        "tokenizer    {} tokens, {}, BOS {} (added: {added}), EOS {}",
         tok.vocab_size(),
-        tok.pre_tokenizer()
-            .map_or_else(|| "none (SentencePiece)".to_string(), |p| format!("{p:?}")),
+        tok.describe(),
         special(tok.bos_id()),
-        if tok.add_bos() { "yes" } else { "no" },
         special(tok.eos_id())
     );
-    println!("chat template {}", if chat { "yes" } else { "no" });
+    println!("chat template {}", if chat_template { "yes" } else { "no" });
 
     let context = args.context.unwrap_or(c.context_length);
     let config = CacheConfig {

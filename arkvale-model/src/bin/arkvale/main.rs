@@ -8,12 +8,12 @@
 //! Errors are one `error: ...` message on stderr and exit status 1; usage errors exit with 2.
 
 mod args;
+mod backend;
 mod chat;
 mod generate;
 mod info;
 mod memory;
 mod model_path;
-mod sampling;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,31 @@
+//! `--backend`: opening the compute device by name. Backends other than `cpu` are cargo
+//! features of arkvale-model; a binary built without one says how to get it.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use arkvale_core::Device;
+use arkvale_cpu::CpuDevice;
+
+use crate::args::Backend;
+
+/// Opens the device of `backend` (`threads`: CPU worker threads, `None` for all cores).
+pub fn open_device(backend: Backend, threads: Option<usize>) -> Result<Arc<dyn Device>> {
+    match backend {
+        Backend::Cpu => Ok(Arc::new(
+            CpuDevice::new(threads).context("cannot start the CPU backend")?,
+        )),
+        Backend::Wgpu => not_built("wgpu"),
+        Backend::Cuda => {
+            bail!("the CUDA backend (arkvale-cuda) is not implemented yet; use --backend cpu")
+        }
+    }
+}
+
+/// The error for a backend this binary was built without.
+fn not_built(name: &str) -> Result<Arc<dyn Device>> {
+    bail!(
+        "this arkvale binary was built without the `{name}` backend; rebuild with \
+         `cargo run --release -p arkvale-model --features {name} -- ...`"
+    )
+}
