@@ -15,10 +15,26 @@ pub struct Backend {
 
 /// Every backend compiled in, opened if present.
 pub fn compiled_backends() -> Vec<Backend> {
-    vec![Backend {
+    #[allow(unused_mut)]
+    let mut backends = vec![Backend {
         name: "cpu",
         device: arkvale_cpu::CpuDevice::new(None)
             .map(|d| Arc::new(d) as Arc<dyn Device>)
             .map_err(|e| e.to_string()),
-    }]
+    }];
+    #[cfg(feature = "wgpu")]
+    backends.push(Backend {
+        name: "wgpu",
+        device: open_wgpu(),
+    });
+    backends
+}
+
+/// Opens the wgpu backend; no adapter (or a panic inside the driver stack) is a skip reason.
+#[cfg(feature = "wgpu")]
+fn open_wgpu() -> Result<Arc<dyn Device>, String> {
+    std::panic::catch_unwind(arkvale_wgpu::WgpuDevice::new)
+        .map_err(|_| "opening a wgpu adapter panicked".to_string())?
+        .map(|d| Arc::new(d) as Arc<dyn Device>)
+        .map_err(|e| e.to_string())
 }

@@ -1,0 +1,473 @@
+//! The dense model ops of [`WgpuDevice`]: checks, splits below the binding limit, and the
+//! launches of `matmul.wgsl`, `rows.wgsl`, `rope.wgsl`, `elementwise.wgsl` and
+//! `embedding.wgsl`.
+
+use arkvale_core::{Buffer, DType, Error, MatmulDims, Result, Rope, RopeStyle};
+
+use crate::BACKEND;
+use crate::buffer::{self, at_least, not_aliased};
+use crate::context::Binding;
+use crate::device::WgpuDevice;
+use crate::kernels::Kernel;
+use crate::kv::dt_code;
+use crate::limits::{align_items, chunks, word_cover};
+
+/// `a * b`, or a shape error naming `what` on overflow.
+fn product(a: usize, b: usize, what: &str) -> Result<usize> {
+    a.checked_mul(b)
+        .ok_or_else(|| Error::shape(format!("{what}: {a} x {b} elements overflow")))
+}
+
+/// Largest `m` the GEMV kernel handles (its per-invocation accumulators).
+const GEMV_MAX_M: usize = 8;
+
+fn too_big(what: &str) -> Error {
+    Error::device(
+        BACKEND,
+        format!("{what}: one row does not fit the adapter's storage-binding limit"),
+    )
+}
+
+impl WgpuDevice {
+    fn max_binding(&self) -> u64 {
+        self.gpu.limits.max_storage_buffer_binding_size
+    }
+
+    fn offset_align(&self) -> u64 {
+        self.gpu.limits.min_storage_buffer_offset_alignment.max(4) as u64
+    }
+
+    /// See [`arkvale_core::Device::matmul`]. Weight rows and activation rows are split so
+    /// that every binding fits the adapter's limit.
+    pub(crate) fn dense_matmul(
+        &self,
+        dims: &MatmulDims,
+        x: &Buffer,
+        w: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
+        let MatmulDims { m, n, k } = *dims;
+        let xb = self.typed(x, DType::F32, "matmul: x")?;
+        let wb = buffer::float(self.id, w, "matmul: weights")?;
+        let ob = self.typed(out, DType::F32, "matmul: out")?;
+        not_aliased(ob, &[xb, wb], "matmul")?;
+        at_least(x, product(m, k, "matmul: x")?, "matmul: x [m, k]")?;
+        at_least(
+            w,
+            product(n, k, "matmul: weights")?,
+            "matmul: weights [n, k]",
+        )?;
+        at_least(out, product(m, n, "matmul: out")?, "matmul: out [m, n]")?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            return self.fill_zero_rows(ob, m * n);
+        }
+        let dt = dt_code(w.dtype())?;
+        let esize = w.dtype().size() as u64;
+        let max = self.max_binding();
+        let align = self.offset_align();
+        let w_chunks = chunks(
+            n,
+            k as u64 * esize,
+            max,
+            align_items(k as u64 * esize, align),
+        )
+        .ok_or_else(|| too_big("matmul: weights"))?;
+        let row_bytes = (k.max(n) as u64) * 4;
+        let m_align = {
+            let a = align_items(k as u64 * 4, align);
+            let b = align_items(n as u64 * 4, align);
+            a / gcd(a, b) * b
+        };
+        let m_chunks =
+            chunks(m, row_bytes, max, m_align).ok_or_else(|| too_big("matmul: x/out"))?;
+        let mut enc = self.gpu.encoder();
+        for &(m0, mc) in &m_chunks {
+            let xw = Binding {
+                buffer: &xb.buffer,
+                offset: m0 as u64 * k as u64 * 4,
+                size: mc as u64 * k as u64 * 4,
+            };
+            let ow = Binding {
+                buffer: &ob.buffer,
+                offset: m0 as u64 * n as u64 * 4,
+                size: mc as u64 * n as u64 * 4,
+            };
+            for &(n0, nc) in &w_chunks {
+                let (wstart, wlen) =
+                    word_cover(n0 as u64 * k as u64 * esize, nc as u64 * k as u64 * esize);
+                let ww = Binding {
+                    buffer: &wb.buffer,
+                    offset: wstart,
+                    size: wlen.min(wb.buffer.size() - wstart),
+                };
+                let meta = [
+                    mc as u32, n as u32, k as u32, n0 as u32, nc as u32, 0, dt, 0, 0,
+                ];
+                if mc <= GEMV_MAX_M {
+                    self.gpu.encode(
+                        &mut enc,
+                        Kernel::Gemv,
+                        &meta,
+                        &[xw, ww, ow],
+                        nc as u64,
+                        "matmul",
+                    )?;
+                } else {
+                    self.gpu.encode_grid(
+                        &mut enc,
+                        Kernel::GemmTiled,
+                        &meta,
+                        &[xw, ww, ow],
+                        (nc.div_ceil(64) as u32, mc.div_ceil(64) as u32),
+                        "matmul",
+                    )?;
+                }
+            }
+        }
+        self.gpu.submit(enc, "matmul")?;
+        Ok(())
+    }
+
+    fn fill_zero_rows(&self, ob: &buffer::GpuBuffer, len: usize) -> Result<()> {
+        let mut enc = self.gpu.encoder();
+        enc.clear_buffer(&ob.buffer, 0, Some((len as u64 * 4).div_ceil(4) * 4));
+        self.gpu.submit(enc, "matmul")?;
+        Ok(())
+    }
+
+    /// See [`arkvale_core::Device::rmsnorm`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn dense_rmsnorm(
+        &self,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        x: &Buffer,
+        weight: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
+        let xb = self.typed(x, DType::F32, "rmsnorm: x")?;
+        let wb = self.typed(weight, DType::F32, "rmsnorm: weight")?;
+        let ob = self.typed(out, DType::F32, "rmsnorm: out")?;
+        not_aliased(ob, &[xb, wb], "rmsnorm")?;
+        if dim == 0 && rows > 0 {
+            return Err(Error::shape("rmsnorm: rows of 0 values"));
+        }
+        if !(eps >= 0.0 && eps.is_finite()) {
+            return Err(Error::shape(format!(
+                "rmsnorm: eps must be >= 0, got {eps}"
+            )));
+        }
+        let len = product(rows, dim, "rmsnorm")?;
+        at_least(x, len, "rmsnorm: x [rows, dim]")?;
+        at_least(weight, dim, "rmsnorm: weight [dim]")?;
+        at_least(out, len, "rmsnorm: out [rows, dim]")?;
+        if len == 0 {
+            return Ok(());
+        }
+        let meta = [rows as u32, dim as u32, eps.to_bits()];
+        self.gpu.launch(
+            Kernel::RmsNorm,
+            &meta,
+            &[
+                Binding::whole(&xb.buffer),
+                Binding::whole(&wb.buffer),
+                Binding::whole(&ob.buffer),
+            ],
+            rows as u64,
+            "rmsnorm",
+        )
+    }
+
+    /// See [`arkvale_core::Device::rope`]. The cos/sin table is computed on the host in f64
+    /// (as [`Rope`] defines the angle) and uploaded with the positions.
+    pub(crate) fn dense_rope(&self, r: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
+        let xb = self.typed(x, DType::F32, "rope: x")?;
+        if r.head_dim == 0 || r.head_dim % 2 != 0 {
+            return Err(Error::shape(format!(
+                "rope: head_dim must be even and non-zero, got {}",
+                r.head_dim
+            )));
+        }
+        if r.inv_freq.len() != r.head_dim / 2 {
+            return Err(Error::shape(format!(
+                "rope: {} inverse frequencies for head_dim {} (need head_dim / 2)",
+                r.inv_freq.len(),
+                r.head_dim
+            )));
+        }
+        if !r.position_scale.is_finite() {
+            return Err(Error::shape("rope: position_scale must be finite"));
+        }
+        let token = product(r.heads, r.head_dim, "rope")?;
+        let len = product(positions.len(), token, "rope")?;
+        at_least(x, len, "rope: x [tokens, heads, head_dim]")?;
+        if len == 0 {
+            return Ok(());
+        }
+        let mut table = Vec::with_capacity(positions.len() * r.head_dim);
+        for &p in positions {
+            for &f in r.inv_freq {
+                let a = p as f64 * r.position_scale as f64 * f as f64;
+                let (s, c) = a.sin_cos();
+                table.push((c as f32).to_bits());
+                table.push((s as f32).to_bits());
+            }
+        }
+        let cs = self.gpu.upload_words(&table, "arkvale rope table");
+        let meta = [
+            positions.len() as u32,
+            r.heads as u32,
+            r.head_dim as u32,
+            matches!(r.style, RopeStyle::Neox) as u32,
+        ];
+        let threads = (len / 2) as u64;
+        self.gpu.launch(
+            Kernel::Rope,
+            &meta,
+            &[Binding::whole(&cs), Binding::whole(&xb.buffer)],
+            threads.div_ceil(256),
+            "rope",
+        )
+    }
+
+    /// See [`arkvale_core::Device::silu_mul`].
+    pub(crate) fn dense_silu_mul(
+        &self,
+        len: usize,
+        gate: &Buffer,
+        up: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
+        let gb = self.typed(gate, DType::F32, "silu_mul: gate")?;
+        let ub = self.typed(up, DType::F32, "silu_mul: up")?;
+        let ob = self.typed(out, DType::F32, "silu_mul: out")?;
+        not_aliased(ob, &[gb, ub], "silu_mul")?;
+        at_least(gate, len, "silu_mul: gate")?;
+        at_least(up, len, "silu_mul: up")?;
+        at_least(out, len, "silu_mul: out")?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.gpu.launch(
+            Kernel::SiluMul,
+            &[len as u32],
+            &[
+                Binding::whole(&gb.buffer),
+                Binding::whole(&ub.buffer),
+                Binding::whole(&ob.buffer),
+            ],
+            (len as u64).div_ceil(256),
+            "silu_mul",
+        )
+    }
+
+    /// See [`arkvale_core::Device::add`].
+    pub(crate) fn dense_add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
+        let xb = self.typed(x, DType::F32, "add: x")?;
+        let yb = self.typed(y, DType::F32, "add: y")?;
+        if xb.id == yb.id {
+            return Err(Error::shape("add: x and y must be different buffers"));
+        }
+        at_least(x, len, "add: x")?;
+        at_least(y, len, "add: y")?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.gpu.launch(
+            Kernel::Add,
+            &[len as u32],
+            &[
+                Binding::whole(&yb.buffer),
+                Binding::whole(&self.gpu.dummies[0]),
+                Binding::whole(&xb.buffer),
+            ],
+            (len as u64).div_ceil(256),
+            "add",
+        )
+    }
+
+    /// See [`arkvale_core::Device::add_bias`].
+    pub(crate) fn dense_add_bias(
+        &self,
+        rows: usize,
+        cols: usize,
+        x: &Buffer,
+        bias: &Buffer,
+    ) -> Result<()> {
+        let xb = self.typed(x, DType::F32, "add_bias: x")?;
+        let bb = self.typed(bias, DType::F32, "add_bias: bias")?;
+        if xb.id == bb.id {
+            return Err(Error::shape(
+                "add_bias: x and bias must be different buffers",
+            ));
+        }
+        if cols == 0 && rows > 0 {
+            return Err(Error::shape("add_bias: rows of 0 values"));
+        }
+        let len = product(rows, cols, "add_bias")?;
+        at_least(x, len, "add_bias: x [rows, cols]")?;
+        at_least(bias, cols, "add_bias: bias [cols]")?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.gpu.launch(
+            Kernel::AddBias,
+            &[len as u32, cols as u32],
+            &[
+                Binding::whole(&bb.buffer),
+                Binding::whole(&self.gpu.dummies[0]),
+                Binding::whole(&xb.buffer),
+            ],
+            (len as u64).div_ceil(256),
+            "add_bias",
+        )
+    }
+
+    /// See [`arkvale_core::Device::embedding`]. Rows are gathered with copy commands (no
+    /// binding limit applies to the table); f16/bf16 rows are widened by a kernel.
+    pub(crate) fn dense_embedding(
+        &self,
+        dim: usize,
+        table: &Buffer,
+        ids: &[u32],
+        out: &Buffer,
+    ) -> Result<()> {
+        let tb = buffer::float(self.id, table, "embedding: table")?;
+        let ob = self.typed(out, DType::F32, "embedding: out")?;
+        not_aliased(ob, &[tb], "embedding")?;
+        if dim == 0 {
+            return Err(Error::shape("embedding: dim must be non-zero"));
+        }
+        let vocab = table.len() / dim;
+        if let Some((t, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id as usize >= vocab)
+        {
+            return Err(Error::shape(format!(
+                "embedding: id {id} of token {t} outside a vocabulary of {vocab}"
+            )));
+        }
+        let len = product(ids.len(), dim, "embedding")?;
+        at_least(out, len, "embedding: out [tokens, dim]")?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut enc = self.gpu.encoder();
+        if table.dtype() == DType::F32 {
+            let row = dim as u64 * 4;
+            for (t, &id) in ids.iter().enumerate() {
+                enc.copy_buffer_to_buffer(
+                    &tb.buffer,
+                    id as u64 * row,
+                    &ob.buffer,
+                    t as u64 * row,
+                    row,
+                );
+            }
+            self.gpu.submit(enc, "embedding")?;
+            return Ok(());
+        }
+        let row = dim as u64 * 2;
+        let row_words = (row + 2).div_ceil(4);
+        let rows = self.gpu.buffer(
+            row_words * 4 * ids.len() as u64,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            "arkvale embedding rows",
+        )?;
+        let mut meta = vec![
+            ids.len() as u32,
+            dim as u32,
+            dt_code(table.dtype())?,
+            row_words as u32,
+        ];
+        for (t, &id) in ids.iter().enumerate() {
+            let (start, cover) = word_cover(id as u64 * row, row);
+            let cover = cover.min(tb.buffer.size() - start);
+            enc.copy_buffer_to_buffer(&tb.buffer, start, &rows, t as u64 * row_words * 4, cover);
+            meta.push(((id as u64 * row - start) / 2) as u32);
+        }
+        self.gpu.encode(
+            &mut enc,
+            Kernel::Embedding,
+            &meta,
+            &[Binding::whole(&rows), Binding::whole(&ob.buffer)],
+            (len as u64).div_ceil(256),
+            "embedding",
+        )?;
+        self.gpu.submit(enc, "embedding")?;
+        Ok(())
+    }
+
+    /// See [`arkvale_core::Device::argmax`]. Rows are split so that each binding of logits
+    /// fits the adapter's limit; results go through a small buffer and copy commands.
+    pub(crate) fn dense_argmax(
+        &self,
+        rows: usize,
+        cols: usize,
+        logits: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
+        let lb = self.typed(logits, DType::F32, "argmax: logits")?;
+        let ob = self.typed(out, DType::U32, "argmax: out")?;
+        if cols == 0 {
+            return Err(Error::shape("argmax: cols must be non-zero"));
+        }
+        let len = product(rows, cols, "argmax")?;
+        at_least(logits, len, "argmax: logits [rows, cols]")?;
+        at_least(out, rows, "argmax: out [rows]")?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let row = cols as u64 * 4;
+        let parts = chunks(
+            rows,
+            row,
+            self.max_binding(),
+            align_items(row, self.offset_align()),
+        )
+        .ok_or_else(|| too_big("argmax: logits"))?;
+        let tmp = self.gpu.buffer(
+            rows as u64 * 4,
+            wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            "arkvale argmax out",
+        )?;
+        let mut enc = self.gpu.encoder();
+        for &(r0, rc) in &parts {
+            let lw = Binding {
+                buffer: &lb.buffer,
+                offset: r0 as u64 * row,
+                size: rc as u64 * row,
+            };
+            let part = self.gpu.buffer(
+                rc as u64 * 4,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                "arkvale argmax part",
+            )?;
+            self.gpu.encode(
+                &mut enc,
+                Kernel::Argmax,
+                &[rc as u32, cols as u32],
+                &[
+                    lw,
+                    Binding::whole(&self.gpu.dummies[0]),
+                    Binding::whole(&part),
+                ],
+                rc as u64,
+                "argmax",
+            )?;
+            enc.copy_buffer_to_buffer(&part, 0, &tmp, r0 as u64 * 4, rc as u64 * 4);
+        }
+        enc.copy_buffer_to_buffer(&tmp, 0, &ob.buffer, 0, rows as u64 * 4);
+        self.gpu.submit(enc, "argmax")?;
+        Ok(())
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}

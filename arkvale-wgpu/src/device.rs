@@ -1,0 +1,679 @@
+//! [`WgpuDevice`]: the [`Device`] implementation. Buffers, host memory and the asynchronous
+//! page copies live here; the KV ops are in `kv` and the dense ops in `dense`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arkvale_core::{
+    AppendDest, AttnPage, AttnRow, AttnState, Buffer, DType, Device, DigestKind, Error,
+    EstimateJob, Event, HostBuffer, KvLayout, MatmulDims, Result, Rope, ScoreAgg, SummarizeJob,
+    TopkSegment,
+};
+use parking_lot::Mutex;
+use wgpu::util::DeviceExt as _;
+
+use crate::BACKEND;
+use crate::buffer::{self, GpuBuffer, HostMem, check_range};
+use crate::context::{AdapterReport, Binding, Gpu};
+use crate::event::WgpuEvent;
+use crate::kernels::Kernel;
+use crate::limits::{align_items, word_cover};
+use crate::validate;
+
+/// Ids of devices made so far, so that a handle can be traced to its device.
+static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The portable GPU backend: WGSL compute shaders on whatever adapter wgpu finds (Vulkan,
+/// Metal, DX12; Mesa lavapipe on machines without a GPU).
+///
+/// # How the `Device` contract maps to wgpu
+///
+/// * **Stream order.** Every operation is encoded and submitted to the device's one queue
+///   before the method returns; wgpu executes submissions in order, so a later operation
+///   observes every earlier one. [`Device::read`] and [`Device::synchronize`] block.
+/// * **Asynchronous copies.** wgpu exposes one queue, so page backups and recalls are
+///   submitted to it too (copy commands between the pool and a mapped staging buffer) and
+///   return a [`WgpuEvent`] at once. A backup's event completes when the staging buffer was
+///   mapped and its bytes copied into host memory; a recall's when its submission finished.
+///   Because the queue is in order, [`Device::wait_on_device`] has nothing to wait for (later
+///   compute is already ordered after the recall): it only checks the event's origin.
+/// * **Storage types.** KV pools, weights and embedding tables are f32, f16 or bf16 buffers;
+///   half types are unpacked in the shaders with integer bit operations and written with
+///   round-to-nearest-even, bit for bit the `half` crate's conversions. This needs no
+///   `SHADER_F16`, so f16 storage is used on every adapter (whether the adapter has the
+///   feature is reported in [`WgpuDevice::adapter`]). Arithmetic is f32.
+/// * **Limits.** The device is opened with the adapter's own limits; every binding is checked
+///   against `max_storage_buffer_binding_size`. Matmul splits its weight rows and activation
+///   rows, argmax its rows, embedding copies rows with copy commands, and the KV ops bind the
+///   window of pool slots they touch; an op whose working set cannot be split below the limit
+///   is an [`Error::Device`].
+/// * **Errors.** Every descriptor is checked before anything is encoded (the same rules as
+///   `arkvale-cpu`); wgpu validation errors are captured and returned as [`Error::Device`],
+///   never a panic.
+pub struct WgpuDevice {
+    pub(crate) id: u64,
+    pub(crate) gpu: Gpu,
+}
+
+impl std::fmt::Debug for WgpuDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuDevice")
+            .field("id", &self.id)
+            .field("adapter", &self.gpu.report.name)
+            .finish()
+    }
+}
+
+impl WgpuDevice {
+    /// Opens the first adapter wgpu finds and compiles every kernel. No adapter (no Vulkan,
+    /// Metal or DX12 driver) is an [`Error::Device`] whose message says so.
+    pub fn new() -> Result<Self> {
+        let gpu = Gpu::open()?;
+        gpu.compile_all()?;
+        Ok(WgpuDevice {
+            id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
+            gpu,
+        })
+    }
+
+    /// What the device knows about its adapter (name, backend, f16 support, limits).
+    pub fn adapter(&self) -> &AdapterReport {
+        &self.gpu.report
+    }
+
+    /// Whether f16 (and bf16) storage is used for KV pools and weights: always, since the
+    /// shaders unpack half types from 32-bit words themselves (see [`WgpuDevice`]).
+    pub fn f16_storage(&self) -> bool {
+        true
+    }
+
+    pub(crate) fn gpu_buf<'a>(&self, buf: &'a Buffer, what: &str) -> Result<&'a GpuBuffer> {
+        buffer::gpu(self.id, buf, what)
+    }
+
+    pub(crate) fn typed<'a>(
+        &self,
+        buf: &'a Buffer,
+        dtype: DType,
+        what: &str,
+    ) -> Result<&'a GpuBuffer> {
+        buffer::typed(self.id, buf, dtype, what)
+    }
+
+    /// The binding of bytes `[start, start + len)` of `buf`: the window starts at the
+    /// adapter's offset alignment at or below `start`; returns it and its first byte.
+    pub(crate) fn window<'a>(
+        &self,
+        buf: &'a wgpu::Buffer,
+        start: u64,
+        len: u64,
+    ) -> (Binding<'a>, u64) {
+        let align = self.gpu.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+        let offset = start / align * align;
+        let (_, cover) = word_cover(start - offset, len.max(1));
+        let size = (start - offset + cover).div_ceil(4) * 4;
+        let size = size.min(buf.size() - offset).max(4);
+        (
+            Binding {
+                buffer: buf,
+                offset,
+                size,
+            },
+            offset,
+        )
+    }
+
+    /// Copies `len` bytes from byte `sb` of `src` to byte `db` of `dst` (different buffers)
+    /// with the byte-copy kernel (any alignment).
+    fn byte_copy(
+        &self,
+        src: &wgpu::Buffer,
+        sb: u64,
+        dst: &wgpu::Buffer,
+        db: u64,
+        len: u64,
+    ) -> Result<()> {
+        let (sw, so) = self.window(src, sb, len);
+        let (dw, doff) = self.window(dst, db, len);
+        let (first, bytes) = word_cover(db - doff, len);
+        let words = bytes / 4;
+        let meta = [
+            (sb - so) as u32,
+            (db - doff) as u32,
+            len as u32,
+            (first / 4) as u32,
+            words as u32,
+        ];
+        self.gpu.launch(
+            Kernel::ByteCopy,
+            &meta,
+            &[sw, dw],
+            words.div_ceil(256),
+            "copy",
+        )
+    }
+
+    /// A storage buffer with `bytes` placed at byte `phase` (0..4) of its first word.
+    fn staged(&self, bytes: &[u8], phase: usize) -> wgpu::Buffer {
+        let mut padded = vec![0u8; (phase + bytes.len()).div_ceil(4) * 4];
+        padded[phase..phase + bytes.len()].copy_from_slice(bytes);
+        self.gpu
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("arkvale upload"),
+                contents: &padded,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
+    }
+
+    /// Reads bytes `[start, start + len)` of `buf` to the host (blocking).
+    pub(crate) fn read_bytes(&self, buf: &wgpu::Buffer, start: u64, out: &mut [u8]) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let (cs, cl) = word_cover(start, out.len() as u64);
+        let staging = self.gpu.buffer(
+            cl,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            "arkvale read staging",
+        )?;
+        let mut enc = self.gpu.encoder();
+        enc.copy_buffer_to_buffer(buf, cs, &staging, 0, cl);
+        let idx = self.gpu.submit(enc, "read")?;
+        let result: Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>> =
+            Arc::default();
+        let r2 = result.clone();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| *r2.lock() = Some(r));
+        self.gpu.wait(Some(idx), "read")?;
+        while result.lock().is_none() {
+            self.gpu.wait(None, "read")?;
+        }
+        if let Some(Err(e)) = result.lock().take() {
+            return Err(Error::device(BACKEND, format!("read: map failed: {e}")));
+        }
+        {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::device(BACKEND, format!("read: {e}")))?;
+            let s = (start - cs) as usize;
+            out.copy_from_slice(&view[s..s + out.len()]);
+        }
+        staging.unmap();
+        Ok(())
+    }
+
+    /// An event that is already complete (for copies with nothing to copy).
+    fn done_event(&self) -> Result<Event> {
+        let idx = self.gpu.submit(self.gpu.encoder(), "event")?;
+        Ok(Event(Arc::new(WgpuEvent {
+            device_id: self.id,
+            device: self.gpu.device.clone(),
+            index: idx,
+            done: Arc::new(AtomicBool::new(true)),
+            error: Arc::default(),
+        })))
+    }
+}
+
+/// Turns `(slot, host byte offset)` copies into checked `(pool byte, host byte, bytes)` ranges.
+fn page_copy_plan(
+    layout: &KvLayout,
+    pool_len: usize,
+    host_bytes: usize,
+    copies: &[(u32, u64)],
+    what: &str,
+) -> Result<Vec<(u64, usize, usize)>> {
+    let n = layout.slot_bytes();
+    copies
+        .iter()
+        .map(|&(slot, host)| {
+            validate::slot(layout, pool_len, slot, what)?;
+            let host = usize::try_from(host)
+                .map_err(|_| Error::shape(format!("{what}: host offset {host}")))?;
+            check_range(
+                host,
+                n,
+                host_bytes,
+                &format!("{what}: slot {slot} at host byte"),
+            )?;
+            Ok((slot as u64 * n as u64, host, n))
+        })
+        .collect()
+}
+
+impl Device for WgpuDevice {
+    fn name(&self) -> String {
+        BACKEND.to_string()
+    }
+
+    fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer> {
+        let bytes = len
+            .checked_mul(dtype.size())
+            .ok_or_else(|| Error::shape(format!("alloc: {len} x {dtype:?} overflows")))?;
+        let buffer = self.gpu.buffer(
+            bytes as u64,
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            "arkvale buffer",
+        )?;
+        Ok(Buffer::new(
+            Box::new(GpuBuffer {
+                device: self.id,
+                id: buffer::next_id(),
+                buffer,
+            }),
+            len,
+            dtype,
+        ))
+    }
+
+    fn write(&self, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()> {
+        let g = self.gpu_buf(buf, "write")?;
+        let size = buf.dtype().size();
+        if data.len() % size != 0 {
+            return Err(Error::shape(format!(
+                "write: {} bytes is not a whole number of {:?}",
+                data.len(),
+                buf.dtype()
+            )));
+        }
+        check_range(offset, data.len() / size, buf.len(), "write")?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let byte = (offset * size) as u64;
+        if byte % 4 == 0 && data.len() % 4 == 0 {
+            let _g = self.gpu.submit_lock.lock();
+            self.gpu.queue.write_buffer(&g.buffer, byte, data);
+            drop(_g);
+            return self.gpu.check_errors("write");
+        }
+        let phase = (byte % 4) as usize;
+        let staged = self.staged(data, phase);
+        self.byte_copy(&staged, phase as u64, &g.buffer, byte, data.len() as u64)
+    }
+
+    fn read(&self, buf: &Buffer, offset: usize, out: &mut [u8]) -> Result<()> {
+        let g = self.gpu_buf(buf, "read")?;
+        let size = buf.dtype().size();
+        if out.len() % size != 0 {
+            return Err(Error::shape(format!(
+                "read: {} bytes is not a whole number of {:?}",
+                out.len(),
+                buf.dtype()
+            )));
+        }
+        check_range(offset, out.len() / size, buf.len(), "read")?;
+        self.read_bytes(&g.buffer, (offset * size) as u64, out)
+    }
+
+    fn copy(
+        &self,
+        src: &Buffer,
+        src_off: usize,
+        dst: &Buffer,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        let s = self.gpu_buf(src, "copy: src")?;
+        let d = self.gpu_buf(dst, "copy: dst")?;
+        if src.dtype() != dst.dtype() {
+            return Err(Error::shape(format!(
+                "copy: {:?} into {:?}",
+                src.dtype(),
+                dst.dtype()
+            )));
+        }
+        check_range(src_off, len, src.len(), "copy: src")?;
+        check_range(dst_off, len, dst.len(), "copy: dst")?;
+        if len == 0 {
+            return Ok(());
+        }
+        let size = src.dtype().size() as u64;
+        let (sb, db, n) = (
+            src_off as u64 * size,
+            dst_off as u64 * size,
+            len as u64 * size,
+        );
+        if s.id == d.id {
+            // Overlapping ranges of one buffer: through a temporary (memmove semantics).
+            let (cs, cl) = word_cover(sb, n);
+            let tmp = self.gpu.buffer(
+                cl,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                "arkvale copy temp",
+            )?;
+            let mut enc = self.gpu.encoder();
+            enc.copy_buffer_to_buffer(&s.buffer, cs, &tmp, 0, cl);
+            self.gpu.submit(enc, "copy")?;
+            return self.byte_copy(&tmp, sb - cs, &d.buffer, db, n);
+        }
+        if sb % 4 == 0 && db % 4 == 0 && n % 4 == 0 {
+            let mut enc = self.gpu.encoder();
+            enc.copy_buffer_to_buffer(&s.buffer, sb, &d.buffer, db, n);
+            self.gpu.submit(enc, "copy")?;
+            return Ok(());
+        }
+        self.byte_copy(&s.buffer, sb, &d.buffer, db, n)
+    }
+
+    fn fill_f32(&self, buf: &Buffer, offset: usize, len: usize, value: f32) -> Result<()> {
+        let g = self.typed(buf, DType::F32, "fill_f32")?;
+        check_range(offset, len, buf.len(), "fill_f32")?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (w, wo) = self.window(&g.buffer, offset as u64 * 4, len as u64 * 4);
+        let meta = [(offset as u64 - wo / 4) as u32, len as u32, value.to_bits()];
+        self.gpu.launch(
+            Kernel::Fill,
+            &meta,
+            &[w],
+            (len as u64).div_ceil(256),
+            "fill_f32",
+        )
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.gpu.wait(None, "synchronize")
+    }
+
+    fn alloc_host(&self, bytes: usize) -> Result<HostBuffer> {
+        let mut data = Vec::new();
+        data.try_reserve_exact(bytes)
+            .map_err(|e| Error::device(BACKEND, format!("alloc_host of {bytes} bytes: {e}")))?;
+        data.resize(bytes, 0);
+        Ok(HostBuffer::new(
+            Box::new(HostMem {
+                device: self.id,
+                data: Arc::new(Mutex::new(data)),
+            }),
+            bytes,
+        ))
+    }
+
+    fn host_write(&self, host: &HostBuffer, offset: usize, data: &[u8]) -> Result<()> {
+        let h = buffer::host(self.id, host, "host_write")?;
+        check_range(offset, data.len(), host.bytes(), "host_write (bytes)")?;
+        h.data.lock()[offset..offset + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn host_read(&self, host: &HostBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
+        let h = buffer::host(self.id, host, "host_read")?;
+        check_range(offset, out.len(), host.bytes(), "host_read (bytes)")?;
+        out.copy_from_slice(&h.data.lock()[offset..offset + out.len()]);
+        Ok(())
+    }
+
+    /// Copies the slots into a mapped staging buffer on the queue; when it is mapped, the map
+    /// callback copies the bytes into host memory and completes the event.
+    fn backup_pages(
+        &self,
+        layout: &KvLayout,
+        pool: &Buffer,
+        copies: &[(u32, u64)],
+        host: &HostBuffer,
+    ) -> Result<Event> {
+        validate::layout(layout)?;
+        let p = self.typed(pool, layout.kv_dtype.dtype(), "backup_pages: pool")?;
+        let h = buffer::host(self.id, host, "backup_pages")?;
+        let plan = page_copy_plan(layout, pool.len(), host.bytes(), copies, "backup_pages")?;
+        if plan.is_empty() {
+            return self.done_event();
+        }
+        let n = layout.slot_bytes() as u64;
+        let staging = self.gpu.buffer(
+            n * plan.len() as u64,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            "arkvale backup staging",
+        )?;
+        let mut enc = self.gpu.encoder();
+        for (i, &(pool_byte, _, bytes)) in plan.iter().enumerate() {
+            enc.copy_buffer_to_buffer(&p.buffer, pool_byte, &staging, i as u64 * n, bytes as u64);
+        }
+        let idx = self.gpu.submit(enc, "backup_pages")?;
+        let done = Arc::new(AtomicBool::new(false));
+        let error: Arc<Mutex<Option<String>>> = Arc::default();
+        let (d2, e2, data, st) = (done.clone(), error.clone(), h.data.clone(), staging.clone());
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            match r {
+                Ok(()) => match st.get_mapped_range(..) {
+                    Ok(view) => {
+                        let mut host = data.lock();
+                        for (i, &(_, hb, bytes)) in plan.iter().enumerate() {
+                            let s = i * bytes;
+                            host[hb..hb + bytes].copy_from_slice(&view[s..s + bytes]);
+                        }
+                        drop(view);
+                        st.unmap();
+                    }
+                    Err(e) => *e2.lock() = Some(format!("backup_pages: {e}")),
+                },
+                Err(e) => *e2.lock() = Some(format!("backup_pages: map failed: {e}")),
+            }
+            d2.store(true, Ordering::Release);
+        });
+        Ok(Event(Arc::new(WgpuEvent {
+            device_id: self.id,
+            device: self.gpu.device.clone(),
+            index: idx,
+            done,
+            error,
+        })))
+    }
+
+    /// Fills a staging buffer mapped at creation from host memory, then copies it into the
+    /// slots on the queue; the event completes with the submission.
+    fn recall_pages(
+        &self,
+        layout: &KvLayout,
+        host: &HostBuffer,
+        copies: &[(u32, u64)],
+        pool: &Buffer,
+    ) -> Result<Event> {
+        validate::layout(layout)?;
+        let p = self.typed(pool, layout.kv_dtype.dtype(), "recall_pages: pool")?;
+        let h = buffer::host(self.id, host, "recall_pages")?;
+        let plan = page_copy_plan(layout, pool.len(), host.bytes(), copies, "recall_pages")?;
+        if plan.is_empty() {
+            return self.done_event();
+        }
+        let n = layout.slot_bytes() as u64;
+        let total = n * plan.len() as u64;
+        if total > self.gpu.limits.max_buffer_size {
+            return Err(Error::device(
+                BACKEND,
+                format!("recall_pages: {total} bytes exceed the adapter's buffer limit"),
+            ));
+        }
+        let staging = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("arkvale recall staging"),
+            size: total,
+            usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = staging
+                .get_mapped_range_mut(..)
+                .map_err(|e| Error::device(BACKEND, format!("recall_pages: {e}")))?;
+            let host = h.data.lock();
+            let mut packed = vec![0u8; total as usize];
+            for (i, &(_, hb, bytes)) in plan.iter().enumerate() {
+                packed[i * bytes..(i + 1) * bytes].copy_from_slice(&host[hb..hb + bytes]);
+            }
+            view.copy_from_slice(&packed);
+        }
+        staging.unmap();
+        let mut enc = self.gpu.encoder();
+        for (i, &(pool_byte, _, bytes)) in plan.iter().enumerate() {
+            enc.copy_buffer_to_buffer(&staging, i as u64 * n, &p.buffer, pool_byte, bytes as u64);
+        }
+        let idx = self.gpu.submit(enc, "recall_pages")?;
+        let done = Arc::new(AtomicBool::new(false));
+        let d2 = done.clone();
+        self.gpu
+            .queue
+            .on_submitted_work_done(move || d2.store(true, Ordering::Release));
+        Ok(Event(Arc::new(WgpuEvent {
+            device_id: self.id,
+            device: self.gpu.device.clone(),
+            index: idx,
+            done,
+            error: Arc::default(),
+        })))
+    }
+
+    /// The queue is in order, so later compute already follows the copy: only checks that
+    /// the event is this device's.
+    fn wait_on_device(&self, event: &Event) -> Result<()> {
+        match event.0.as_any().downcast_ref::<WgpuEvent>() {
+            Some(e) if e.device() == self.id => Ok(()),
+            Some(_) => Err(Error::device(
+                BACKEND,
+                "wait_on_device: event of another WgpuDevice",
+            )),
+            None => Err(Error::device(
+                BACKEND,
+                "wait_on_device: event was not made by a WgpuDevice",
+            )),
+        }
+    }
+
+    fn append_kv(
+        &self,
+        layout: &KvLayout,
+        pool: &Buffer,
+        k: &Buffer,
+        v: &Buffer,
+        dests: &[AppendDest],
+    ) -> Result<()> {
+        self.kv_append(layout, pool, k, v, dests)
+    }
+
+    fn summarize(
+        &self,
+        layout: &KvLayout,
+        kind: DigestKind,
+        pool: &Buffer,
+        jobs: &[SummarizeJob],
+        digests: &Buffer,
+    ) -> Result<()> {
+        self.kv_summarize(layout, kind, pool, jobs, digests)
+    }
+
+    fn estimate(
+        &self,
+        layout: &KvLayout,
+        kind: DigestKind,
+        agg: ScoreAgg,
+        digests: &Buffer,
+        q: &Buffer,
+        jobs: &[EstimateJob],
+        scores: &Buffer,
+    ) -> Result<()> {
+        self.kv_estimate(layout, kind, agg, digests, q, jobs, scores)
+    }
+
+    fn topk(&self, scores: &Buffer, segments: &[TopkSegment], out: &Buffer) -> Result<()> {
+        self.kv_topk(scores, segments, out)
+    }
+
+    fn decode_attention(
+        &self,
+        layout: &KvLayout,
+        pool: &Buffer,
+        q: &Buffer,
+        rows: &[AttnRow],
+        pages: &[AttnPage],
+        mask: Option<&Buffer>,
+        scale: f32,
+        out: &Buffer,
+    ) -> Result<()> {
+        self.kv_decode_attention(layout, pool, q, rows, pages, mask, scale, out)
+    }
+
+    fn prefill_attention(
+        &self,
+        layout: &KvLayout,
+        pool: &Buffer,
+        q: &Buffer,
+        rows: &[AttnRow],
+        pages: &[AttnPage],
+        mask: Option<&Buffer>,
+        scale: f32,
+        state: &AttnState,
+    ) -> Result<()> {
+        self.kv_prefill_attention(layout, pool, q, rows, pages, mask, scale, state)
+    }
+
+    fn attention_finalize(
+        &self,
+        layout: &KvLayout,
+        state: &AttnState,
+        rows: &[AttnRow],
+        out: &Buffer,
+    ) -> Result<()> {
+        self.kv_finalize(layout, state, rows, out)
+    }
+
+    fn attention_weights(
+        &self,
+        layout: &KvLayout,
+        pool: &Buffer,
+        q: &Buffer,
+        rows: &[AttnRow],
+        pages: &[AttnPage],
+        mask: Option<&Buffer>,
+        scale: f32,
+        weights: &Buffer,
+    ) -> Result<()> {
+        self.kv_weights(layout, pool, q, rows, pages, mask, scale, weights)
+    }
+
+    fn matmul(&self, dims: &MatmulDims, x: &Buffer, w: &Buffer, out: &Buffer) -> Result<()> {
+        self.dense_matmul(dims, x, w, out)
+    }
+
+    fn rmsnorm(
+        &self,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        x: &Buffer,
+        weight: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
+        self.dense_rmsnorm(rows, dim, eps, x, weight, out)
+    }
+
+    fn rope(&self, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
+        self.dense_rope(rope, positions, x)
+    }
+
+    fn silu_mul(&self, len: usize, gate: &Buffer, up: &Buffer, out: &Buffer) -> Result<()> {
+        self.dense_silu_mul(len, gate, up, out)
+    }
+
+    fn add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
+        self.dense_add(len, x, y)
+    }
+
+    fn add_bias(&self, rows: usize, cols: usize, x: &Buffer, bias: &Buffer) -> Result<()> {
+        self.dense_add_bias(rows, cols, x, bias)
+    }
+
+    fn embedding(&self, dim: usize, table: &Buffer, ids: &[u32], out: &Buffer) -> Result<()> {
+        self.dense_embedding(dim, table, ids, out)
+    }
+
+    fn argmax(&self, rows: usize, cols: usize, logits: &Buffer, out: &Buffer) -> Result<()> {
+        self.dense_argmax(rows, cols, logits, out)
+    }
+}
+
+/// The smallest slot index step whose byte offset meets the binding alignment.
+pub(crate) fn slot_align(layout: &KvLayout, align: u64) -> usize {
+    align_items(layout.slot_bytes() as u64, align)
+}

@@ -1,0 +1,563 @@
+//! The KV ops of [`WgpuDevice`]: checks, the `meta` arrays of descriptors, and the launches
+//! of `append.wgsl`, `summarize.wgsl`, `estimate.wgsl`, `topk.wgsl`, `attention.wgsl`,
+//! `finalize.wgsl` and `weights.wgsl`.
+//!
+//! A KV pool is bound as the window of slots an op touches (slot indices in `meta` are
+//! relative to the window's first slot), so a pool larger than the adapter's binding limit
+//! works as long as each op's slots fit in one binding.
+
+use arkvale_core::{
+    AppendDest, AttnPage, AttnRow, AttnState, Buffer, DType, DigestKind, Error, EstimateJob,
+    KvLayout, Result, ScoreAgg, SummarizeJob, TopkSegment,
+};
+
+use crate::BACKEND;
+use crate::buffer::{GpuBuffer, at_least, check_range, not_aliased};
+use crate::context::Binding;
+use crate::device::{WgpuDevice, slot_align};
+use crate::kernels::Kernel;
+use crate::validate;
+
+/// Storage type code of the shaders (`DT_F32`, `DT_F16`, `DT_BF16`).
+pub(crate) fn dt_code(dtype: DType) -> Result<u32> {
+    match dtype {
+        DType::F32 => Ok(0),
+        DType::F16 => Ok(1),
+        DType::BF16 => Ok(2),
+        other => Err(Error::shape(format!(
+            "expected a float storage type, got {other:?}"
+        ))),
+    }
+}
+
+/// The shaders' digest kind code.
+fn kind_code(kind: DigestKind) -> u32 {
+    match kind {
+        DigestKind::CuboidMax => 0,
+        DigestKind::CuboidCenter => 1,
+        DigestKind::CuboidMean => 2,
+        DigestKind::SphereMax => 3,
+        DigestKind::SphereCenter => 4,
+        DigestKind::SphereMean => 5,
+        DigestKind::Centroid => 6,
+    }
+}
+
+/// Converts a size to u32 for a shader, or fails.
+fn u32_of(x: usize, what: &str) -> Result<u32> {
+    u32::try_from(x).map_err(|_| Error::device(BACKEND, format!("{what}: {x} exceeds u32")))
+}
+
+/// A pool window: its binding and first slot.
+pub(crate) struct PoolWindow<'a> {
+    pub binding: Binding<'a>,
+    pub first_slot: u32,
+}
+
+impl WgpuDevice {
+    /// The checked pool buffer of a KV op.
+    fn kv_pool<'a>(&self, l: &KvLayout, pool: &'a Buffer, what: &str) -> Result<&'a GpuBuffer> {
+        validate::layout(l)?;
+        self.typed(pool, l.kv_dtype.dtype(), &format!("{what}: pool"))
+    }
+
+    /// The binding of the slots `slots` touch (validated indices).
+    pub(crate) fn pool_window<'a>(
+        &self,
+        l: &KvLayout,
+        pool: &'a GpuBuffer,
+        slots: impl Iterator<Item = u32>,
+        what: &str,
+    ) -> Result<PoolWindow<'a>> {
+        let (mut lo, mut hi) = (u32::MAX, 0u32);
+        for s in slots {
+            lo = lo.min(s);
+            hi = hi.max(s);
+        }
+        if lo == u32::MAX {
+            lo = 0;
+        }
+        let align = slot_align(
+            l,
+            self.gpu.limits.min_storage_buffer_offset_alignment as u64,
+        );
+        let first = lo as usize / align * align;
+        let sb = l.slot_bytes() as u64;
+        let size = (hi as u64 + 1 - first as u64) * sb;
+        let size = size.min(pool.buffer.size() - first as u64 * sb);
+        let binding = Binding {
+            buffer: &pool.buffer,
+            offset: first as u64 * sb,
+            size: size.div_ceil(4) * 4,
+        };
+        if binding.size > self.gpu.limits.max_storage_buffer_binding_size {
+            return Err(Error::device(
+                BACKEND,
+                format!(
+                    "{what}: the slots touched span {} bytes of the pool, more than the \
+                     adapter's storage-binding limit of {} bytes",
+                    binding.size, self.gpu.limits.max_storage_buffer_binding_size
+                ),
+            ));
+        }
+        Ok(PoolWindow {
+            binding,
+            first_slot: first as u32,
+        })
+    }
+
+    pub(crate) fn kv_append(
+        &self,
+        l: &KvLayout,
+        pool: &Buffer,
+        k: &Buffer,
+        v: &Buffer,
+        dests: &[AppendDest],
+    ) -> Result<()> {
+        let p = self.kv_pool(l, pool, "append_kv")?;
+        let kb = self.typed(k, DType::F32, "append_kv: k")?;
+        let vb = self.typed(v, DType::F32, "append_kv: v")?;
+        not_aliased(p, &[kb, vb], "append_kv")?;
+        validate::append(l, pool.len(), k.len(), v.len(), dests)?;
+        if dests.is_empty() {
+            return Ok(());
+        }
+        let w = self.pool_window(l, p, dests.iter().map(|d| d.slot), "append_kv")?;
+        let mut meta = vec![
+            dt_code(l.kv_dtype.dtype())?,
+            u32_of(l.heads_per_group, "append_kv")?,
+            u32_of(l.page_size, "append_kv")?,
+            u32_of(l.head_dim, "append_kv")?,
+            u32_of(l.kv_heads(), "append_kv")?,
+            u32_of(l.slot_elems(), "append_kv")?,
+            u32_of(dests.len(), "append_kv")?,
+        ];
+        for d in dests {
+            meta.extend([d.token, d.group, d.slot - w.first_slot, d.pos]);
+        }
+        let threads = dests.len() as u64 * l.heads_per_group as u64 * l.head_dim as u64 * 2;
+        self.gpu.launch(
+            Kernel::Append,
+            &meta,
+            &[
+                w.binding,
+                Binding::whole(&kb.buffer),
+                Binding::whole(&vb.buffer),
+            ],
+            threads.div_ceil(256),
+            "append_kv",
+        )
+    }
+
+    pub(crate) fn kv_summarize(
+        &self,
+        l: &KvLayout,
+        kind: DigestKind,
+        pool: &Buffer,
+        jobs: &[SummarizeJob],
+        digests: &Buffer,
+    ) -> Result<()> {
+        let p = self.kv_pool(l, pool, "summarize")?;
+        let dg = self.typed(digests, DType::F32, "summarize: digests")?;
+        not_aliased(dg, &[p], "summarize")?;
+        validate::summarize(l, kind, pool.len(), jobs, digests.len())?;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let w = self.pool_window(l, p, jobs.iter().map(|j| j.slot), "summarize")?;
+        let mut meta = vec![
+            dt_code(l.kv_dtype.dtype())?,
+            u32_of(l.heads_per_group, "summarize")?,
+            u32_of(l.page_size, "summarize")?,
+            u32_of(l.head_dim, "summarize")?,
+            kind_code(kind),
+            u32_of(l.slot_elems(), "summarize")?,
+            u32_of(jobs.len(), "summarize")?,
+        ];
+        for j in jobs {
+            meta.extend([j.slot - w.first_slot, j.digest, j.len]);
+        }
+        let sphere = matches!(
+            kind,
+            DigestKind::SphereMax | DigestKind::SphereCenter | DigestKind::SphereMean
+        );
+        let (kernel, threads) = if sphere {
+            (
+                Kernel::SummarizeSphere,
+                jobs.len() as u64 * l.heads_per_group as u64,
+            )
+        } else {
+            (
+                Kernel::SummarizePerDim,
+                jobs.len() as u64 * l.heads_per_group as u64 * l.head_dim as u64,
+            )
+        };
+        self.gpu.launch(
+            kernel,
+            &meta,
+            &[w.binding, Binding::whole(&dg.buffer)],
+            threads.div_ceil(64),
+            "summarize",
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn kv_estimate(
+        &self,
+        l: &KvLayout,
+        kind: DigestKind,
+        agg: ScoreAgg,
+        digests: &Buffer,
+        q: &Buffer,
+        jobs: &[EstimateJob],
+        scores: &Buffer,
+    ) -> Result<()> {
+        validate::layout(l)?;
+        let dg = self.typed(digests, DType::F32, "estimate: digests")?;
+        let qb = self.typed(q, DType::F32, "estimate: q")?;
+        let sc = self.typed(scores, DType::F32, "estimate: scores")?;
+        not_aliased(sc, &[dg, qb], "estimate")?;
+        validate::estimate(l, kind, digests.len(), q.len(), jobs, scores.len())?;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut meta = vec![
+            u32_of(l.heads_per_group, "estimate")?,
+            u32_of(l.gqa, "estimate")?,
+            u32_of(l.head_dim, "estimate")?,
+            kind_code(kind),
+            match agg {
+                ScoreAgg::Mean => 0,
+                ScoreAgg::Max => 1,
+            },
+            u32_of(l.q_heads(), "estimate")?,
+            u32_of(jobs.len(), "estimate")?,
+        ];
+        for j in jobs {
+            meta.extend([j.q_row, j.group, j.digest]);
+        }
+        self.gpu.launch(
+            Kernel::Estimate,
+            &meta,
+            &[
+                Binding::whole(&dg.buffer),
+                Binding::whole(&qb.buffer),
+                Binding::whole(&sc.buffer),
+            ],
+            (jobs.len() as u64).div_ceil(64),
+            "estimate",
+        )
+    }
+
+    pub(crate) fn kv_topk(
+        &self,
+        scores: &Buffer,
+        segments: &[TopkSegment],
+        out: &Buffer,
+    ) -> Result<()> {
+        let sc = self.typed(scores, DType::F32, "topk: scores")?;
+        let ob = self.typed(out, DType::U32, "topk: out")?;
+        validate::topk(scores.len(), segments, out.len())?;
+        let mut groups: Vec<[u32; 5]> = Vec::new();
+        let mut at = 0u32;
+        for s in segments {
+            let mut first = 0;
+            while first < s.len {
+                groups.push([s.start, s.len, s.k, at, first]);
+                first += 64;
+            }
+            at += s.k;
+        }
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let mut meta = vec![u32_of(groups.len(), "topk")?];
+        meta.extend(groups.iter().flatten());
+        self.gpu.launch(
+            Kernel::Topk,
+            &meta,
+            &[Binding::whole(&sc.buffer), Binding::whole(&ob.buffer)],
+            groups.len() as u64,
+            "topk",
+        )
+    }
+
+    /// The attention `meta` array: header, rows, pages (slots relative to the window).
+    #[allow(clippy::too_many_arguments)]
+    fn attn_meta(
+        &self,
+        l: &KvLayout,
+        rows: &[AttnRow],
+        pages: &[AttnPage],
+        first_slot: u32,
+        scale: f32,
+        mode: u32,
+        has_mask: bool,
+        what: &str,
+    ) -> Result<Vec<u32>> {
+        let mut meta = vec![
+            dt_code(l.kv_dtype.dtype())?,
+            u32_of(l.heads_per_group, what)?,
+            u32_of(l.gqa, what)?,
+            u32_of(l.page_size, what)?,
+            u32_of(l.head_dim, what)?,
+            u32_of(l.slot_elems(), what)?,
+            u32_of(l.q_heads(), what)?,
+            scale.to_bits(),
+            mode,
+            has_mask as u32,
+            u32_of(rows.len(), what)?,
+            u32_of(pages.len(), what)?,
+            first_slot,
+        ];
+        for r in rows {
+            meta.extend([r.q_row, r.group, r.pos, r.page_start, r.page_count]);
+        }
+        for p in pages {
+            meta.extend([p.slot - first_slot, p.base_pos, p.len]);
+        }
+        Ok(meta)
+    }
+
+    /// Checks shared by the attention ops; returns the pool, q and mask storage.
+    #[allow(clippy::too_many_arguments)]
+    fn attn_inputs<'a>(
+        &self,
+        what: &str,
+        l: &KvLayout,
+        pool: &'a Buffer,
+        q: &'a Buffer,
+        mask: Option<&'a Buffer>,
+        out_len: usize,
+        rows: &[AttnRow],
+        pages: &[AttnPage],
+        outputs: &[&GpuBuffer],
+    ) -> Result<(&'a GpuBuffer, &'a GpuBuffer, Option<&'a GpuBuffer>)> {
+        if l.head_dim > 256 {
+            return Err(Error::shape(format!(
+                "{what}: head_dim {} above the wgpu attention kernels' 256",
+                l.head_dim
+            )));
+        }
+        let p = self.kv_pool(l, pool, what)?;
+        let qb = self.typed(q, DType::F32, &format!("{what}: q"))?;
+        let mb = mask
+            .map(|m| self.typed(m, DType::U8, &format!("{what}: mask")))
+            .transpose()?;
+        let mut inputs = vec![p, qb];
+        inputs.extend(mb);
+        for (n, o) in outputs.iter().enumerate() {
+            not_aliased(o, &inputs, what)?;
+            if outputs[..n].iter().any(|x| x.id == o.id) {
+                return Err(Error::shape(format!(
+                    "{what}: two outputs are the same buffer"
+                )));
+            }
+        }
+        validate::attention(
+            l,
+            pool.len(),
+            q.len(),
+            out_len,
+            rows,
+            pages,
+            mask.map(|m| m.len()),
+        )?;
+        Ok((p, qb, mb))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn kv_decode_attention(
+        &self,
+        l: &KvLayout,
+        pool: &Buffer,
+        q: &Buffer,
+        rows: &[AttnRow],
+        pages: &[AttnPage],
+        mask: Option<&Buffer>,
+        scale: f32,
+        out: &Buffer,
+    ) -> Result<()> {
+        let what = "decode_attention";
+        let ob = self.typed(out, DType::F32, "decode_attention: out")?;
+        let (p, qb, mb) =
+            self.attn_inputs(what, l, pool, q, mask, out.len(), rows, pages, &[ob])?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let w = self.pool_window(l, p, pages.iter().map(|p| p.slot), what)?;
+        let meta = self.attn_meta(l, rows, pages, w.first_slot, scale, 0, mb.is_some(), what)?;
+        let dummy = dummy_rw(self, 0);
+        self.gpu.launch(
+            Kernel::Attention,
+            &meta,
+            &[
+                w.binding,
+                Binding::whole(&qb.buffer),
+                mb.map_or(dummy, |m| Binding::whole(&m.buffer)),
+                Binding::whole(&ob.buffer),
+                dummy_rw(self, 1),
+                dummy_rw(self, 2),
+            ],
+            rows.len() as u64 * l.heads_per_group as u64 * l.gqa as u64,
+            what,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn kv_prefill_attention(
+        &self,
+        l: &KvLayout,
+        pool: &Buffer,
+        q: &Buffer,
+        rows: &[AttnRow],
+        pages: &[AttnPage],
+        mask: Option<&Buffer>,
+        scale: f32,
+        state: &AttnState,
+    ) -> Result<()> {
+        let what = "prefill_attention";
+        let acc = self.typed(&state.acc, DType::F32, "prefill_attention: state.acc")?;
+        let mx = self.typed(&state.max, DType::F32, "prefill_attention: state.max")?;
+        let sm = self.typed(&state.sum, DType::F32, "prefill_attention: state.sum")?;
+        let (p, qb, mb) =
+            self.attn_inputs(what, l, pool, q, mask, q.len(), rows, pages, &[acc, mx, sm])?;
+        validate::state(l, rows, state.acc.len(), state.max.len(), state.sum.len())?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let w = self.pool_window(l, p, pages.iter().map(|p| p.slot), what)?;
+        let meta = self.attn_meta(l, rows, pages, w.first_slot, scale, 1, mb.is_some(), what)?;
+        let dummy = dummy_rw(self, 0);
+        self.gpu.launch(
+            Kernel::Attention,
+            &meta,
+            &[
+                w.binding,
+                Binding::whole(&qb.buffer),
+                mb.map_or(dummy, |m| Binding::whole(&m.buffer)),
+                Binding::whole(&acc.buffer),
+                Binding::whole(&mx.buffer),
+                Binding::whole(&sm.buffer),
+            ],
+            rows.len() as u64 * l.heads_per_group as u64 * l.gqa as u64,
+            what,
+        )
+    }
+
+    pub(crate) fn kv_finalize(
+        &self,
+        l: &KvLayout,
+        state: &AttnState,
+        rows: &[AttnRow],
+        out: &Buffer,
+    ) -> Result<()> {
+        validate::layout(l)?;
+        let acc = self.typed(&state.acc, DType::F32, "attention_finalize: state.acc")?;
+        let sm = self.typed(&state.sum, DType::F32, "attention_finalize: state.sum")?;
+        self.typed(&state.max, DType::F32, "attention_finalize: state.max")?;
+        let ob = self.typed(out, DType::F32, "attention_finalize: out")?;
+        not_aliased(ob, &[acc, sm], "attention_finalize")?;
+        validate::state(l, rows, state.acc.len(), state.max.len(), state.sum.len())?;
+        validate::state(l, rows, out.len(), usize::MAX, usize::MAX)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut meta = vec![
+            u32_of(l.heads_per_group, "attention_finalize")?,
+            u32_of(l.gqa, "attention_finalize")?,
+            u32_of(l.head_dim, "attention_finalize")?,
+            u32_of(l.q_heads(), "attention_finalize")?,
+            u32_of(rows.len(), "attention_finalize")?,
+        ];
+        for r in rows {
+            meta.extend([r.q_row, r.group]);
+        }
+        let threads =
+            rows.len() as u64 * l.heads_per_group as u64 * l.gqa as u64 * l.head_dim as u64;
+        self.gpu.launch(
+            Kernel::Finalize,
+            &meta,
+            &[
+                Binding::whole(&acc.buffer),
+                Binding::whole(&sm.buffer),
+                Binding::whole(&ob.buffer),
+            ],
+            threads.div_ceil(256),
+            "attention_finalize",
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn kv_weights(
+        &self,
+        l: &KvLayout,
+        pool: &Buffer,
+        q: &Buffer,
+        rows: &[AttnRow],
+        pages: &[AttnPage],
+        mask: Option<&Buffer>,
+        scale: f32,
+        weights: &Buffer,
+    ) -> Result<()> {
+        let what = "attention_weights";
+        let wb = self.typed(weights, DType::F32, "attention_weights: weights")?;
+        let (p, qb, mb) = self.attn_inputs(what, l, pool, q, mask, q.len(), rows, pages, &[wb])?;
+        let n = pages.len().saturating_mul(l.tokens_per_slot());
+        check_range(0, n, weights.len(), "attention_weights: weights")?;
+        at_least(weights, n, "attention_weights: weights")?;
+        if rows.is_empty() || pages.is_empty() {
+            return Ok(());
+        }
+        let w = self.pool_window(l, p, pages.iter().map(|p| p.slot), what)?;
+        let heads = l.heads_per_group as u64 * l.gqa as u64;
+        // Pass 1: each (row, head)'s softmax max and sum.
+        let stats = self.gpu.buffer(
+            rows.len() as u64 * heads * 8,
+            wgpu::BufferUsages::STORAGE,
+            "arkvale attention stats",
+        )?;
+        let meta = self.attn_meta(l, rows, pages, w.first_slot, scale, 2, mb.is_some(), what)?;
+        let dummy = dummy_rw(self, 0);
+        let mask_b = mb.map_or(dummy, |m| Binding::whole(&m.buffer));
+        let mut enc = self.gpu.encoder();
+        self.gpu.encode(
+            &mut enc,
+            Kernel::Attention,
+            &meta,
+            &[
+                w.binding,
+                Binding::whole(&qb.buffer),
+                mask_b,
+                Binding::whole(&stats),
+                dummy_rw(self, 1),
+                dummy_rw(self, 2),
+            ],
+            rows.len() as u64 * heads,
+            what,
+        )?;
+        // Pass 2: every token weight adds its probabilities, row by row.
+        self.gpu.encode(
+            &mut enc,
+            Kernel::Weights,
+            &meta,
+            &[
+                w.binding,
+                Binding::whole(&qb.buffer),
+                mask_b,
+                Binding::whole(&stats),
+                Binding::whole(&wb.buffer),
+            ],
+            (n as u64).div_ceil(64),
+            what,
+        )?;
+        self.gpu.submit(enc, what)?;
+        Ok(())
+    }
+}
+
+/// A scratch binding for a kernel's absent input or unused outputs (`i` 0: the mask, 1 and
+/// 2: the state outputs; distinct buffers, so that no two bindings alias).
+fn dummy_rw(dev: &WgpuDevice, i: usize) -> Binding<'_> {
+    Binding::whole(&dev.gpu.dummies[i])
+}

@@ -1,0 +1,43 @@
+//! # arkvale-wgpu
+//!
+//! [`WgpuDevice`]: the portable GPU implementation of [`arkvale_core::Device`] on `wgpu`, with
+//! WGSL compute shaders (one `.wgsl` file per job in `src/shaders/`). It runs on any Vulkan,
+//! Metal or DX12 adapter, and in CI on Mesa lavapipe (software Vulkan). It owns the arithmetic
+//! and the copies of the KV ops (append, digests, estimate, top-k, paged decode and prefill
+//! attention, token weights, asynchronous page backup/recall through mapped staging buffers)
+//! and the dense model ops (a tiled workgroup-memory GEMM and a GEMV for matmul, RMSNorm,
+//! RoPE, SiLU-gating, add, bias add, embedding, argmax). Arithmetic is f32; KV pools, weights
+//! and embedding tables may be f32, f16 or bf16 (unpacked from 32-bit words in the shaders).
+//!
+//! Like every backend it decides nothing: residency, recall and eviction are the cache
+//! manager's business in `arkvale-core`. Every op agrees with the scalar reference in
+//! [`arkvale_core::reference`] (the differential suite in `arkvale-tests` checks it), and a bad
+//! handle or descriptor is an error, never a panic.
+//!
+//! Layers, as in the other backends: kernels (`shaders/*.wgsl`) → a thin launch layer that
+//! checks every binding against the adapter's limits and captures wgpu validation errors
+//! (`context`, `kernels`, `limits`) → the [`Device`](arkvale_core::Device) implementation
+//! (`device`, `kv`, `dense`, with `validate`, `buffer`, `event`). Nothing outside this crate
+//! sees a wgpu type.
+
+#![warn(missing_docs)]
+
+mod buffer;
+mod context;
+mod dense;
+mod device;
+mod event;
+mod kernels;
+mod kv;
+mod limits;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use context::AdapterReport;
+pub use device::WgpuDevice;
+pub use event::WgpuEvent;
+
+/// The backend name used in errors and by [`arkvale_core::Device::name`].
+pub(crate) const BACKEND: &str = "wgpu";
