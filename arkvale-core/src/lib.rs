@@ -42,7 +42,7 @@ pub use device::{
 };
 pub use dtype::{DType, KvDtype};
 pub use error::{Error, Result};
-pub use manager::{CacheManager, PageInfo, PrefillSnapshot, SeqId};
+pub use manager::{CacheManager, PageInfo, PrefillSnapshot, SeqId, SnapshotOptions};
 pub use policy::{Policy, policy_by_name};
 pub use shape::ModelShape;
 pub use stats::{CacheStats, PhaseTimes};

@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod chat;
+pub mod eval;
 pub mod gguf;
 pub mod hf;
 pub mod llama;

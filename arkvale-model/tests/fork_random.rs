@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use arkvale_core::{
-    CacheConfig, CacheManager, DType, Device, KvDtype, RopeScaling, SeqId, policy::POLICY_NAMES,
-    policy_by_name,
+    CacheConfig, CacheManager, DType, Device, KvDtype, RopeScaling, SeqId, SnapshotOptions,
+    policy::POLICY_NAMES, policy_by_name,
 };
 use arkvale_cpu::CpuDevice;
 use arkvale_model::llama::{HostLayer, LlamaConfig, LlamaHostWeights, LlamaModel};
@@ -147,7 +147,14 @@ fn check(chunk: usize, exact: bool) {
     let ids = prompt(200);
     let mut src = cache(&model, "full", chunk);
     let s = src.add_sequence();
-    src.begin_snapshot(s, true).unwrap();
+    src.begin_snapshot(
+        s,
+        SnapshotOptions {
+            token_weights: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let logits = model.prefill(&mut src, s, &ids).unwrap();
     let snap = src.take_snapshot(s).unwrap();
     assert_eq!(snap.tokens(), ids.len());
@@ -214,10 +221,13 @@ fn fork_errors_are_clear() {
     let ids = prompt(40);
     let mut src = cache(&model, "full", 64);
     let s = src.add_sequence();
-    src.begin_snapshot(s, false).unwrap();
+    src.begin_snapshot(s, SnapshotOptions::default()).unwrap();
     model.prefill(&mut src, s, &ids).unwrap();
     // Not empty any more: a snapshot must start with the prompt.
-    let e = src.begin_snapshot(s, false).unwrap_err().to_string();
+    let e = src
+        .begin_snapshot(s, SnapshotOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not empty"), "{e}");
     let snap = src.take_snapshot(s).unwrap();
     assert!(src.take_snapshot(s).is_err());

@@ -41,7 +41,7 @@
 //! only where two page scores tie within rounding.
 //!
 //! Token-level targets (H2O, TOVA) need the snapshot to carry token weights
-//! ([`CacheManager::begin_snapshot`] with `token_weights`) and a prompt that was prefilled with
+//! ([`SnapshotOptions::token_weights`]) and a prompt that was prefilled with
 //! a single final chunk (they drop tokens at the end of each `prefill` call; a later call would
 //! attend with the keep-mask, which a snapshot of unmasked attention cannot reproduce).
 
@@ -57,6 +57,8 @@ struct ChunkRecord {
     v: Vec<f32>,
     /// The chunk's last query `[H, d]`.
     last_q: Vec<f32>,
+    /// Every query of the chunk `[n, H, d]`, if recorded.
+    queries: Option<Vec<f32>>,
     /// Whether the chunk ended a `prefill` call (`last_chunk`).
     last_chunk: bool,
     /// H2O: attention weights of every query of the chunk, summed, `[kv_head][pos]`.
@@ -65,10 +67,21 @@ struct ChunkRecord {
     last_weights: Option<Vec<Vec<f32>>>,
 }
 
+/// What a snapshot records besides keys, values and each chunk's last query.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotOptions {
+    /// The attention weights H2O and TOVA need (one more attention-sized pass per chunk), so
+    /// that those policies can be forked too.
+    pub token_weights: bool,
+    /// Every query of the prompt (`[tokens, H, d]` per layer), for analyses such as digest
+    /// recall; not needed to fork.
+    pub queries: bool,
+}
+
 /// Capture state of one sequence while its prompt is prefilled.
 #[derive(Debug, Clone)]
 pub(crate) struct Capture {
-    token_weights: bool,
+    options: SnapshotOptions,
     /// Per layer, the chunks in order.
     layers: Vec<Vec<ChunkRecord>>,
 }
@@ -110,7 +123,12 @@ impl PrefillSnapshot {
             .iter()
             .flatten()
             .map(|c| {
-                c.k.len() + c.v.len() + c.last_q.len() + w(&c.all_weights) + w(&c.last_weights)
+                c.k.len()
+                    + c.v.len()
+                    + c.last_q.len()
+                    + c.queries.as_ref().map_or(0, Vec::len)
+                    + w(&c.all_weights)
+                    + w(&c.last_weights)
             })
             .sum::<usize>()
     }
@@ -120,6 +138,17 @@ impl PrefillSnapshot {
         self.layers
             .get(layer)
             .map(|l| l.iter().flat_map(|c| c.k.iter().copied()).collect())
+    }
+
+    /// Every recorded query of `layer`, `[tokens, H, d]` f32 post-RoPE, if the snapshot was
+    /// taken with [`SnapshotOptions::queries`].
+    pub fn queries(&self, layer: usize) -> Option<Vec<f32>> {
+        let l = self.layers.get(layer)?;
+        let mut out = Vec::new();
+        for c in l {
+            out.extend_from_slice(c.queries.as_ref()?);
+        }
+        Some(out)
     }
 
     /// The last prompt token's query of `layer`, `[H, d]` f32 post-RoPE.
@@ -133,10 +162,8 @@ impl PrefillSnapshot {
 
 impl CacheManager {
     /// Starts recording the prefill of sequence `seq` (which must be empty) into a
-    /// [`PrefillSnapshot`]. With `token_weights`, every chunk also computes the attention
-    /// weights H2O and TOVA need (one more attention-sized pass per chunk), so that those
-    /// policies can be forked too.
-    pub fn begin_snapshot(&mut self, seq: SeqId, token_weights: bool) -> Result<()> {
+    /// [`PrefillSnapshot`], with the extras of `options`.
+    pub fn begin_snapshot(&mut self, seq: SeqId, options: SnapshotOptions) -> Result<()> {
         let s = self.seq(seq)?;
         if s.layers.iter().any(|l| l.len > 0) {
             return Err(Error::InvalidRequest(format!(
@@ -147,7 +174,7 @@ impl CacheManager {
         self.captures.insert(
             seq,
             super::fork::Capture {
-                token_weights,
+                options,
                 layers: vec![Vec::new(); self.shape.layers],
             },
         );
@@ -169,7 +196,7 @@ impl CacheManager {
         }
         Ok(PrefillSnapshot {
             shape: self.shape,
-            token_weights: cap.token_weights,
+            token_weights: cap.options.token_weights,
             layers: cap.layers,
         })
     }
@@ -190,14 +217,20 @@ impl CacheManager {
         streamed: bool,
         last_chunk: bool,
     ) -> Result<()> {
-        let Some(token_weights) = self.captures.get(&seq).map(|c| c.token_weights) else {
+        let Some(options) = self.captures.get(&seq).map(|c| c.options) else {
             return Ok(());
         };
+        let token_weights = options.token_weights;
         let (h, hkv, d) = (self.shape.q_heads, self.shape.kv_heads, self.shape.head_dim);
         let dev = self.res.dev.clone();
         let kv = dev.download_f32_range(k, 0, n * hkv * d)?;
         let vv = dev.download_f32_range(v, 0, n * hkv * d)?;
         let last_q = dev.download_f32_range(q, (n - 1) * h * d, h * d)?;
+        let queries = if options.queries {
+            Some(dev.download_f32_range(q, 0, n * h * d)?)
+        } else {
+            None
+        };
         let len = self.seqs[&seq].layers[layer].len;
         let (mut all_weights, mut last_weights) = (None, None);
         if token_weights {
@@ -227,6 +260,7 @@ impl CacheManager {
             k: kv,
             v: vv,
             last_q,
+            queries,
             last_chunk,
             all_weights,
             last_weights,

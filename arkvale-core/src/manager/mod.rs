@@ -55,7 +55,7 @@ use crate::pool::{DigestStore, SlotPool};
 use crate::stats::CacheStats;
 use crate::{Buffer, CacheConfig, DType, Device, Error, KvLayout, ModelShape, PageBudget, Result};
 
-pub use fork::PrefillSnapshot;
+pub use fork::{PrefillSnapshot, SnapshotOptions};
 use table::{GroupTable, LayerPlan, LayerState, Sequence, TokenState};
 
 /// Identifies a sequence in a [`CacheManager`].

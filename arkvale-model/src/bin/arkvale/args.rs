@@ -46,6 +46,9 @@ pub enum Command {
     /// history, /exit or end of input ends); the KV cache is kept across turns.
     #[command(after_long_help = GENERATE_NOTES)]
     Chat(ChatArgs),
+    /// The paper's accuracy experiments (passkey, niah, fidelity, digest-recall, recalls)
+    /// with every baseline policy, written as results.json / CSV / markdown / PNG plots.
+    Eval(crate::eval::args::EvalArgs),
 }
 
 /// Options of `arkvale generate`.

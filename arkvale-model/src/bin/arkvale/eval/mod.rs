@@ -1,0 +1,454 @@
+//! `arkvale eval`: the accuracy experiments of the ArkVale paper (passkey, NIAH, fidelity,
+//! digest recall, recalls) on any model, written as results.json / CSV / markdown / PNG.
+//! The experiments themselves live in `arkvale_model::eval`; this is the command-line glue:
+//! options, model loading, progress bars, files and plots.
+
+pub mod args;
+mod plot;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use arkvale_core::{AttentionMode, CacheConfig, DigestKind};
+use arkvale_model::eval::{
+    self, EvalTokenizer, Progress, Results, Sweep, digest_recall, fidelity, niah, passkey, recalls,
+};
+use arkvale_model::loaded::LoadedModel;
+use arkvale_model::text::TextTokenizer;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use self::args::{CacheShape, CommonArgs, EvalArgs, EvalTask, SweepArgs, parse_depths};
+use crate::args::{Attention, WeightDtype};
+use crate::backend::open_device;
+use crate::generate::kv_dtype;
+use crate::model_path::resolve_model;
+
+/// Prompt tokens per prefill chunk (as `arkvale generate`).
+const PREFILL_CHUNK: usize = 512;
+
+/// Runs `arkvale eval <task>`.
+pub fn run(a: EvalArgs) -> Result<()> {
+    match a.task {
+        EvalTask::Passkey(a) => {
+            let depths = parse_depths(&a.depths).map_err(anyhow::Error::msg)?;
+            let m = load(&a.common)?;
+            let tok = Tok(&m.tokenizer);
+            let sweep = sweep(&a.sweep)?;
+            let haystack = haystack(&tok, a.haystack_file.as_deref())?;
+            let render = |text: &str| -> eval::Result<Vec<u32>> {
+                m.chat_tokens(&[arkvale_model::chat::Message::new("user", text)])
+                    .map_err(|e| eval::EvalError::Input(e.to_string()))
+            };
+            if a.chat {
+                m.chat_template()?;
+            }
+            let opts = passkey::PasskeyOptions {
+                contexts: a.contexts.clone(),
+                depths,
+                seed: a.common.seed,
+                gen_tokens: a.gen_tokens,
+            };
+            let cases = passkey::cases(
+                &tok,
+                &haystack,
+                a.chat.then_some(&render as passkey::ChatRender<'_>),
+                &opts,
+            )?;
+            let started = Instant::now();
+            let mut res = passkey::run(&m.model, &tok, &sweep, &cases, &mut bar(&a.common))?;
+            meta(
+                &mut res,
+                &m,
+                &a.common,
+                started,
+                json!({
+                    "task": "passkey",
+                    "contexts": a.contexts, "depths": opts.depths, "gen_tokens": a.gen_tokens,
+                    "haystack_file": a.haystack_file, "chat": a.chat, "cache": cache_meta(&sweep),
+                }),
+            );
+            finish(&res, &out_dir(&a.common, "passkey"), |dir| {
+                plot::retrieval(dir, &res.records)
+            })
+        }
+        EvalTask::Niah(a) => {
+            let depths = parse_depths(&a.depths).map_err(anyhow::Error::msg)?;
+            let m = load(&a.common)?;
+            let tok = Tok(&m.tokenizer);
+            let sweep = sweep(&a.sweep)?;
+            let haystack = haystack(&tok, a.haystack_file.as_deref())?;
+            let opts = niah::NiahOptions {
+                variants: a.variants.clone(),
+                contexts: a.contexts.clone(),
+                depths,
+                distractors: a.distractors,
+                values: a.values,
+                seed: a.common.seed,
+            };
+            let cases = niah::cases(&tok, &haystack, &opts)?;
+            let started = Instant::now();
+            let mut res = niah::run(&m.model, &tok, &sweep, &cases, &mut bar(&a.common))?;
+            meta(
+                &mut res,
+                &m,
+                &a.common,
+                started,
+                json!({
+                    "task": "niah", "variants": a.variants, "contexts": a.contexts,
+                    "depths": opts.depths, "distractors": a.distractors, "values": a.values,
+                    "haystack_file": a.haystack_file, "cache": cache_meta(&sweep),
+                }),
+            );
+            finish(&res, &out_dir(&a.common, "niah"), |dir| {
+                plot::retrieval(dir, &res.records)
+            })
+        }
+        EvalTask::Fidelity(a) => {
+            let m = load(&a.common)?;
+            let tok = Tok(&m.tokenizer);
+            let sweep = sweep(&a.sweep)?;
+            let text = eval::runner::text_tokens(&tok, &a.text_file, a.prefill + a.decode)?;
+            let opts = fidelity::FidelityOptions {
+                prefill: a.prefill,
+                decode: a.decode,
+                samples: a.samples,
+            };
+            let started = Instant::now();
+            let mut res = fidelity::run(&m.model, &sweep, &text, &opts, &mut bar(&a.common))?;
+            meta(
+                &mut res,
+                &m,
+                &a.common,
+                started,
+                json!({
+                    "task": "fidelity", "text_file": a.text_file, "prefill": a.prefill,
+                    "decode": a.decode, "samples": a.samples, "cache": cache_meta(&sweep),
+                }),
+            );
+            finish(&res, &out_dir(&a.common, "fidelity"), |dir| {
+                let recs: Vec<_> = res.records.iter().collect();
+                let mut out = Vec::new();
+                for (metric, label, file) in [
+                    (
+                        "top1_agreement",
+                        "top-1 agreement with full (%)",
+                        "agreement",
+                    ),
+                    ("kl", "mean KL(full || policy)", "kl"),
+                    ("perplexity", "perplexity", "perplexity"),
+                ] {
+                    let scale = if metric == "top1_agreement" {
+                        100.0
+                    } else {
+                        1.0
+                    };
+                    let series =
+                        plot::budget_series(&recs, |r| r.metric(metric).unwrap_or(0.0) * scale);
+                    let path = dir.join(format!("fidelity_{file}_vs_budget.png"));
+                    plot::lines(
+                        &path,
+                        &format!("fidelity: {label}"),
+                        "budget (tokens)",
+                        label,
+                        &series,
+                        None,
+                    )?;
+                    out.push(path);
+                }
+                Ok(out)
+            })
+        }
+        EvalTask::DigestRecall(a) => {
+            let m = load(&a.common)?;
+            let tok = Tok(&m.tokenizer);
+            let text = eval::runner::text_tokens(&tok, &a.text_file, a.context)?;
+            let opts = digest_recall::DigestRecallOptions {
+                context: a.context,
+                page_size: a.page_size,
+                queries: a.queries,
+                max_k: a.max_k,
+                seed: a.common.seed,
+            };
+            let started = Instant::now();
+            let mut res = digest_recall::run(&m.model, &text, &opts, &mut bar(&a.common))?;
+            meta(
+                &mut res,
+                &m,
+                &a.common,
+                started,
+                json!({
+                    "task": "digest-recall", "text_file": a.text_file, "context": a.context,
+                    "page_size": a.page_size, "queries": a.queries, "max_k": a.max_k,
+                }),
+            );
+            finish(&res, &out_dir(&a.common, "digest-recall"), |dir| {
+                let mut out = Vec::new();
+                for mode in ["head", "group"] {
+                    let series: Vec<plot::Series> = DigestKind::ALL
+                        .iter()
+                        .map(|k| {
+                            let pts = res
+                                .records
+                                .iter()
+                                .filter(|r| {
+                                    r.policy == k.name()
+                                        && r.extra.get("mode").and_then(|v| v.as_str())
+                                            == Some(mode)
+                                })
+                                .filter_map(|r| Some((r.metric("k")?, r.metric("recall")? * 100.0)))
+                                .collect();
+                            (k.name().to_string(), pts)
+                        })
+                        .collect();
+                    let path = dir.join(format!("digest_recall_{mode}.png"));
+                    plot::lines(
+                        &path,
+                        &format!("digest top-k recall ({mode} ranking)"),
+                        "k (pages)",
+                        "recall (%)",
+                        &series,
+                        None,
+                    )?;
+                    out.push(path);
+                }
+                Ok(out)
+            })
+        }
+        EvalTask::Recalls(a) => {
+            let m = load(&a.common)?;
+            let tok = Tok(&m.tokenizer);
+            let sweep = Sweep {
+                base: base_config(&a.cache)?,
+                variants: Vec::new(),
+            };
+            let text = eval::runner::text_tokens(&tok, &a.text_file, a.prefill + a.decode)?;
+            let opts = recalls::RecallsOptions {
+                prefill: a.prefill,
+                decode: a.decode,
+                capacities: a.capacities.clone(),
+                ks: a.ks.clone(),
+            };
+            let started = Instant::now();
+            let mut res = recalls::run(&m.model, &sweep, &text, &opts, &mut bar(&a.common))?;
+            meta(
+                &mut res,
+                &m,
+                &a.common,
+                started,
+                json!({
+                    "task": "recalls", "text_file": a.text_file, "prefill": a.prefill,
+                    "decode": a.decode, "capacities": a.capacities, "ks": a.ks,
+                    "cache": cache_meta(&sweep),
+                }),
+            );
+            finish(&res, &out_dir(&a.common, "recalls"), |dir| {
+                let series: Vec<plot::Series> = opts
+                    .ks
+                    .iter()
+                    .map(|&k| {
+                        let pts = res
+                            .records
+                            .iter()
+                            .filter(|r| r.metric("topk") == Some(k as f64))
+                            .filter_map(|r| {
+                                Some((
+                                    r.metric("capacity_pages")?,
+                                    r.metric("recalls_per_layer_step")?,
+                                ))
+                            })
+                            .collect();
+                        (format!("k = {} pages", k / a.cache.page_size), pts)
+                    })
+                    .collect();
+                let path = dir.join("recalls_vs_capacity.png");
+                plot::lines(
+                    &path,
+                    "recalls per decode step per layer",
+                    "cache capacity (pages)",
+                    "recalls / step",
+                    &series,
+                    None,
+                )?;
+                Ok(vec![path])
+            })
+        }
+    }
+}
+
+/// The eval tasks' view of a model's tokenizer.
+struct Tok<'a>(&'a TextTokenizer);
+
+impl EvalTokenizer for Tok<'_> {
+    fn encode_text(&self, text: &str) -> eval::Result<Vec<u32>> {
+        self.0
+            .encode(text, false, false)
+            .map_err(|e| eval::EvalError::Tokenizer(e.to_string()))
+    }
+    fn decode_text(&self, ids: &[u32]) -> eval::Result<String> {
+        self.0
+            .decode(ids, true)
+            .map_err(|e| eval::EvalError::Tokenizer(e.to_string()))
+    }
+    fn eos(&self) -> Option<u32> {
+        self.0.eos_id()
+    }
+}
+
+fn load(c: &CommonArgs) -> Result<LoadedModel> {
+    if c.threads == Some(0) {
+        bail!("--threads must be at least 1");
+    }
+    let path = resolve_model(c.model.as_deref())?;
+    let dev = open_device(c.backend, c.threads)?;
+    let dtype = match c.weights {
+        WeightDtype::F32 => arkvale_core::DType::F32,
+        WeightDtype::F16 => arkvale_core::DType::F16,
+    };
+    LoadedModel::open(&path, dev, dtype)
+        .with_context(|| format!("cannot load the model {}", path.display()))
+}
+
+fn base_config(c: &CacheShape) -> Result<CacheConfig> {
+    if ![8, 16, 32, 64].contains(&c.page_size) {
+        bail!("--page-size must be 8, 16, 32 or 64, got {}", c.page_size);
+    }
+    Ok(CacheConfig {
+        page_size: c.page_size,
+        topk_tokens: c.topk,
+        sink_pages: c.sinks,
+        window_pages: c.window,
+        dense_layers: c.dense_layers,
+        digest: DigestKind::parse(&c.digest)?,
+        attention: match c.attention {
+            Attention::Resident => AttentionMode::Resident,
+            Attention::Sparse => AttentionMode::Sparse,
+        },
+        kv_dtype: kv_dtype(c.kv_dtype),
+        prefill_chunk_tokens: PREFILL_CHUNK.div_ceil(c.page_size) * c.page_size,
+        ..Default::default()
+    })
+}
+
+fn sweep(s: &SweepArgs) -> Result<Sweep> {
+    let policies: Vec<String> = s.policies.iter().map(|p| p.trim().to_string()).collect();
+    Ok(Sweep::new(base_config(&s.cache)?, &policies, &s.budgets)?)
+}
+
+fn cache_meta(s: &Sweep) -> serde_json::Value {
+    let b = &s.base;
+    json!({
+        "page_size": b.page_size, "sinks": b.sink_pages, "window": b.window_pages,
+        "dense_layers": b.dense_layers, "digest": b.digest.name(), "topk": b.topk_tokens,
+        "kv_dtype": format!("{:?}", b.kv_dtype), "prefill_chunk": b.prefill_chunk_tokens,
+        "variants": s.variants.iter().map(|v| v.label()).collect::<Vec<_>>(),
+    })
+}
+
+fn haystack(tok: &Tok<'_>, file: Option<&Path>) -> Result<passkey::Haystack> {
+    Ok(match file {
+        None => passkey::Haystack::filler(tok)?,
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the haystack file {}", f.display()))?;
+            passkey::Haystack::text(tok, &text)?
+        }
+    })
+}
+
+fn out_dir(c: &CommonArgs, task: &str) -> PathBuf {
+    c.out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("eval-out").join(task))
+}
+
+fn meta(
+    res: &mut Results,
+    m: &LoadedModel,
+    c: &CommonArgs,
+    started: Instant,
+    options: serde_json::Value,
+) {
+    res.meta
+        .insert("model".into(), json!(m.path.display().to_string()));
+    res.meta.insert("seed".into(), json!(c.seed));
+    res.meta.insert(
+        "backend".into(),
+        json!(format!("{:?}", c.backend).to_lowercase()),
+    );
+    res.meta.insert("threads".into(), json!(c.threads));
+    res.meta.insert(
+        "elapsed_s".into(),
+        json!(passkey::round3(started.elapsed().as_secs_f64())),
+    );
+    res.meta.insert(
+        "command".into(),
+        json!(std::env::args().collect::<Vec<_>>().join(" ")),
+    );
+    res.meta.insert("options".into(), options);
+}
+
+/// Writes the files, draws the plots, prints the tables and where everything went.
+fn finish(
+    res: &Results,
+    dir: &Path,
+    plots: impl FnOnce(&Path) -> Result<Vec<PathBuf>>,
+) -> Result<()> {
+    res.write(dir)?;
+    let pngs = plots(dir)?;
+    println!("{}", res.markdown());
+    eprintln!(
+        "wrote {} records to {} (results.json, results.csv, summary.md, {} plots) in {:.1} s",
+        res.records.len(),
+        dir.display(),
+        pngs.len(),
+        res.meta
+            .get("elapsed_s")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0)
+    );
+    Ok(())
+}
+
+/// Progress bars on stderr (drawn only when stderr is a terminal and not --no-progress).
+struct Bar {
+    bar: Option<ProgressBar>,
+    enabled: bool,
+}
+
+fn bar(c: &CommonArgs) -> Bar {
+    Bar {
+        bar: None,
+        enabled: !c.no_progress && std::io::stderr().is_terminal(),
+    }
+}
+
+impl Progress for Bar {
+    fn start(&mut self, total: u64, what: &str) {
+        if !self.enabled {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(&format!(
+            "{{bar:40.cyan/blue}} {{pos}}/{{len}} {what} ({{elapsed}}, eta {{eta}}) {{msg}}"
+        )) {
+            bar.set_style(style);
+        }
+        self.bar = Some(bar);
+    }
+    fn inc(&mut self, n: u64, msg: &str) {
+        if let Some(b) = &self.bar {
+            if !msg.is_empty() {
+                b.set_message(msg.to_string());
+            }
+            b.inc(n);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The evaluation harness behind `arkvale eval`: the ArkVale paper's accuracy experiments on a
+//! real model, with every baseline policy, as library code.
+//!
+//! * [`passkey`] — the paper's Table 1 task (a 5-digit pass key hidden at a depth of filler
+//!   text, greedy decoding, correct if the key is in the first 8 generated tokens);
+//! * [`niah`] — needle-in-a-haystack variants in the spirit of RULER (several keys, several
+//!   values, distractor needles, real-text haystacks);
+//! * [`fidelity`] — teacher-forced decoding of real text under each policy: top-1 agreement
+//!   and KL divergence against `full`, and perplexity;
+//! * [`digest_recall`] — the paper's Fig. 7: how well each digest kind's estimated top-k
+//!   pages overlap the true top-k pages (by exact max q·k) on real queries and keys;
+//! * [`recalls`] — the paper's Fig. 4b: recalls per decode step against cache capacity and k.
+//!
+//! Every task prefills each prompt **once** (a `full` cache recording a
+//! [`arkvale_core::PrefillSnapshot`]) and forks the recorded state into one cache per policy ×
+//! budget ([`runner`]): prefill attention is exact for every policy, so only what each policy
+//! keeps differs, and `CacheManager::fork_snapshot` rebuilds exactly that. Results are
+//! [`Record`]s written as `results.json`, CSV and markdown ([`report`]). Progress goes to a
+//! caller-supplied [`Progress`] sink; everything is deterministic given the seed.
+
+pub mod digest_recall;
+pub mod fidelity;
+pub mod niah;
+pub mod passkey;
+pub mod recalls;
+pub mod report;
+pub mod rng;
+pub mod runner;
+
+pub use report::{Record, Results};
+pub use runner::{Progress, Sweep, Variant};
+
+use crate::llama::LlamaError;
+
+/// What can go wrong in an evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    /// A bad option or input (context longer than the model's, a budget too small, ...).
+    #[error("{0}")]
+    Input(String),
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] LlamaError),
+    /// The cache failed.
+    #[error(transparent)]
+    Cache(#[from] arkvale_core::Error),
+    /// Tokenizing or detokenizing failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Shorthand for results carrying [`EvalError`].
+pub type Result<T, E = EvalError> = std::result::Result<T, E>;
+
+/// What the tasks need of a tokenizer: plain text to ids (no BOS, special tokens not
+/// parsed), ids back to text, and the end-of-sequence id. Implemented for the GGUF
+/// [`crate::tokenizer::Tokenizer`]; implement it for any other.
+pub trait EvalTokenizer {
+    /// Token ids of `text` (no special tokens added or parsed).
+    fn encode_text(&self, text: &str) -> Result<Vec<u32>>;
+    /// Text of `ids`, special tokens skipped.
+    fn decode_text(&self, ids: &[u32]) -> Result<String>;
+    /// The end-of-sequence id, if any.
+    fn eos(&self) -> Option<u32>;
+}
+
+impl EvalTokenizer for crate::tokenizer::Tokenizer {
+    fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode(text, false, false)
+            .map_err(|e| EvalError::Tokenizer(e.to_string()))
+    }
+    fn decode_text(&self, ids: &[u32]) -> Result<String> {
+        self.decode(ids, true)
+            .map_err(|e| EvalError::Tokenizer(e.to_string()))
+    }
+    fn eos(&self) -> Option<u32> {
+        self.eos_id()
+    }
+}
+
+/// Index of the largest value (ties: the first).
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
