@@ -107,14 +107,9 @@ impl WgpuDevice {
                     mc as u32, n as u32, k as u32, n0 as u32, nc as u32, 0, dt, 0, 0,
                 ];
                 if mc <= GEMV_MAX_M {
-                    self.gpu.encode(
-                        &mut enc,
-                        Kernel::Gemv,
-                        &meta,
-                        &[xw, ww, ow],
-                        nc as u64,
-                        "matmul",
-                    )?;
+                    let groups = mc as u64 * nc.div_ceil(64) as u64;
+                    self.gpu
+                        .encode(&mut enc, Kernel::Gemv, &meta, &[xw, ww, ow], groups, "matmul")?;
                 } else {
                     self.gpu.encode_grid(
                         &mut enc,

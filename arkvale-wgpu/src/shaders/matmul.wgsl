@@ -1,8 +1,8 @@
 // out[i, j] = sum_l x[i, l] * w[j, l] for rows i < m of a row chunk and columns j in
 // [n0, n0 + n_chunk) of a weight chunk (W rows bound from element `w_base`).
 // prm: [m, n, k, n0, n_chunk, w_base, w_dtype, x_base, out_base].
-// `gemv` (m <= 8): one workgroup per column, 64 invocations split k and reduce in workgroup
-// memory. `tiled`: 64 x 64 output tiles, 16 x 16 invocations of 4 x 4 outputs each, x and W
+// `gemv` (small m): one invocation per output, no workgroup memory or barriers (barriers are
+// expensive on CPU implementations such as lavapipe), four partial sums. `tiled`: 64 x 64 output tiles, 16 x 16 invocations of 4 x 4 outputs each, x and W
 // staged through workgroup memory 16 columns of k at a time.
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
@@ -12,8 +12,6 @@ fn weight(dt: u32, at: u32) -> f32 {
     return unpack_elem(w[word_of(at, dt)], at, dt);
 }
 
-var<workgroup> red: array<f32, 512>;
-
 @compute @workgroup_size(64)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -21,34 +19,45 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let n = prm[1];
     let k = prm[2];
     let n0 = prm[3];
+    let nc = prm[4];
     let dt = prm[6];
-    let jl = wg_index(wid, nwg);
-    if (jl >= prm[4]) {
+    let per_row = (nc + 63u) / 64u;
+    let g = wg_index(wid, nwg);
+    let i = g / per_row;
+    let jl = (g % per_row) * 64u + lid;
+    if (i >= m || jl >= nc) {
         return;
     }
     let wrow = prm[5] + jl * k;
-    var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    for (var l = lid; l < k; l = l + 64u) {
-        let wv = weight(dt, wrow + l);
-        for (var i = 0u; i < m; i = i + 1u) {
-            acc[i] = acc[i] + x[prm[7] + i * k + l] * wv;
+    let xrow = prm[7] + i * k;
+    // Four partial sums break the dependency chain of one long accumulation.
+    var a0 = 0.0;
+    var a1 = 0.0;
+    var a2 = 0.0;
+    var a3 = 0.0;
+    var l = 0u;
+    if (dt == DT_F32) {
+        for (; l + 4u <= k; l = l + 4u) {
+            a0 = a0 + x[xrow + l] * bitcast<f32>(w[wrow + l]);
+            a1 = a1 + x[xrow + l + 1u] * bitcast<f32>(w[wrow + l + 1u]);
+            a2 = a2 + x[xrow + l + 2u] * bitcast<f32>(w[wrow + l + 2u]);
+            a3 = a3 + x[xrow + l + 3u] * bitcast<f32>(w[wrow + l + 3u]);
+        }
+    } else if ((wrow & 1u) == 0u) {
+        // Two half elements per word.
+        for (; l + 4u <= k; l = l + 4u) {
+            let w0 = w[(wrow + l) >> 1u];
+            let w1 = w[(wrow + l + 2u) >> 1u];
+            a0 = a0 + x[xrow + l] * unpack_elem(w0, 0u, dt);
+            a1 = a1 + x[xrow + l + 1u] * unpack_elem(w0, 1u, dt);
+            a2 = a2 + x[xrow + l + 2u] * unpack_elem(w1, 0u, dt);
+            a3 = a3 + x[xrow + l + 3u] * unpack_elem(w1, 1u, dt);
         }
     }
-    for (var i = 0u; i < 8u; i = i + 1u) {
-        red[i * 64u + lid] = acc[i];
+    for (; l < k; l = l + 1u) {
+        a0 = a0 + x[xrow + l] * weight(dt, wrow + l);
     }
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s = s >> 1u) {
-        if (lid < s) {
-            for (var i = 0u; i < 8u; i = i + 1u) {
-                red[i * 64u + lid] = red[i * 64u + lid] + red[i * 64u + lid + s];
-            }
-        }
-        workgroupBarrier();
-    }
-    if (lid < m) {
-        out[prm[8] + lid * n + n0 + jl] = red[lid * 64u];
-    }
+    out[prm[8] + i * n + n0 + jl] = (a0 + a1) + (a2 + a3);
 }
 
 var<workgroup> xs: array<f32, 1024>;
