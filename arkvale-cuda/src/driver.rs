@@ -1,0 +1,370 @@
+//! The thin launch layer: RAII wrappers over the CUDA driver objects the backend uses (device
+//! memory, pinned host memory, streams, events, modules, the cuBLAS handle) and a checked
+//! kernel launch. Every driver call returns a [`Result`]; nothing here decides anything.
+//! Above it, `device` implements [`arkvale_core::Device`]; nothing above the crate sees any of
+//! these types.
+
+use std::collections::HashMap;
+use std::ffi::{CString, c_void};
+use std::sync::Arc;
+
+use arkvale_core::{Error, Result};
+use cudarc::driver::{CudaContext, result, sys};
+use parking_lot::Mutex;
+
+use crate::BACKEND;
+
+/// A driver error as an [`Error::Device`], naming the call.
+pub(crate) fn drv(what: &str) -> impl FnOnce(result::DriverError) -> Error + '_ {
+    move |e| Error::device(BACKEND, format!("{what}: {e}"))
+}
+
+/// The context shared by every object of one device (kept alive by each of them).
+pub(crate) struct Ctx {
+    pub(crate) ctx: Arc<CudaContext>,
+}
+
+impl Ctx {
+    /// Makes the context current on the calling thread (every entry point calls this).
+    pub(crate) fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))
+    }
+}
+
+/// Device memory from `cuMemAlloc`; `ptr == 0` for an empty allocation.
+pub(crate) struct DevMem {
+    pub(crate) ptr: sys::CUdeviceptr,
+    pub(crate) bytes: usize,
+    ctx: Arc<Ctx>,
+}
+
+impl DevMem {
+    /// Allocates `bytes` (uninitialized).
+    pub(crate) fn alloc(ctx: &Arc<Ctx>, bytes: usize) -> Result<Self> {
+        ctx.bind()?;
+        let ptr = if bytes == 0 {
+            0
+        } else {
+            // SAFETY: a plain allocation in the bound context.
+            unsafe { result::malloc_sync(bytes) }
+                .map_err(|e| Error::device(BACKEND, format!("cuMemAlloc of {bytes} bytes: {e}")))?
+        };
+        Ok(DevMem {
+            ptr,
+            bytes,
+            ctx: ctx.clone(),
+        })
+    }
+}
+
+impl Drop for DevMem {
+    /// Waits until the device is idle (no stream may still use the memory), then frees it.
+    fn drop(&mut self) {
+        if self.ptr != 0 && self.ctx.bind().is_ok() {
+            let _ = self.ctx.ctx.synchronize();
+            // SAFETY: allocated by `cuMemAlloc` in this context; no work uses it any more.
+            let _ = unsafe { result::free_sync(self.ptr) };
+        }
+    }
+}
+
+/// Page-locked host memory from `cuMemHostAlloc` with flags 0 (cached, not write-combined:
+/// the host reads backups back, and write-combined memory is slow to read).
+pub(crate) struct Pinned {
+    pub(crate) ptr: *mut u8,
+    pub(crate) bytes: usize,
+    ctx: Arc<Ctx>,
+}
+
+// SAFETY: the pointer is owned memory, valid from any thread; the device serializes its own
+// copies by events, and host_read/host_write copy through the raw pointer.
+unsafe impl Send for Pinned {}
+// SAFETY: as above.
+unsafe impl Sync for Pinned {}
+
+impl Pinned {
+    /// Allocates `bytes` of zeroed pinned memory.
+    pub(crate) fn alloc(ctx: &Arc<Ctx>, bytes: usize) -> Result<Self> {
+        ctx.bind()?;
+        let ptr = if bytes == 0 {
+            std::ptr::null_mut()
+        } else {
+            // SAFETY: a plain allocation in the bound context; flags 0.
+            let p = unsafe { result::malloc_host(bytes, 0) }.map_err(|e| {
+                Error::device(BACKEND, format!("cuMemHostAlloc of {bytes} bytes: {e}"))
+            })? as *mut u8;
+            // SAFETY: `p` points to `bytes` writable bytes.
+            unsafe { std::ptr::write_bytes(p, 0, bytes) };
+            p
+        };
+        Ok(Pinned {
+            ptr,
+            bytes,
+            ctx: ctx.clone(),
+        })
+    }
+}
+
+impl Drop for Pinned {
+    /// Waits until the device is idle (a copy may still use it), then frees it.
+    fn drop(&mut self) {
+        if !self.ptr.is_null() && self.ctx.bind().is_ok() {
+            let _ = self.ctx.ctx.synchronize();
+            // SAFETY: allocated by `cuMemHostAlloc`; no copy uses it any more.
+            let _ = unsafe { result::free_host(self.ptr as *mut c_void) };
+        }
+    }
+}
+
+/// A non-blocking stream.
+pub(crate) struct Stream {
+    pub(crate) raw: sys::CUstream,
+    ctx: Arc<Ctx>,
+}
+
+// SAFETY: CUDA streams may be used from any thread of the process.
+unsafe impl Send for Stream {}
+// SAFETY: as above.
+unsafe impl Sync for Stream {}
+
+impl Stream {
+    /// Creates a stream that does not synchronize with the legacy default stream.
+    pub(crate) fn new(ctx: &Arc<Ctx>) -> Result<Self> {
+        ctx.bind()?;
+        let raw = result::stream::create(result::stream::StreamKind::NonBlocking)
+            .map_err(drv("cuStreamCreate"))?;
+        Ok(Stream {
+            raw,
+            ctx: ctx.clone(),
+        })
+    }
+
+    /// Blocks until the stream's work finished.
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        self.ctx.bind()?;
+        // SAFETY: a live stream.
+        unsafe { result::stream::synchronize(self.raw) }.map_err(drv("cuStreamSynchronize"))
+    }
+
+    /// Makes later work of this stream wait for `event` (no host stall).
+    pub(crate) fn wait(&self, event: &RawEvent) -> Result<()> {
+        // SAFETY: a live stream and event.
+        unsafe {
+            result::stream::wait_event(
+                self.raw,
+                event.raw,
+                sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .map_err(drv("cuStreamWaitEvent"))
+    }
+
+    /// Records a new event after the work issued so far.
+    pub(crate) fn record(&self) -> Result<RawEvent> {
+        let ev = RawEvent::new(&self.ctx)?;
+        // SAFETY: a live event and stream.
+        unsafe { result::event::record(ev.raw, self.raw) }.map_err(drv("cuEventRecord"))?;
+        Ok(ev)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.ctx.bind().is_ok() {
+            // SAFETY: a live stream, destroyed once (pending work still completes).
+            let _ = unsafe { result::stream::destroy(self.raw) };
+        }
+    }
+}
+
+/// An event without timing (cheap to record and to wait on).
+pub(crate) struct RawEvent {
+    pub(crate) raw: sys::CUevent,
+    ctx: Arc<Ctx>,
+}
+
+// SAFETY: CUDA events may be used from any thread of the process.
+unsafe impl Send for RawEvent {}
+// SAFETY: as above.
+unsafe impl Sync for RawEvent {}
+
+impl RawEvent {
+    fn new(ctx: &Arc<Ctx>) -> Result<Self> {
+        ctx.bind()?;
+        let raw = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map_err(drv("cuEventCreate"))?;
+        Ok(RawEvent {
+            raw,
+            ctx: ctx.clone(),
+        })
+    }
+
+    /// Whether the work before the event finished (never blocks).
+    pub(crate) fn is_done(&self) -> Result<bool> {
+        self.ctx.bind()?;
+        // SAFETY: a live event.
+        match unsafe { result::event::query(self.raw) } {
+            Ok(()) => Ok(true),
+            Err(result::DriverError(sys::cudaError_enum::CUDA_ERROR_NOT_READY)) => Ok(false),
+            Err(e) => Err(drv("cuEventQuery")(e)),
+        }
+    }
+
+    /// Blocks until the work before the event finished.
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.ctx.bind()?;
+        // SAFETY: a live event.
+        unsafe { result::event::synchronize(self.raw) }.map_err(drv("cuEventSynchronize"))
+    }
+}
+
+impl Drop for RawEvent {
+    fn drop(&mut self) {
+        if self.ctx.bind().is_ok() {
+            // SAFETY: a live event, destroyed once.
+            let _ = unsafe { result::event::destroy(self.raw) };
+        }
+    }
+}
+
+/// The loaded kernel modules (one per source file) and a cache of their functions.
+pub(crate) struct Kernels {
+    modules: Vec<(&'static str, sys::CUmodule)>,
+    funcs: Mutex<HashMap<String, sys::CUfunction>>,
+    ctx: Arc<Ctx>,
+}
+
+// SAFETY: modules and functions are process-wide handles, usable from any thread.
+unsafe impl Send for Kernels {}
+// SAFETY: as above; the cache is behind a mutex.
+unsafe impl Sync for Kernels {}
+
+impl Kernels {
+    /// Loads compiled cubins (`(source name, cubin)`).
+    pub(crate) fn load(ctx: &Arc<Ctx>, cubins: &[(&'static str, Vec<u8>)]) -> Result<Self> {
+        ctx.bind()?;
+        let mut modules = Vec::new();
+        let mut out = Kernels {
+            modules: Vec::new(),
+            funcs: Mutex::new(HashMap::new()),
+            ctx: ctx.clone(),
+        };
+        for (name, cubin) in cubins {
+            // SAFETY: `cubin` is a complete cubin image that outlives the call.
+            let m = unsafe { result::module::load_data(cubin.as_ptr() as *const c_void) }
+                .map_err(|e| Error::device(BACKEND, format!("cuModuleLoadData({name}): {e}")));
+            match m {
+                Ok(m) => modules.push((*name, m)),
+                Err(e) => {
+                    out.modules = modules;
+                    return Err(e);
+                }
+            }
+        }
+        out.modules = modules;
+        Ok(out)
+    }
+
+    /// The kernel `name` (looked up in every module once, then cached).
+    pub(crate) fn get(&self, name: &str) -> Result<sys::CUfunction> {
+        let mut funcs = self.funcs.lock();
+        if let Some(f) = funcs.get(name) {
+            return Ok(*f);
+        }
+        let cname = CString::new(name).map_err(|_| Error::device(BACKEND, "kernel name"))?;
+        for (_, m) in &self.modules {
+            // SAFETY: a live module; a missing name is an error, not UB.
+            if let Ok(f) = unsafe { result::module::get_function(*m, cname.clone()) } {
+                funcs.insert(name.to_string(), f);
+                return Ok(f);
+            }
+        }
+        Err(Error::device(BACKEND, format!("kernel {name} not found")))
+    }
+}
+
+impl Drop for Kernels {
+    fn drop(&mut self) {
+        if self.ctx.bind().is_ok() {
+            for (_, m) in self.modules.drain(..) {
+                // SAFETY: a live module, unloaded once after the device went idle.
+                let _ = unsafe { result::module::unload(m) };
+            }
+        }
+    }
+}
+
+/// Launches `f` on `stream`; `args` point to the kernel's parameters in order (the driver
+/// copies them before returning).
+pub(crate) fn launch(
+    f: sys::CUfunction,
+    grid: (u32, u32, u32),
+    block: (u32, u32, u32),
+    shared_bytes: u32,
+    stream: &Stream,
+    args: &mut [*mut c_void],
+    what: &str,
+) -> Result<()> {
+    if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+        return Ok(());
+    }
+    if grid.1 > 65535 || grid.2 > 65535 {
+        return Err(Error::shape(format!(
+            "{what}: launch grid {grid:?} beyond the device's limits"
+        )));
+    }
+    // SAFETY: `f` is a live kernel whose parameter list matches `args` (each call site passes
+    // exactly the kernel's parameters, by address, as the driver expects); buffers were
+    // validated by the caller.
+    unsafe { result::launch_kernel(f, grid, block, shared_bytes, stream.raw, args) }
+        .map_err(|e| Error::device(BACKEND, format!("launching {what}: {e}")))
+}
+
+/// The kernel-parameter array of a launch: the addresses of the given places.
+macro_rules! kargs {
+    ($($a:expr),* $(,)?) => {
+        [$(&$a as *const _ as *mut ::std::ffi::c_void),*]
+    };
+}
+pub(crate) use kargs;
+
+/// A cuBLAS handle bound to a stream.
+pub(crate) struct Cublas {
+    pub(crate) handle: cudarc::cublas::sys::cublasHandle_t,
+    ctx: Arc<Ctx>,
+}
+
+// SAFETY: the handle is used under the device's state mutex only.
+unsafe impl Send for Cublas {}
+// SAFETY: as above.
+unsafe impl Sync for Cublas {}
+
+impl Cublas {
+    /// Creates a handle on `stream`, or `None` when libcublas cannot be loaded.
+    pub(crate) fn new(ctx: &Arc<Ctx>, stream: &Stream) -> Result<Option<Self>> {
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Ok(None);
+        }
+        ctx.bind()?;
+        let handle = cudarc::cublas::result::create_handle()
+            .map_err(|e| Error::device(BACKEND, format!("cublasCreate: {e:?}")))?;
+        let out = Cublas {
+            handle,
+            ctx: ctx.clone(),
+        };
+        // SAFETY: live handle and stream.
+        unsafe { cudarc::cublas::result::set_stream(handle, stream.raw as _) }
+            .map_err(|e| Error::device(BACKEND, format!("cublasSetStream: {e:?}")))?;
+        Ok(Some(out))
+    }
+}
+
+impl Drop for Cublas {
+    fn drop(&mut self) {
+        if self.ctx.bind().is_ok() {
+            // SAFETY: a live handle, destroyed once.
+            let _ = unsafe { cudarc::cublas::result::destroy_handle(self.handle) };
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! Descriptor checks, the same rules as the CPU backend's (`arkvale-cpu/src/validate.rs`, kept in
+//! step with it): every index an op will touch is checked on the host before a kernel is
+//! launched, so that a bad descriptor is an [`Error::Shape`] and never an out-of-bounds access
+//! on the device.
+
+use arkvale_core::{
+    AppendDest, AttnPage, AttnRow, DigestKind, Error, EstimateJob, KvLayout, Result, SummarizeJob,
+    TopkSegment,
+};
+
+/// Elements needed to hold item `index` of `per` elements each (`(index + 1) * per`), or
+/// `usize::MAX` on overflow (which then fails every size check).
+pub(crate) fn end_of(index: usize, per: usize) -> usize {
+    index
+        .checked_add(1)
+        .and_then(|n| n.checked_mul(per))
+        .unwrap_or(usize::MAX)
+}
+
+/// Fails unless `need <= have`.
+fn fits(need: usize, have: usize, what: impl FnOnce() -> String) -> Result<()> {
+    if need <= have {
+        Ok(())
+    } else {
+        Err(Error::shape(format!(
+            "{}: needs {need} elements, buffer has {have}",
+            what()
+        )))
+    }
+}
+
+/// Checks that every size of the layout is positive and that its derived sizes do not
+/// overflow.
+pub(crate) fn layout(l: &KvLayout) -> Result<()> {
+    let dims = [l.heads_per_group, l.gqa, l.page_size, l.head_dim, l.groups];
+    if dims.contains(&0) {
+        return Err(Error::shape(format!("KV layout with a zero size: {l:?}")));
+    }
+    let slot = 2usize
+        .checked_mul(l.heads_per_group)
+        .and_then(|x| x.checked_mul(l.page_size))
+        .and_then(|x| x.checked_mul(l.head_dim))
+        .and_then(|x| x.checked_mul(l.kv_dtype.size()));
+    let heads = l
+        .heads_per_group
+        .checked_mul(l.groups)
+        .and_then(|x| x.checked_mul(l.gqa));
+    let q_row = heads.and_then(|h| h.checked_mul(l.head_dim));
+    if slot.is_none() || q_row.is_none() {
+        return Err(Error::shape(format!("KV layout sizes overflow: {l:?}")));
+    }
+    Ok(())
+}
+
+/// Slots in a pool of `pool_len` elements.
+pub(crate) fn slots(l: &KvLayout, pool_len: usize) -> usize {
+    pool_len / l.slot_elems()
+}
+
+/// Checks one slot index.
+pub(crate) fn slot(l: &KvLayout, pool_len: usize, slot: u32, what: &str) -> Result<()> {
+    if (slot as usize) < slots(l, pool_len) {
+        Ok(())
+    } else {
+        Err(Error::shape(format!(
+            "{what}: slot {slot} outside a pool of {} slots",
+            slots(l, pool_len)
+        )))
+    }
+}
+
+/// Checks a head group index.
+fn group(l: &KvLayout, group: u32, what: &str) -> Result<()> {
+    if (group as usize) < l.groups {
+        Ok(())
+    } else {
+        Err(Error::shape(format!(
+            "{what}: group {group} of {} groups",
+            l.groups
+        )))
+    }
+}
+
+/// Checks append destinations against the pool and the `[tokens, Hkv, d]` inputs.
+pub(crate) fn append(
+    l: &KvLayout,
+    pool_len: usize,
+    k_len: usize,
+    v_len: usize,
+    dests: &[AppendDest],
+) -> Result<()> {
+    let row = l.kv_heads() * l.head_dim;
+    for (n, d) in dests.iter().enumerate() {
+        let what = format!("append_kv dest {n} {d:?}");
+        group(l, d.group, &what)?;
+        slot(l, pool_len, d.slot, &what)?;
+        if d.pos as usize >= l.page_size {
+            return Err(Error::shape(format!(
+                "{what}: position beyond page size {}",
+                l.page_size
+            )));
+        }
+        fits(end_of(d.token as usize, row), k_len.min(v_len), || {
+            format!("{what}: k/v")
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks summarize jobs against the pool and the digest store.
+pub(crate) fn summarize(
+    l: &KvLayout,
+    kind: DigestKind,
+    pool_len: usize,
+    jobs: &[SummarizeJob],
+    digests_len: usize,
+) -> Result<()> {
+    let per = l.heads_per_group * kind.len(l.head_dim);
+    for (n, j) in jobs.iter().enumerate() {
+        let what = format!("summarize job {n} {j:?}");
+        slot(l, pool_len, j.slot, &what)?;
+        if j.len == 0 || j.len as usize > l.page_size {
+            return Err(Error::shape(format!(
+                "{what}: len must be in 1..={}",
+                l.page_size
+            )));
+        }
+        fits(end_of(j.digest as usize, per), digests_len, || {
+            format!("{what}: digests")
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks estimate jobs against the digests, queries and scores.
+pub(crate) fn estimate(
+    l: &KvLayout,
+    kind: DigestKind,
+    digests_len: usize,
+    q_len: usize,
+    jobs: &[EstimateJob],
+    scores_len: usize,
+) -> Result<()> {
+    let per = l.heads_per_group * kind.len(l.head_dim);
+    let q_row = l.q_heads() * l.head_dim;
+    fits(jobs.len(), scores_len, || "estimate: scores".into())?;
+    for (n, j) in jobs.iter().enumerate() {
+        let what = format!("estimate job {n} {j:?}");
+        group(l, j.group, &what)?;
+        fits(end_of(j.digest as usize, per), digests_len, || {
+            format!("{what}: digests")
+        })?;
+        fits(end_of(j.q_row as usize, q_row), q_len, || {
+            format!("{what}: q")
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks top-k segments against the scores and the output.
+pub(crate) fn topk(scores_len: usize, segments: &[TopkSegment], out_len: usize) -> Result<()> {
+    let mut at = 0usize;
+    for (n, s) in segments.iter().enumerate() {
+        let end = s.start as usize + s.len as usize;
+        if end > scores_len || s.k > s.len {
+            return Err(Error::shape(format!(
+                "topk segment {n} {s:?}: needs k <= len and start + len <= {scores_len}"
+            )));
+        }
+        at += s.k as usize;
+    }
+    fits(at, out_len, || "topk: out".into())
+}
+
+/// Checks attention rows and pages against the pool, the queries, the per-row outputs
+/// (`out_len` elements of `[rows, H, d]`) and the keep-mask.
+pub(crate) fn attention(
+    l: &KvLayout,
+    pool_len: usize,
+    q_len: usize,
+    out_len: usize,
+    rows: &[AttnRow],
+    pages: &[AttnPage],
+    mask_len: Option<usize>,
+) -> Result<()> {
+    let q_row = l.q_heads() * l.head_dim;
+    for (n, r) in rows.iter().enumerate() {
+        let what = format!("attention row {n} {r:?}");
+        group(l, r.group, &what)?;
+        fits(end_of(r.q_row as usize, q_row), q_len.min(out_len), || {
+            format!("{what}: q/out")
+        })?;
+        let end = r.page_start as usize + r.page_count as usize;
+        fits(end, pages.len(), || format!("{what}: page list"))?;
+    }
+    for (n, pg) in pages.iter().enumerate() {
+        let what = format!("attention page {n} {pg:?}");
+        slot(l, pool_len, pg.slot, &what)?;
+        if pg.len as usize > l.page_size {
+            return Err(Error::shape(format!(
+                "{what}: len beyond page size {}",
+                l.page_size
+            )));
+        }
+        if let Some(m) = mask_len {
+            fits(end_of(pg.slot as usize, l.tokens_per_slot()), m, || {
+                format!("{what}: mask")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks that an attention state of `acc`, `max`, `sum` lengths holds every row's query row.
+pub(crate) fn state(
+    l: &KvLayout,
+    rows: &[AttnRow],
+    acc_len: usize,
+    max_len: usize,
+    sum_len: usize,
+) -> Result<()> {
+    let heads = l.q_heads();
+    for (n, r) in rows.iter().enumerate() {
+        let what = || format!("attention state for row {n} {r:?}");
+        group(l, r.group, &what())?;
+        fits(
+            end_of(r.q_row as usize, heads * l.head_dim),
+            acc_len,
+            || format!("{}: acc", what()),
+        )?;
+        fits(
+            end_of(r.q_row as usize, heads),
+            max_len.min(sum_len),
+            || format!("{}: max/sum", what()),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arkvale_core::KvDtype;
+
+    fn l() -> KvLayout {
+        KvLayout {
+            kv_dtype: KvDtype::F16,
+            heads_per_group: 2,
+            gqa: 2,
+            page_size: 4,
+            head_dim: 3,
+            groups: 2,
+        }
+    }
+
+    #[test]
+    fn rejects_zero_and_overflowing_layouts() {
+        assert!(layout(&l()).is_ok());
+        assert!(layout(&KvLayout { gqa: 0, ..l() }).is_err());
+        assert!(
+            layout(&KvLayout {
+                head_dim: usize::MAX / 2,
+                ..l()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn rejects_out_of_range_descriptors() {
+        let slot = l().slot_elems();
+        let ok = AppendDest {
+            token: 1,
+            group: 1,
+            slot: 1,
+            pos: 3,
+        };
+        assert!(append(&l(), 2 * slot, 24, 24, &[ok]).is_ok());
+        assert!(append(&l(), 2 * slot, 24, 24, &[AppendDest { slot: 2, ..ok }]).is_err());
+        assert!(append(&l(), 2 * slot, 24, 24, &[AppendDest { pos: 4, ..ok }]).is_err());
+        assert!(append(&l(), 2 * slot, 24, 24, &[AppendDest { group: 2, ..ok }]).is_err());
+        assert!(append(&l(), 2 * slot, 24, 23, &[ok]).is_err());
+        let seg = TopkSegment {
+            start: 2,
+            len: 3,
+            k: 2,
+        };
+        assert!(topk(5, &[seg, seg], 4).is_ok());
+        assert!(topk(5, &[seg, seg], 3).is_err());
+        assert!(topk(4, &[seg], 4).is_err());
+        assert!(topk(5, &[TopkSegment { k: 4, ..seg }], 9).is_err());
+        let row = AttnRow {
+            q_row: 0,
+            group: 0,
+            pos: 0,
+            page_start: u32::MAX,
+            page_count: u32::MAX,
+        };
+        assert!(attention(&l(), slot, 100, 100, &[row], &[], None).is_err());
+    }
+}

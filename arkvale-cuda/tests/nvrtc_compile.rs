@@ -1,0 +1,33 @@
+//! Compiles every kernel source through NVRTC for sm_80 (A100) and sm_90 (H100/H200), down
+//! to machine code (so `ptxas` checks the inline PTX too). Needs no GPU: only `libnvrtc`
+//! (CI installs the PyPI wheel `nvidia-cuda-nvrtc` 13.0 and puts its `lib` folder on
+//! `LD_LIBRARY_PATH`). Without the library the test prints why and passes; with it, any
+//! compile error fails the test with NVRTC's log.
+
+use arkvale_cuda::kernels::{self, SOURCES};
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90() {
+    if !kernels::nvrtc_present() {
+        println!("skipped: libnvrtc not found on the loader path (LD_LIBRARY_PATH)");
+        return;
+    }
+    println!("NVRTC {:?}", kernels::nvrtc_version().unwrap());
+    let mut failures = Vec::new();
+    for arch in [80, 90] {
+        for src in SOURCES {
+            match kernels::compile(src, arch) {
+                Ok(cubin) => {
+                    assert!(!cubin.is_empty(), "{} sm_{arch}: empty cubin", src.name);
+                    println!("{} sm_{arch}: {} bytes", src.name, cubin.len());
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "kernel compile errors:\n{}",
+        failures.join("\n\n")
+    );
+}
