@@ -23,11 +23,13 @@
 #![warn(missing_docs)]
 
 pub mod chat;
+pub mod engine;
 pub mod eval;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
 pub mod loaded;
+pub mod memory;
 pub mod sampling;
 pub mod stop;
 pub mod text;

@@ -49,6 +49,9 @@ pub enum Command {
     /// The paper's accuracy experiments (passkey, niah, fidelity, digest-recall, recalls)
     /// with every baseline policy, written as results.json / CSV / markdown / PNG plots.
     Eval(crate::eval::args::EvalArgs),
+    /// Serve the model over HTTP with an OpenAI-compatible API (continuous batching, KV
+    /// memory admission, streaming).
+    Serve(crate::serve::args::ServeArgs),
 }
 
 /// Options of `arkvale generate`.

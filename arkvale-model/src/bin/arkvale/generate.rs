@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::args::{Attention, CacheArgs, GenerateArgs, KvType, RunArgs, WeightDtype};
 use crate::backend::open_device;
-use crate::memory::size_cache;
+use arkvale_model::memory::size_cache;
 use crate::model_path::resolve_model;
 
 /// Prompt tokens per prefill chunk (a multiple of every page size).
@@ -421,7 +421,7 @@ fn read_prompt(args: &GenerateArgs) -> Result<String> {
 }
 
 /// The cache configuration of the command-line options (byte budgets are set later).
-fn cache_config(c: &CacheArgs) -> Result<CacheConfig> {
+pub fn cache_config(c: &CacheArgs) -> Result<CacheConfig> {
     Ok(CacheConfig {
         page_size: c.page_size,
         budget_tokens: c.budget,

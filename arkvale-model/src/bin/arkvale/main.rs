@@ -15,8 +15,8 @@ mod chat;
 mod eval;
 mod generate;
 mod info;
-mod memory;
 mod model_path;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         args::Command::Info(a) => info::run(a),
         args::Command::Chat(a) => chat::run(a),
         args::Command::Eval(a) => eval::run(a),
+        args::Command::Serve(a) => serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

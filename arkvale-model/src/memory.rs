@@ -28,6 +28,28 @@ pub struct Sizing {
     pub host_bytes: usize,
 }
 
+/// The device slots one sequence of `total_tokens` can ever hold under `config` and a policy
+/// with `residency` (the module rule without the shared [`STAGING_SLACK`]).
+pub fn sequence_slots(
+    shape: &ModelShape,
+    config: &CacheConfig,
+    residency: Residency,
+    total_tokens: usize,
+) -> usize {
+    let p = config.page_size.max(1);
+    let groups = config.head_groups.max(1);
+    let pages = total_tokens.div_ceil(p);
+    let budgeted_layer = match residency {
+        Residency::KeepAll => pages,
+        Residency::Budget { .. } => {
+            let chunk = config.prefill_chunk_tokens.div_ceil(p);
+            pages.min(config.budget_tokens / p + chunk + 1)
+        }
+    };
+    let dense = config.dense_layers.min(shape.layers);
+    groups * (dense * pages + (shape.layers - dense) * budgeted_layer)
+}
+
 /// The pool sizes of the module rule for `config` (its page size, budget, dense layers,
 /// head groups, prefill chunk and KV type) and a policy with `residency`.
 pub fn size_cache(
@@ -40,15 +62,7 @@ pub fn size_cache(
     let slot = config.slot_bytes(shape);
     let groups = config.head_groups.max(1);
     let pages = total_tokens.div_ceil(p);
-    let budgeted_layer = match residency {
-        Residency::KeepAll => pages,
-        Residency::Budget { .. } => {
-            let chunk = config.prefill_chunk_tokens.div_ceil(p);
-            pages.min(config.budget_tokens / p + chunk + 1)
-        }
-    };
-    let dense = config.dense_layers.min(shape.layers);
-    let slots = groups * (dense * pages + (shape.layers - dense) * budgeted_layer) + STAGING_SLACK;
+    let slots = sequence_slots(shape, config, residency, total_tokens) + STAGING_SLACK;
     // The cache manager insists on room for one whole budget (+1) whatever the request.
     let slots = slots.max(config.budget_tokens / p + 1);
     let full_slots = groups * shape.layers * pages + 1;
