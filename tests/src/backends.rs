@@ -27,7 +27,24 @@ pub fn compiled_backends() -> Vec<Backend> {
         name: "wgpu",
         device: open_wgpu(),
     });
+    #[cfg(feature = "cuda")]
+    backends.push(Backend {
+        name: "cuda",
+        device: open_cuda(),
+    });
     backends
+}
+
+/// Opens CUDA device 0; no driver, no GPU or no NVRTC is a skip reason (checked before any
+/// driver call, so it never panics).
+#[cfg(feature = "cuda")]
+fn open_cuda() -> Result<Arc<dyn Device>, String> {
+    arkvale_cuda::CudaDevice::new(0)
+        .map(|d| Arc::new(d) as Arc<dyn Device>)
+        .map_err(|e| match e {
+            arkvale_core::Error::Device { message, .. } => message,
+            other => other.to_string(),
+        })
 }
 
 /// Opens the wgpu backend; no adapter (or a panic inside the driver stack) is a skip reason.
