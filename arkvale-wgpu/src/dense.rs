@@ -5,7 +5,7 @@
 use arkvale_core::{Buffer, DType, Error, MatmulDims, Result, Rope, RopeStyle};
 
 use crate::BACKEND;
-use crate::buffer::{self, at_least, not_aliased};
+use crate::buffer::{self, GpuBuffer, at_least, not_aliased};
 use crate::context::Binding;
 use crate::device::WgpuDevice;
 use crate::kernels::Kernel;
@@ -31,6 +31,16 @@ fn too_big(what: &str) -> Error {
 impl WgpuDevice {
     fn max_binding(&self) -> u64 {
         self.gpu.limits.max_storage_buffer_binding_size
+    }
+
+    /// The binding of bytes `[start, start + len)` of `g` (one segment).
+    fn part<'a>(&self, g: &'a GpuBuffer, start: u64, len: u64, what: &str) -> Result<Binding<'a>> {
+        let (buffer, offset) = g.within(&self.gpu.device, start, len, what)?;
+        Ok(Binding {
+            buffer,
+            offset,
+            size: len,
+        })
     }
 
     fn offset_align(&self) -> u64 {
@@ -85,31 +95,35 @@ impl WgpuDevice {
             chunks(m, row_bytes, max, m_align).ok_or_else(|| too_big("matmul: x/out"))?;
         let mut enc = self.gpu.encoder();
         for &(m0, mc) in &m_chunks {
-            let xw = Binding {
-                buffer: &xb.buffer,
-                offset: m0 as u64 * k as u64 * 4,
-                size: mc as u64 * k as u64 * 4,
-            };
-            let ow = Binding {
-                buffer: &ob.buffer,
-                offset: m0 as u64 * n as u64 * 4,
-                size: mc as u64 * n as u64 * 4,
-            };
+            let xw = self.part(
+                xb,
+                m0 as u64 * k as u64 * 4,
+                mc as u64 * k as u64 * 4,
+                "matmul",
+            )?;
+            let ow = self.part(
+                ob,
+                m0 as u64 * n as u64 * 4,
+                mc as u64 * n as u64 * 4,
+                "matmul",
+            )?;
             for &(n0, nc) in &w_chunks {
                 let (wstart, wlen) =
                     word_cover(n0 as u64 * k as u64 * esize, nc as u64 * k as u64 * esize);
-                let ww = Binding {
-                    buffer: &wb.buffer,
-                    offset: wstart,
-                    size: wlen.min(wb.buffer.size() - wstart),
-                };
+                let ww = self.part(wb, wstart, wlen.min(wb.total - wstart), "matmul")?;
                 let meta = [
                     mc as u32, n as u32, k as u32, n0 as u32, nc as u32, 0, dt, 0, 0,
                 ];
                 if mc <= GEMV_MAX_M {
                     let groups = mc as u64 * nc.div_ceil(64) as u64;
-                    self.gpu
-                        .encode(&mut enc, Kernel::Gemv, &meta, &[xw, ww, ow], groups, "matmul")?;
+                    self.gpu.encode(
+                        &mut enc,
+                        Kernel::Gemv,
+                        &meta,
+                        &[xw, ww, ow],
+                        groups,
+                        "matmul",
+                    )?;
                 } else {
                     self.gpu.encode_grid(
                         &mut enc,
@@ -126,9 +140,11 @@ impl WgpuDevice {
         Ok(())
     }
 
-    fn fill_zero_rows(&self, ob: &buffer::GpuBuffer, len: usize) -> Result<()> {
+    fn fill_zero_rows(&self, ob: &GpuBuffer, len: usize) -> Result<()> {
         let mut enc = self.gpu.encoder();
-        enc.clear_buffer(&ob.buffer, 0, Some((len as u64 * 4).div_ceil(4) * 4));
+        for (b, at, n) in ob.pieces(&self.gpu.device, 0, len as u64 * 4) {
+            enc.clear_buffer(b, at, Some(n));
+        }
         self.gpu.submit(enc, "matmul")?;
         Ok(())
     }
@@ -168,9 +184,9 @@ impl WgpuDevice {
             Kernel::RmsNorm,
             &meta,
             &[
-                Binding::whole(&xb.buffer),
-                Binding::whole(&wb.buffer),
-                Binding::whole(&ob.buffer),
+                Binding::whole(xb.single("rmsnorm")?),
+                Binding::whole(wb.single("rmsnorm")?),
+                Binding::whole(ob.single("rmsnorm")?),
             ],
             rows as u64,
             "rmsnorm",
@@ -223,7 +239,7 @@ impl WgpuDevice {
         self.gpu.launch(
             Kernel::Rope,
             &meta,
-            &[Binding::whole(&cs), Binding::whole(&xb.buffer)],
+            &[Binding::whole(&cs), Binding::whole(xb.single("rope")?)],
             threads.div_ceil(256),
             "rope",
         )
@@ -251,9 +267,9 @@ impl WgpuDevice {
             Kernel::SiluMul,
             &[len as u32],
             &[
-                Binding::whole(&gb.buffer),
-                Binding::whole(&ub.buffer),
-                Binding::whole(&ob.buffer),
+                Binding::whole(gb.single("silu_mul")?),
+                Binding::whole(ub.single("silu_mul")?),
+                Binding::whole(ob.single("silu_mul")?),
             ],
             (len as u64).div_ceil(256),
             "silu_mul",
@@ -276,9 +292,9 @@ impl WgpuDevice {
             Kernel::Add,
             &[len as u32],
             &[
-                Binding::whole(&yb.buffer),
+                Binding::whole(yb.single("add")?),
                 Binding::whole(&self.gpu.dummies[0]),
-                Binding::whole(&xb.buffer),
+                Binding::whole(xb.single("add")?),
             ],
             (len as u64).div_ceil(256),
             "add",
@@ -313,9 +329,9 @@ impl WgpuDevice {
             Kernel::AddBias,
             &[len as u32, cols as u32],
             &[
-                Binding::whole(&bb.buffer),
+                Binding::whole(bb.single("add_bias")?),
                 Binding::whole(&self.gpu.dummies[0]),
-                Binding::whole(&xb.buffer),
+                Binding::whole(xb.single("add_bias")?),
             ],
             (len as u64).div_ceil(256),
             "add_bias",
@@ -356,13 +372,12 @@ impl WgpuDevice {
         if table.dtype() == DType::F32 {
             let row = dim as u64 * 4;
             for (t, &id) in ids.iter().enumerate() {
-                enc.copy_buffer_to_buffer(
-                    &tb.buffer,
-                    id as u64 * row,
-                    &ob.buffer,
-                    t as u64 * row,
-                    row,
-                );
+                let (dst, at) = ob.within(&self.gpu.device, t as u64 * row, row, "embedding")?;
+                let mut to = at;
+                for (src, from, n) in tb.pieces(&self.gpu.device, id as u64 * row, row) {
+                    enc.copy_buffer_to_buffer(src, from, dst, to, n);
+                    to += n;
+                }
             }
             self.gpu.submit(enc, "embedding")?;
             return Ok(());
@@ -382,15 +397,22 @@ impl WgpuDevice {
         ];
         for (t, &id) in ids.iter().enumerate() {
             let (start, cover) = word_cover(id as u64 * row, row);
-            let cover = cover.min(tb.buffer.size() - start);
-            enc.copy_buffer_to_buffer(&tb.buffer, start, &rows, t as u64 * row_words * 4, cover);
+            let cover = cover.min(tb.total - start);
+            let mut to = t as u64 * row_words * 4;
+            for (src, from, n) in tb.pieces(&self.gpu.device, start, cover) {
+                enc.copy_buffer_to_buffer(src, from, &rows, to, n);
+                to += n;
+            }
             meta.push(((id as u64 * row - start) / 2) as u32);
         }
         self.gpu.encode(
             &mut enc,
             Kernel::Embedding,
             &meta,
-            &[Binding::whole(&rows), Binding::whole(&ob.buffer)],
+            &[
+                Binding::whole(&rows),
+                Binding::whole(ob.single("embedding")?),
+            ],
             (len as u64).div_ceil(256),
             "embedding",
         )?;
@@ -433,11 +455,7 @@ impl WgpuDevice {
         )?;
         let mut enc = self.gpu.encoder();
         for &(r0, rc) in &parts {
-            let lw = Binding {
-                buffer: &lb.buffer,
-                offset: r0 as u64 * row,
-                size: rc as u64 * row,
-            };
+            let lw = self.part(lb, r0 as u64 * row, rc as u64 * row, "argmax")?;
             let part = self.gpu.buffer(
                 rc as u64 * 4,
                 wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
@@ -457,7 +475,8 @@ impl WgpuDevice {
             )?;
             enc.copy_buffer_to_buffer(&part, 0, &tmp, r0 as u64 * 4, rc as u64 * 4);
         }
-        enc.copy_buffer_to_buffer(&tmp, 0, &ob.buffer, 0, rows as u64 * 4);
+        let (dst, at) = ob.within(&self.gpu.device, 0, rows as u64 * 4, "argmax")?;
+        enc.copy_buffer_to_buffer(&tmp, 0, dst, at, rows as u64 * 4);
         self.gpu.submit(enc, "argmax")?;
         Ok(())
     }

@@ -167,7 +167,7 @@ impl WgpuDevice {
     }
 
     /// Reads bytes `[start, start + len)` of `buf` to the host (blocking).
-    pub(crate) fn read_bytes(&self, buf: &wgpu::Buffer, start: u64, out: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_bytes(&self, g: &GpuBuffer, start: u64, out: &mut [u8]) -> Result<()> {
         if out.is_empty() {
             return Ok(());
         }
@@ -178,7 +178,11 @@ impl WgpuDevice {
             "arkvale read staging",
         )?;
         let mut enc = self.gpu.encoder();
-        enc.copy_buffer_to_buffer(buf, cs, &staging, 0, cl);
+        let mut to = 0;
+        for (b, at, n) in g.pieces(&self.gpu.device, cs, cl) {
+            enc.copy_buffer_to_buffer(b, at, &staging, to, n);
+            to += n;
+        }
         let idx = self.gpu.submit(enc, "read")?;
         let result: Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>> =
             Arc::default();
@@ -250,18 +254,37 @@ impl Device for WgpuDevice {
         let bytes = len
             .checked_mul(dtype.size())
             .ok_or_else(|| Error::shape(format!("alloc: {len} x {dtype:?} overflows")))?;
-        let buffer = self.gpu.buffer(
-            bytes as u64,
-            wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            "arkvale buffer",
-        )?;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let total = (bytes as u64).max(4).div_ceil(4) * 4;
+        let limits = &self.gpu.limits;
+        let seg_bytes = if total <= limits.max_buffer_size {
+            total
+        } else {
+            // Segments below both the buffer and the binding limit, in whole MiB (so that every
+            // segment boundary meets any binding-offset alignment).
+            let seg = limits
+                .max_buffer_size
+                .min(limits.max_storage_buffer_binding_size)
+                >> 20
+                << 20;
+            if seg == 0 {
+                return Err(Error::device(BACKEND, "alloc: adapter limits below 1 MiB"));
+            }
+            seg
+        };
+        let buffer = self.gpu.buffer(seg_bytes, usage, "arkvale buffer")?;
+        let segments = total.div_ceil(seg_bytes) as usize;
         Ok(Buffer::new(
             Box::new(GpuBuffer {
                 device: self.id,
                 id: buffer::next_id(),
                 buffer,
+                seg_bytes,
+                total,
+                more: (1..segments).map(|_| Default::default()).collect(),
+                usage,
             }),
             len,
             dtype,
@@ -283,15 +306,27 @@ impl Device for WgpuDevice {
             return Ok(());
         }
         let byte = (offset * size) as u64;
+        let pieces = g.pieces(&self.gpu.device, byte, data.len() as u64);
         if byte % 4 == 0 && data.len() % 4 == 0 {
-            let _g = self.gpu.submit_lock.lock();
-            self.gpu.queue.write_buffer(&g.buffer, byte, data);
-            drop(_g);
+            let lock = self.gpu.submit_lock.lock();
+            let mut from = 0;
+            for (b, at, n) in pieces {
+                self.gpu
+                    .queue
+                    .write_buffer(b, at, &data[from..from + n as usize]);
+                from += n as usize;
+            }
+            drop(lock);
             return self.gpu.check_errors("write");
         }
         let phase = (byte % 4) as usize;
         let staged = self.staged(data, phase);
-        self.byte_copy(&staged, phase as u64, &g.buffer, byte, data.len() as u64)
+        let mut from = phase as u64;
+        for (b, at, n) in pieces {
+            self.byte_copy(&staged, from, b, at, n)?;
+            from += n;
+        }
+        Ok(())
     }
 
     fn read(&self, buf: &Buffer, offset: usize, out: &mut [u8]) -> Result<()> {
@@ -305,7 +340,7 @@ impl Device for WgpuDevice {
             )));
         }
         check_range(offset, out.len() / size, buf.len(), "read")?;
-        self.read_bytes(&g.buffer, (offset * size) as u64, out)
+        self.read_bytes(g, (offset * size) as u64, out)
     }
 
     fn copy(
@@ -336,26 +371,42 @@ impl Device for WgpuDevice {
             dst_off as u64 * size,
             len as u64 * size,
         );
-        if s.id == d.id {
-            // Overlapping ranges of one buffer: through a temporary (memmove semantics).
-            let (cs, cl) = word_cover(sb, n);
-            let tmp = self.gpu.buffer(
-                cl,
-                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                "arkvale copy temp",
-            )?;
+        let dev = &self.gpu.device;
+        if s.id != d.id && sb % 4 == 0 && db % 4 == 0 && n % 4 == 0 {
+            // Copy commands, split where either side changes segment.
             let mut enc = self.gpu.encoder();
-            enc.copy_buffer_to_buffer(&s.buffer, cs, &tmp, 0, cl);
-            self.gpu.submit(enc, "copy")?;
-            return self.byte_copy(&tmp, sb - cs, &d.buffer, db, n);
-        }
-        if sb % 4 == 0 && db % 4 == 0 && n % 4 == 0 {
-            let mut enc = self.gpu.encoder();
-            enc.copy_buffer_to_buffer(&s.buffer, sb, &d.buffer, db, n);
+            let mut done = 0;
+            while done < n {
+                let (sbuf, sat) = s.within(dev, sb + done, 4, "copy")?;
+                let (dbuf, dat) = d.within(dev, db + done, 4, "copy")?;
+                let step = (s.seg_bytes - sat).min(d.seg_bytes - dat).min(n - done);
+                enc.copy_buffer_to_buffer(sbuf, sat, dbuf, dat, step);
+                done += step;
+            }
             self.gpu.submit(enc, "copy")?;
             return Ok(());
         }
-        self.byte_copy(&s.buffer, sb, &d.buffer, db, n)
+        // Unaligned, or overlapping ranges of one buffer (memmove semantics): the source words
+        // go to a temporary, then the byte-copy kernel writes the destination.
+        let (cs, cl) = word_cover(sb, n);
+        let tmp = self.gpu.buffer(
+            cl,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            "arkvale copy temp",
+        )?;
+        let mut enc = self.gpu.encoder();
+        let mut to = 0;
+        for (b, at, m) in s.pieces(dev, cs, cl) {
+            enc.copy_buffer_to_buffer(b, at, &tmp, to, m);
+            to += m;
+        }
+        self.gpu.submit(enc, "copy")?;
+        let mut from = sb - cs;
+        for (b, at, m) in d.pieces(dev, db, n) {
+            self.byte_copy(&tmp, from, b, at, m)?;
+            from += m;
+        }
+        Ok(())
     }
 
     fn fill_f32(&self, buf: &Buffer, offset: usize, len: usize, value: f32) -> Result<()> {
@@ -364,15 +415,13 @@ impl Device for WgpuDevice {
         if len == 0 {
             return Ok(());
         }
-        let (w, wo) = self.window(&g.buffer, offset as u64 * 4, len as u64 * 4);
-        let meta = [(offset as u64 - wo / 4) as u32, len as u32, value.to_bits()];
-        self.gpu.launch(
-            Kernel::Fill,
-            &meta,
-            &[w],
-            (len as u64).div_ceil(256),
-            "fill_f32",
-        )
+        for (b, at, n) in g.pieces(&self.gpu.device, offset as u64 * 4, len as u64 * 4) {
+            let (w, wo) = self.window(b, at, n);
+            let meta = [((at - wo) / 4) as u32, (n / 4) as u32, value.to_bits()];
+            self.gpu
+                .launch(Kernel::Fill, &meta, &[w], (n / 4).div_ceil(256), "fill_f32")?;
+        }
+        Ok(())
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -431,7 +480,11 @@ impl Device for WgpuDevice {
         )?;
         let mut enc = self.gpu.encoder();
         for (i, &(pool_byte, _, bytes)) in plan.iter().enumerate() {
-            enc.copy_buffer_to_buffer(&p.buffer, pool_byte, &staging, i as u64 * n, bytes as u64);
+            let mut to = i as u64 * n;
+            for (b, at, m) in p.pieces(&self.gpu.device, pool_byte, bytes as u64) {
+                enc.copy_buffer_to_buffer(b, at, &staging, to, m);
+                to += m;
+            }
         }
         let idx = self.gpu.submit(enc, "backup_pages")?;
         let done = Arc::new(AtomicBool::new(false));
@@ -508,7 +561,11 @@ impl Device for WgpuDevice {
         staging.unmap();
         let mut enc = self.gpu.encoder();
         for (i, &(pool_byte, _, bytes)) in plan.iter().enumerate() {
-            enc.copy_buffer_to_buffer(&staging, i as u64 * n, &p.buffer, pool_byte, bytes as u64);
+            let mut from = i as u64 * n;
+            for (b, at, m) in p.pieces(&self.gpu.device, pool_byte, bytes as u64) {
+                enc.copy_buffer_to_buffer(&staging, from, b, at, m);
+                from += m;
+            }
         }
         let idx = self.gpu.submit(enc, "recall_pages")?;
         let done = Arc::new(AtomicBool::new(false));

@@ -84,10 +84,10 @@ impl WgpuDevice {
         let first = lo as usize / align * align;
         let sb = l.slot_bytes() as u64;
         let size = (hi as u64 + 1 - first as u64) * sb;
-        let size = size.min(pool.buffer.size() - first as u64 * sb);
+        let (buffer, offset) = pool.within(&self.gpu.device, first as u64 * sb, size, what)?;
         let binding = Binding {
-            buffer: &pool.buffer,
-            offset: first as u64 * sb,
+            buffer,
+            offset,
             size: size.div_ceil(4) * 4,
         };
         if binding.size > self.gpu.limits.max_storage_buffer_binding_size {
@@ -141,8 +141,8 @@ impl WgpuDevice {
             &meta,
             &[
                 w.binding,
-                Binding::whole(&kb.buffer),
-                Binding::whole(&vb.buffer),
+                Binding::whole(kb.single("append_kv")?),
+                Binding::whole(vb.single("append_kv")?),
             ],
             threads.div_ceil(256),
             "append_kv",
@@ -195,7 +195,7 @@ impl WgpuDevice {
         self.gpu.launch(
             kernel,
             &meta,
-            &[w.binding, Binding::whole(&dg.buffer)],
+            &[w.binding, Binding::whole(dg.single("summarize")?)],
             threads.div_ceil(64),
             "summarize",
         )
@@ -240,9 +240,9 @@ impl WgpuDevice {
             Kernel::Estimate,
             &meta,
             &[
-                Binding::whole(&dg.buffer),
-                Binding::whole(&qb.buffer),
-                Binding::whole(&sc.buffer),
+                Binding::whole(dg.single("estimate")?),
+                Binding::whole(qb.single("estimate")?),
+                Binding::whole(sc.single("estimate")?),
             ],
             (jobs.len() as u64).div_ceil(64),
             "estimate",
@@ -276,7 +276,10 @@ impl WgpuDevice {
         self.gpu.launch(
             Kernel::Topk,
             &meta,
-            &[Binding::whole(&sc.buffer), Binding::whole(&ob.buffer)],
+            &[
+                Binding::whole(sc.single("topk")?),
+                Binding::whole(ob.single("topk")?),
+            ],
             groups.len() as u64,
             "topk",
         )
@@ -393,9 +396,12 @@ impl WgpuDevice {
             &meta,
             &[
                 w.binding,
-                Binding::whole(&qb.buffer),
-                mb.map_or(dummy, |m| Binding::whole(&m.buffer)),
-                Binding::whole(&ob.buffer),
+                Binding::whole(qb.single("decode_attention")?),
+                match mb {
+                    Some(m) => Binding::whole(m.single(what)?),
+                    None => dummy,
+                },
+                Binding::whole(ob.single("decode_attention")?),
                 dummy_rw(self, 1),
                 dummy_rw(self, 2),
             ],
@@ -434,11 +440,14 @@ impl WgpuDevice {
             &meta,
             &[
                 w.binding,
-                Binding::whole(&qb.buffer),
-                mb.map_or(dummy, |m| Binding::whole(&m.buffer)),
-                Binding::whole(&acc.buffer),
-                Binding::whole(&mx.buffer),
-                Binding::whole(&sm.buffer),
+                Binding::whole(qb.single("prefill_attention")?),
+                match mb {
+                    Some(m) => Binding::whole(m.single(what)?),
+                    None => dummy,
+                },
+                Binding::whole(acc.single("prefill_attention")?),
+                Binding::whole(mx.single("prefill_attention")?),
+                Binding::whole(sm.single("prefill_attention")?),
             ],
             rows.len() as u64 * l.heads_per_group as u64 * l.gqa as u64,
             what,
@@ -479,9 +488,9 @@ impl WgpuDevice {
             Kernel::Finalize,
             &meta,
             &[
-                Binding::whole(&acc.buffer),
-                Binding::whole(&sm.buffer),
-                Binding::whole(&ob.buffer),
+                Binding::whole(acc.single("attention_finalize")?),
+                Binding::whole(sm.single("attention_finalize")?),
+                Binding::whole(ob.single("attention_finalize")?),
             ],
             threads.div_ceil(256),
             "attention_finalize",
@@ -519,7 +528,10 @@ impl WgpuDevice {
         )?;
         let meta = self.attn_meta(l, rows, pages, w.first_slot, scale, 2, mb.is_some(), what)?;
         let dummy = dummy_rw(self, 0);
-        let mask_b = mb.map_or(dummy, |m| Binding::whole(&m.buffer));
+        let mask_b = match mb {
+            Some(m) => Binding::whole(m.single(what)?),
+            None => dummy,
+        };
         let mut enc = self.gpu.encoder();
         self.gpu.encode(
             &mut enc,
@@ -527,7 +539,7 @@ impl WgpuDevice {
             &meta,
             &[
                 w.binding,
-                Binding::whole(&qb.buffer),
+                Binding::whole(qb.single("attention_weights")?),
                 mask_b,
                 Binding::whole(&stats),
                 dummy_rw(self, 1),
@@ -543,10 +555,10 @@ impl WgpuDevice {
             &meta,
             &[
                 w.binding,
-                Binding::whole(&qb.buffer),
+                Binding::whole(qb.single("attention_weights")?),
                 mask_b,
                 Binding::whole(&stats),
-                Binding::whole(&wb.buffer),
+                Binding::whole(wb.single("attention_weights")?),
             ],
             (n as u64).div_ceil(64),
             what,
