@@ -16,10 +16,23 @@ pub fn open_device(backend: Backend, threads: Option<usize>) -> Result<Arc<dyn D
             CpuDevice::new(threads).context("cannot start the CPU backend")?,
         )),
         Backend::Wgpu => not_built("wgpu"),
-        Backend::Cuda => {
-            bail!("the CUDA backend (arkvale-cuda) is not implemented yet; use --backend cpu")
-        }
+        Backend::Cuda => open_cuda(),
     }
+}
+
+/// Opens CUDA device 0 (feature `cuda`): a missing driver, GPU or NVRTC is an error that says
+/// which.
+#[cfg(feature = "cuda")]
+fn open_cuda() -> Result<Arc<dyn Device>> {
+    Ok(Arc::new(
+        arkvale_cuda::CudaDevice::new(0).context("cannot open the CUDA backend")?,
+    ))
+}
+
+/// Without feature `cuda`: says how to build it.
+#[cfg(not(feature = "cuda"))]
+fn open_cuda() -> Result<Arc<dyn Device>> {
+    not_built("cuda")
 }
 
 /// The error for a backend this binary was built without.
