@@ -2,8 +2,9 @@
 //! text, how much of the true top-k pages each digest kind's estimated top-k recovers.
 //!
 //! The text is prefilled once (a `full` cache recording every query and key). For a sample of
-//! query positions `t` in the second half of the text and every layer, the full pages before
-//! `t` are the candidates. A page's **true** importance for a query head is the exact
+//! query positions `t` in the second half of the text and every layer, the candidates are the
+//! pages a decode step at `t` would rank: every full page except the first `sinks` and the last
+//! `window - 1` before `t`'s own page (the window is resident whatever the ranking). A page's **true** importance for a query head is the exact
 //! `max q·k` over the page's keys of that head's KV head; its **estimate** is the digest score
 //! (`arkvale_core::digest::score`). Recall@k is `|top-k(estimate) ∩ top-k(true)| / k`
 //! (ties: the lower page index, as the cache ranks). Two aggregations are reported:
@@ -35,6 +36,11 @@ pub struct DigestRecallOptions {
     pub max_k: usize,
     /// Seed of the query positions.
     pub seed: u64,
+    /// Leading pages left out of the ranking (the cache's sink pages, never evicted).
+    pub sinks: usize,
+    /// Trailing pages before the query left out of the ranking (the cache's window, the
+    /// query's own partial page included, never evicted).
+    pub window: usize,
 }
 
 /// Runs the digest-recall analysis on `text` (at least `context` tokens).
@@ -61,11 +67,11 @@ pub fn run(
             "--max-k and --queries must be at least 1".into(),
         ));
     }
-    if t_len / 2 / p < opts.max_k {
+    if (t_len / 2 / p).saturating_sub(opts.sinks + opts.window) < opts.max_k {
         return Err(EvalError::Input(format!(
-            "--context {t_len} gives queries only {} full pages at page size {p}; --max-k {} \
+            "--context {t_len} gives queries only {} candidate pages at page size {p}; --max-k {} \
              needs at least that many (use a longer context or a smaller k)",
-            t_len / 2 / p,
+            (t_len / 2 / p).saturating_sub(opts.sinks + opts.window),
             opts.max_k
         )));
     }
@@ -131,13 +137,18 @@ pub fn run(
             }
         }
         for &t in &positions {
-            let cand = (t + 1) / p; // full pages at or before t
-            let mut group_true = vec![0f32; cand];
-            let mut group_est = vec![vec![0f32; cand]; kinds.len()];
+            // Candidates as the cache ranks them: full pages before the query's page, minus
+            // the sinks and the window (whose last page is the query's partial one).
+            let first = opts.sinks;
+            let cand = ((t + 1) / p)
+                .min((t / p + 1).saturating_sub(opts.window))
+                .max(first);
+            let mut group_true = vec![0f32; cand - first];
+            let mut group_est = vec![vec![0f32; cand - first]; kinds.len()];
             for qh in 0..h {
                 let kv = qh / gqa;
                 let q = &queries[(t * h + qh) * d..(t * h + qh + 1) * d];
-                let truth: Vec<f32> = (0..cand)
+                let truth: Vec<f32> = (first..cand)
                     .map(|pg| {
                         page_keys[kv][pg]
                             .chunks_exact(d)
@@ -149,7 +160,7 @@ pub fn run(
                     *g += x / h as f32;
                 }
                 for (ki, &kind) in kinds.iter().enumerate() {
-                    let est: Vec<f32> = (0..cand)
+                    let est: Vec<f32> = (first..cand)
                         .map(|pg| digest::score(kind, q, &digests[ki][kv][pg]))
                         .collect();
                     for (g, x) in group_est[ki].iter_mut().zip(&est) {

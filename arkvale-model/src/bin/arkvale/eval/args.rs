@@ -249,6 +249,13 @@ pub struct DigestRecallArgs {
     /// Largest k.
     #[arg(long, default_value_t = 40, value_name = "K")]
     pub max_k: usize,
+    /// Leading pages left out of the ranking (the cache's sinks; 0 ranks every page).
+    #[arg(long, default_value_t = 1, value_name = "PAGES")]
+    pub sinks: usize,
+    /// Trailing pages left out of the ranking (the cache's window, the query's partial page
+    /// included; 0 or 1 rank every full page).
+    #[arg(long, default_value_t = 2, value_name = "PAGES")]
+    pub window: usize,
 }
 
 /// `arkvale eval recalls`.

@@ -4,7 +4,7 @@
 //! options, model loading, progress bars, files and plots.
 
 pub mod args;
-mod plot;
+pub mod plot;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -171,6 +171,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 queries: a.queries,
                 max_k: a.max_k,
                 seed: a.common.seed,
+                sinks: a.sinks,
+                window: a.window,
             };
             let started = Instant::now();
             let mut res = digest_recall::run(&m.model, &text, &opts, &mut bar(&a.common))?;
@@ -297,7 +299,8 @@ impl EvalTokenizer for Tok<'_> {
     }
 }
 
-fn load(c: &CommonArgs) -> Result<LoadedModel> {
+/// Loads the model of `--model` on `--backend` (shared with `arkvale bench`).
+pub fn load(c: &CommonArgs) -> Result<LoadedModel> {
     if c.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
@@ -311,7 +314,8 @@ fn load(c: &CommonArgs) -> Result<LoadedModel> {
         .with_context(|| format!("cannot load the model {}", path.display()))
 }
 
-fn base_config(c: &CacheShape) -> Result<CacheConfig> {
+/// The cache configuration of the shared cache options (shared with `arkvale bench`).
+pub fn base_config(c: &CacheShape) -> Result<CacheConfig> {
     if ![8, 16, 32, 64].contains(&c.page_size) {
         bail!("--page-size must be 8, 16, 32 or 64, got {}", c.page_size);
     }
@@ -412,22 +416,44 @@ fn finish(
     Ok(())
 }
 
-/// Progress bars on stderr (drawn only when stderr is a terminal and not --no-progress).
+/// Progress bars on stderr when it is a terminal; otherwise (a log file) one plain line per
+/// step; nothing with --no-progress.
 struct Bar {
     bar: Option<ProgressBar>,
-    enabled: bool,
+    mode: BarMode,
+    pos: u64,
+    total: u64,
+    started: Option<Instant>,
+}
+
+#[derive(PartialEq)]
+enum BarMode {
+    Terminal,
+    Lines,
+    Off,
 }
 
 fn bar(c: &CommonArgs) -> Bar {
+    let mode = if c.no_progress {
+        BarMode::Off
+    } else if std::io::stderr().is_terminal() {
+        BarMode::Terminal
+    } else {
+        BarMode::Lines
+    };
     Bar {
         bar: None,
-        enabled: !c.no_progress && std::io::stderr().is_terminal(),
+        mode,
+        pos: 0,
+        total: 0,
+        started: None,
     }
 }
 
 impl Progress for Bar {
     fn start(&mut self, total: u64, what: &str) {
-        if !self.enabled {
+        (self.pos, self.total, self.started) = (0, total, Some(Instant::now()));
+        if self.mode != BarMode::Terminal {
             return;
         }
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -439,11 +465,15 @@ impl Progress for Bar {
         self.bar = Some(bar);
     }
     fn inc(&mut self, n: u64, msg: &str) {
+        self.pos += n;
         if let Some(b) = &self.bar {
             if !msg.is_empty() {
                 b.set_message(msg.to_string());
             }
             b.inc(n);
+        } else if self.mode == BarMode::Lines && !msg.is_empty() {
+            let secs = self.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+            eprintln!("[{}/{} {secs:.0}s] {msg}", self.pos, self.total);
         }
     }
     fn finish(&mut self) {
