@@ -168,10 +168,14 @@ pub struct PageBudget {
 }
 
 impl CacheConfig {
-    /// The top-k in tokens, with the paper's default applied.
+    /// The top-k in tokens, with the paper's default applied when unset:
+    /// `min(1280, budget / 2)` rounded down to whole pages (DESIGN: `K = min(1280, budget/2) / p`
+    /// pages).
     pub fn topk_tokens(&self) -> usize {
-        self.topk_tokens
-            .unwrap_or_else(|| (self.budget_tokens / 2).min(1280))
+        self.topk_tokens.unwrap_or_else(|| {
+            let p = self.page_size.max(1);
+            (self.budget_tokens / 2).min(1280) / p * p
+        })
     }
 
     /// Validates the configuration against a model shape and returns the page budget.

@@ -33,4 +33,5 @@ pub mod memory;
 pub mod sampling;
 pub mod stop;
 pub mod text;
+pub mod throughput;
 pub mod tokenizer;

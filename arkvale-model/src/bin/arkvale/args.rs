@@ -52,6 +52,8 @@ pub enum Command {
     /// Serve the model over HTTP with an OpenAI-compatible API (continuous batching, KV
     /// memory admission, streaming).
     Serve(crate::serve::args::ServeArgs),
+    /// Benchmarks: `throughput` (the paper's Fig. 9b, largest batch under a KV memory cap).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Options of `arkvale generate`.

@@ -11,6 +11,7 @@
 
 mod args;
 mod backend;
+mod bench;
 mod chat;
 mod eval;
 mod generate;
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         args::Command::Chat(a) => chat::run(a),
         args::Command::Eval(a) => eval::run(a),
         args::Command::Serve(a) => serve::run(a),
+        args::Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,243 @@
+//! `arkvale bench throughput`: the paper's throughput experiment (Fig. 9b) on any model — the
+//! largest batch each policy holds under a KV memory cap, its decode tokens/s, as a table,
+//! `results.json` and a PNG plot. The method is in `arkvale_model::throughput`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use arkvale_core::SnapshotOptions;
+use arkvale_core::policy::Residency;
+use arkvale_model::eval::passkey::FILLER;
+use arkvale_model::eval::runner::prefill_once;
+use arkvale_model::memory::{STAGING_SLACK, sequence_slots};
+use arkvale_model::throughput::{ThroughputOptions, ThroughputRow, markdown, run_variant};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::eval::args::{CacheShape, CommonArgs};
+use crate::eval::{base_config, load, plot};
+
+/// Options of `arkvale bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which benchmark.
+    #[command(subcommand)]
+    pub task: BenchTask,
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchTask {
+    /// Decode throughput of the largest batch each policy fits under a KV memory cap (paper
+    /// Fig. 9b). Each sequence is a fork of one prefilled prompt (filler text) of --context
+    /// tokens; batch sizes follow the serving engine's admission rule.
+    Throughput(ThroughputArgs),
+}
+
+/// Options of `arkvale bench throughput`.
+#[derive(Debug, Args)]
+pub struct ThroughputArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Prompt tokens per sequence.
+    #[arg(long, default_value_t = 4096, value_name = "TOKENS")]
+    pub context: usize,
+    /// Decode steps timed.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub generate: usize,
+    /// Device KV memory cap in MiB [default: what --full-sequences full-cache sequences need].
+    #[arg(long, value_name = "MIB")]
+    pub kv_memory_mib: Option<f64>,
+    /// Full-cache sequences the default cap holds.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub full_sequences: usize,
+    /// Policies, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "full,arkvale")]
+    pub policies: Vec<String>,
+    /// Budgets of the budgeted policies, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "256,512,1024",
+        value_name = "TOKENS"
+    )]
+    pub budgets: Vec<usize>,
+    #[command(flatten)]
+    pub cache: CacheShape,
+    /// Prompt tokens per prefill chunk (a budgeted sequence reserves room for one chunk).
+    #[arg(long, default_value_t = 128, value_name = "TOKENS")]
+    pub prefill_chunk: usize,
+    /// Largest batch tried.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_batch: usize,
+}
+
+/// Runs `arkvale bench <task>`.
+pub fn run(a: BenchArgs) -> Result<()> {
+    match a.task {
+        BenchTask::Throughput(t) => throughput(t),
+    }
+}
+
+fn throughput(a: ThroughputArgs) -> Result<()> {
+    if a.context == 0 || a.generate == 0 || a.max_batch == 0 || a.full_sequences == 0 {
+        bail!("--context, --generate, --max-batch and --full-sequences must be at least 1");
+    }
+    if a.prefill_chunk == 0 || a.prefill_chunk % a.cache.page_size != 0 {
+        bail!(
+            "--prefill-chunk must be a non-zero multiple of --page-size ({})",
+            a.cache.page_size
+        );
+    }
+    let m = load(&a.common)?;
+    let ctx = m.model.config().context_length;
+    if a.context + a.generate > ctx {
+        bail!(
+            "--context {} + --generate {} exceed the model's context length {ctx}",
+            a.context,
+            a.generate
+        );
+    }
+    let mut base = base_config(&a.cache)?;
+    base.prefill_chunk_tokens = a.prefill_chunk;
+    let shape = m.model.shape();
+    let slot = base.slot_bytes(&shape);
+    let full_seq = sequence_slots(&shape, &base, Residency::KeepAll, a.context + a.generate);
+    let kv_bytes = match a.kv_memory_mib {
+        Some(mib) if mib > 0.0 => (mib * (1 << 20) as f64) as usize,
+        Some(mib) => bail!("--kv-memory-mib must be > 0, got {mib}"),
+        None => (a.full_sequences * full_seq + STAGING_SLACK) * slot,
+    };
+    let opts = ThroughputOptions {
+        context: a.context,
+        generate: a.generate,
+        kv_bytes,
+        max_batch: a.max_batch,
+    };
+
+    // One real prompt: filler text, exactly --context tokens.
+    let text = std::iter::repeat_n(FILLER, a.context / 8 + 2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut ids = m
+        .tokenizer
+        .encode(&text, false, false)
+        .context("cannot tokenize the filler text")?;
+    if ids.len() < a.context {
+        bail!(
+            "the filler text gave {} tokens, {} needed",
+            ids.len(),
+            a.context
+        );
+    }
+    ids.truncate(a.context);
+    eprintln!(
+        "[arkvale] prefilling one {}-token prompt (every sequence is a fork of it)",
+        a.context
+    );
+    let pre = prefill_once(&m.model, &base, &ids, SnapshotOptions::default())?;
+
+    let mut rows: Vec<ThroughputRow> = Vec::new();
+    for policy in &a.policies {
+        let budgets: Vec<usize> = if policy == "full" {
+            vec![
+                a.budgets
+                    .iter()
+                    .copied()
+                    .max()
+                    .unwrap_or(base.budget_tokens),
+            ]
+        } else {
+            a.budgets.clone()
+        };
+        for budget in budgets {
+            let mut c = base.clone();
+            c.budget_tokens = budget;
+            eprintln!("[arkvale] {policy} budget {budget}: decoding");
+            let row = run_variant(&m.model, &pre.snapshot, &pre.logits, &c, policy, &opts)
+                .with_context(|| format!("{policy} with budget {budget}"))?;
+            eprintln!(
+                "[arkvale] {policy} budget {budget}: batch {}, {:.1} tokens/s",
+                row.batch, row.tokens_per_s
+            );
+            rows.push(row);
+        }
+    }
+    let table = markdown(&rows, &opts);
+    println!("{table}");
+
+    let out = a
+        .common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("bench-out/throughput"));
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("cannot create the output directory {}", out.display()))?;
+    let records: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "policy": r.policy, "budget": r.budget, "batch": r.batch,
+                "reserved_bytes_per_seq": r.reserved_bytes_per_seq,
+                "decode_seconds": r.decode_seconds, "tokens_per_s": r.tokens_per_s,
+                "kv_resident_bytes": r.kv_resident_bytes, "recalls_per_step": r.recalls_per_step,
+            })
+        })
+        .collect();
+    let results = json!({
+        "experiment": "throughput",
+        "model": m.path.display().to_string(),
+        "context": a.context, "generate": a.generate, "kv_bytes": kv_bytes,
+        "page_size": base.page_size, "prefill_chunk": base.prefill_chunk_tokens,
+        "records": records,
+    });
+    let json_path = out.join("results.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    std::fs::write(out.join("table.md"), &table)
+        .with_context(|| format!("cannot write {}", out.join("table.md").display()))?;
+    let series = throughput_series(&rows);
+    plot::lines(
+        &out.join("throughput.png"),
+        &format!(
+            "Decode throughput under a {:.0} MiB KV cap, {}-token contexts",
+            kv_bytes as f64 / (1 << 20) as f64,
+            a.context
+        ),
+        "budget (tokens)",
+        "tokens/s (whole batch)",
+        &series,
+        None,
+    )?;
+    eprintln!("[arkvale] wrote {}", out.display());
+    Ok(())
+}
+
+/// One line per policy over the budgets (`full` drawn flat across them).
+fn throughput_series(rows: &[ThroughputRow]) -> Vec<plot::Series> {
+    let budgets: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.policy != "full")
+        .map(|r| r.budget as f64)
+        .collect();
+    let mut names: Vec<&str> = rows.iter().map(|r| r.policy.as_str()).collect();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let pts: Vec<(f64, f64)> = if name == "full" {
+                let y = rows
+                    .iter()
+                    .find(|r| r.policy == "full")
+                    .map_or(0.0, |r| r.tokens_per_s);
+                budgets.iter().map(|&x| (x, y)).collect()
+            } else {
+                rows.iter()
+                    .filter(|r| r.policy == name)
+                    .map(|r| (r.budget as f64, r.tokens_per_s))
+                    .collect()
+            };
+            (name.to_string(), pts)
+        })
+        .collect()
+}
