@@ -33,6 +33,7 @@ pub mod reference;
 pub mod shape;
 pub mod spill;
 pub mod stats;
+pub mod validate;
 
 pub use config::{AttentionMode, CacheConfig, DigestKind, PageBudget, ScoreAgg};
 pub use dense::{MatmulDims, Rope, RopeScaling, RopeStyle, rope_inv_freq};

@@ -24,7 +24,8 @@ use crate::dispatch::{
 };
 use crate::event::CpuEvent;
 use crate::par::{INLINE_WORK, Par};
-use crate::{digest_ops, validate};
+use crate::digest_ops;
+use arkvale_core::validate;
 
 /// Ids of devices made so far, so that a handle can be traced to its device.
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);

@@ -15,7 +15,7 @@
 //! a bad handle or descriptor is an error, never a panic.
 //!
 //! Modules, one job each: `buffer` (storage and arenas), `elem` (storage types, small f32
-//! kernels), `validate` (descriptor checks), `scatter` (disjoint parallel writes), `par` (pool or inline), `append`,
+//! kernels), `scatter` (disjoint parallel writes), `par` (pool or inline), `append`,
 //! `digest_ops` (summarize, estimate, top-k), `attention`, `matmul` (the `gemm`-based dense
 //! matmul with f16/bf16 weights widened per tile), `dense` (RMSNorm, RoPE, SiLU-gating, add,
 //! embedding, argmax kernels) and `dense_ops` (their checks and dispatch), `event` and `copy_worker` (the
@@ -38,7 +38,6 @@ mod event;
 mod matmul;
 mod par;
 mod scatter;
-mod validate;
 
 #[cfg(test)]
 mod dense_tests;

@@ -1,14 +1,17 @@
-//! Descriptor checks: every index an op will touch is checked here, before any work starts, so
-//! that a bad descriptor is an [`Error::Shape`] and never a panic or an out-of-bounds access.
+//! Descriptor checks shared by every backend: each KV op's descriptors (append destinations,
+//! summarize/estimate jobs, top-k segments, attention rows and pages) are checked against the
+//! buffer lengths here, before any work starts, so that a bad descriptor is an
+//! [`Error::Shape`] on every backend alike — never a panic or an out-of-bounds access. A
+//! backend calls these with the lengths of the buffers it was handed.
 
-use arkvale_core::{
+use crate::{
     AppendDest, AttnPage, AttnRow, DigestKind, Error, EstimateJob, KvLayout, Result, SummarizeJob,
     TopkSegment,
 };
 
 /// Elements needed to hold item `index` of `per` elements each (`(index + 1) * per`), or
 /// `usize::MAX` on overflow (which then fails every size check).
-pub(crate) fn end_of(index: usize, per: usize) -> usize {
+pub fn end_of(index: usize, per: usize) -> usize {
     index
         .checked_add(1)
         .and_then(|n| n.checked_mul(per))
@@ -29,7 +32,7 @@ fn fits(need: usize, have: usize, what: impl FnOnce() -> String) -> Result<()> {
 
 /// Checks that every size of the layout is positive and that its derived sizes do not
 /// overflow.
-pub(crate) fn layout(l: &KvLayout) -> Result<()> {
+pub fn layout(l: &KvLayout) -> Result<()> {
     let dims = [l.heads_per_group, l.gqa, l.page_size, l.head_dim, l.groups];
     if dims.contains(&0) {
         return Err(Error::shape(format!("KV layout with a zero size: {l:?}")));
@@ -51,12 +54,12 @@ pub(crate) fn layout(l: &KvLayout) -> Result<()> {
 }
 
 /// Slots in a pool of `pool_len` elements.
-pub(crate) fn slots(l: &KvLayout, pool_len: usize) -> usize {
+pub fn slots(l: &KvLayout, pool_len: usize) -> usize {
     pool_len / l.slot_elems()
 }
 
 /// Checks one slot index.
-pub(crate) fn slot(l: &KvLayout, pool_len: usize, slot: u32, what: &str) -> Result<()> {
+pub fn slot(l: &KvLayout, pool_len: usize, slot: u32, what: &str) -> Result<()> {
     if (slot as usize) < slots(l, pool_len) {
         Ok(())
     } else {
@@ -80,7 +83,7 @@ fn group(l: &KvLayout, group: u32, what: &str) -> Result<()> {
 }
 
 /// Checks append destinations against the pool and the `[tokens, Hkv, d]` inputs.
-pub(crate) fn append(
+pub fn append(
     l: &KvLayout,
     pool_len: usize,
     k_len: usize,
@@ -106,7 +109,7 @@ pub(crate) fn append(
 }
 
 /// Checks summarize jobs against the pool and the digest store.
-pub(crate) fn summarize(
+pub fn summarize(
     l: &KvLayout,
     kind: DigestKind,
     pool_len: usize,
@@ -131,7 +134,7 @@ pub(crate) fn summarize(
 }
 
 /// Checks estimate jobs against the digests, queries and scores.
-pub(crate) fn estimate(
+pub fn estimate(
     l: &KvLayout,
     kind: DigestKind,
     digests_len: usize,
@@ -156,7 +159,7 @@ pub(crate) fn estimate(
 }
 
 /// Checks top-k segments against the scores and the output.
-pub(crate) fn topk(scores_len: usize, segments: &[TopkSegment], out_len: usize) -> Result<()> {
+pub fn topk(scores_len: usize, segments: &[TopkSegment], out_len: usize) -> Result<()> {
     let mut at = 0usize;
     for (n, s) in segments.iter().enumerate() {
         let end = s.start as usize + s.len as usize;
@@ -172,7 +175,7 @@ pub(crate) fn topk(scores_len: usize, segments: &[TopkSegment], out_len: usize) 
 
 /// Checks attention rows and pages against the pool, the queries, the per-row outputs
 /// (`out_len` elements of `[rows, H, d]`) and the keep-mask.
-pub(crate) fn attention(
+pub fn attention(
     l: &KvLayout,
     pool_len: usize,
     q_len: usize,
@@ -210,7 +213,7 @@ pub(crate) fn attention(
 }
 
 /// Checks that an attention state of `acc`, `max`, `sum` lengths holds every row's query row.
-pub(crate) fn state(
+pub fn state(
     l: &KvLayout,
     rows: &[AttnRow],
     acc_len: usize,
