@@ -200,6 +200,9 @@ pub struct InfoArgs {
     /// Storage type of the KV cache.
     #[arg(long, value_enum, default_value_t = KvType::F16)]
     pub kv_dtype: KvType,
+    /// Also open this compute backend and describe it (for `wgpu`: adapter and f16 storage).
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
 }
 
 /// `--attention`.
@@ -229,6 +232,19 @@ pub enum WeightDtype {
     F32,
     /// f16 weights (half the memory, faster decode).
     F16,
+    /// bf16 weights (half the memory, f32's range).
+    Bf16,
+}
+
+impl WeightDtype {
+    /// The storage type of the weight matrices.
+    pub fn dtype(self) -> arkvale_core::DType {
+        match self {
+            WeightDtype::F32 => arkvale_core::DType::F32,
+            WeightDtype::F16 => arkvale_core::DType::F16,
+            WeightDtype::Bf16 => arkvale_core::DType::BF16,
+        }
+    }
 }
 
 /// `--kv-dtype`.

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use arkvale_core::{
-    AttentionMode, CacheConfig, CacheManager, DType, Device, DigestKind, KvDtype, SeqId,
-    policy_by_name,
+    AttentionMode, CacheConfig, CacheManager, Device, DigestKind, KvDtype, SeqId, policy_by_name,
 };
 use arkvale_model::chat::Message;
 use arkvale_model::llama::LlamaModel;
@@ -18,10 +17,10 @@ use arkvale_model::stop::{StopMatcher, StopStep};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::args::{Attention, CacheArgs, GenerateArgs, KvType, RunArgs, WeightDtype};
+use crate::args::{Attention, CacheArgs, GenerateArgs, KvType, RunArgs};
 use crate::backend::open_device;
-use arkvale_model::memory::size_cache;
 use crate::model_path::resolve_model;
+use arkvale_model::memory::size_cache;
 
 /// Prompt tokens per prefill chunk (a multiple of every page size).
 const PREFILL_CHUNK: usize = 512;
@@ -94,11 +93,7 @@ pub fn load(run: &RunArgs) -> Result<Loaded> {
     let path = resolve_model(run.model.as_deref())?;
     let t_load = Instant::now();
     let dev = open_device(run.backend, run.threads)?;
-    let weight_dtype = match run.weights {
-        WeightDtype::F32 => DType::F32,
-        WeightDtype::F16 => DType::F16,
-    };
-    let inner = LoadedModel::open(&path, dev.clone(), weight_dtype)?;
+    let inner = LoadedModel::open(&path, dev.clone(), run.weights.dtype())?;
     Ok(Loaded {
         inner,
         dev,

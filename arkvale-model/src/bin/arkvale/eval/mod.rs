@@ -21,7 +21,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use self::args::{CacheShape, CommonArgs, EvalArgs, EvalTask, SweepArgs, parse_depths};
-use crate::args::{Attention, WeightDtype};
+use crate::args::Attention;
 use crate::backend::open_device;
 use crate::generate::kv_dtype;
 use crate::model_path::resolve_model;
@@ -306,11 +306,7 @@ pub fn load(c: &CommonArgs) -> Result<LoadedModel> {
     }
     let path = resolve_model(c.model.as_deref())?;
     let dev = open_device(c.backend, c.threads)?;
-    let dtype = match c.weights {
-        WeightDtype::F32 => arkvale_core::DType::F32,
-        WeightDtype::F16 => arkvale_core::DType::F16,
-    };
-    LoadedModel::open(&path, dev, dtype)
+    LoadedModel::open(&path, dev, c.weights.dtype())
         .with_context(|| format!("cannot load the model {}", path.display()))
 }
 

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use arkvale_core::DType;
 use arkvale_model::engine::{Engine, EngineConfig, EngineHandle, Event, Request, SubmitError};
 use arkvale_model::loaded::LoadedModel;
 use arkvale_model::sampling::SamplingParams;
@@ -35,7 +34,6 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 
-use crate::args::WeightDtype;
 use crate::backend::open_device;
 use crate::generate::{cache_config, clock_seed};
 use crate::model_path::resolve_model;
@@ -61,11 +59,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let path = resolve_model(args.model.as_deref())?;
     let dev = open_device(args.backend, args.threads)?;
-    let dtype = match args.weights {
-        WeightDtype::F32 => DType::F32,
-        WeightDtype::F16 => DType::F16,
-    };
-    let loaded = Arc::new(LoadedModel::open(&path, dev, dtype)?);
+    let loaded = Arc::new(LoadedModel::open(&path, dev, args.weights.dtype())?);
     let ctx = loaded.model.config().context_length;
     let max_prompt = args.max_prompt_tokens.unwrap_or(ctx - 1).min(ctx - 1);
     let eos = if args.ignore_eos {
