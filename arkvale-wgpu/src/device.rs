@@ -53,6 +53,10 @@ static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 pub struct WgpuDevice {
     pub(crate) id: u64,
     pub(crate) gpu: Gpu,
+    /// Largest buffer made in one piece (the adapter's buffer limit) and the segment size
+    /// of larger ones (see [`segment_bytes`]); tests lower both to exercise segmentation.
+    pub(crate) max_single: u64,
+    pub(crate) max_piece: u64,
 }
 
 impl std::fmt::Debug for WgpuDevice {
@@ -70,9 +74,12 @@ impl WgpuDevice {
     pub fn new() -> Result<Self> {
         let gpu = Gpu::open()?;
         gpu.compile_all()?;
+        let max_piece = segment_bytes(&gpu.limits)?;
         Ok(WgpuDevice {
             id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
+            max_single: gpu.limits.max_buffer_size,
             gpu,
+            max_piece,
         })
     }
 
@@ -219,6 +226,21 @@ impl WgpuDevice {
     }
 }
 
+/// The segment size of buffers above the adapter's buffer limit: below both the buffer and the
+/// binding limit, in whole MiB (so that every segment boundary meets any binding-offset
+/// alignment).
+pub(crate) fn segment_bytes(limits: &wgpu::Limits) -> Result<u64> {
+    let seg = limits
+        .max_buffer_size
+        .min(limits.max_storage_buffer_binding_size)
+        >> 20
+        << 20;
+    if seg == 0 {
+        return Err(Error::device(BACKEND, "adapter limits below 1 MiB"));
+    }
+    Ok(seg)
+}
+
 /// Turns `(slot, host byte offset)` copies into checked `(pool byte, host byte, bytes)` ranges.
 fn page_copy_plan(
     layout: &KvLayout,
@@ -258,21 +280,10 @@ impl Device for WgpuDevice {
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST;
         let total = (bytes as u64).max(4).div_ceil(4) * 4;
-        let limits = &self.gpu.limits;
-        let seg_bytes = if total <= limits.max_buffer_size {
+        let seg_bytes = if total <= self.max_single {
             total
         } else {
-            // Segments below both the buffer and the binding limit, in whole MiB (so that every
-            // segment boundary meets any binding-offset alignment).
-            let seg = limits
-                .max_buffer_size
-                .min(limits.max_storage_buffer_binding_size)
-                >> 20
-                << 20;
-            if seg == 0 {
-                return Err(Error::device(BACKEND, "alloc: adapter limits below 1 MiB"));
-            }
-            seg
+            self.max_piece
         };
         let buffer = self.gpu.buffer(seg_bytes, usage, "arkvale buffer")?;
         let segments = total.div_ceil(seg_bytes) as usize;

@@ -15,7 +15,7 @@ pub fn open_device(backend: Backend, threads: Option<usize>) -> Result<Arc<dyn D
         Backend::Cpu => Ok(Arc::new(
             CpuDevice::new(threads).context("cannot start the CPU backend")?,
         )),
-        Backend::Wgpu => not_built("wgpu"),
+        Backend::Wgpu => open_wgpu(),
         Backend::Cuda => open_cuda(),
     }
 }
@@ -33,6 +33,48 @@ fn open_cuda() -> Result<Arc<dyn Device>> {
 #[cfg(not(feature = "cuda"))]
 fn open_cuda() -> Result<Arc<dyn Device>> {
     not_built("cuda")
+}
+
+/// Opens the first wgpu adapter (feature `wgpu`); no Vulkan/Metal/DX12 driver is an error
+/// that says so.
+#[cfg(feature = "wgpu")]
+fn open_wgpu() -> Result<Arc<dyn Device>> {
+    Ok(Arc::new(
+        arkvale_wgpu::WgpuDevice::new().context("cannot open the wgpu backend")?,
+    ))
+}
+
+/// Without feature `wgpu`: says how to build it.
+#[cfg(not(feature = "wgpu"))]
+fn open_wgpu() -> Result<Arc<dyn Device>> {
+    not_built("wgpu")
+}
+
+/// One line describing the device `backend` opens here (for `arkvale info --backend`): for
+/// wgpu the adapter, its driver and whether f16 storage is used.
+pub fn describe(backend: Backend) -> Result<String> {
+    #[cfg(feature = "wgpu")]
+    if backend == Backend::Wgpu {
+        let dev = arkvale_wgpu::WgpuDevice::new().context("cannot open the wgpu backend")?;
+        let a = dev.adapter();
+        return Ok(format!(
+            "wgpu: adapter {} ({}, {}, driver {}); f16 storage: {} (half types packed in \
+             32-bit words; SHADER_F16 {}); largest storage binding {} MiB",
+            a.name,
+            a.backend,
+            a.device_type,
+            a.driver.trim(),
+            if dev.f16_storage() { "yes" } else { "no" },
+            if a.shader_f16 {
+                "available"
+            } else {
+                "not available"
+            },
+            a.max_storage_binding >> 20
+        ));
+    }
+    let dev = open_device(backend, None)?;
+    Ok(dev.name())
 }
 
 /// The error for a backend this binary was built without.

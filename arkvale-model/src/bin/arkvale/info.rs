@@ -130,6 +130,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
         special(tok.eos_id())
     );
     println!("chat template {}", if chat_template { "yes" } else { "no" });
+    if let Some(backend) = args.backend {
+        println!("backend      {}", crate::backend::describe(backend)?);
+    }
 
     let context = args.context.unwrap_or(c.context_length);
     let config = CacheConfig {
