@@ -50,7 +50,8 @@ fn sentence(key: &str, value: &str) -> String {
     format!("One of the special magic numbers for {key} is: {value}.")
 }
 
-/// Builds the NIAH prompts: variants × contexts × depths.
+/// Builds the NIAH prompts: variants × depths × contexts (depths in
+/// [`super::runner::spread_order`]).
 pub fn cases(
     tok: &dyn EvalTokenizer,
     haystack: &Haystack,
@@ -71,8 +72,9 @@ pub fn cases(
         if variant == "multivalue" && opts.values == 0 {
             return Err(EvalError::Input("--values must be at least 1".into()));
         }
-        for &ctx in &opts.contexts {
-            for (di, &depth) in opts.depths.iter().enumerate() {
+        for di in super::runner::spread_order(opts.depths.len()) {
+            let depth = opts.depths[di];
+            for &ctx in &opts.contexts {
                 let mut rng = Rng::for_case(opts.seed, &format!("niah/{variant}/{ctx}/{di}"));
                 let mut words: Vec<&str> = WORDS.to_vec();
                 // Fisher-Yates: distinct keys.

@@ -253,6 +253,7 @@ pub fn run_cases(
             });
             progress.inc(1, "");
         }
+        progress.checkpoint(&records);
     }
     progress.finish();
     Ok(records)
@@ -281,7 +282,9 @@ pub struct PasskeyOptions {
     pub gen_tokens: usize,
 }
 
-/// Builds the passkey prompts: one per context × depth, each with its own 5-digit key.
+/// Builds the passkey prompts: one per context × depth, each with its own 5-digit key. Depths
+/// come in [`runner::spread_order`] (contexts inner), so that a sweep stopped part-way has
+/// every context at evenly spread depths.
 pub fn cases(
     tok: &dyn EvalTokenizer,
     haystack: &Haystack,
@@ -289,8 +292,9 @@ pub fn cases(
     opts: &PasskeyOptions,
 ) -> Result<Vec<RetrievalCase>> {
     let mut out = Vec::new();
-    for &ctx in &opts.contexts {
-        for (di, &depth) in opts.depths.iter().enumerate() {
+    for di in runner::spread_order(opts.depths.len()) {
+        let depth = opts.depths[di];
+        for &ctx in &opts.contexts {
             let key = Rng::for_case(opts.seed, &format!("passkey/{ctx}/{di}"))
                 .range(10_000, 100_000)
                 .to_string();
@@ -370,6 +374,17 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spread_order_is_a_permutation_spreading_early_indices() {
+        assert_eq!(runner::spread_order(4), vec![0, 2, 1, 3]);
+        assert_eq!(runner::spread_order(10)[..4], [0, 8, 4, 2]);
+        let mut all = runner::spread_order(10);
+        all.sort();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        assert!(runner::spread_order(0).is_empty());
+        assert_eq!(runner::spread_order(1), vec![0]);
+    }
 
     #[test]
     fn depths_are_evenly_spaced() {

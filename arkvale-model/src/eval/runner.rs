@@ -19,6 +19,9 @@ pub trait Progress {
     fn inc(&mut self, n: u64, msg: &str);
     /// The phase is over.
     fn finish(&mut self);
+    /// The records finished so far (after each prompt of a sweep), so that a caller can save
+    /// partial results of a long sweep.
+    fn checkpoint(&mut self, _records: &[super::Record]) {}
 }
 
 /// Reports nothing.
@@ -247,6 +250,22 @@ pub fn greedy(
         next = argmax(&logits);
     }
     Ok(out)
+}
+
+/// Indices `0..n` in an order that spreads early ones over the range (0, n/2, n/4, 3n/4, ...:
+/// bit-reversed), so that a sweep stopped part-way has covered the range evenly.
+pub fn spread_order(n: usize) -> Vec<usize> {
+    let bits = usize::BITS - n.saturating_sub(1).leading_zeros();
+    let rev = |i: usize| {
+        if bits == 0 {
+            0
+        } else {
+            i.reverse_bits() >> (usize::BITS - bits)
+        }
+    };
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by_key(|&i| rev(i));
+    idx
 }
 
 /// Errors clearly when `prompt + generate` tokens exceed the model's context length.

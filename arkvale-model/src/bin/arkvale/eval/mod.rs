@@ -13,7 +13,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use arkvale_core::{AttentionMode, CacheConfig, DigestKind};
 use arkvale_model::eval::{
-    self, EvalTokenizer, Progress, Results, Sweep, digest_recall, fidelity, niah, passkey, recalls,
+    self, EvalTokenizer, Progress, Record, Results, Sweep, digest_recall, fidelity, niah, passkey,
+    recalls,
 };
 use arkvale_model::loaded::LoadedModel;
 use arkvale_model::text::TextTokenizer;
@@ -58,7 +59,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 &opts,
             )?;
             let started = Instant::now();
-            let mut res = passkey::run(&m.model, &tok, &sweep, &cases, &mut bar(&a.common))?;
+            let mut progress = bar_saving(
+                &a.common,
+                out_dir(&a.common, "passkey"),
+                "Passkey retrieval (partial)",
+            );
+            let mut res = passkey::run(&m.model, &tok, &sweep, &cases, &mut progress)?;
             meta(
                 &mut res,
                 &m,
@@ -90,7 +96,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
             };
             let cases = niah::cases(&tok, &haystack, &opts)?;
             let started = Instant::now();
-            let mut res = niah::run(&m.model, &tok, &sweep, &cases, &mut bar(&a.common))?;
+            let mut progress = bar_saving(&a.common, out_dir(&a.common, "niah"), "NIAH (partial)");
+            let mut res = niah::run(&m.model, &tok, &sweep, &cases, &mut progress)?;
             meta(
                 &mut res,
                 &m,
@@ -412,9 +419,14 @@ fn finish(
     Ok(())
 }
 
+/// Writes partial records somewhere.
+type SaveFn = Box<dyn Fn(&[Record])>;
+
 /// Progress bars on stderr when it is a terminal; otherwise (a log file) one plain line per
 /// step; nothing with --no-progress.
 struct Bar {
+    /// Saves partial results after each prompt (passkey, niah).
+    save: Option<SaveFn>,
     bar: Option<ProgressBar>,
     mode: BarMode,
     pos: u64,
@@ -438,6 +450,7 @@ fn bar(c: &CommonArgs) -> Bar {
         BarMode::Lines
     };
     Bar {
+        save: None,
         bar: None,
         mode,
         pos: 0,
@@ -477,4 +490,27 @@ impl Progress for Bar {
             b.finish_and_clear();
         }
     }
+    fn checkpoint(&mut self, records: &[Record]) {
+        if let Some(save) = &self.save {
+            save(records);
+        }
+    }
+}
+
+/// A progress sink that also writes the retrieval records finished so far (results.json,
+/// results.csv, summary.md) into `dir` after each prompt, so a long sweep stopped part-way
+/// leaves its finished cases.
+fn bar_saving(c: &CommonArgs, dir: PathBuf, title: &'static str) -> Bar {
+    let mut b = bar(c);
+    b.save = Some(Box::new(move |records: &[Record]| {
+        let res = Results {
+            meta: serde_json::Map::from_iter([("partial".to_string(), json!(true))]),
+            records: records.to_vec(),
+            tables: vec![eval::report::accuracy_table(title, records)],
+        };
+        if let Err(e) = res.write(&dir) {
+            eprintln!("warning: cannot save partial results: {e}");
+        }
+    }));
+    b
 }
