@@ -241,7 +241,7 @@ pub fn state(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arkvale_core::KvDtype;
+    use crate::KvDtype;
 
     fn l() -> KvLayout {
         KvLayout {
