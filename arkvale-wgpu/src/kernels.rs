@@ -35,6 +35,8 @@ pub(crate) enum Kernel {
     Attention,
     /// `finalize.wgsl`.
     Finalize,
+    /// `combine.wgsl`.
+    Combine,
     /// `weights.wgsl`.
     Weights,
     /// `matmul.wgsl`, `gemv`.
@@ -62,7 +64,7 @@ pub(crate) const COMMON: &str = include_str!("shaders/common.wgsl");
 
 impl Kernel {
     /// Every kernel (for eager compilation and tests).
-    pub(crate) const ALL: [Kernel; 19] = [
+    pub(crate) const ALL: [Kernel; 20] = [
         Kernel::Fill,
         Kernel::ByteCopy,
         Kernel::Append,
@@ -72,6 +74,7 @@ impl Kernel {
         Kernel::Topk,
         Kernel::Attention,
         Kernel::Finalize,
+        Kernel::Combine,
         Kernel::Weights,
         Kernel::Gemv,
         Kernel::GemmTiled,
@@ -97,6 +100,7 @@ impl Kernel {
             Kernel::Topk => include_str!("shaders/topk.wgsl"),
             Kernel::Attention => include_str!("shaders/attention.wgsl"),
             Kernel::Finalize => include_str!("shaders/finalize.wgsl"),
+            Kernel::Combine => include_str!("shaders/combine.wgsl"),
             Kernel::Weights => include_str!("shaders/weights.wgsl"),
             Kernel::Gemv | Kernel::GemmTiled => include_str!("shaders/matmul.wgsl"),
             Kernel::SiluMul | Kernel::Add | Kernel::AddBias => {
@@ -135,6 +139,7 @@ impl Kernel {
             Kernel::Topk => &[R, W],
             Kernel::Attention => &[R, R, R, W, W, W],
             Kernel::Finalize => &[R, R, W],
+            Kernel::Combine => &[R, W],
             Kernel::Weights => &[R, R, R, R, W],
             Kernel::Gemv | Kernel::GemmTiled => &[R, R, W],
             Kernel::SiluMul | Kernel::Add | Kernel::AddBias => &[R, R, W],

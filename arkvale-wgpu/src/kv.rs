@@ -18,6 +18,11 @@ use crate::device::{WgpuDevice, slot_align};
 use crate::kernels::Kernel;
 use crate::validate;
 
+/// Pages per workgroup in decode attention: longer rows are split into chunks of this many
+/// pages whose partial softmax states are merged afterwards (flash-decoding), so that a small
+/// batch over a long context still fills a GPU.
+const DECODE_CHUNK_PAGES: u32 = 16;
+
 /// Storage type code of the shaders (`DT_F32`, `DT_F16`, `DT_BF16`).
 pub(crate) fn dt_code(dtype: DType) -> Result<u32> {
     match dtype {
@@ -389,25 +394,95 @@ impl WgpuDevice {
             return Ok(());
         }
         let w = self.pool_window(l, p, pages.iter().map(|p| p.slot), what)?;
-        let meta = self.attn_meta(l, rows, pages, w.first_slot, scale, 0, mb.is_some(), what)?;
-        let dummy = dummy_rw(self, 0);
-        self.gpu.launch(
+        let heads = l.heads_per_group as u64 * l.gqa as u64;
+        let mask_b = match mb {
+            Some(m) => Binding::whole(m.single(what)?),
+            None => dummy_rw(self, 0),
+        };
+        let qw = Binding::whole(qb.single(what)?);
+        let ow = Binding::whole(ob.single(what)?);
+        if rows.iter().all(|r| r.page_count <= DECODE_CHUNK_PAGES) {
+            let meta =
+                self.attn_meta(l, rows, pages, w.first_slot, scale, 0, mb.is_some(), what)?;
+            return self.gpu.launch(
+                Kernel::Attention,
+                &meta,
+                &[
+                    w.binding,
+                    qw,
+                    mask_b,
+                    ow,
+                    dummy_rw(self, 1),
+                    dummy_rw(self, 2),
+                ],
+                rows.len() as u64 * heads,
+                what,
+            );
+        }
+        // Flash-decoding: long rows are split into chunks of pages, each chunk's partial
+        // softmax state is computed by its own workgroups, and a combine pass merges them.
+        let mut chunks = Vec::new();
+        let mut combine = vec![
+            u32_of(l.heads_per_group, what)?,
+            u32_of(l.gqa, what)?,
+            u32_of(l.head_dim, what)?,
+            u32_of(l.q_heads(), what)?,
+            u32_of(rows.len(), what)?,
+        ];
+        for r in rows {
+            let first = u32_of(chunks.len(), what)?;
+            let n = r.page_count.div_ceil(DECODE_CHUNK_PAGES).max(1);
+            for c in 0..n {
+                let start = c * DECODE_CHUNK_PAGES;
+                chunks.push(AttnRow {
+                    page_start: r.page_start + start,
+                    page_count: (r.page_count - start).min(DECODE_CHUNK_PAGES),
+                    ..*r
+                });
+            }
+            combine.extend([r.q_row, r.group, first, n]);
+        }
+        let parts = self.gpu.buffer(
+            chunks.len() as u64 * heads * (l.head_dim as u64 + 2) * 4,
+            wgpu::BufferUsages::STORAGE,
+            "arkvale attention partials",
+        )?;
+        let meta = self.attn_meta(
+            l,
+            &chunks,
+            pages,
+            w.first_slot,
+            scale,
+            3,
+            mb.is_some(),
+            what,
+        )?;
+        let mut enc = self.gpu.encoder();
+        self.gpu.encode(
+            &mut enc,
             Kernel::Attention,
             &meta,
             &[
                 w.binding,
-                Binding::whole(qb.single("decode_attention")?),
-                match mb {
-                    Some(m) => Binding::whole(m.single(what)?),
-                    None => dummy,
-                },
-                Binding::whole(ob.single("decode_attention")?),
+                qw,
+                mask_b,
+                Binding::whole(&parts),
                 dummy_rw(self, 1),
                 dummy_rw(self, 2),
             ],
-            rows.len() as u64 * l.heads_per_group as u64 * l.gqa as u64,
+            chunks.len() as u64 * heads,
             what,
-        )
+        )?;
+        self.gpu.encode(
+            &mut enc,
+            Kernel::Combine,
+            &combine,
+            &[Binding::whole(&parts), ow],
+            (rows.len() as u64 * heads * l.head_dim as u64).div_ceil(256),
+            what,
+        )?;
+        self.gpu.submit(enc, what)?;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -19,6 +19,28 @@
 //! (`context`, `kernels`, `limits`) → the [`Device`](arkvale_core::Device) implementation
 //! (`device`, `kv`, `dense`, with `validate`, `buffer`, `event`). Nothing outside this crate
 //! sees a wgpu type.
+//!
+//! ## How it is checked
+//!
+//! The differential suite (`cargo run -p arkvale-tests --bin arkvale-suite -- --backend wgpu`)
+//! holds this backend to the same tolerances as every other, `|device - reference| <= tol *
+//! (scale + |reference|)`: **exact** for `append_kv` (f16/bf16 rounding is round-to-nearest-even
+//! in integer bit operations, bit for bit `half`'s), `topk`, page copies, buffer ops, `add`,
+//! `add_bias`, `embedding` and `argmax`; `1e-5` for digests, scores, RMSNorm, RoPE, SiLU-gating,
+//! f32-weight matmul (scale: `sum |x| |w|`) and attention over f32 KV; `1e-2` for attention over
+//! f16/bf16 KV and half-weight matmul (this backend computes those in f32 too, so it is far
+//! inside). The crate's own tests cover what the suite cannot see: rounding corner cases, buffers
+//! split into segments, matmul split under a small binding limit. `tests/tests/wgpu_smollm2.rs`
+//! in `arkvale-tests` checks that SmolLM2 greedy generation gives the CPU backend's tokens.
+//!
+//! ## Performance
+//!
+//! Written to be right first and portable second. Kernels avoid barriers where they can (on CPU
+//! implementations such as lavapipe a barrier is a coroutine switch); the GEMV used for decode
+//! has no workgroup memory at all. `examples/bandwidth.rs` measures paged decode attention's
+//! achieved bandwidth against a buffer copy in the same run. Decode attention gives each
+//! (row, query head) one workgroup and does not yet split long contexts over workgroups
+//! (flash-decoding) nor share K/V reads between the query heads of a GQA group.
 
 #![warn(missing_docs)]
 

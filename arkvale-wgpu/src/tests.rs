@@ -197,3 +197,52 @@ fn matmul_splits_weights_that_exceed_one_binding() {
         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
     }
 }
+
+#[test]
+fn long_decode_rows_split_into_page_chunks_match_the_reference() {
+    let Some(dev) = device() else { return };
+    let l = KvLayout {
+        kv_dtype: KvDtype::F32,
+        heads_per_group: 2,
+        gqa: 2,
+        page_size: 8,
+        head_dim: 24,
+        groups: 1,
+    };
+    // Row 0 reads 50 pages (four chunks), row 1 three pages (one), row 2 none.
+    let slots = 53;
+    let pool_v: Vec<f32> = (0..slots * l.slot_elems())
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 60.0)
+        .collect();
+    let q_v: Vec<f32> = (0..3 * l.q_heads() * l.head_dim)
+        .map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0)
+        .collect();
+    let pages: Vec<arkvale_core::AttnPage> = (0..slots as u32)
+        .map(|s| arkvale_core::AttnPage {
+            slot: (s * 7) % slots as u32,
+            base_pos: s * 8,
+            len: if s == 49 { 5 } else { 8 },
+        })
+        .collect();
+    let row = |q_row, page_start, page_count| arkvale_core::AttnRow {
+        q_row,
+        group: 0,
+        pos: 10_000,
+        page_start,
+        page_count,
+    };
+    let rows = [row(0, 0, 50), row(1, 50, 3), row(2, 53, 0)];
+    let pool = dev.upload_f32(&pool_v, DType::F32).unwrap();
+    let q = dev.upload_f32(&q_v, DType::F32).unwrap();
+    let out = dev
+        .upload_f32(&vec![f32::NAN; q_v.len()], DType::F32)
+        .unwrap();
+    dev.decode_attention(&l, &pool, &q, &rows, &pages, None, 0.3, &out)
+        .unwrap();
+    let mut want = vec![f32::NAN; q_v.len()];
+    reference::attention(&l, &pool_v, &q_v, &rows, &pages, None, 0.3, &mut want);
+    let got = dev.download_f32(&out).unwrap();
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{i}: {a} vs {b}");
+    }
+}

@@ -7,6 +7,8 @@
 // mode 0 (decode): start empty, write acc / sum (zeros when no token took part) to `out`.
 // mode 1 (prefill): start from and write back the flash state (acc, max, sum).
 // mode 2 (stats): start empty, write (max, sum) of the workgroup to `out[2 wg ..]`.
+// mode 3 (partial, flash-decoding): start empty, write (max, sum, acc[d]) of the workgroup to
+//        `out[wg (d + 2) ..]`; `combine.wgsl` merges the partials of one row's page chunks.
 //
 // prm: [dt, hg, gqa, p, d, slot_elems, q_heads, scale bits, mode, has_mask, n_rows,
 //        n_pages, slot_base (added to slots for the mask), rows: (q_row, group, pos, page_start, page_count) ..., pages: (slot,
@@ -136,6 +138,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
             workgroupBarrier();
         }
+    }
+    if (mode == 3u) {
+        let o = wg * (d + 2u);
+        if (lid == 0u) {
+            out[o] = m;
+            out[o + 1u] = l;
+        }
+        for (var c = 0u; c < 4u; c = c + 1u) {
+            let dim = lid + c * TILE;
+            if (dim < d) {
+                out[o + 2u + dim] = acc[c];
+            }
+        }
+        return;
     }
     if (mode == 2u) {
         if (lid == 0u) {
