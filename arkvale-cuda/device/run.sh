@@ -58,7 +58,12 @@ step sdpa 60 sdpa.log python3 "$D/sdpa.py" "$TMPD/attn_shapes.json" "$TMPD/sdpa.
     echo "==================== arkvale-cuda device check: summary ===================="
     head -n 2 "$OUT/env.txt" | tail -n 1
     grep -E '^backend cuda:' "$OUT/suite.log" || echo "suite: no summary line (exit $RC_suite)"
-    grep -E '^test result:' "$OUT/e2e.log" | sed 's/^/e2e (CUDA tokens == CPU tokens): /' || echo "e2e: exit $RC_e2e"
+    if grep -q 'skipped:' "$OUT/e2e.log"; then
+        grep -o 'skipped: .*' "$OUT/e2e.log" | head -n 1 | sed 's/^/e2e (CUDA tokens == CPU tokens): /'
+    else
+        grep -E '^test result:' "$OUT/e2e.log" | sed 's/^/e2e (CUDA tokens == CPU tokens): /' || echo "e2e: exit $RC_e2e"
+        grep -E '^(tokens|max relative|step )' "$OUT/e2e.log"
+    fi
     grep -E 'FAILED|panicked' "$OUT/suite.log" "$OUT/e2e.log" | head -n 10
     [[ -f "$OUT/bench.md" ]] && sed -n '/^## (a)/,$p' "$OUT/bench.md"
     [[ -f "$TMPD/sdpa.md" ]] && cat "$TMPD/sdpa.md"

@@ -91,6 +91,18 @@
 //!   widened exactly; more rows go to cuBLAS SGEMM (half weights widened in 64 MiB chunks),
 //!   with f32 accumulation throughout (no TF32, no half activations).
 //!
+//! ## Running it on a GPU
+//!
+//! `cargo xtask device-check --build` (here, no GPU needed) builds the differential suite
+//! (`arkvale-suite`, CUDA only), the end-to-end test (`tests/tests/cuda_generate.rs`: greedy
+//! generation of a random-weight model with SmolLM2's shapes, CUDA tokens == CPU tokens) and the
+//! benchmarks (`src/bin/bench.rs`: (a) decode attention bandwidth vs a device copy and vs PyTorch
+//! SDPA, (b) the LongChat-7B-shaped decode step with its estimate / select / recall / attention /
+//! other breakdown vs the full cache, (c) recall vs a pinned memcpy) in release, stripped, and
+//! copies them with `device/run.sh` and `device/sdpa.py` into `target/device/`. On the GPU
+//! machine, `bash target/device/run.sh` runs all of it in under 5 minutes and writes logs and
+//! tables to `$OUT`, summary last. Results belong in `docs/results/cuda.md`.
+//!
 //! ## Tolerances against the CPU backend (the differential suite's)
 //!
 //! append, top-k, page copies, add, bias add, embedding, argmax: exact. Digests and scores:

