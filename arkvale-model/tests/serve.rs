@@ -1,7 +1,8 @@
 //! `arkvale serve` over real HTTP on a loopback port (reqwest): completions equal `arkvale
 //! generate` for the same seed, streaming equals non-streaming, 16 concurrent requests
 //! complete, bad requests get the right 4xx with a JSON error body while the server keeps
-//! serving, and a client that leaves mid-stream frees its sequence. Needs the SmolLM2 model
+//! serving, a client that leaves mid-stream frees its sequence, and SIGTERM lets a request in
+//! flight finish before the server exits. Needs the SmolLM2 model
 //! (skipped without it).
 
 mod common;
@@ -353,4 +354,42 @@ fn metric(text: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{name} missing in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_request_in_flight_finish() {
+    let Some(model) = model_path() else { return };
+    let mut server = start(model.to_str().unwrap(), &[]);
+    let url = format!("{}/v1/completions", server.base);
+    let request = tokio::spawn(async move {
+        let body = json!({"prompt": PROMPT, "max_tokens": 24, "temperature": 0});
+        let res = reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json::<Value>().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (status, body) = request.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 24, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            assert!(exit.success(), "{exit:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
