@@ -238,7 +238,8 @@ fn add_recall(hits: &mut [f64], est: &[f32], truth: &[f32]) {
     }
 }
 
-fn table(records: &[Record], mode: &str, max_k: usize) -> Table {
+/// Recall at k = 1, 2, 4, ..., 40 per digest kind for one ranking `mode` (`head`/`group`).
+pub fn table(records: &[Record], mode: &str, max_k: usize) -> Table {
     let ks: Vec<usize> = [1, 2, 4, 8, 16, 32, 40]
         .into_iter()
         .filter(|&k| k <= max_k)

@@ -128,7 +128,7 @@ pub fn run(
         }
     }
     progress.finish();
-    let tables = vec![table(&records, &sweep.variants)];
+    let tables = vec![table(&records)];
     Ok(Results {
         meta: serde_json::Map::new(),
         records,
@@ -136,8 +136,19 @@ pub fn run(
     })
 }
 
-/// Mean agreement, KL and perplexity per variant over the samples.
-fn table(records: &[Record], variants: &[Variant]) -> Table {
+/// Mean agreement, KL and perplexity per policy@budget over the samples.
+pub fn table(records: &[Record]) -> Table {
+    let mut variants: Vec<Variant> = Vec::new();
+    for r in records {
+        let v = Variant {
+            policy: r.policy.clone(),
+            budget: r.budget,
+            topk: None,
+        };
+        if !variants.contains(&v) {
+            variants.push(v);
+        }
+    }
     let rows = variants
         .iter()
         .map(|v| {

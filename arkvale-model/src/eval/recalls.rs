@@ -116,7 +116,7 @@ pub fn run(
         progress.inc(1, "");
     }
     progress.finish();
-    let tables = vec![table(&records, opts)];
+    let tables = vec![table(&records)];
     Ok(Results {
         meta: serde_json::Map::new(),
         records,
@@ -124,15 +124,24 @@ pub fn run(
     })
 }
 
-fn table(records: &[Record], opts: &RecallsOptions) -> Table {
+/// Recalls per (layer, group) step: one row per capacity, one column per k.
+pub fn table(records: &[Record]) -> Table {
+    let mut caps: Vec<usize> = records.iter().filter_map(|r| r.budget).collect();
+    caps.sort();
+    caps.dedup();
+    let mut ks: Vec<usize> = records
+        .iter()
+        .filter_map(|r| r.metric("topk").map(|k| k as usize))
+        .collect();
+    ks.sort();
+    ks.dedup();
     let mut header = vec!["capacity (tokens)".to_string()];
-    header.extend(opts.ks.iter().map(|k| format!("k={k}")));
-    let rows = opts
-        .capacities
+    header.extend(ks.iter().map(|k| format!("k={k}")));
+    let rows = caps
         .iter()
         .map(|&c| {
             let mut row = vec![c.to_string()];
-            for &k in &opts.ks {
+            for &k in &ks {
                 let r = records
                     .iter()
                     .find(|r| r.budget == Some(c) && r.metric("topk") == Some(k as f64));

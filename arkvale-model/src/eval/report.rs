@@ -60,6 +60,39 @@ impl Record {
         }
     }
 
+    /// A record from its JSON object ([`Record::to_json`]'s inverse); `None` if a fixed key is
+    /// missing or mistyped.
+    pub fn from_json(v: &Value) -> Option<Record> {
+        let o = v.as_object()?;
+        let fixed = [
+            "task",
+            "policy",
+            "budget",
+            "page_size",
+            "context",
+            "depth",
+            "key",
+            "output",
+            "correct",
+        ];
+        Some(Record {
+            task: o.get("task")?.as_str()?.to_string(),
+            policy: o.get("policy")?.as_str()?.to_string(),
+            budget: o.get("budget")?.as_u64().map(|b| b as usize),
+            page_size: o.get("page_size")?.as_u64()? as usize,
+            context: o.get("context")?.as_u64()? as usize,
+            depth: o.get("depth")?.as_f64(),
+            key: o.get("key")?.as_str()?.to_string(),
+            output: o.get("output")?.as_str()?.to_string(),
+            correct: o.get("correct")?.as_bool(),
+            extra: o
+                .iter()
+                .filter(|(k, _)| !fixed.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+    }
+
     /// An `extra` value as f64.
     pub fn metric(&self, name: &str) -> Option<f64> {
         self.extra.get(name).and_then(Value::as_f64)
@@ -104,6 +137,57 @@ pub struct Results {
 }
 
 impl Results {
+    /// Results read back from a `results.json` (tables rebuilt by [`Results::summarize`]).
+    pub fn from_json(v: &Value) -> Result<Results> {
+        let bad = || EvalError::Input("not an arkvale eval results.json".into());
+        let records = v["records"]
+            .as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .map(|r| Record::from_json(r).ok_or_else(bad))
+            .collect::<Result<Vec<_>>>()?;
+        let mut res = Results {
+            meta: v["meta"].as_object().cloned().unwrap_or_default(),
+            records,
+            tables: Vec::new(),
+        };
+        res.summarize();
+        Ok(res)
+    }
+
+    /// Rebuilds the summary tables from the records, by task.
+    pub fn summarize(&mut self) {
+        let mut tasks: Vec<String> = self.records.iter().map(|r| r.task.clone()).collect();
+        tasks.dedup();
+        let mut tables = Vec::new();
+        for t in &tasks {
+            let mine: Vec<Record> = self
+                .records
+                .iter()
+                .filter(|r| &r.task == t)
+                .cloned()
+                .collect();
+            match t.as_str() {
+                "fidelity" => tables.push(super::fidelity::table(&mine)),
+                "recalls" => tables.push(super::recalls::table(&mine)),
+                "digest-recall" => {
+                    let max_k = mine
+                        .iter()
+                        .filter_map(|r| r.metric("k"))
+                        .fold(0.0, f64::max);
+                    for mode in ["head", "group"] {
+                        tables.push(super::digest_recall::table(&mine, mode, max_k as usize));
+                    }
+                }
+                _ => tables.push(accuracy_table(
+                    &format!("{t} (correct / cases per context length)"),
+                    &mine,
+                )),
+            }
+        }
+        self.tables = tables;
+    }
+
     /// `{"meta": {...}, "records": [...]}`.
     pub fn to_json(&self) -> Value {
         json!({

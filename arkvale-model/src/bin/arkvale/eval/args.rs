@@ -61,6 +61,16 @@ pub enum EvalTask {
     DigestRecall(DigestRecallArgs),
     /// Recalls per decode step vs cache capacity and k (paper Fig. 4b).
     Recalls(RecallsArgs),
+    /// Redraw the plots and tables of a results.json (e.g. of a sweep stopped part-way).
+    Plot(PlotArgs),
+}
+
+/// `arkvale eval plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// The directory holding results.json (plots, CSV and summary.md are rewritten there).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// Model, output and backend options of every experiment.

@@ -76,9 +76,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     "haystack_file": a.haystack_file, "chat": a.chat, "cache": cache_meta(&sweep),
                 }),
             );
-            finish(&res, &out_dir(&a.common, "passkey"), |dir| {
-                plot::retrieval(dir, &res.records)
-            })
+            finish(&res, &out_dir(&a.common, "passkey"))
         }
         EvalTask::Niah(a) => {
             let depths = parse_depths(&a.depths).map_err(anyhow::Error::msg)?;
@@ -109,9 +107,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     "haystack_file": a.haystack_file, "cache": cache_meta(&sweep),
                 }),
             );
-            finish(&res, &out_dir(&a.common, "niah"), |dir| {
-                plot::retrieval(dir, &res.records)
-            })
+            finish(&res, &out_dir(&a.common, "niah"))
         }
         EvalTask::Fidelity(a) => {
             let m = load(&a.common)?;
@@ -135,38 +131,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     "decode": a.decode, "samples": a.samples, "cache": cache_meta(&sweep),
                 }),
             );
-            finish(&res, &out_dir(&a.common, "fidelity"), |dir| {
-                let recs: Vec<_> = res.records.iter().collect();
-                let mut out = Vec::new();
-                for (metric, label, file) in [
-                    (
-                        "top1_agreement",
-                        "top-1 agreement with full (%)",
-                        "agreement",
-                    ),
-                    ("kl", "mean KL(full || policy)", "kl"),
-                    ("perplexity", "perplexity", "perplexity"),
-                ] {
-                    let scale = if metric == "top1_agreement" {
-                        100.0
-                    } else {
-                        1.0
-                    };
-                    let series =
-                        plot::budget_series(&recs, |r| r.metric(metric).unwrap_or(0.0) * scale);
-                    let path = dir.join(format!("fidelity_{file}_vs_budget.png"));
-                    plot::lines(
-                        &path,
-                        &format!("fidelity: {label}"),
-                        "budget (tokens)",
-                        label,
-                        &series,
-                        None,
-                    )?;
-                    out.push(path);
-                }
-                Ok(out)
-            })
+            finish(&res, &out_dir(&a.common, "fidelity"))
         }
         EvalTask::DigestRecall(a) => {
             let m = load(&a.common)?;
@@ -193,39 +158,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     "page_size": a.page_size, "queries": a.queries, "max_k": a.max_k,
                 }),
             );
-            finish(&res, &out_dir(&a.common, "digest-recall"), |dir| {
-                let mut out = Vec::new();
-                for mode in ["head", "group"] {
-                    let series: Vec<plot::Series> = DigestKind::ALL
-                        .iter()
-                        .map(|k| {
-                            let pts = res
-                                .records
-                                .iter()
-                                .filter(|r| {
-                                    r.policy == k.name()
-                                        && r.extra.get("mode").and_then(|v| v.as_str())
-                                            == Some(mode)
-                                })
-                                .filter_map(|r| Some((r.metric("k")?, r.metric("recall")? * 100.0)))
-                                .collect();
-                            (k.name().to_string(), pts)
-                        })
-                        .collect();
-                    let path = dir.join(format!("digest_recall_{mode}.png"));
-                    plot::lines(
-                        &path,
-                        &format!("digest top-k recall ({mode} ranking)"),
-                        "k (pages)",
-                        "recall (%)",
-                        &series,
-                        None,
-                    )?;
-                    out.push(path);
-                }
-                Ok(out)
-            })
+            finish(&res, &out_dir(&a.common, "digest-recall"))
         }
+        EvalTask::Plot(a) => replot(&a.dir),
         EvalTask::Recalls(a) => {
             let m = load(&a.common)?;
             let tok = Tok(&m.tokenizer);
@@ -253,38 +188,129 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     "cache": cache_meta(&sweep),
                 }),
             );
-            finish(&res, &out_dir(&a.common, "recalls"), |dir| {
-                let series: Vec<plot::Series> = opts
-                    .ks
-                    .iter()
-                    .map(|&k| {
-                        let pts = res
-                            .records
-                            .iter()
-                            .filter(|r| r.metric("topk") == Some(k as f64))
-                            .filter_map(|r| {
-                                Some((
-                                    r.metric("capacity_pages")?,
-                                    r.metric("recalls_per_layer_step")?,
-                                ))
-                            })
-                            .collect();
-                        (format!("k = {} pages", k / a.cache.page_size), pts)
-                    })
-                    .collect();
-                let path = dir.join("recalls_vs_capacity.png");
+            finish(&res, &out_dir(&a.common, "recalls"))
+        }
+    }
+}
+
+/// Draws the plots of `res` (by the task of its records) into `dir`.
+fn draw_plots(res: &Results, dir: &Path) -> Result<Vec<PathBuf>> {
+    let task = res.records.first().map_or("", |r| r.task.as_str());
+    match task {
+        "fidelity" => {
+            let recs: Vec<_> = res.records.iter().collect();
+            let mut out = Vec::new();
+            for (metric, label, file) in [
+                (
+                    "top1_agreement",
+                    "top-1 agreement with full (%)",
+                    "agreement",
+                ),
+                ("kl", "mean KL(full || policy)", "kl"),
+                ("perplexity", "perplexity", "perplexity"),
+            ] {
+                let scale = if metric == "top1_agreement" {
+                    100.0
+                } else {
+                    1.0
+                };
+                let series =
+                    plot::budget_series(&recs, |r| r.metric(metric).unwrap_or(0.0) * scale);
+                let path = dir.join(format!("fidelity_{file}_vs_budget.png"));
                 plot::lines(
                     &path,
-                    "recalls per decode step per layer",
-                    "cache capacity (pages)",
-                    "recalls / step",
+                    &format!("fidelity: {label}"),
+                    "budget (tokens)",
+                    label,
                     &series,
                     None,
                 )?;
-                Ok(vec![path])
-            })
+                out.push(path);
+            }
+            Ok(out)
         }
+        "digest-recall" => {
+            let mut out = Vec::new();
+            for mode in ["head", "group"] {
+                let series: Vec<plot::Series> = DigestKind::ALL
+                    .iter()
+                    .map(|k| {
+                        let pts = res
+                            .records
+                            .iter()
+                            .filter(|r| {
+                                r.policy == k.name()
+                                    && r.extra.get("mode").and_then(|v| v.as_str()) == Some(mode)
+                            })
+                            .filter_map(|r| Some((r.metric("k")?, r.metric("recall")? * 100.0)))
+                            .collect();
+                        (k.name().to_string(), pts)
+                    })
+                    .collect();
+                let path = dir.join(format!("digest_recall_{mode}.png"));
+                plot::lines(
+                    &path,
+                    &format!("digest top-k recall ({mode} ranking)"),
+                    "k (pages)",
+                    "recall (%)",
+                    &series,
+                    None,
+                )?;
+                out.push(path);
+            }
+            Ok(out)
+        }
+        "recalls" => {
+            let mut ks: Vec<usize> = res
+                .records
+                .iter()
+                .filter_map(|r| r.metric("topk").map(|k| k as usize))
+                .collect();
+            ks.sort();
+            ks.dedup();
+            let p = res.records.first().map_or(1, |r| r.page_size.max(1));
+            let series: Vec<plot::Series> = ks
+                .iter()
+                .map(|&k| {
+                    let pts = res
+                        .records
+                        .iter()
+                        .filter(|r| r.metric("topk") == Some(k as f64))
+                        .filter_map(|r| {
+                            Some((
+                                r.metric("capacity_pages")?,
+                                r.metric("recalls_per_layer_step")?,
+                            ))
+                        })
+                        .collect();
+                    (format!("k = {} pages", k / p), pts)
+                })
+                .collect();
+            let path = dir.join("recalls_vs_capacity.png");
+            plot::lines(
+                &path,
+                "recalls per decode step per layer",
+                "cache capacity (pages)",
+                "recalls / step",
+                &series,
+                None,
+            )?;
+            Ok(vec![path])
+        }
+        _ => plot::retrieval(dir, &res.records),
     }
+}
+
+/// `arkvale eval plot`: rebuilds summary.md, results.csv and the plots of a results.json
+/// (e.g. of a sweep stopped part-way).
+fn replot(dir: &Path) -> Result<()> {
+    let path = dir.join("results.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let res = Results::from_json(&json)?;
+    finish(&res, dir)
 }
 
 /// The eval tasks' view of a model's tokenizer.
@@ -398,13 +424,9 @@ fn meta(
 }
 
 /// Writes the files, draws the plots, prints the tables and where everything went.
-fn finish(
-    res: &Results,
-    dir: &Path,
-    plots: impl FnOnce(&Path) -> Result<Vec<PathBuf>>,
-) -> Result<()> {
+fn finish(res: &Results, dir: &Path) -> Result<()> {
     res.write(dir)?;
-    let pngs = plots(dir)?;
+    let pngs = draw_plots(res, dir)?;
     println!("{}", res.markdown());
     eprintln!(
         "wrote {} records to {} (results.json, results.csv, summary.md, {} plots) in {:.1} s",

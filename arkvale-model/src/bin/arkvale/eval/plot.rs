@@ -9,6 +9,7 @@ use anyhow::{Result, anyhow};
 use arkvale_model::eval::Record;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 const FONT: &str = "sans-serif";
 
@@ -132,8 +133,16 @@ pub fn heatmap(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0..depths.len(), 0..contexts.len())
+        .build_cartesian_2d(
+            -0.5..depths.len() as f64 - 0.5,
+            -0.5..contexts.len() as f64 - 0.5,
+        )
         .map_err(err(path))?;
+    // Cell i spans [i - 0.5, i + 0.5]: integer ticks fall on cell centres.
+    let at = |v: f64, n: usize| {
+        let i = v.round();
+        ((v - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n).then_some(i as usize)
+    };
     chart
         .configure_mesh()
         .disable_mesh()
@@ -141,12 +150,12 @@ pub fn heatmap(
         .y_desc("context (tokens)")
         .x_labels(depths.len())
         .y_labels(contexts.len())
-        .x_label_formatter(&|i| {
-            depths
-                .get(*i)
-                .map_or(String::new(), |d| format!("{:.0}%", d * 100.0))
+        .x_label_formatter(&|v| {
+            at(*v, depths.len()).map_or(String::new(), |i| format!("{:.0}%", depths[i] * 100.0))
         })
-        .y_label_formatter(&|i| contexts.get(*i).map_or(String::new(), |c| c.to_string()))
+        .y_label_formatter(&|v| {
+            at(*v, contexts.len()).map_or(String::new(), |i| contexts[i].to_string())
+        })
         .label_style((FONT, 13))
         .draw()
         .map_err(err(path))?;
@@ -154,7 +163,7 @@ pub fn heatmap(
     for ci in 0..contexts.len() {
         for di in 0..depths.len() {
             if let Some(v) = value(ci, di) {
-                cells.push((di, ci, v));
+                cells.push((di as f64, ci as f64, v));
             }
         }
     }
@@ -165,17 +174,18 @@ pub fn heatmap(
                 (60.0 * (1.0 - v) + 170.0 * v) as u8,
                 (60.0 * (1.0 - v) + 80.0 * v) as u8,
             );
-            Rectangle::new([(x, y), (x + 1, y + 1)], c.filled())
+            Rectangle::new([(x - 0.48, y - 0.48), (x + 0.48, y + 0.48)], c.filled())
         }))
         .map_err(err(path))?;
+    let centered = TextStyle::from((FONT, 15).into_font())
+        .color(&WHITE)
+        .pos(Pos::new(HPos::Center, VPos::Center));
     chart
-        .draw_series(cells.iter().map(|&(x, y, v)| {
-            Text::new(
-                format!("{:.0}%", v * 100.0),
-                (x, y + 1),
-                (FONT, 14).into_font().color(&WHITE),
-            )
-        }))
+        .draw_series(
+            cells.iter().map(|&(x, y, v)| {
+                Text::new(format!("{:.0}%", v * 100.0), (x, y), centered.clone())
+            }),
+        )
         .map_err(err(path))?;
     root.present().map_err(err(path))?;
     Ok(())
