@@ -1532,3 +1532,45 @@ impl Device for CudaDevice {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l() -> KvLayout {
+        KvLayout {
+            kv_dtype: arkvale_core::KvDtype::F16,
+            heads_per_group: 2,
+            gqa: 2,
+            page_size: 4,
+            head_dim: 8,
+            groups: 1,
+        }
+    }
+
+    #[test]
+    fn page_copies_merge_only_when_adjacent_on_both_sides() {
+        let l = l();
+        let n = l.slot_bytes();
+        let pool_len = 8 * l.slot_elems();
+        let copies = [(2, 0), (3, n as u64), (4, 5 * n as u64), (1, 6 * n as u64)];
+        let plan = page_copy_plan(&l, pool_len, 8 * n, &copies, "t").unwrap();
+        assert_eq!(
+            plan,
+            vec![(2 * n, 0, 2 * n), (4 * n, 5 * n, n), (n, 6 * n, n)]
+        );
+        assert!(page_copy_plan(&l, pool_len, 8 * n, &[(8, 0)], "t").is_err());
+        assert!(page_copy_plan(&l, pool_len, 8 * n, &[(0, 7 * n as u64 + 1)], "t").is_err());
+    }
+
+    #[test]
+    fn kernel_codes_and_suffixes() {
+        assert_eq!(suffix(DType::F16), "f16");
+        assert_eq!(suffix(DType::BF16), "bf16");
+        assert_eq!(suffix(DType::F32), "f32");
+        let codes: Vec<u32> = DigestKind::ALL.iter().map(|&k| kind_code(k)).collect();
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(grid1d(0), 1);
+        assert_eq!(grid1d(257), 2);
+    }
+}

@@ -61,6 +61,43 @@ pub const SOURCES: &[KernelSource] = &[
     },
 ];
 
+/// Every kernel name the device launches (built exactly as `device.rs` builds them), so that
+/// a test can check each one exists in the compiled sources.
+pub fn launched_names() -> Vec<String> {
+    let mut names: Vec<String> = [
+        "estimate",
+        "topk",
+        "attn_combine",
+        "attn_finalize",
+        "fill_f32",
+        "rmsnorm",
+        "rope",
+        "silu_mul",
+        "add_inplace",
+        "add_bias",
+        "argmax",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for t in ["f32", "f16", "bf16"] {
+        for base in [
+            "append_kv",
+            "summarize",
+            "attn_weights",
+            "embedding",
+            "widen",
+            "matmul_rows",
+        ] {
+            names.push(format!("{base}_{t}"));
+        }
+        for e in [1, 2, 4, 8] {
+            names.push(format!("attn_partial_{t}_e{e}"));
+        }
+    }
+    names
+}
+
 /// Whether the NVRTC library can be loaded on this machine (without it, nothing compiles and
 /// cudarc would panic on first use). Looked up by cudarc's loader: `libnvrtc.so` /
 /// `libnvrtc.so.13` on the dynamic loader's path (`LD_LIBRARY_PATH`).

@@ -37,3 +37,28 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         failures.join("\n\n")
     );
 }
+
+/// Every kernel the device launches by name is in the machine code (a typo in a kernel name
+/// would otherwise only show on a GPU).
+#[test]
+fn every_launched_kernel_exists() {
+    if !kernels::nvrtc_present() {
+        println!("skipped: libnvrtc not found on the loader path (LD_LIBRARY_PATH)");
+        return;
+    }
+    let cubins = kernels::compiled_for(90).unwrap();
+    let has = |name: &str| {
+        let needle = format!("{name}\0");
+        cubins
+            .iter()
+            .any(|(_, c)| c.windows(needle.len()).any(|w| w == needle.as_bytes()))
+    };
+    let missing: Vec<String> = kernels::launched_names()
+        .into_iter()
+        .filter(|n| !has(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "kernels launched but not compiled: {missing:?}"
+    );
+}
