@@ -301,16 +301,16 @@ impl CudaDevice {
         grid: (u32, u32, u32),
         block: u32,
         smem: usize,
-        args: &mut [*mut c_void],
+        args: &[(*mut c_void, usize)],
     ) -> Result<()> {
         if smem > SMEM_LIMIT {
             return Err(Error::shape(format!(
                 "{name}: needs {smem} bytes of shared memory, the limit is {SMEM_LIMIT}"
             )));
         }
-        let f = self.kernels.get(name)?;
+        let k = self.kernels.get(name)?;
         launch(
-            f,
+            &k,
             grid,
             (block, 1, 1),
             smem as u32,
@@ -372,7 +372,7 @@ impl CudaDevice {
             (grid1d(n), 1, 1),
             256,
             0,
-            &mut kargs![ptr, n, value],
+            &kargs![ptr, n, value],
         )
     }
 }
@@ -554,7 +554,7 @@ impl CudaDevice {
             (items as u32, n_splits as u32, 1),
             32 * 4,
             0,
-            &mut kargs![
+            &kargs![
                 pool_ptr, q_ptr, rows_ptr, pages_ptr, mask_ptr, scale, geom, part_ml, part_acc
             ],
         )?;
@@ -892,7 +892,7 @@ impl Device for CudaDevice {
             (blocks as u32, 1, 1),
             threads,
             0,
-            &mut kargs![pp, kp, vp, dp, n, hg, ps, d, kvh],
+            &kargs![pp, kp, vp, dp, n, hg, ps, d, kvh],
         )
     }
 
@@ -932,7 +932,7 @@ impl Device for CudaDevice {
             (blocks as u32, 1, 1),
             128,
             (layout.head_dim + layout.page_size) * 4,
-            &mut kargs![pp, jp, n, kc, hg, ps, d, dp],
+            &kargs![pp, jp, n, kc, hg, ps, d, dp],
         )
     }
 
@@ -982,7 +982,7 @@ impl Device for CudaDevice {
             (jobs.len().div_ceil(warps) as u32, 1, 1),
             32 * warps as u32,
             warps * g * 4,
-            &mut kargs![dp, qp, jp, n, kc, ag, hg, gqa, d, qh, sp],
+            &kargs![dp, qp, jp, n, kc, ag, hg, gqa, d, qh, sp],
         )
     }
 
@@ -1008,7 +1008,7 @@ impl Device for CudaDevice {
             (segments.len() as u32, 1, 1),
             256,
             0,
-            &mut kargs![sp, gp, n, op],
+            &kargs![sp, gp, n, op],
         )
     }
 
@@ -1040,7 +1040,7 @@ impl Device for CudaDevice {
             (items, 1, 1),
             128,
             0,
-            &mut kargs![
+            &kargs![
                 rows_ptr, geom, part_ml, part_acc, fold, out_ptr, zero, zero, zero
             ],
         )
@@ -1093,7 +1093,7 @@ impl Device for CudaDevice {
             (items, 1, 1),
             128,
             0,
-            &mut kargs![rows_ptr, geom, part_ml, part_acc, fold, zero, ap, mp, sp],
+            &kargs![rows_ptr, geom, part_ml, part_acc, fold, zero, ap, mp, sp],
         )
     }
 
@@ -1141,7 +1141,7 @@ impl Device for CudaDevice {
             (rows.len() as u32, 1, 1),
             128,
             0,
-            &mut kargs![rp, n, gh, d, qh, ap, sp, op],
+            &kargs![rp, n, gh, d, qh, ap, sp, op],
         )
     }
 
@@ -1201,7 +1201,7 @@ impl Device for CudaDevice {
             (blocks as u32, 1, 1),
             128,
             2 * layout.gqa * 4,
-            &mut kargs![pp, qp, rp, gp, mp, scale, hg, gqa, ps, d, qh, wp],
+            &kargs![pp, qp, rp, gp, mp, scale, hg, gqa, ps, d, qh, wp],
         )
     }
 
@@ -1244,7 +1244,7 @@ impl Device for CudaDevice {
                 (n.div_ceil(8) as u32, gy as u32, 1),
                 256,
                 0,
-                &mut kargs![xp, wp, op, mm, nn, kk],
+                &kargs![xp, wp, op, mm, nn, kk],
             );
         }
         let (alpha, beta) = (1.0f32, 0.0f32);
@@ -1290,7 +1290,7 @@ impl Device for CudaDevice {
                 (grid1d(cnt), 1, 1),
                 256,
                 0,
-                &mut kargs![src, tmp, cnt],
+                &kargs![src, tmp, cnt],
             )?;
             sgemm(&st, tmp, rows, op + (n0 * 4) as u64)?;
             n0 += rows;
@@ -1336,7 +1336,7 @@ impl Device for CudaDevice {
             (rows as u32, 1, 1),
             256,
             0,
-            &mut kargs![xp, wp, op, r, dm, eps],
+            &kargs![xp, wp, op, r, dm, eps],
         )
     }
 
@@ -1387,7 +1387,7 @@ impl Device for CudaDevice {
             (grid1d(pairs), 1, 1),
             256,
             0,
-            &mut kargs![xp, pp, fp, t, h, d, style, scale],
+            &kargs![xp, pp, fp, t, h, d, style, scale],
         )
     }
 
@@ -1409,7 +1409,7 @@ impl Device for CudaDevice {
             (grid1d(n), 1, 1),
             256,
             0,
-            &mut kargs![gp, up_, op, n],
+            &kargs![gp, up_, op, n],
         )
     }
 
@@ -1426,13 +1426,7 @@ impl Device for CudaDevice {
             return Ok(());
         }
         let (xp, yp, n) = (xs.mem.ptr, ys.mem.ptr, len as u64);
-        self.launch(
-            "add_inplace",
-            (grid1d(n), 1, 1),
-            256,
-            0,
-            &mut kargs![xp, yp, n],
-        )
+        self.launch("add_inplace", (grid1d(n), 1, 1), 256, 0, &kargs![xp, yp, n])
     }
 
     fn add_bias(&self, rows: usize, cols: usize, x: &Buffer, bias: &Buffer) -> Result<()> {
@@ -1464,7 +1458,7 @@ impl Device for CudaDevice {
             (grid1d(len as u64), 1, 1),
             256,
             0,
-            &mut kargs![xp, bp, r, c],
+            &kargs![xp, bp, r, c],
         )
     }
 
@@ -1502,7 +1496,7 @@ impl Device for CudaDevice {
             (grid1d(len as u64), 1, 1),
             256,
             0,
-            &mut kargs![tp, ip, n, dm, op],
+            &kargs![tp, ip, n, dm, op],
         )
     }
 
@@ -1523,13 +1517,7 @@ impl Device for CudaDevice {
             return Err(Error::shape("argmax: too many rows or columns"));
         }
         let (lp, op, r, c) = (ls.mem.ptr, os.mem.ptr, rows as u32, cols as u32);
-        self.launch(
-            "argmax",
-            (rows as u32, 1, 1),
-            256,
-            0,
-            &mut kargs![lp, op, r, c],
-        )
+        self.launch("argmax", (rows as u32, 1, 1), 256, 0, &kargs![lp, op, r, c])
     }
 }
 

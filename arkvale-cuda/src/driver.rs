@@ -230,7 +230,7 @@ impl Drop for RawEvent {
 /// The loaded kernel modules (one per source file) and a cache of their functions.
 pub(crate) struct Kernels {
     modules: Vec<(&'static str, sys::CUmodule)>,
-    funcs: Mutex<HashMap<String, sys::CUfunction>>,
+    funcs: Mutex<HashMap<String, Kernel>>,
     ctx: Arc<Ctx>,
 }
 
@@ -266,21 +266,58 @@ impl Kernels {
     }
 
     /// The kernel `name` (looked up in every module once, then cached).
-    pub(crate) fn get(&self, name: &str) -> Result<sys::CUfunction> {
+    pub(crate) fn get(&self, name: &str) -> Result<Kernel> {
         let mut funcs = self.funcs.lock();
         if let Some(f) = funcs.get(name) {
-            return Ok(*f);
+            return Ok(f.clone());
         }
         let cname = CString::new(name).map_err(|_| Error::device(BACKEND, "kernel name"))?;
         for (_, m) in &self.modules {
             // SAFETY: a live module; a missing name is an error, not UB.
             if let Ok(f) = unsafe { result::module::get_function(*m, cname.clone()) } {
-                funcs.insert(name.to_string(), f);
-                return Ok(f);
+                let k = Kernel {
+                    func: f,
+                    params: param_sizes(f),
+                };
+                funcs.insert(name.to_string(), k.clone());
+                return Ok(k);
             }
         }
         Err(Error::device(BACKEND, format!("kernel {name} not found")))
     }
+}
+
+/// A kernel and the byte sizes of its parameters (when the driver can say: CUDA 12.4+).
+#[derive(Clone)]
+pub(crate) struct Kernel {
+    pub(crate) func: sys::CUfunction,
+    pub(crate) params: Option<Vec<usize>>,
+}
+
+/// The byte size of each parameter of `f`, from `cuFuncGetParamInfo` (driver API 12.4+,
+/// asked only of such a driver); `None` if the driver cannot tell.
+fn param_sizes(f: sys::CUfunction) -> Option<Vec<usize>> {
+    let mut version = 0;
+    // SAFETY: `version` is valid for writes.
+    unsafe { sys::cuDriverGetVersion(&mut version) }
+        .result()
+        .ok()?;
+    if version < 12040 {
+        return None;
+    }
+    let mut sizes = Vec::new();
+    for i in 0..1024 {
+        let (mut off, mut size) = (0usize, 0usize);
+        // SAFETY: `f` is a live kernel; an index past the last parameter is an error value.
+        match unsafe { sys::cuFuncGetParamInfo(f, i, &mut off, &mut size) }.result() {
+            Ok(()) => sizes.push(size),
+            Err(result::DriverError(sys::cudaError_enum::CUDA_ERROR_INVALID_VALUE)) => {
+                return Some(sizes);
+            }
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 impl Drop for Kernels {
@@ -294,17 +331,29 @@ impl Drop for Kernels {
     }
 }
 
-/// Launches `f` on `stream`; `args` point to the kernel's parameters in order (the driver
-/// copies them before returning).
+/// Launches kernel `k` on `stream`; `args` are the addresses and byte sizes of the kernel's
+/// parameters in order (the driver copies them before returning). When the driver reports the
+/// kernel's parameter sizes, a mismatch in count or size is an error instead of a launch.
 pub(crate) fn launch(
-    f: sys::CUfunction,
+    k: &Kernel,
     grid: (u32, u32, u32),
     block: (u32, u32, u32),
     shared_bytes: u32,
     stream: &Stream,
-    args: &mut [*mut c_void],
+    args: &[(*mut c_void, usize)],
     what: &str,
 ) -> Result<()> {
+    if let Some(params) = &k.params {
+        let host: Vec<usize> = args.iter().map(|a| a.1).collect();
+        if *params != host {
+            return Err(Error::device(
+                BACKEND,
+                format!(
+                    "{what}: the kernel takes parameters of {params:?} bytes, the host passes {host:?}"
+                ),
+            ));
+        }
+    }
     if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
         return Ok(());
     }
@@ -313,17 +362,18 @@ pub(crate) fn launch(
             "{what}: launch grid {grid:?} beyond the device's limits"
         )));
     }
-    // SAFETY: `f` is a live kernel whose parameter list matches `args` (each call site passes
-    // exactly the kernel's parameters, by address, as the driver expects); buffers were
-    // validated by the caller.
-    unsafe { result::launch_kernel(f, grid, block, shared_bytes, stream.raw, args) }
+    let mut ptrs: Vec<*mut c_void> = args.iter().map(|a| a.0).collect();
+    // SAFETY: `k` is a live kernel whose parameter list matches `args` (checked above where
+    // the driver can tell; each call site passes exactly the kernel's parameters, by address);
+    // buffers were validated by the caller.
+    unsafe { result::launch_kernel(k.func, grid, block, shared_bytes, stream.raw, &mut ptrs) }
         .map_err(|e| Error::device(BACKEND, format!("launching {what}: {e}")))
 }
 
-/// The kernel-parameter array of a launch: the addresses of the given places.
+/// The parameters of a launch: the address and byte size of each given place.
 macro_rules! kargs {
     ($($a:expr),* $(,)?) => {
-        [$(&$a as *const _ as *mut ::std::ffi::c_void),*]
+        [$((&$a as *const _ as *mut ::std::ffi::c_void, ::std::mem::size_of_val(&$a))),*]
     };
 }
 pub(crate) use kargs;
