@@ -2,30 +2,35 @@
 // the combine pass of decode (normalize into `out`) and of prefill (fold into a running
 // flash-attention state), and the finalize pass of a prefill state.
 //
-// Work item: one attention row x one KV head `h` of its group x one chunk of up to `MAX_G`
-// of the query heads that share `h` (GQA: each key and value is loaded once for all of them).
-// The row's page list is cut into `n_splits` splits of `pages_per_split` pages; grid =
-// (rows * hg * g_chunks, n_splits), so one long sequence still fills the GPU. A block has
-// `ATTN_WARPS` warps; each warp takes every `ATTN_WARPS`-th token of the split and keeps an
-// online softmax (running max `m`, sum `l`, accumulator over `d`) per query head; lane `x`
-// holds elements `x*E .. x*E+E` of the head dimension (`E` = 1, 2, 4 or 8: `d <= 256`).
-// The block merges its warps in shared memory and writes one partial `(m, l, acc[d])` per
-// query head. Arithmetic is f32 (`expf`, not the fast approximation); the reference is f64.
+// Work item: one KV head `h` over one page range, for up to `MAX_G` (query row, query head)
+// *pairs* that read that KV head and those pages: the query heads of a row that share `h`
+// (GQA), and in prefill also several consecutive rows with the same page range (query tiling:
+// each key and value is loaded once for all pairs, so a prompt chunk reads the KV `MAX_G / gqa`
+// times less often than row by row). Each pair has its own causal limit `pos`. The host builds
+// the items (`ITEM_WORDS` u32 each: h, page_start, page_count, n_pairs, then q_row, head, pos
+// per pair). The page range is cut into `n_splits` splits of `pages_per_split` pages; grid =
+// (items, n_splits), so one long sequence still fills the GPU. A block has `ATTN_WARPS`
+// warps; each warp takes every `ATTN_WARPS`-th token of the split and keeps an online softmax
+// (running max `m`, sum `l`, accumulator over `d`) per pair; lane `x` holds elements
+// `x*E .. x*E+E` of the head dimension (`E` = 1, 2, 4 or 8: `d <= 256`). The block merges its
+// warps in shared memory and writes one partial `(m, l, acc[d])` per pair. Arithmetic is f32
+// (`expf`, not the fast approximation); the reference is f64.
 //
-// A token takes part iff `i < len`, `base_pos + i <= pos` and (with a mask) its keep-mask
-// byte `mask[(slot * hg + h) * p + i]` is non-zero. Rows: q_row, group, pos, page_start,
-// page_count (five u32). Pages: slot, base_pos, len (three u32).
+// A token takes part for a pair iff `i < len`, `base_pos + i <= pos` and (with a mask) its
+// keep-mask byte `mask[(slot * hg + h) * p + i]` is non-zero. Pages: slot, base_pos, len
+// (three u32).
 
 #define ATTN_WARPS 4
 #define MAX_G 8
+#define ITEM_WORDS (4 + 3 * MAX_G)
 
 struct AttnGeom {
-    u32 hg, gqa, p, d, q_heads, n_splits, pages_per_split, g_chunks;
+    u32 hg, p, d, q_heads, n_splits, pages_per_split, n_items, pad;
 };
 
 template <typename T, int E>
 __device__ __forceinline__ void attn_partial_impl(const void* pool_, const float* q,
-                                                  const u32* rows, const u32* pages,
+                                                  const u32* items, const u32* pages,
                                                   const u8* mask, float scale, AttnGeom g,
                                                   float* part_ml, float* part_acc) {
     __shared__ float sm_m[ATTN_WARPS][MAX_G];
@@ -33,12 +38,9 @@ __device__ __forceinline__ void attn_partial_impl(const void* pool_, const float
     __shared__ float sm_acc[ATTN_WARPS][MAX_G][32 * E];
     const T* pool = (const T*)pool_;
     const u32 y = blockIdx.x, split = blockIdx.y;
-    const u32 gc = y % g.g_chunks, rh = y / g.g_chunks, h = rh % g.hg, r = rh / g.hg;
-    const u32* row = rows + 5 * (u64)r;
-    const u32 q_row = row[0], group = row[1], pos = row[2], page_start = row[3],
-              page_count = row[4];
-    const u32 g0 = gc * MAX_G;
-    const u32 ng = min((u32)MAX_G, g.gqa - g0);
+    const u32* it = items + (u64)ITEM_WORDS * y;
+    const u32 h = it[0], page_start = it[1], page_count = it[2];
+    const u32 np = min((u32)MAX_G, it[3]);
     const u32 warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const u32 p_begin = split * g.pages_per_split;
     const u32 p_end = min(p_begin + g.pages_per_split, page_count);
@@ -46,17 +48,21 @@ __device__ __forceinline__ void attn_partial_impl(const void* pool_, const float
     float qv[MAX_G][E];
     float acc[MAX_G][E];
     float m[MAX_G], l[MAX_G];
+    u64 pos[MAX_G];
+    u64 max_pos = 0;
 #pragma unroll
     for (int j = 0; j < MAX_G; ++j) {
         m[j] = NEG_INF;
         l[j] = 0.0f;
-        const u64 head = (u64)group * g.hg * g.gqa + (u64)h * g.gqa + g0 + j;
+        const bool live = (u32)j < np;
+        const u32 q_row = live ? it[4 + 3 * j] : 0, head = live ? it[5 + 3 * j] : 0;
+        pos[j] = live ? (u64)it[6 + 3 * j] : 0;
+        max_pos = live && pos[j] > max_pos ? pos[j] : max_pos;
 #pragma unroll
         for (int e = 0; e < E; ++e) {
             const u32 x = lane * E + e;
             acc[j][e] = 0.0f;
-            qv[j][e] = ((u32)j < ng && x < g.d) ? q[((u64)q_row * g.q_heads + head) * g.d + x]
-                                                : 0.0f;
+            qv[j][e] = (live && x < g.d) ? q[((u64)q_row * g.q_heads + head) * g.d + x] : 0.0f;
         }
     }
 
@@ -64,9 +70,10 @@ __device__ __forceinline__ void attn_partial_impl(const void* pool_, const float
     const u32 n_tokens = p_begin < p_end ? (p_end - p_begin) * g.p : 0;
     for (u32 t = warp; t < n_tokens; t += ATTN_WARPS) {
         const u32* pg = pages + 3 * (u64)(page_start + p_begin + t / g.p);
-        const u32 slot = pg[0], base_pos = pg[1], len = pg[2];
+        const u32 slot = pg[0], len = pg[2];
+        const u64 tpos = (u64)pg[1] + t % g.p;
         const u32 i = t % g.p;
-        if (i >= len || (u64)base_pos + i > (u64)pos) continue;
+        if (i >= len || tpos > max_pos) continue;
         if (mask != 0 && mask[((u64)slot * g.hg + h) * g.p + i] == 0) continue;
         const u64 koff = (u64)slot * 2 * half_slot + ((u64)h * g.p + i) * g.d;
         float kv[E], vv[E];
@@ -78,7 +85,8 @@ __device__ __forceinline__ void attn_partial_impl(const void* pool_, const float
         }
 #pragma unroll
         for (int j = 0; j < MAX_G; ++j) {
-            if ((u32)j >= ng) break;
+            if ((u32)j >= np) break;
+            if (tpos > pos[j]) continue;
             float dot = 0.0f;
 #pragma unroll
             for (int e = 0; e < E; ++e) dot += qv[j][e] * kv[e];
@@ -104,7 +112,7 @@ __device__ __forceinline__ void attn_partial_impl(const void* pool_, const float
     }
     __syncthreads();
     const u64 item = (u64)y * g.n_splits + split;
-    for (u32 idx = threadIdx.x; idx < ng * g.d; idx += blockDim.x) {
+    for (u32 idx = threadIdx.x; idx < np * g.d; idx += blockDim.x) {
         const u32 j = idx / g.d, x = idx % g.d;
         float mx = NEG_INF;
         for (int w = 0; w < ATTN_WARPS; ++w) mx = fmaxf(mx, sm_m[w][j]);
@@ -128,9 +136,9 @@ __device__ __forceinline__ void attn_partial_impl(const void* pool_, const float
 
 #define ATTN_PARTIAL(TY, SUF, E)                                                               \
     extern "C" __global__ void attn_partial_##SUF##_e##E(                                      \
-        const void* pool, const float* q, const u32* rows, const u32* pages, const u8* mask,  \
+        const void* pool, const float* q, const u32* items, const u32* pages, const u8* mask, \
         float scale, AttnGeom g, float* part_ml, float* part_acc) {                            \
-        attn_partial_impl<TY, E>(pool, q, rows, pages, mask, scale, g, part_ml, part_acc);    \
+        attn_partial_impl<TY, E>(pool, q, items, pages, mask, scale, g, part_ml, part_acc);   \
     }
 #define ATTN_PARTIAL_ALL_E(TY, SUF)                                                            \
     ATTN_PARTIAL(TY, SUF, 1) ATTN_PARTIAL(TY, SUF, 2) ATTN_PARTIAL(TY, SUF, 4)                 \
@@ -139,24 +147,23 @@ ATTN_PARTIAL_ALL_E(float, f32)
 ATTN_PARTIAL_ALL_E(f16_t, f16)
 ATTN_PARTIAL_ALL_E(bf16_t, bf16)
 
-// Merges the splits of one work item (grid: rows * hg * g_chunks blocks). `fold == 0`:
-// writes `acc / l` (zeros for a row with no participating token) into `out [rows, H, d]`.
+// Merges the splits of one work item (grid: one block per item). `fold == 0`: writes
+// `acc / l` (zeros for a pair with no participating token) into `out [rows, H, d]`.
 // `fold != 0`: folds the merged partial into the state `st_acc [rows, H, d]`,
-// `st_max / st_sum [rows, H]` (online softmax in the natural-log domain); a work item with
-// no participating token leaves the state as it was.
-extern "C" __global__ void attn_combine(const u32* rows, AttnGeom g, const float* part_ml,
+// `st_max / st_sum [rows, H]` (online softmax in the natural-log domain); a pair with no
+// participating token leaves the state as it was.
+extern "C" __global__ void attn_combine(const u32* items, AttnGeom g, const float* part_ml,
                                         const float* part_acc, u32 fold, float* out,
                                         float* st_acc, float* st_max, float* st_sum) {
     __shared__ float sh_m[MAX_G], sh_l[MAX_G], sh_old_m[MAX_G], sh_old_l[MAX_G];
+    __shared__ u64 sh_si[MAX_G];
     const u32 y = blockIdx.x;
-    const u32 gc = y % g.g_chunks, rh = y / g.g_chunks, h = rh % g.hg, r = rh / g.hg;
-    const u32* row = rows + 5 * (u64)r;
-    const u32 q_row = row[0], group = row[1];
-    const u32 g0 = gc * MAX_G;
-    const u32 ng = min((u32)MAX_G, g.gqa - g0);
-    const u64 head0 = (u64)group * g.hg * g.gqa + (u64)h * g.gqa + g0;
-    if (threadIdx.x < ng) {
+    const u32* it = items + (u64)ITEM_WORDS * y;
+    const u32 np = min((u32)MAX_G, it[3]);
+    if (threadIdx.x < np) {
         const u32 j = threadIdx.x;
+        const u64 si = (u64)it[4 + 3 * j] * g.q_heads + it[5 + 3 * j];
+        sh_si[j] = si;
         float mx = NEG_INF;
         for (u32 s = 0; s < g.n_splits; ++s)
             mx = fmaxf(mx, part_ml[2 * (((u64)y * g.n_splits + s) * MAX_G + j)]);
@@ -170,13 +177,12 @@ extern "C" __global__ void attn_combine(const u32* rows, AttnGeom g, const float
         sh_m[j] = mx;
         sh_l[j] = sum;
         if (fold) {
-            const u64 si = (u64)q_row * g.q_heads + head0 + j;
             sh_old_m[j] = st_max[si];
             sh_old_l[j] = st_sum[si];
         }
     }
     __syncthreads();
-    for (u32 idx = threadIdx.x; idx < ng * g.d; idx += blockDim.x) {
+    for (u32 idx = threadIdx.x; idx < np * g.d; idx += blockDim.x) {
         const u32 j = idx / g.d, x = idx % g.d;
         const float mx = sh_m[j];
         float a = 0.0f;
@@ -186,7 +192,7 @@ extern "C" __global__ void attn_combine(const u32* rows, AttnGeom g, const float
                 if (part_ml[2 * pi] != NEG_INF) a += part_acc[pi * g.d + x] * expf(part_ml[2 * pi] - mx);
             }
         }
-        const u64 o = ((u64)q_row * g.q_heads + head0 + j) * g.d + x;
+        const u64 o = sh_si[j] * g.d + x;
         if (!fold) {
             out[o] = sh_l[j] > 0.0f ? a / sh_l[j] : 0.0f;
         } else if (mx != NEG_INF) {
@@ -198,16 +204,15 @@ extern "C" __global__ void attn_combine(const u32* rows, AttnGeom g, const float
     }
     if (fold) {
         __syncthreads();
-        if (threadIdx.x < ng) {
+        if (threadIdx.x < np) {
             const u32 j = threadIdx.x;
             const float mx = sh_m[j];
             if (mx != NEG_INF) {
                 const float old_m = sh_old_m[j];
                 const float mn = fmaxf(old_m, mx);
                 const float c0 = old_m == NEG_INF ? 0.0f : expf(old_m - mn);
-                const u64 si = (u64)q_row * g.q_heads + head0 + j;
-                st_sum[si] = sh_old_l[j] * c0 + sh_l[j] * expf(mx - mn);
-                st_max[si] = mn;
+                st_sum[sh_si[j]] = sh_old_l[j] * c0 + sh_l[j] * expf(mx - mn);
+                st_max[sh_si[j]] = mn;
             }
         }
     }

@@ -87,13 +87,64 @@ struct State {
 #[derive(Clone, Copy, Debug)]
 struct AttnGeom {
     hg: u32,
-    gqa: u32,
     p: u32,
     d: u32,
     q_heads: u32,
     n_splits: u32,
     pages_per_split: u32,
-    g_chunks: u32,
+    n_items: u32,
+    pad: u32,
+}
+
+/// Words of one attention work item (`ITEM_WORDS` in `decode_attention.cu`).
+const ITEM_WORDS: usize = 4 + 3 * MAX_G;
+
+/// The attention work items of `rows` (see `decode_attention.cu`): for every run of
+/// consecutive rows with the same group and page range, and every KV head `h` of the group,
+/// the (query row, query head, position) pairs that read `h` — each row's `gqa` heads, row
+/// after row — in items of up to [`MAX_G`] pairs. Decode rows have their own page ranges, so
+/// an item holds one row's heads; a prefill chunk's rows share theirs and are tiled.
+fn attn_items(layout: &KvLayout, rows: &[AttnRow]) -> Vec<u32> {
+    let (hg, gqa) = (layout.heads_per_group, layout.gqa);
+    let mut words = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let r0 = rows[start];
+        let mut end = start + 1;
+        while end < rows.len()
+            && rows[end].group == r0.group
+            && rows[end].page_start == r0.page_start
+            && rows[end].page_count == r0.page_count
+        {
+            end += 1;
+        }
+        for h in 0..hg {
+            let pairs: Vec<[u32; 3]> = rows[start..end]
+                .iter()
+                .flat_map(|r| {
+                    (0..gqa).map(move |g| {
+                        let head = (r.group as usize * hg + h) * gqa + g;
+                        [r.q_row, head as u32, r.pos]
+                    })
+                })
+                .collect();
+            for chunk in pairs.chunks(MAX_G) {
+                let mut item = [0u32; ITEM_WORDS];
+                item[..4].copy_from_slice(&[
+                    h as u32,
+                    r0.page_start,
+                    r0.page_count,
+                    chunk.len() as u32,
+                ]);
+                for (j, pair) in chunk.iter().enumerate() {
+                    item[4 + 3 * j..7 + 3 * j].copy_from_slice(pair);
+                }
+                words.extend_from_slice(&item);
+            }
+        }
+        start = end;
+    }
+    words
 }
 
 /// The NVIDIA backend: NVRTC-compiled kernels on one compute stream, page backups and recalls
@@ -477,7 +528,7 @@ fn page_copy_plan(
 
 impl CudaDevice {
     /// The partial pass of paged attention for `rows` (see `decode_attention.cu`); returns the
-    /// geometry, the rows' device address and the partials' addresses.
+    /// geometry, the work items' device address, the partials' addresses and the item count.
     #[allow(clippy::too_many_arguments)]
     fn attn_partials(
         &self,
@@ -502,8 +553,8 @@ impl CudaDevice {
                 )));
             }
         };
-        let g_chunks = layout.gqa.div_ceil(MAX_G);
-        let items = rows.len() * layout.heads_per_group * g_chunks;
+        let item_words = attn_items(layout, rows);
+        let items = item_words.len() / ITEM_WORDS;
         let max_pages = rows
             .iter()
             .map(|r| r.page_count as usize)
@@ -521,23 +572,19 @@ impl CudaDevice {
         }
         let geom = AttnGeom {
             hg: layout.heads_per_group as u32,
-            gqa: layout.gqa as u32,
             p: layout.page_size as u32,
             d: d as u32,
             q_heads: layout.q_heads() as u32,
             n_splits: n_splits as u32,
             pages_per_split: pps as u32,
-            g_chunks: g_chunks as u32,
+            n_items: items as u32,
+            pad: 0,
         };
-        let row_words: Vec<u32> = rows
-            .iter()
-            .flat_map(|r| [r.q_row, r.group, r.pos, r.page_start, r.page_count])
-            .collect();
         let page_words: Vec<u32> = pages
             .iter()
             .flat_map(|p| [p.slot, p.base_pos, p.len])
             .collect();
-        let addrs = self.upload(st, &[u32_bytes(&row_words), u32_bytes(&page_words)])?;
+        let addrs = self.upload(st, &[u32_bytes(&item_words), u32_bytes(&page_words)])?;
         let (rows_ptr, pages_ptr) = (addrs[0], addrs[1]);
         let n_part = items * n_splits * MAX_G;
         let ml_bytes = n_part * 2 * 4;
@@ -1549,6 +1596,53 @@ mod tests {
         );
         assert!(page_copy_plan(&l, pool_len, 8 * n, &[(8, 0)], "t").is_err());
         assert!(page_copy_plan(&l, pool_len, 8 * n, &[(0, 7 * n as u64 + 1)], "t").is_err());
+    }
+
+    #[test]
+    fn attention_items_tile_rows_that_share_pages() {
+        let l = KvLayout {
+            gqa: 3,
+            groups: 2,
+            ..l()
+        };
+        let row = |q_row, group, pos, page_start| AttnRow {
+            q_row,
+            group,
+            pos,
+            page_start,
+            page_count: 2,
+        };
+        // Three rows of group 1 share a page range (a prefill chunk); one decode-like row of
+        // group 0 has its own.
+        let rows = [
+            row(0, 1, 5, 0),
+            row(1, 1, 6, 0),
+            row(2, 1, 7, 0),
+            row(0, 0, 9, 2),
+        ];
+        let w = attn_items(&l, &rows);
+        let items: Vec<&[u32]> = w.chunks(ITEM_WORDS).collect();
+        // Group 1: 3 rows x 3 heads = 9 pairs per KV head -> 8 + 1, for 2 KV heads; group 0:
+        // 3 pairs per KV head.
+        assert_eq!(items.len(), 2 * 2 + 2);
+        assert_eq!(&items[0][..4], &[0, 0, 2, 8]);
+        // Pair j of item 0: rows 0, 0, 0, 1, 1, 1, 2, 2 with heads (1*2 + 0)*3 + g.
+        let pairs: Vec<[u32; 3]> = (0..8)
+            .map(|j| {
+                [
+                    items[0][4 + 3 * j],
+                    items[0][5 + 3 * j],
+                    items[0][6 + 3 * j],
+                ]
+            })
+            .collect();
+        assert_eq!(pairs[0], [0, 6, 5]);
+        assert_eq!(pairs[3], [1, 6, 6]);
+        assert_eq!(pairs[7], [2, 7, 7]);
+        assert_eq!(&items[1][..7], &[0, 0, 2, 1, 2, 8, 7]);
+        assert_eq!(&items[2][..7], &[1, 0, 2, 8, 0, 9, 5]);
+        assert_eq!(&items[4][..7], &[0, 2, 2, 3, 0, 0, 9]);
+        assert_eq!(&items[5][..7], &[1, 2, 2, 3, 0, 3, 9]);
     }
 
     #[test]

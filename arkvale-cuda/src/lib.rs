@@ -80,9 +80,10 @@
 //! * `decode_attention.cu` — paged attention, split-KV (flash-decoding: a row's pages are cut
 //!   into splits so one long sequence fills the GPU), batch-aware, GQA-aware (keys and values
 //!   loaded once per KV head for up to 8 query heads), f32 accumulation; its partial pass also
-//!   serves prefill, whose combine pass folds into the running flash-attention state.
-//!   Prefill is *not* yet a query-tiled tensor-core flash attention: each query row streams
-//!   its pages like a decode row (correct, bandwidth-heavy for long prompts).
+//!   serves prefill, whose combine pass folds into the running flash-attention state. Work
+//!   items are tiled over (query row, query head) pairs: consecutive rows with the same page
+//!   range (a prefill chunk) share each key/value load, up to 8 pairs per item, each pair with
+//!   its own causal limit. Tensor cores (`mma`) are not used yet: prefill is CUDA-core f32.
 //! * `attention_weights.cu` — softmax weights per token for H2O/TOVA (correct, not fast).
 //! * `dense.cu` — fill, RMSNorm, RoPE and SiLU-gating (in f64, as the reference), add, bias
 //!   add, embedding gather (f32/f16/bf16 tables), argmax (ties to the lower index, NaN last),
