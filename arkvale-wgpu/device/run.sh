@@ -29,7 +29,7 @@ BW=$(mktemp)
 timeout 120 "$D/arkvale-wgpu-bandwidth" 8192 4 >"$BW" 2>&1
 RC_BW=$?
 {
-    echo "# arkvale-wgpu on a real GPU"
+    echo "# arkvale-wgpu device check"
     echo
     echo "Date: $(date -u +%Y-%m-%dT%H:%MZ). $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null)"
     echo
