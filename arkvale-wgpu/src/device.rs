@@ -46,7 +46,11 @@ static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 ///   against `max_storage_buffer_binding_size`. Matmul splits its weight rows and activation
 ///   rows, argmax its rows, embedding copies rows with copy commands, and the KV ops bind the
 ///   window of pool slots they touch; an op whose working set cannot be split below the limit
-///   is an [`Error::Device`].
+///   is an [`Error::Device`]. Buffers above the adapter's buffer limit are made of segments
+///   (see `buffer::GpuBuffer`). Known limit: the KV ops do not split one call over several
+///   windows yet, so on an adapter with small bindings (lavapipe: 128 MiB) a call whose slots
+///   lie further apart than one binding (a long context in a large pool) is that error; on
+///   desktop GPUs (bindings of 2-4 GiB) a default 2 GiB pool is one binding.
 /// * **Errors.** Every descriptor is checked before anything is encoded (the same rules as
 ///   `arkvale-cpu`); wgpu validation errors are captured and returned as [`Error::Device`],
 ///   never a panic.
