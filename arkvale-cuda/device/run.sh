@@ -56,6 +56,7 @@ step sdpa 60 sdpa.log python3 "$D/sdpa.py" "$TMPD/attn_shapes.json" "$TMPD/sdpa.
 {
     echo
     echo "==================== arkvale-cuda device check: summary ===================="
+    cat "$D/BUILD.txt" 2>/dev/null
     head -n 2 "$OUT/env.txt" | tail -n 1
     grep -E '^backend cuda:' "$OUT/suite.log" || echo "suite: no summary line (exit $RC_suite)"
     if grep -q 'skipped:' "$OUT/e2e.log"; then

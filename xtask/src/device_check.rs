@@ -159,6 +159,30 @@ fn package() -> Result<(), String> {
     total += copy(&e2e_exe, &dir.join("cuda_generate"))?;
     total += copy(&src.join("run.sh"), &dir.join("run.sh"))?;
     total += copy(&src.join("sdpa.py"), &dir.join("sdpa.py"))?;
+    // Which commit the binaries were built from (the device machine gets no .git).
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(workspace_root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = std::process::Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .current_dir(workspace_root())
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    let build = format!(
+        "built from commit {head}{}\n",
+        if dirty {
+            " (with uncommitted changes in the working tree)"
+        } else {
+            ""
+        }
+    );
+    std::fs::write(dir.join("BUILD.txt"), build).map_err(|e| format!("writing BUILD.txt: {e}"))?;
     total += package_wgpu(&dir, &release)?;
     eprintln!(
         "device-check: {:.1} MiB in {}",
