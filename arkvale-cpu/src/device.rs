@@ -19,12 +19,12 @@ use crate::BACKEND;
 use crate::attention::{self, StateMut};
 use crate::buffer::{self, Arena, CopyDir, Data, Storage, check_range, not_aliased};
 use crate::copy_worker::CopyWorker;
+use crate::digest_ops;
 use crate::dispatch::{
     AppendKernel, AttnInputs, AttnKernel, AttnOp, SummarizeKernel, f32s, f32s_mut, with_pool,
 };
 use crate::event::CpuEvent;
 use crate::par::{INLINE_WORK, Par};
-use crate::digest_ops;
 use arkvale_core::validate;
 
 /// Ids of devices made so far, so that a handle can be traced to its device.

@@ -13,8 +13,8 @@ use arkvale_model::tokenizer::Tokenizer;
 
 use crate::args::InfoArgs;
 use crate::generate::{human_bytes, kv_dtype};
-use arkvale_model::memory::{budget_kv_bytes, full_kv_bytes};
 use crate::model_path::resolve_model;
+use arkvale_model::memory::{budget_kv_bytes, full_kv_bytes};
 
 /// What `info` prints about a model path before the KV estimate.
 struct Described {
