@@ -10,11 +10,11 @@
 // the items (`ITEM_WORDS` u32 each: h, page_start, page_count, n_pairs, then q_row, head, pos
 // per pair). The page range is cut into `n_splits` splits of `pages_per_split` pages; grid =
 // (items, n_splits), so one long sequence still fills the GPU. A block has `ATTN_WARPS`
-// warps; each warp takes every `ATTN_WARPS`-th token of the split and keeps an online softmax
-// (running max `m`, sum `l`, accumulator over `d`) per pair; lane `x` holds elements
-// `x*E .. x*E+E` of the head dimension (`E` = 1, 2, 4 or 8: `d <= 256`). The block merges its
-// warps in shared memory and writes one partial `(m, l, acc[d])` per pair. Arithmetic is f32
-// (`expf`, not the fast approximation); the reference is f64.
+// warps; each warp takes every `ATTN_WARPS`-th token of the split, two tokens per iteration,
+// and keeps an online softmax (running max `m`, sum `l`, accumulator over `d`) per pair; lane
+// `x` holds elements `x*E .. x*E+E` of the head dimension (`E` = 1, 2, 4 or 8: `d <= 256`).
+// The block merges its warps in shared memory and writes one partial `(m, l, acc[d])` per
+// pair. Arithmetic is f32 (`expf`, not the fast approximation); the reference is f64.
 //
 // A token takes part for a pair iff `i < len`, `base_pos + i <= pos` and (with a mask) its
 // keep-mask byte `mask[(slot * hg + h) * p + i]` is non-zero. Pages: slot, base_pos, len
@@ -68,36 +68,52 @@ __device__ __forceinline__ void attn_partial_impl(const void* pool_, const float
 
     const u64 half_slot = (u64)g.hg * g.p * g.d;
     const u32 n_tokens = p_begin < p_end ? (p_end - p_begin) * g.p : 0;
-    for (u32 t = warp; t < n_tokens; t += ATTN_WARPS) {
-        const u32* pg = pages + 3 * (u64)(page_start + p_begin + t / g.p);
-        const u32 slot = pg[0], len = pg[2];
-        const u64 tpos = (u64)pg[1] + t % g.p;
-        const u32 i = t % g.p;
-        if (i >= len || tpos > max_pos) continue;
-        if (mask != 0 && mask[((u64)slot * g.hg + h) * g.p + i] == 0) continue;
-        const u64 koff = (u64)slot * 2 * half_slot + ((u64)h * g.p + i) * g.d;
-        float kv[E], vv[E];
+    // Two tokens per warp and iteration: both tokens' keys and values are loaded before either
+    // is folded in, so each warp keeps twice the bytes in flight (decode is bandwidth-bound).
+    for (u32 t0 = warp; t0 < n_tokens; t0 += 2 * ATTN_WARPS) {
+        float kv[2][E], vv[2][E];
+        bool ok[2];
+        u64 tp[2];
 #pragma unroll
-        for (int e = 0; e < E; ++e) {
-            const u32 x = lane * E + e;
-            kv[e] = x < g.d ? to_f32(pool[koff + x]) : 0.0f;
-            vv[e] = x < g.d ? to_f32(pool[koff + half_slot + x]) : 0.0f;
+        for (int u = 0; u < 2; ++u) {
+            const u32 t = t0 + u * ATTN_WARPS;
+            ok[u] = false;
+            tp[u] = 0;
+            u64 koff = 0;
+            if (t < n_tokens) {
+                const u32* pg = pages + 3 * (u64)(page_start + p_begin + t / g.p);
+                const u32 slot = pg[0], len = pg[2], i = t % g.p;
+                tp[u] = (u64)pg[1] + i;
+                ok[u] = i < len && tp[u] <= max_pos &&
+                        (mask == 0 || mask[((u64)slot * g.hg + h) * g.p + i] != 0);
+                koff = (u64)slot * 2 * half_slot + ((u64)h * g.p + i) * g.d;
+            }
+#pragma unroll
+            for (int e = 0; e < E; ++e) {
+                const u32 x = lane * E + e;
+                kv[u][e] = ok[u] && x < g.d ? to_f32(pool[koff + x]) : 0.0f;
+                vv[u][e] = ok[u] && x < g.d ? to_f32(pool[koff + half_slot + x]) : 0.0f;
+            }
         }
 #pragma unroll
-        for (int j = 0; j < MAX_G; ++j) {
-            if ((u32)j >= np) break;
-            if (tpos > pos[j]) continue;
-            float dot = 0.0f;
+        for (int u = 0; u < 2; ++u) {
+            if (!ok[u]) continue;
 #pragma unroll
-            for (int e = 0; e < E; ++e) dot += qv[j][e] * kv[e];
-            const float s = warp_sum(dot) * scale;
-            const float m_new = fmaxf(m[j], s);
-            const float corr = expf(m[j] - m_new);
-            const float w = expf(s - m_new);
-            l[j] = l[j] * corr + w;
+            for (int j = 0; j < MAX_G; ++j) {
+                if ((u32)j >= np) break;
+                if (tp[u] > pos[j]) continue;
+                float dot = 0.0f;
 #pragma unroll
-            for (int e = 0; e < E; ++e) acc[j][e] = acc[j][e] * corr + w * vv[e];
-            m[j] = m_new;
+                for (int e = 0; e < E; ++e) dot += qv[j][e] * kv[u][e];
+                const float s = warp_sum(dot) * scale;
+                const float m_new = fmaxf(m[j], s);
+                const float corr = expf(m[j] - m_new);
+                const float w = expf(s - m_new);
+                l[j] = l[j] * corr + w;
+#pragma unroll
+                for (int e = 0; e < E; ++e) acc[j][e] = acc[j][e] * corr + w * vv[u][e];
+                m[j] = m_new;
+            }
         }
     }
 
