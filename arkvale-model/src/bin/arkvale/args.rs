@@ -221,7 +221,7 @@ pub enum Backend {
     Cpu,
     /// The portable GPU backend (Vulkan / Metal / DX12; cargo feature `wgpu`).
     Wgpu,
-    /// The NVIDIA backend (not implemented yet).
+    /// The NVIDIA backend (cargo feature `cuda`; not yet run on a GPU).
     Cuda,
 }
 
