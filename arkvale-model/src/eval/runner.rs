@@ -139,29 +139,15 @@ impl Sweep {
 }
 
 /// Device and host bytes for one sequence of `total_tokens` under `config` and a policy with
-/// `residency`: every page of layers that keep everything; budget + one prefill chunk + the
-/// open page for budgeted layers; 16 staging slots; host room for every page.
+/// `residency` (the rule of [`crate::memory::size_cache`]).
 pub fn cache_bytes(
     model: &LlamaModel,
     config: &CacheConfig,
     residency: Residency,
     total_tokens: usize,
 ) -> (usize, usize) {
-    let shape = model.shape();
-    let p = config.page_size.max(1);
-    let slot = config.slot_bytes(&shape);
-    let groups = config.head_groups.max(1);
-    let pages = total_tokens.div_ceil(p);
-    let budgeted = match residency {
-        Residency::KeepAll => pages,
-        Residency::Budget { .. } => {
-            pages.min(config.budget_tokens / p + config.prefill_chunk_tokens.div_ceil(p) + 1)
-        }
-    };
-    let dense = config.dense_layers.min(shape.layers);
-    let slots = (groups * (dense * pages + (shape.layers - dense) * budgeted) + 16)
-        .max(config.budget_tokens / p + 1);
-    (slots * slot, (groups * shape.layers * pages + 1) * slot)
+    let s = crate::memory::size_cache(&model.shape(), config, residency, total_tokens);
+    (s.device_bytes, s.host_bytes)
 }
 
 /// A prompt prefilled once in a `full` cache, recorded for forking.
