@@ -5,8 +5,8 @@
 //! backend calls these with the lengths of the buffers it was handed.
 
 use crate::{
-    AppendDest, AttnPage, AttnRow, DigestKind, Error, EstimateJob, KvLayout, Result, SummarizeJob,
-    TopkSegment,
+    AppendDest, AttnPage, AttnRow, Buffer, DigestKind, Error, EstimateJob, KvLayout, Result, Rope,
+    SummarizeJob, TopkSegment,
 };
 
 /// Elements needed to hold item `index` of `per` elements each (`(index + 1) * per`), or
@@ -236,6 +236,73 @@ pub fn state(
         )?;
     }
     Ok(())
+}
+
+/// `a * b`, or a shape error naming `what` on overflow.
+pub fn product(a: usize, b: usize, what: &str) -> Result<usize> {
+    a.checked_mul(b)
+        .ok_or_else(|| Error::shape(format!("{what}: {a} x {b} elements overflow")))
+}
+
+/// Fails unless `buf` holds at least `need` elements.
+pub fn at_least(buf: &Buffer, need: usize, what: &str) -> Result<()> {
+    if buf.len() < need {
+        return Err(Error::shape(format!(
+            "{what}: needs {need} elements, the buffer has {}",
+            buf.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The shape checks of [`crate::Device::rmsnorm`] (dtypes and aliasing are the backend's):
+/// returns `rows * dim`, the elements of `x` and `out`.
+pub fn rmsnorm(
+    rows: usize,
+    dim: usize,
+    eps: f32,
+    x: &Buffer,
+    weight: &Buffer,
+    out: &Buffer,
+) -> Result<usize> {
+    if dim == 0 && rows > 0 {
+        return Err(Error::shape("rmsnorm: rows of 0 values"));
+    }
+    if !(eps >= 0.0 && eps.is_finite()) {
+        return Err(Error::shape(format!(
+            "rmsnorm: eps must be >= 0, got {eps}"
+        )));
+    }
+    let len = product(rows, dim, "rmsnorm")?;
+    at_least(x, len, "rmsnorm: x [rows, dim]")?;
+    at_least(weight, dim, "rmsnorm: weight [dim]")?;
+    at_least(out, len, "rmsnorm: out [rows, dim]")?;
+    Ok(len)
+}
+
+/// The shape checks of [`crate::Device::rope`] for `tokens` positions: returns the elements
+/// of `x` rotated.
+pub fn rope(r: &Rope<'_>, tokens: usize, x: &Buffer) -> Result<usize> {
+    if r.head_dim == 0 || r.head_dim % 2 != 0 {
+        return Err(Error::shape(format!(
+            "rope: head_dim must be even and non-zero, got {}",
+            r.head_dim
+        )));
+    }
+    if r.inv_freq.len() != r.head_dim / 2 {
+        return Err(Error::shape(format!(
+            "rope: {} inverse frequencies for head_dim {} (need head_dim / 2)",
+            r.inv_freq.len(),
+            r.head_dim
+        )));
+    }
+    if !r.position_scale.is_finite() {
+        return Err(Error::shape("rope: position_scale must be finite"));
+    }
+    let token = product(r.heads, r.head_dim, "rope")?;
+    let len = product(tokens, token, "rope")?;
+    at_least(x, len, "rope: x [tokens, heads, head_dim]")?;
+    Ok(len)
 }
 
 #[cfg(test)]

@@ -15,22 +15,7 @@ use crate::device::CpuDevice;
 use crate::dispatch::{f32s, f32s_mut};
 use crate::matmul::{self, Weights};
 
-/// `a * b`, or a shape error naming `what` on overflow.
-fn product(a: usize, b: usize, what: &str) -> Result<usize> {
-    a.checked_mul(b)
-        .ok_or_else(|| Error::shape(format!("{what}: {a} x {b} elements overflow")))
-}
-
-/// Fails unless `buf` holds at least `need` elements.
-fn at_least(buf: &Buffer, need: usize, what: &str) -> Result<()> {
-    if buf.len() < need {
-        return Err(Error::shape(format!(
-            "{what}: needs {need} elements, the buffer has {}",
-            buf.len()
-        )));
-    }
-    Ok(())
-}
+use arkvale_core::validate::{self, at_least, product};
 
 /// The storage of a float buffer (f32, f16 or bf16) made by this device.
 fn float_table<'a>(dev: &CpuDevice, buf: &'a Buffer, what: &str) -> Result<&'a Arc<Storage>> {
@@ -99,18 +84,7 @@ impl CpuDevice {
         let w_s = self.typed(weight, DType::F32, "rmsnorm: weight")?;
         let o_s = self.typed(out, DType::F32, "rmsnorm: out")?;
         not_aliased(o_s, &[x_s, w_s], "rmsnorm")?;
-        if dim == 0 && rows > 0 {
-            return Err(Error::shape("rmsnorm: rows of 0 values"));
-        }
-        if !(eps >= 0.0 && eps.is_finite()) {
-            return Err(Error::shape(format!(
-                "rmsnorm: eps must be >= 0, got {eps}"
-            )));
-        }
-        let len = product(rows, dim, "rmsnorm")?;
-        at_least(x, len, "rmsnorm: x [rows, dim]")?;
-        at_least(weight, dim, "rmsnorm: weight [dim]")?;
-        at_least(out, len, "rmsnorm: out [rows, dim]")?;
+        let len = validate::rmsnorm(rows, dim, eps, x, weight, out)?;
         if len == 0 {
             return Ok(());
         }
@@ -126,25 +100,7 @@ impl CpuDevice {
     /// See [`arkvale_core::Device::rope`].
     pub(crate) fn dense_rope(&self, r: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
         let x_s = self.typed(x, DType::F32, "rope: x")?;
-        if r.head_dim == 0 || r.head_dim % 2 != 0 {
-            return Err(Error::shape(format!(
-                "rope: head_dim must be even and non-zero, got {}",
-                r.head_dim
-            )));
-        }
-        if r.inv_freq.len() != r.head_dim / 2 {
-            return Err(Error::shape(format!(
-                "rope: {} inverse frequencies for head_dim {} (need head_dim / 2)",
-                r.inv_freq.len(),
-                r.head_dim
-            )));
-        }
-        if !r.position_scale.is_finite() {
-            return Err(Error::shape("rope: position_scale must be finite"));
-        }
-        let token = product(r.heads, r.head_dim, "rope")?;
-        let len = product(positions.len(), token, "rope")?;
-        at_least(x, len, "rope: x [tokens, heads, head_dim]")?;
+        let len = validate::rope(r, positions.len(), x)?;
         if len == 0 {
             return Ok(());
         }

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 
 use crate::BACKEND;
 use crate::driver::{Ctx, Cublas, DevMem, Kernels, Pinned, RawEvent, Stream, drv, kargs, launch};
+use crate::validate::{at_least, product};
 use crate::{kernels, validate};
 
 /// Ids of devices made so far, so that a handle can be traced to its device.
@@ -475,21 +476,6 @@ fn check_range(offset: usize, len: usize, size: usize, what: &str) -> Result<()>
             "{what}: elements {offset}..{offset}+{len} outside a buffer of {size}"
         ))),
     }
-}
-
-fn product(a: usize, b: usize, what: &str) -> Result<usize> {
-    a.checked_mul(b)
-        .ok_or_else(|| Error::shape(format!("{what}: {a} x {b} elements overflow")))
-}
-
-fn at_least(buf: &Buffer, need: usize, what: &str) -> Result<()> {
-    if buf.len() < need {
-        return Err(Error::shape(format!(
-            "{what}: needs {need} elements, the buffer has {}",
-            buf.len()
-        )));
-    }
-    Ok(())
 }
 
 fn u32_bytes(v: &[u32]) -> &[u8] {
@@ -1359,18 +1345,7 @@ impl Device for CudaDevice {
         let ws = self.typed(weight, DType::F32, "rmsnorm: weight")?;
         let os = self.typed(out, DType::F32, "rmsnorm: out")?;
         not_aliased(os, &[xs, ws], "rmsnorm")?;
-        if dim == 0 && rows > 0 {
-            return Err(Error::shape("rmsnorm: rows of 0 values"));
-        }
-        if !(eps >= 0.0 && eps.is_finite()) {
-            return Err(Error::shape(format!(
-                "rmsnorm: eps must be >= 0, got {eps}"
-            )));
-        }
-        let len = product(rows, dim, "rmsnorm")?;
-        at_least(x, len, "rmsnorm: x [rows, dim]")?;
-        at_least(weight, dim, "rmsnorm: weight [dim]")?;
-        at_least(out, len, "rmsnorm: out [rows, dim]")?;
+        let len = validate::rmsnorm(rows, dim, eps, x, weight, out)?;
         if len == 0 {
             return Ok(());
         }
@@ -1390,25 +1365,7 @@ impl Device for CudaDevice {
     fn rope(&self, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
         self.ctx.bind()?;
         let xs = self.typed(x, DType::F32, "rope: x")?;
-        if rope.head_dim == 0 || rope.head_dim % 2 != 0 {
-            return Err(Error::shape(format!(
-                "rope: head_dim must be even and non-zero, got {}",
-                rope.head_dim
-            )));
-        }
-        if rope.inv_freq.len() != rope.head_dim / 2 {
-            return Err(Error::shape(format!(
-                "rope: {} inverse frequencies for head_dim {} (need head_dim / 2)",
-                rope.inv_freq.len(),
-                rope.head_dim
-            )));
-        }
-        if !rope.position_scale.is_finite() {
-            return Err(Error::shape("rope: position_scale must be finite"));
-        }
-        let token = product(rope.heads, rope.head_dim, "rope")?;
-        let len = product(positions.len(), token, "rope")?;
-        at_least(x, len, "rope: x [tokens, heads, head_dim]")?;
+        let len = validate::rope(rope, positions.len(), x)?;
         if len == 0 {
             return Ok(());
         }

@@ -207,13 +207,4 @@ pub(crate) fn check_range(offset: usize, len: usize, have: usize, what: &str) ->
     }
 }
 
-/// Fails unless `buf` holds at least `need` elements.
-pub(crate) fn at_least(buf: &Buffer, need: usize, what: &str) -> Result<()> {
-    if buf.len() < need {
-        return Err(Error::shape(format!(
-            "{what}: needs {need} elements, the buffer has {}",
-            buf.len()
-        )));
-    }
-    Ok(())
-}
+pub(crate) use arkvale_core::validate::at_least;

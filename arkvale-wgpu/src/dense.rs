@@ -12,11 +12,7 @@ use crate::kernels::Kernel;
 use crate::kv::dt_code;
 use crate::limits::{align_items, chunks, word_cover};
 
-/// `a * b`, or a shape error naming `what` on overflow.
-fn product(a: usize, b: usize, what: &str) -> Result<usize> {
-    a.checked_mul(b)
-        .ok_or_else(|| Error::shape(format!("{what}: {a} x {b} elements overflow")))
-}
+use arkvale_core::validate::{self, product};
 
 /// Largest `m` the GEMV kernel handles (its per-invocation accumulators).
 const GEMV_MAX_M: usize = 8;
@@ -164,18 +160,7 @@ impl WgpuDevice {
         let wb = self.typed(weight, DType::F32, "rmsnorm: weight")?;
         let ob = self.typed(out, DType::F32, "rmsnorm: out")?;
         not_aliased(ob, &[xb, wb], "rmsnorm")?;
-        if dim == 0 && rows > 0 {
-            return Err(Error::shape("rmsnorm: rows of 0 values"));
-        }
-        if !(eps >= 0.0 && eps.is_finite()) {
-            return Err(Error::shape(format!(
-                "rmsnorm: eps must be >= 0, got {eps}"
-            )));
-        }
-        let len = product(rows, dim, "rmsnorm")?;
-        at_least(x, len, "rmsnorm: x [rows, dim]")?;
-        at_least(weight, dim, "rmsnorm: weight [dim]")?;
-        at_least(out, len, "rmsnorm: out [rows, dim]")?;
+        let len = validate::rmsnorm(rows, dim, eps, x, weight, out)?;
         if len == 0 {
             return Ok(());
         }
@@ -197,25 +182,7 @@ impl WgpuDevice {
     /// (as [`Rope`] defines the angle) and uploaded with the positions.
     pub(crate) fn dense_rope(&self, r: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
         let xb = self.typed(x, DType::F32, "rope: x")?;
-        if r.head_dim == 0 || r.head_dim % 2 != 0 {
-            return Err(Error::shape(format!(
-                "rope: head_dim must be even and non-zero, got {}",
-                r.head_dim
-            )));
-        }
-        if r.inv_freq.len() != r.head_dim / 2 {
-            return Err(Error::shape(format!(
-                "rope: {} inverse frequencies for head_dim {} (need head_dim / 2)",
-                r.inv_freq.len(),
-                r.head_dim
-            )));
-        }
-        if !r.position_scale.is_finite() {
-            return Err(Error::shape("rope: position_scale must be finite"));
-        }
-        let token = product(r.heads, r.head_dim, "rope")?;
-        let len = product(positions.len(), token, "rope")?;
-        at_least(x, len, "rope: x [tokens, heads, head_dim]")?;
+        let len = validate::rope(r, positions.len(), x)?;
         if len == 0 {
             return Ok(());
         }
