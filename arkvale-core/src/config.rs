@@ -51,16 +51,7 @@ impl DigestKind {
 
     /// Parses a name as written by [`DigestKind::name`].
     pub fn parse(s: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = Self::ALL.iter().map(|k| k.name()).collect();
-                Error::config(format!(
-                    "unknown digest '{s}', expected one of {}",
-                    names.join(", ")
-                ))
-            })
+        parse_named(&Self::ALL, s, "digest", Self::name)
     }
 
     /// f32 values stored per KV head for a head dimension `d`.
@@ -81,6 +72,101 @@ pub enum ScoreAgg {
     Mean,
     /// Maximum over the group's query heads.
     Max,
+}
+
+impl ScoreAgg {
+    /// Every aggregation, in a fixed order.
+    pub const ALL: [ScoreAgg; 2] = [ScoreAgg::Mean, ScoreAgg::Max];
+
+    /// The name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScoreAgg::Mean => "mean",
+            ScoreAgg::Max => "max",
+        }
+    }
+
+    /// Parses a name as written by [`ScoreAgg::name`].
+    pub fn parse(s: &str) -> Result<Self> {
+        parse_named(&Self::ALL, s, "score aggregation", Self::name)
+    }
+}
+
+/// Which resident pages make room when an ArkVale decode step recalls evicted top-k pages.
+///
+/// The victims are always resident candidates (neither sink nor window) outside the step's
+/// top-k; this decides their order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum VictimRule {
+    /// The lowest digest scores against the current query go first (the paper's rule).
+    #[default]
+    Digest,
+    /// **Attention feedback**: the least attention mass observed at the layer's previous
+    /// decode step goes first (softmax weight summed over the page's tokens, maximum over
+    /// the group's query heads; a page that step did not attend counts as 0); ties go to
+    /// the lower digest score. The mass comes from the previous attention of the same layer
+    /// ([`crate::Device::decode_attention`]'s `page_lse`), so it costs no extra pass.
+    Attention,
+}
+
+impl VictimRule {
+    /// Every rule, in a fixed order.
+    pub const ALL: [VictimRule; 2] = [VictimRule::Digest, VictimRule::Attention];
+
+    /// The name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            VictimRule::Digest => "digest",
+            VictimRule::Attention => "attention",
+        }
+    }
+
+    /// Parses a name as written by [`VictimRule::name`].
+    pub fn parse(s: &str) -> Result<Self> {
+        parse_named(&Self::ALL, s, "victim rule", Self::name)
+    }
+}
+
+/// Which pages a budgeted layer keeps at the end of a prompt that exceeds the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PrefillKeep {
+    /// The best digest scores against the last prompt token's query (the paper's rule).
+    #[default]
+    Digest,
+    /// The largest exact attention mass of the last prompt token's query (maximum over the
+    /// group's query heads), from one extra decode-style attention pass of that single query
+    /// over the layer's pages (evicted pages staged back for it). Chunks before the prompt's
+    /// last keep their pages by digest as before: only the final selection is by mass.
+    Attention,
+}
+
+impl PrefillKeep {
+    /// Every rule, in a fixed order.
+    pub const ALL: [PrefillKeep; 2] = [PrefillKeep::Digest, PrefillKeep::Attention];
+
+    /// The name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            PrefillKeep::Digest => "digest",
+            PrefillKeep::Attention => "attention",
+        }
+    }
+
+    /// Parses a name as written by [`PrefillKeep::name`].
+    pub fn parse(s: &str) -> Result<Self> {
+        parse_named(&Self::ALL, s, "prefill keep rule", Self::name)
+    }
+}
+
+/// Finds the value of `all` whose `name` is `s`, or a config error listing the names.
+fn parse_named<T: Copy>(all: &[T], s: &str, what: &str, name: fn(T) -> &'static str) -> Result<T> {
+    all.iter().copied().find(|&v| name(v) == s).ok_or_else(|| {
+        let names: Vec<_> = all.iter().map(|&v| name(v)).collect();
+        Error::config(format!(
+            "unknown {what} '{s}', expected one of {}",
+            names.join(", ")
+        ))
+    })
 }
 
 /// Which pages a decode step attends to once a sequence exceeds its budget.
@@ -116,6 +202,10 @@ pub struct CacheConfig {
     pub head_groups: usize,
     /// How query-head scores combine into a page score.
     pub score_agg: ScoreAgg,
+    /// Which resident pages make room for recalled ones (ArkVale).
+    pub victims: VictimRule,
+    /// Which pages a budgeted layer keeps at the end of a prompt (ArkVale).
+    pub prefill_keep: PrefillKeep,
     /// Which pages attention reads once a sequence exceeds its budget.
     pub attention: AttentionMode,
     /// Storage type of the KV pool and the host backups.
@@ -142,6 +232,8 @@ impl Default for CacheConfig {
             digest: DigestKind::default(),
             head_groups: 1,
             score_agg: ScoreAgg::default(),
+            victims: VictimRule::default(),
+            prefill_keep: PrefillKeep::default(),
             attention: AttentionMode::default(),
             kv_dtype: KvDtype::default(),
             device_bytes: 2 << 30,

@@ -376,6 +376,16 @@ pub trait Device: Send + Sync {
     fn topk(&self, scores: &Buffer, segments: &[TopkSegment], out: &Buffer) -> Result<()>;
     /// Exact softmax attention of each row over its pages (one shot), written to `out`
     /// (only the row's group's query heads are written).
+    ///
+    /// With `page_lse` (f32, at least `pages.len() * hg * gqa` values) the same pass over the
+    /// keys also writes, for each row, each page entry `i` of its range and each query head
+    /// `j` of its group (`0 <= j < hg * gqa`), the page's **log-sum-exp**
+    /// `page_lse[i * hg * gqa + j] = ln Σ exp(scale · q·k_t)` over the page's participating
+    /// tokens `t` (`-inf` when none takes part); see [`crate::reference::page_lse`]. The
+    /// softmax mass of page `i` for head `j` is `exp(page_lse[i, j] - logsumexp over the row's
+    /// pages)` ([`crate::mass::page_mass`]), which the attention-feedback rules of the
+    /// `arkvale` policy use. The rows' page ranges must not overlap when `page_lse` is given
+    /// (each entry has one writer); entries outside every row's range are left as they were.
     #[allow(clippy::too_many_arguments)]
     fn decode_attention(
         &self,
@@ -387,6 +397,7 @@ pub trait Device: Send + Sync {
         mask: Option<&Buffer>,
         scale: f32,
         out: &Buffer,
+        page_lse: Option<&Buffer>,
     ) -> Result<()>;
     /// Folds the rows' attention over the given pages into `state` (online softmax), so that
     /// a long prefix can be streamed through in several calls. Reset the state with

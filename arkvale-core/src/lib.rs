@@ -27,6 +27,7 @@ pub mod dtype;
 pub mod error;
 pub mod host_store;
 pub mod manager;
+pub mod mass;
 pub mod policy;
 pub mod pool;
 pub mod reference;
@@ -35,7 +36,9 @@ pub mod spill;
 pub mod stats;
 pub mod validate;
 
-pub use config::{AttentionMode, CacheConfig, DigestKind, PageBudget, ScoreAgg};
+pub use config::{
+    AttentionMode, CacheConfig, DigestKind, PageBudget, PrefillKeep, ScoreAgg, VictimRule,
+};
 pub use dense::{MatmulDims, Rope, RopeScaling, RopeStyle, rope_inv_freq};
 pub use device::{
     AppendDest, AttnPage, AttnRow, AttnState, Buffer, Device, DeviceEvent, DeviceExt, EstimateJob,

@@ -19,7 +19,9 @@
 //! ranking go to the lower page index. The first `dense_layers` layers of every policy keep and
 //! attend every page (paper Fig. 3).
 
-use crate::{AttentionMode, CacheConfig, DigestKind, Error, PageBudget, Result};
+use crate::{
+    AttentionMode, CacheConfig, DigestKind, Error, PageBudget, PrefillKeep, Result, VictimRule,
+};
 
 /// Where a policy's pages live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +83,14 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
     fn token_rule(&self) -> Option<TokenRule> {
         None
     }
+    /// Which resident pages make room for recalled ones.
+    fn victims(&self) -> VictimRule {
+        VictimRule::Digest
+    }
+    /// Which pages a budgeted layer keeps at the end of a prompt.
+    fn prefill_keep(&self) -> PrefillKeep {
+        PrefillKeep::Digest
+    }
 }
 
 /// ArkVale: budgeted residency, digest scoring, recall of evicted top-k pages.
@@ -90,6 +100,10 @@ pub struct ArkVale {
     pub digest: DigestKind,
     /// Attention over all resident pages or only the selected ones.
     pub attention: AttentionMode,
+    /// Which resident pages make room for recalled ones.
+    pub victims: VictimRule,
+    /// Which pages a budgeted layer keeps at the end of a prompt.
+    pub prefill_keep: PrefillKeep,
 }
 
 impl Policy for ArkVale {
@@ -107,6 +121,12 @@ impl Policy for ArkVale {
             AttentionMode::Resident => AttendScope::Resident,
             AttentionMode::Sparse => AttendScope::Selected,
         }
+    }
+    fn victims(&self) -> VictimRule {
+        self.victims
+    }
+    fn prefill_keep(&self) -> PrefillKeep {
+        self.prefill_keep
     }
 }
 
@@ -232,6 +252,8 @@ pub fn policy_by_name(name: &str, config: &CacheConfig) -> Result<Box<dyn Policy
         "arkvale" => Box::new(ArkVale {
             digest: config.digest,
             attention: config.attention,
+            victims: config.victims,
+            prefill_keep: config.prefill_keep,
         }),
         "streaming" => Box::new(Streaming),
         "quest" => Box::new(Quest),
@@ -278,7 +300,9 @@ mod tests {
         assert_eq!(
             ArkVale {
                 digest: DigestKind::CuboidMean,
-                attention: AttentionMode::Resident
+                attention: AttentionMode::Resident,
+                victims: VictimRule::Digest,
+                prefill_keep: PrefillKeep::Digest,
             }
             .decode_topk(&b),
             4

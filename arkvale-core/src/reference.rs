@@ -213,6 +213,54 @@ pub fn attention(
     }
 }
 
+/// The log-sum-exp of each row's page entries, per query head of the row's group, in f64:
+/// `lse[i * hg * gqa + j] = ln Σ exp(scale · q_j · k_t)` over the tokens `t` of page entry `i`
+/// that take part (see [`takes_part`]), `-inf` when none does. Only the entries of the rows'
+/// ranges are written (see [`crate::Device::decode_attention`]).
+#[allow(clippy::too_many_arguments)]
+pub fn page_lse(
+    layout: &KvLayout,
+    pool: &[f32],
+    q: &[f32],
+    rows: &[AttnRow],
+    pages: &[AttnPage],
+    mask: Option<&[u8]>,
+    scale: f32,
+    lse: &mut [f32],
+) {
+    let (d, hg, gqa) = (layout.head_dim, layout.heads_per_group, layout.gqa);
+    let gh = hg * gqa;
+    for row in rows {
+        for j in 0..gh {
+            let head = row.group as usize * gh + j;
+            let qv = &q[(row.q_row as usize * layout.q_heads() + head) * d..][..d];
+            let h = j / gqa;
+            let first = row.page_start as usize;
+            for (pi, page) in pages
+                .iter()
+                .enumerate()
+                .skip(first)
+                .take(row.page_count as usize)
+            {
+                let logits: Vec<f64> = (0..layout.page_size)
+                    .filter(|&i| takes_part(layout, row, page, h, i, mask))
+                    .map(|i| {
+                        let kv = &pool[layout.k_offset(page.slot as usize, h, i)..][..d];
+                        let dot: f64 = qv.iter().zip(kv).map(|(&a, &b)| a as f64 * b as f64).sum();
+                        scale as f64 * dot
+                    })
+                    .collect();
+                let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                lse[pi * gh + j] = if max == f64::NEG_INFINITY {
+                    f32::NEG_INFINITY
+                } else {
+                    (max + logits.iter().map(|s| (s - max).exp()).sum::<f64>().ln()) as f32
+                };
+            }
+        }
+    }
+}
+
 /// Adds each row's softmax probabilities (as in [`attention`], f64), summed over the query
 /// heads of the group that share a KV head, to `weights[page index in pages][h][i]` (f32,
 /// `[pages.len()][hg][p]`). Each row's contributions are summed in f64 and added once.

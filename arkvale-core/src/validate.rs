@@ -212,6 +212,33 @@ pub fn attention(
     Ok(())
 }
 
+/// Checks a decode attention's `page_lse` output of `lse_len` f32 values: it holds
+/// `pages.len() * hg * gqa` values and no two rows' page ranges overlap (each entry has one
+/// writer).
+pub fn page_lse(l: &KvLayout, rows: &[AttnRow], pages_len: usize, lse_len: usize) -> Result<()> {
+    let gh = l.heads_per_group * l.gqa;
+    fits(pages_len * gh, lse_len, || {
+        format!("page_lse: {pages_len} pages x {gh} heads")
+    })?;
+    let mut ranges: Vec<(usize, usize)> = rows
+        .iter()
+        .filter(|r| r.page_count > 0)
+        .map(|r| {
+            let s = r.page_start as usize;
+            (s, s + r.page_count as usize)
+        })
+        .collect();
+    ranges.sort_unstable();
+    if let Some(w) = ranges.windows(2).find(|w| w[1].0 < w[0].1) {
+        return Err(Error::shape(format!(
+            "page_lse: rows' page ranges {:?} and {:?} overlap",
+            w[0].0..w[0].1,
+            w[1].0..w[1].1
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that an attention state of `acc`, `max`, `sum` lengths holds every row's query row.
 pub fn state(
     l: &KvLayout,

@@ -163,11 +163,22 @@ fn tasks(blocks: &[Block], threads: usize) -> Vec<Task> {
 }
 
 /// Partials of one task: `m`, `l` per (row of the block, query head of the group), `acc`
-/// `d` values each (when values are wanted); entry `row_in_block * gh + j`.
+/// `d` values each (when values are wanted); entry `row_in_block * gh + j`. With page
+/// log-sum-exps wanted, `lse[(page - task start) * entries + entry]`.
 struct TaskOut {
     m: Vec<f32>,
     l: Vec<f32>,
     acc: Vec<f32>,
+    lse: Vec<f32>,
+}
+
+/// What a pass over the keys produces besides `(max, sum)`.
+#[derive(Clone, Copy)]
+pub(crate) struct Want {
+    /// The weighted values (`acc`).
+    pub values: bool,
+    /// The log-sum-exp of every (page, query head).
+    pub lse: bool,
 }
 
 /// Scratch tiles of one task: one page of one KV head's keys and values widened to f32, and
@@ -181,7 +192,8 @@ struct Tiles {
 /// Runs one task: for each page of the chunk (a slot is read front to back) and each KV head,
 /// widens the head's keys/values once and folds them into every query head of the block that
 /// shares that KV head.
-fn run_task<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, values: bool) -> TaskOut {
+fn run_task<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want: Want) -> TaskOut {
+    let values = want.values;
     let l = pb.l;
     let (d, p, gqa, hg) = (l.head_dim, l.page_size, l.gqa, l.heads_per_group);
     let gh = hg * gqa;
@@ -196,13 +208,14 @@ fn run_task<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, values: bo
         m: vec![f32::NEG_INFINITY; nq],
         l: vec![0f32; nq],
         acc: vec![0f32; if values { nq * d } else { 0 }],
+        lse: vec![f32::NEG_INFINITY; if want.lse { task.pages.len() * nq } else { 0 }],
     };
     let mut tiles = Tiles {
         k: vec![0f32; p * d],
         v: vec![0f32; p * d],
         s: vec![0f32; p],
     };
-    for page in &pb.pages[task.pages.clone()] {
+    for (pn, page) in pb.pages[task.pages.clone()].iter().enumerate() {
         let n = page.len as usize;
         // Tokens of this page each row may see (causality: base_pos + i <= pos).
         let reach = |row: &AttnRow| {
@@ -228,7 +241,7 @@ fn run_task<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, values: bo
                 let Some(nr) = reach(row) else { continue };
                 for jj in 0..gqa {
                     let t = ri * gh + h * gqa + jj;
-                    fold_page(
+                    let lse = fold_page(
                         &qs[t * d..(t + 1) * d],
                         &mut tiles,
                         nr,
@@ -239,6 +252,9 @@ fn run_task<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, values: bo
                         t,
                         d,
                     );
+                    if want.lse {
+                        out.lse[pn * nq + t] = lse;
+                    }
                 }
             }
         }
@@ -247,7 +263,9 @@ fn run_task<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, values: bo
 }
 
 /// Folds the first `nr` tokens of the tiles (those kept by `keep`) into entry `t` of `out`
-/// for query `qv`: scores, the page maximum, one rescale, then the weighted values.
+/// for query `qv`: scores, the page maximum, one rescale, then the weighted values. Returns
+/// the page's log-sum-exp of the scaled scores (`-inf` when no token takes part), which the
+/// fold computes anyway: `m + ln Σ e^(s - m)`.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn fold_page(
@@ -260,7 +278,7 @@ fn fold_page(
     out: &mut TaskOut,
     t: usize,
     d: usize,
-) {
+) -> f32 {
     let s = &mut tiles.s[..nr];
     for (i, si) in s.iter_mut().enumerate() {
         *si = dot(qv, &tiles.k[i * d..(i + 1) * d]);
@@ -275,7 +293,7 @@ fn fold_page(
         page_max = page_max.max(*si);
     }
     if page_max == f32::NEG_INFINITY {
-        return; // no participant in this page
+        return f32::NEG_INFINITY; // no participant in this page
     }
     let m = out.m[t].max(page_max);
     let alpha = (out.m[t] - m).exp(); // 0 before the first participant
@@ -288,21 +306,31 @@ fn fold_page(
     if alpha != 1.0 {
         scale_by(acc, alpha);
     }
+    let mut page_sum = 0f32;
     for (i, &si) in tiles.s[..nr].iter().enumerate() {
         if si != f32::NEG_INFINITY {
             let e = (si - m).exp();
-            out.l[t] += e;
+            page_sum += e;
             if values {
                 axpy(acc, e, &tiles.v[i * d..(i + 1) * d]);
             }
         }
     }
+    out.l[t] += page_sum;
     out.m[t] = m;
+    m + page_sum.ln()
 }
 
 /// The softmax partials of every row over all its pages: tasks in parallel, then the chunks of
-/// each block merged in order. With `values == false` only `(max, sum)` are made.
-pub(crate) fn partials<T: KvElem>(pb: &Problem<'_, T>, values: bool) -> Partials {
+/// each block merged in order. With `want.values == false` only `(max, sum)` are made; with
+/// `want.lse` the pages' log-sum-exps are written to `lse` (`[page][gh]`, see
+/// `Device::decode_attention`).
+pub(crate) fn partials<T: KvElem>(
+    pb: &Problem<'_, T>,
+    want: Want,
+    lse: Option<&mut [f32]>,
+) -> Partials {
+    let values = want.values;
     let l = pb.l;
     let d = l.head_dim;
     let gh = l.heads_per_group * l.gqa;
@@ -310,7 +338,7 @@ pub(crate) fn partials<T: KvElem>(pb: &Problem<'_, T>, values: bool) -> Partials
     let tasks = tasks(&blocks, pb.par.threads());
     let outs: Vec<TaskOut> = pb
         .par
-        .map(&tasks, |t| run_task(pb, &blocks[t.block], t, values));
+        .map(&tasks, |t| run_task(pb, &blocks[t.block], t, want));
     let n = pb.rows.len() * gh;
     let mut res = Partials {
         gh,
@@ -335,13 +363,29 @@ pub(crate) fn partials<T: KvElem>(pb: &Problem<'_, T>, values: bool) -> Partials
             }
         }
     }
+    if let Some(lse) = lse {
+        for (task, o) in tasks.iter().zip(&outs) {
+            let nq = blocks[task.block].rows.len() * gh;
+            for (pn, pi) in task.pages.clone().enumerate() {
+                for (ri, _) in blocks[task.block].rows.clone().enumerate() {
+                    let src = &o.lse[pn * nq + ri * gh..pn * nq + (ri + 1) * gh];
+                    lse[pi * gh..(pi + 1) * gh].copy_from_slice(src);
+                }
+            }
+        }
+    }
     res
 }
 
 /// Decode attention: partials divided into `out` (`[rows, H, d]`), zeros for rows with no
-/// participant; only each row's group's heads are written.
-pub(crate) fn decode<T: KvElem>(pb: &Problem<'_, T>, out: &mut [f32]) {
-    let parts = partials(pb, true);
+/// participant; only each row's group's heads are written. With `lse`, also the pages'
+/// log-sum-exps (`[page][gh]`; the rows' page ranges do not overlap).
+pub(crate) fn decode<T: KvElem>(pb: &Problem<'_, T>, out: &mut [f32], lse: Option<&mut [f32]>) {
+    let want = Want {
+        values: true,
+        lse: lse.is_some(),
+    };
+    let parts = partials(pb, want, lse);
     let l = pb.l;
     let (d, gh) = (l.head_dim, l.heads_per_group * l.gqa);
     let row_len = l.q_heads() * d;
@@ -377,7 +421,14 @@ pub(crate) struct StateMut<'a> {
 
 /// Prefill attention: merges every row's partials over its pages into the state.
 pub(crate) fn prefill<T: KvElem>(pb: &Problem<'_, T>, state: StateMut<'_>) {
-    let parts = partials(pb, true);
+    let parts = partials(
+        pb,
+        Want {
+            values: true,
+            lse: false,
+        },
+        None,
+    );
     let l = pb.l;
     let (d, gh, heads) = (l.head_dim, l.heads_per_group * l.gqa, l.q_heads());
     let targets: Vec<usize> = pb.rows.iter().map(|r| r.q_row as usize).collect();
@@ -435,7 +486,14 @@ pub(crate) fn finalize(
 /// runs one task per (page of the list, KV head), which visits the rows reading that page in
 /// row order and adds their probabilities: each weight has a single writer.
 pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
-    let parts = partials(pb, false);
+    let parts = partials(
+        pb,
+        Want {
+            values: false,
+            lse: false,
+        },
+        None,
+    );
     let l = pb.l;
     let (d, p, gqa, hg) = (l.head_dim, l.page_size, l.gqa, l.heads_per_group);
     let n = pb.pages.len() * hg * p;

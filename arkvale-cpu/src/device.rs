@@ -558,10 +558,16 @@ impl Device for CpuDevice {
         mask: Option<&Buffer>,
         scale: f32,
         out: &Buffer,
+        page_lse: Option<&Buffer>,
     ) -> Result<()> {
         let what = "decode_attention";
         let out_s = self.typed(out, DType::F32, "decode_attention: out")?;
-        let inp = self.attn_inputs(what, layout, pool, q, mask, &[out_s])?;
+        let lse_s = page_lse
+            .map(|b| self.typed(b, DType::F32, "decode_attention: page_lse"))
+            .transpose()?;
+        let mut outputs = vec![out_s];
+        outputs.extend(lse_s);
+        let inp = self.attn_inputs(what, layout, pool, q, mask, &outputs)?;
         let mask_v = inp.mask()?;
         validate::attention(
             layout,
@@ -572,9 +578,17 @@ impl Device for CpuDevice {
             pages,
             mask_v.map(<[u8]>::len),
         )?;
+        if let Some(b) = page_lse {
+            validate::page_lse(layout, rows, pages.len(), b.len())?;
+        }
         self.slots_access(layout, pool, pages.iter().map(|p| p.slot), false, what)?;
         let mut og = out_s.data.write();
-        let op = AttnOp::Decode(f32s_mut(&mut og)?);
+        let mut lg = lse_s.map(|s| s.data.write());
+        let lse = match lg.as_mut() {
+            Some(g) => Some(f32s_mut(g)?),
+            None => None,
+        };
+        let op = AttnOp::Decode(f32s_mut(&mut og)?, lse);
         let kernel = AttnKernel {
             l: layout,
             q: f32s(&inp.q)?,

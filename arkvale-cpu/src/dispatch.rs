@@ -47,7 +47,7 @@ pub(crate) fn with_pool<K: PoolKernel>(par: Par, data: &Data, k: K) -> Result<K:
 
 /// Which attention kernel to run over a [`Problem`].
 pub(crate) enum AttnOp<'a> {
-    Decode(&'a mut [f32]),
+    Decode(&'a mut [f32], Option<&'a mut [f32]>),
     Prefill(StateMut<'a>),
     Weights(&'a mut [f32]),
 }
@@ -77,7 +77,7 @@ impl PoolKernel for AttnKernel<'_> {
             scale: self.scale,
         };
         match self.op {
-            AttnOp::Decode(out) => attention::decode(&pb, out),
+            AttnOp::Decode(out, lse) => attention::decode(&pb, out, lse),
             AttnOp::Prefill(state) => attention::prefill(&pb, state),
             AttnOp::Weights(w) => attention::weights(&pb, w),
         }

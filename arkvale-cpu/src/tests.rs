@@ -324,7 +324,7 @@ proptest! {
         dev.write(&mb, 0, &a.mask).unwrap();
         let out = dev.upload_f32(&vec![f32::NAN; qn], DType::F32).unwrap();
         let mask = masked.then_some(&mb);
-        dev.decode_attention(&c.l, &pool, &qb, &a.rows, &a.pages, mask, a.scale, &out).unwrap();
+        dev.decode_attention(&c.l, &pool, &qb, &a.rows, &a.pages, mask, a.scale, &out, None).unwrap();
         let mut want = vec![f32::NAN; qn];
         let mask_ref = masked.then_some(&a.mask[..]);
         reference::attention(&c.l, &vals, &q, &a.rows, &a.pages, mask_ref, a.scale, &mut want);
@@ -448,7 +448,7 @@ proptest! {
         let row = AttnRow { q_row: a[0], group: a[1], pos: a[2], page_start: a[3], page_count: a[4] };
         let page = AttnPage { slot: b[0], base_pos: b[1], len: b[2] };
         let pages = [page, AttnPage { slot: b[3], base_pos: b[4], len: b[0] }];
-        let _ = dev.decode_attention(&l, &pool, &f, &[row], &pages, Some(&m), 1.0, &g);
+        let _ = dev.decode_attention(&l, &pool, &f, &[row], &pages, Some(&m), 1.0, &g, None);
         let state = dev.alloc_attn_state(1 + b[3] as usize % 4, l.q_heads(), l.head_dim).unwrap();
         let _ = dev.prefill_attention(&l, &pool, &f, &[row], &pages, None, 1.0, &state);
         let _ = dev.attention_finalize(&l, &state, &[row], &g);
@@ -546,7 +546,7 @@ fn bad_handles_and_descriptors_are_errors_not_panics() {
         len: 8,
     };
     assert!(
-        a.decode_attention(&l, &pool, &q, &[row], &[page], None, 1.0, &out)
+        a.decode_attention(&l, &pool, &q, &[row], &[page], None, 1.0, &out, None)
             .is_ok()
     );
     assert!(is_shape(a.decode_attention(
@@ -557,7 +557,8 @@ fn bad_handles_and_descriptors_are_errors_not_panics() {
         &[page],
         None,
         1.0,
-        &q
+        &q,
+        None
     )));
     assert!(is_shape(a.decode_attention(
         &l,
@@ -567,7 +568,8 @@ fn bad_handles_and_descriptors_are_errors_not_panics() {
         &[page],
         None,
         1.0,
-        &out
+        &out,
+        None
     )));
     assert!(is_shape(a.decode_attention(
         &l,
@@ -577,7 +579,8 @@ fn bad_handles_and_descriptors_are_errors_not_panics() {
         &[AttnPage { len: 9, ..page }],
         None,
         1.0,
-        &out
+        &out,
+        None
     )));
     assert!(is_shape(a.decode_attention(
         &l,
@@ -590,7 +593,8 @@ fn bad_handles_and_descriptors_are_errors_not_panics() {
         &[page],
         None,
         1.0,
-        &out
+        &out,
+        None
     )));
     let short_mask = a.alloc(DType::U8, 8).unwrap();
     assert!(is_shape(a.decode_attention(
@@ -601,7 +605,8 @@ fn bad_handles_and_descriptors_are_errors_not_panics() {
         &[page],
         Some(&short_mask),
         1.0,
-        &out
+        &out,
+        None
     )));
     let host = a.alloc_host(l.slot_bytes()).unwrap();
     assert!(a.backup_pages(&l, &pool, &[(1, 1)], &host).is_err());
@@ -748,7 +753,8 @@ fn using_a_recalled_slot_before_waiting_is_an_error() {
         &page(2),
         None,
         1.0,
-        &out
+        &out,
+        None
     )));
     assert!(is_device(dev.append_kv(&l, &pool, &k, &k, &into(2))));
     assert!(is_device(dev.read(
@@ -761,13 +767,13 @@ fn using_a_recalled_slot_before_waiting_is_an_error() {
     ));
     // Other slots are free to use.
     assert!(
-        dev.decode_attention(&l, &pool, &k, &[row], &page(1), None, 1.0, &out)
+        dev.decode_attention(&l, &pool, &k, &[row], &page(1), None, 1.0, &out, None)
             .is_ok()
     );
     // is_done == true counts as seeing it complete.
     while !ev.is_done().unwrap() {}
     assert!(
-        dev.decode_attention(&l, &pool, &k, &[row], &page(2), None, 1.0, &out)
+        dev.decode_attention(&l, &pool, &k, &[row], &page(2), None, 1.0, &out, None)
             .is_ok()
     );
     // So do wait_on_device and synchronize.

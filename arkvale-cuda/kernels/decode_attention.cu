@@ -16,6 +16,12 @@
 // The block merges its warps in shared memory and writes one partial `(m, l, acc[d])` per
 // pair. Arithmetic is f32 (`expf`, not the fast approximation); the reference is f64.
 //
+// Page log-sum-exps (`page_lse != 0`, decode only): each warp then walks whole pages (pages
+// `warp, warp + ATTN_WARPS, ..` of the split, two tokens per iteration) instead of every
+// `ATTN_WARPS`-th token, keeps a second online sum per pair for the current page, and at the
+// page's end writes `ln sum exp(s)` over its participating tokens (-inf when none) to
+// `page_lse[page * g.lse_heads + head % g.lse_heads]` — the same pass over the keys.
+//
 // A token takes part for a pair iff `i < len`, `base_pos + i <= pos` and (with a mask) its
 // keep-mask byte `mask[(slot * hg + h) * p + i]` is non-zero. Pages: slot, base_pos, len
 // (three u32).
@@ -25,14 +31,76 @@
 #define ITEM_WORDS (4 + 3 * MAX_G)
 
 struct AttnGeom {
-    u32 hg, p, d, q_heads, n_splits, pages_per_split, n_items, pad;
+    u32 hg, p, d, q_heads, n_splits, pages_per_split, n_items, lse_heads;
 };
+
+// Loads tokens `t[0]`, `t[1]` of the split (both before folding either in) and folds each
+// into the online softmax of every pair that may see it; with `track`, also into the pair's
+// page sum `(pm, pl)`.
+template <typename T, int E>
+__device__ __forceinline__ void attn_fold_two(
+    const T* pool, const u32* pages, const u8* mask, const AttnGeom& g, u32 h, u64 first_page,
+    const u32 (&t)[2], u32 n_tokens, u32 np, u64 max_pos, const u64 (&pos)[MAX_G],
+    const float (&qv)[MAX_G][E], float scale, float (&m)[MAX_G], float (&l)[MAX_G],
+    float (&acc)[MAX_G][E], bool track, float (&pm)[MAX_G], float (&pl)[MAX_G]) {
+    const u32 lane = threadIdx.x % 32;
+    const u64 half_slot = (u64)g.hg * g.p * g.d;
+    float kv[2][E], vv[2][E];
+    bool ok[2];
+    u64 tp[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        ok[u] = false;
+        tp[u] = 0;
+        u64 koff = 0;
+        if (t[u] < n_tokens) {
+            const u32* pg = pages + 3 * (first_page + t[u] / g.p);
+            const u32 slot = pg[0], len = pg[2], i = t[u] % g.p;
+            tp[u] = (u64)pg[1] + i;
+            ok[u] = i < len && tp[u] <= max_pos &&
+                    (mask == 0 || mask[((u64)slot * g.hg + h) * g.p + i] != 0);
+            koff = (u64)slot * 2 * half_slot + ((u64)h * g.p + i) * g.d;
+        }
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            const u32 x = lane * E + e;
+            kv[u][e] = ok[u] && x < g.d ? to_f32(pool[koff + x]) : 0.0f;
+            vv[u][e] = ok[u] && x < g.d ? to_f32(pool[koff + half_slot + x]) : 0.0f;
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        if (!ok[u]) continue;
+#pragma unroll
+        for (int j = 0; j < MAX_G; ++j) {
+            if ((u32)j >= np) break;
+            if (tp[u] > pos[j]) continue;
+            float dot = 0.0f;
+#pragma unroll
+            for (int e = 0; e < E; ++e) dot += qv[j][e] * kv[u][e];
+            const float s = warp_sum(dot) * scale;
+            const float m_new = fmaxf(m[j], s);
+            const float corr = expf(m[j] - m_new);
+            const float w = expf(s - m_new);
+            l[j] = l[j] * corr + w;
+#pragma unroll
+            for (int e = 0; e < E; ++e) acc[j][e] = acc[j][e] * corr + w * vv[u][e];
+            m[j] = m_new;
+            if (track) {
+                const float pm_new = fmaxf(pm[j], s);
+                pl[j] = pl[j] * expf(pm[j] - pm_new) + expf(s - pm_new);
+                pm[j] = pm_new;
+            }
+        }
+    }
+}
 
 template <typename T, int E>
 __device__ __forceinline__ void attn_partial_impl(const void* pool_, const float* q,
                                                   const u32* items, const u32* pages,
                                                   const u8* mask, float scale, AttnGeom g,
-                                                  float* part_ml, float* part_acc) {
+                                                  float* part_ml, float* part_acc,
+                                                  float* page_lse) {
     __shared__ float sm_m[ATTN_WARPS][MAX_G];
     __shared__ float sm_l[ATTN_WARPS][MAX_G];
     __shared__ float sm_acc[ATTN_WARPS][MAX_G][32 * E];
@@ -66,53 +134,39 @@ __device__ __forceinline__ void attn_partial_impl(const void* pool_, const float
         }
     }
 
-    const u64 half_slot = (u64)g.hg * g.p * g.d;
     const u32 n_tokens = p_begin < p_end ? (p_end - p_begin) * g.p : 0;
-    // Two tokens per warp and iteration: both tokens' keys and values are loaded before either
-    // is folded in, so each warp keeps twice the bytes in flight (decode is bandwidth-bound).
-    for (u32 t0 = warp; t0 < n_tokens; t0 += 2 * ATTN_WARPS) {
-        float kv[2][E], vv[2][E];
-        bool ok[2];
-        u64 tp[2];
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            const u32 t = t0 + u * ATTN_WARPS;
-            ok[u] = false;
-            tp[u] = 0;
-            u64 koff = 0;
-            if (t < n_tokens) {
-                const u32* pg = pages + 3 * (u64)(page_start + p_begin + t / g.p);
-                const u32 slot = pg[0], len = pg[2], i = t % g.p;
-                tp[u] = (u64)pg[1] + i;
-                ok[u] = i < len && tp[u] <= max_pos &&
-                        (mask == 0 || mask[((u64)slot * g.hg + h) * g.p + i] != 0);
-                koff = (u64)slot * 2 * half_slot + ((u64)h * g.p + i) * g.d;
-            }
-#pragma unroll
-            for (int e = 0; e < E; ++e) {
-                const u32 x = lane * E + e;
-                kv[u][e] = ok[u] && x < g.d ? to_f32(pool[koff + x]) : 0.0f;
-                vv[u][e] = ok[u] && x < g.d ? to_f32(pool[koff + half_slot + x]) : 0.0f;
-            }
+    const u64 first_page = (u64)page_start + p_begin;
+    float pm[MAX_G], pl[MAX_G];
+    if (page_lse == 0) {
+        // Two tokens per warp and iteration: both tokens' keys and values are loaded before
+        // either is folded in, so each warp keeps twice the bytes in flight (decode is
+        // bandwidth-bound).
+        for (u32 t0 = warp; t0 < n_tokens; t0 += 2 * ATTN_WARPS) {
+            const u32 t[2] = {t0, t0 + ATTN_WARPS};
+            attn_fold_two<T, E>(pool, pages, mask, g, h, first_page, t, n_tokens, np, max_pos,
+                                pos, qv, scale, m, l, acc, false, pm, pl);
         }
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            if (!ok[u]) continue;
+    } else {
+        const u32 n_pages = p_begin < p_end ? p_end - p_begin : 0;
+        for (u32 pg = warp; pg < n_pages; pg += ATTN_WARPS) {
 #pragma unroll
             for (int j = 0; j < MAX_G; ++j) {
-                if ((u32)j >= np) break;
-                if (tp[u] > pos[j]) continue;
-                float dot = 0.0f;
+                pm[j] = NEG_INF;
+                pl[j] = 0.0f;
+            }
+            for (u32 i0 = 0; i0 < g.p; i0 += 2) {
+                const u32 t[2] = {pg * g.p + i0, i0 + 1 < g.p ? pg * g.p + i0 + 1 : n_tokens};
+                attn_fold_two<T, E>(pool, pages, mask, g, h, first_page, t, n_tokens, np,
+                                    max_pos, pos, qv, scale, m, l, acc, true, pm, pl);
+            }
+            if (lane == 0) {
 #pragma unroll
-                for (int e = 0; e < E; ++e) dot += qv[j][e] * kv[u][e];
-                const float s = warp_sum(dot) * scale;
-                const float m_new = fmaxf(m[j], s);
-                const float corr = expf(m[j] - m_new);
-                const float w = expf(s - m_new);
-                l[j] = l[j] * corr + w;
-#pragma unroll
-                for (int e = 0; e < E; ++e) acc[j][e] = acc[j][e] * corr + w * vv[u][e];
-                m[j] = m_new;
+                for (int j = 0; j < MAX_G; ++j) {
+                    if ((u32)j >= np) break;
+                    const u32 local = it[5 + 3 * j] % g.lse_heads;
+                    page_lse[(first_page + pg) * g.lse_heads + local] =
+                        pl[j] > 0.0f ? pm[j] + logf(pl[j]) : NEG_INF;
+                }
             }
         }
     }
@@ -153,8 +207,9 @@ __device__ __forceinline__ void attn_partial_impl(const void* pool_, const float
 #define ATTN_PARTIAL(TY, SUF, E)                                                               \
     extern "C" __global__ void attn_partial_##SUF##_e##E(                                      \
         const void* pool, const float* q, const u32* items, const u32* pages, const u8* mask, \
-        float scale, AttnGeom g, float* part_ml, float* part_acc) {                            \
-        attn_partial_impl<TY, E>(pool, q, items, pages, mask, scale, g, part_ml, part_acc);   \
+        float scale, AttnGeom g, float* part_ml, float* part_acc, float* page_lse) {          \
+        attn_partial_impl<TY, E>(pool, q, items, pages, mask, scale, g, part_ml, part_acc,    \
+                                 page_lse);                                                   \
     }
 #define ATTN_PARTIAL_ALL_E(TY, SUF)                                                            \
     ATTN_PARTIAL(TY, SUF, 1) ATTN_PARTIAL(TY, SUF, 2) ATTN_PARTIAL(TY, SUF, 4)                 \

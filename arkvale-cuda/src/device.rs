@@ -94,7 +94,8 @@ struct AttnGeom {
     n_splits: u32,
     pages_per_split: u32,
     n_items: u32,
-    pad: u32,
+    /// Query heads per group (`hg * gqa`): the row stride of the page log-sum-exps.
+    lse_heads: u32,
 }
 
 /// Words of one attention work item (`ITEM_WORDS` in `decode_attention.cu`).
@@ -526,6 +527,7 @@ impl CudaDevice {
         pages: &[AttnPage],
         mask: Option<&CudaBuf>,
         scale: f32,
+        page_lse: u64,
     ) -> Result<(AttnGeom, u64, u64, u64, u32)> {
         let d = layout.head_dim;
         let e = match d.div_ceil(32) {
@@ -564,7 +566,7 @@ impl CudaDevice {
             n_splits: n_splits as u32,
             pages_per_split: pps as u32,
             n_items: items as u32,
-            pad: 0,
+            lse_heads: (layout.heads_per_group * layout.gqa) as u32,
         };
         let page_words: Vec<u32> = pages
             .iter()
@@ -588,7 +590,8 @@ impl CudaDevice {
             32 * 4,
             0,
             &kargs![
-                pool_ptr, q_ptr, rows_ptr, pages_ptr, mask_ptr, scale, geom, part_ml, part_acc
+                pool_ptr, q_ptr, rows_ptr, pages_ptr, mask_ptr, scale, geom, part_ml, part_acc,
+                page_lse
             ],
         )?;
         Ok((geom, rows_ptr, part_ml, part_acc, items as u32))
@@ -1055,18 +1058,37 @@ impl Device for CudaDevice {
         mask: Option<&Buffer>,
         scale: f32,
         out: &Buffer,
+        page_lse: Option<&Buffer>,
     ) -> Result<()> {
         self.ctx.bind()?;
         let what = "decode_attention";
         let o = self.typed(out, DType::F32, "decode_attention: out")?;
-        let (p, qs, m) =
-            self.attn_checks(what, layout, pool, q, mask, &[o], out.len(), rows, pages)?;
+        let lse = page_lse
+            .map(|b| self.typed(b, DType::F32, "decode_attention: page_lse"))
+            .transpose()?;
+        let mut outputs = vec![o];
+        outputs.extend(lse);
+        let (p, qs, m) = self.attn_checks(
+            what,
+            layout,
+            pool,
+            q,
+            mask,
+            &outputs,
+            out.len(),
+            rows,
+            pages,
+        )?;
+        if let Some(b) = page_lse {
+            validate::page_lse(layout, rows, pages.len(), b.len())?;
+        }
         if rows.is_empty() {
             return Ok(());
         }
+        let lse_ptr = lse.map_or(0u64, |b| b.mem.ptr);
         let mut st = self.state.lock();
         let (geom, rows_ptr, part_ml, part_acc, items) =
-            self.attn_partials(&mut st, layout, p, qs, rows, pages, m, scale)?;
+            self.attn_partials(&mut st, layout, p, qs, rows, pages, m, scale, lse_ptr)?;
         let (fold, out_ptr, zero) = (0u32, o.mem.ptr, 0u64);
         self.launch(
             "attn_combine",
@@ -1118,7 +1140,7 @@ impl Device for CudaDevice {
         }
         let mut st = self.state.lock();
         let (geom, rows_ptr, part_ml, part_acc, items) =
-            self.attn_partials(&mut st, layout, p, qs, rows, pages, m, scale)?;
+            self.attn_partials(&mut st, layout, p, qs, rows, pages, m, scale, 0)?;
         let (fold, zero) = (1u32, 0u64);
         let (ap, mp, sp) = (acc.mem.ptr, max.mem.ptr, sum.mem.ptr);
         self.launch(

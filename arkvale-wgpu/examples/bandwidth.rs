@@ -76,11 +76,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let scale = 0.125;
-    dev.decode_attention(&l, &pool, &q, &rows, &pages, None, scale, &out)?;
+    dev.decode_attention(&l, &pool, &q, &rows, &pages, None, scale, &out, None)?;
     dev.synchronize()?;
     let t = Instant::now();
     for _ in 0..reps {
-        dev.decode_attention(&l, &pool, &q, &rows, &pages, None, scale, &out)?;
+        dev.decode_attention(&l, &pool, &q, &rows, &pages, None, scale, &out, None)?;
     }
     dev.synchronize()?;
     let attn_s = t.elapsed().as_secs_f64() / reps as f64;

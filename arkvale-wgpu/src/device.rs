@@ -662,8 +662,9 @@ impl Device for WgpuDevice {
         mask: Option<&Buffer>,
         scale: f32,
         out: &Buffer,
+        page_lse: Option<&Buffer>,
     ) -> Result<()> {
-        self.kv_decode_attention(layout, pool, q, rows, pages, mask, scale, out)
+        self.kv_decode_attention(layout, pool, q, rows, pages, mask, scale, out, page_lse)
     }
 
     fn prefill_attention(

@@ -385,14 +385,29 @@ impl WgpuDevice {
         mask: Option<&Buffer>,
         scale: f32,
         out: &Buffer,
+        page_lse: Option<&Buffer>,
     ) -> Result<()> {
         let what = "decode_attention";
         let ob = self.typed(out, DType::F32, "decode_attention: out")?;
+        let lb = page_lse
+            .map(|b| self.typed(b, DType::F32, "decode_attention: page_lse"))
+            .transpose()?;
+        let mut outputs = vec![ob];
+        outputs.extend(lb);
         let (p, qb, mb) =
-            self.attn_inputs(what, l, pool, q, mask, out.len(), rows, pages, &[ob])?;
+            self.attn_inputs(what, l, pool, q, mask, out.len(), rows, pages, &outputs)?;
+        if let Some(b) = page_lse {
+            validate::page_lse(l, rows, pages.len(), b.len())?;
+        }
         if rows.is_empty() {
             return Ok(());
         }
+        // Bit 4 of the mode: also write the pages' log-sum-exps into binding 5.
+        let lse_bit = if lb.is_some() { 16 } else { 0 };
+        let lse_b = match lb {
+            Some(b) => Binding::whole(b.single(what)?),
+            None => dummy_rw(self, 1),
+        };
         let w = self.pool_window(l, p, pages.iter().map(|p| p.slot), what)?;
         let heads = l.heads_per_group as u64 * l.gqa as u64;
         let mask_b = match mb {
@@ -402,19 +417,20 @@ impl WgpuDevice {
         let qw = Binding::whole(qb.single(what)?);
         let ow = Binding::whole(ob.single(what)?);
         if rows.iter().all(|r| r.page_count <= DECODE_CHUNK_PAGES) {
-            let meta =
-                self.attn_meta(l, rows, pages, w.first_slot, scale, 0, mb.is_some(), what)?;
+            let meta = self.attn_meta(
+                l,
+                rows,
+                pages,
+                w.first_slot,
+                scale,
+                lse_bit,
+                mb.is_some(),
+                what,
+            )?;
             return self.gpu.launch(
                 Kernel::Attention,
                 &meta,
-                &[
-                    w.binding,
-                    qw,
-                    mask_b,
-                    ow,
-                    dummy_rw(self, 1),
-                    dummy_rw(self, 2),
-                ],
+                &[w.binding, qw, mask_b, ow, lse_b, dummy_rw(self, 2)],
                 rows.len() as u64 * heads,
                 what,
             );
@@ -453,7 +469,7 @@ impl WgpuDevice {
             pages,
             w.first_slot,
             scale,
-            3,
+            3 | lse_bit,
             mb.is_some(),
             what,
         )?;
@@ -467,7 +483,7 @@ impl WgpuDevice {
                 qw,
                 mask_b,
                 Binding::whole(&parts),
-                dummy_rw(self, 1),
+                lse_b,
                 dummy_rw(self, 2),
             ],
             chunks.len() as u64 * heads,

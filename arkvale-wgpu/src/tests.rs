@@ -237,7 +237,7 @@ fn long_decode_rows_split_into_page_chunks_match_the_reference() {
     let out = dev
         .upload_f32(&vec![f32::NAN; q_v.len()], DType::F32)
         .unwrap();
-    dev.decode_attention(&l, &pool, &q, &rows, &pages, None, 0.3, &out)
+    dev.decode_attention(&l, &pool, &q, &rows, &pages, None, 0.3, &out, None)
         .unwrap();
     let mut want = vec![f32::NAN; q_v.len()];
     reference::attention(&l, &pool_v, &q_v, &rows, &pages, None, 0.3, &mut want);

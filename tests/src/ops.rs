@@ -125,6 +125,18 @@ pub fn cases() -> Vec<Case> {
             run: |d| decode(d, KvDtype::BF16, true),
         },
         Case {
+            name: "ops::decode_attention_page_lse_f32",
+            run: |d| decode_lse(d, KvDtype::F32),
+        },
+        Case {
+            name: "ops::decode_attention_page_lse_f16",
+            run: |d| decode_lse(d, KvDtype::F16),
+        },
+        Case {
+            name: "ops::decode_attention_page_lse_bf16",
+            run: |d| decode_lse(d, KvDtype::BF16),
+        },
+        Case {
             name: "ops::prefill_finalize_over_calls_f32",
             run: |d| prefill(d, KvDtype::F32),
         },
@@ -290,8 +302,9 @@ fn close(got: &[f32], want: &[f32], tol: f32, scale: f32, what: &str) -> Result<
             want.len()
         ));
     }
-    let ok =
-        |a: f32, b: f32| (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * (scale + b.abs());
+    let ok = |a: f32, b: f32| {
+        (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= tol * (scale + b.abs())
+    };
     let bad: Vec<usize> = (0..got.len()).filter(|&i| !ok(got[i], want[i])).collect();
     match bad.first() {
         None => Ok(()),
@@ -602,8 +615,10 @@ fn decode(dev: &Arc<dyn Device>, dtype: KvDtype, masked: bool) -> Result<(), Str
             upload_u8(dev, &a.mask)?,
         );
         let mask = masked.then_some(&mb);
-        dev.decode_attention(&s.l, &pool, &qb, &a.rows, &a.pages, mask, a.scale, &out)
-            .map_err(err)?;
+        dev.decode_attention(
+            &s.l, &pool, &qb, &a.rows, &a.pages, mask, a.scale, &out, None,
+        )
+        .map_err(err)?;
         let mut want = vec![f32::NAN; qn];
         let mask_ref = masked.then_some(&a.mask[..]);
         reference::attention(
@@ -611,6 +626,74 @@ fn decode(dev: &Arc<dyn Device>, dtype: KvDtype, masked: bool) -> Result<(), Str
         );
         let got = dev.download_f32(&out).map_err(err)?;
         close(&got, &want, attn_tol(dtype), 1.0, "decode attention output")
+    })
+}
+
+/// `decode_attention` with page log-sum-exps: decode-like rows whose page ranges are made
+/// disjoint (as the contract requires), keep-mask on or off at random. The output must match
+/// reference attention and every entry of the rows' ranges the reference log-sum-exp
+/// (`-inf` where no token takes part); entries outside every range must stay NaN.
+fn decode_lse(dev: &Arc<dyn Device>, dtype: KvDtype) -> Result<(), String> {
+    check(shape(Some(dtype)), |s| {
+        let mut g = Gen::new(s.seed);
+        let (pool, stored) = random_pool(dev, s, &mut g)?;
+        let mut a = attn_problem(s, &mut g, false);
+        let mut cursor = 0usize;
+        for r in &mut a.rows {
+            let count = g.below(a.pages.len() - cursor + 1);
+            r.page_start = cursor as u32;
+            r.page_count = count as u32;
+            cursor += count;
+        }
+        let masked = g.below(2) == 0;
+        let qn = a.n_q * s.l.q_heads() * s.l.head_dim;
+        let gh = s.l.heads_per_group * s.l.gqa;
+        let q = g.values(qn);
+        let (qb, out, lse, mb) = (
+            upload(dev, &q)?,
+            poisoned(dev, qn)?,
+            poisoned(dev, a.pages.len() * gh)?,
+            upload_u8(dev, &a.mask)?,
+        );
+        let mask = masked.then_some(&mb);
+        dev.decode_attention(
+            &s.l,
+            &pool,
+            &qb,
+            &a.rows,
+            &a.pages,
+            mask,
+            a.scale,
+            &out,
+            Some(&lse),
+        )
+        .map_err(err)?;
+        let mask_ref = masked.then_some(&a.mask[..]);
+        let mut want = vec![f32::NAN; qn];
+        reference::attention(
+            &s.l, &stored, &q, &a.rows, &a.pages, mask_ref, a.scale, &mut want,
+        );
+        let got = dev.download_f32(&out).map_err(err)?;
+        close(&got, &want, attn_tol(dtype), 1.0, "decode attention output")?;
+        let mut want_lse = vec![f32::NAN; a.pages.len() * gh];
+        reference::page_lse(
+            &s.l,
+            &stored,
+            &q,
+            &a.rows,
+            &a.pages,
+            mask_ref,
+            a.scale,
+            &mut want_lse,
+        );
+        let got_lse = dev.download_f32(&lse).map_err(err)?;
+        close(
+            &got_lse,
+            &want_lse,
+            attn_tol(dtype),
+            1.0,
+            "page log-sum-exps",
+        )
     })
 }
 
@@ -877,6 +960,9 @@ fn bad_descriptors(dev: &Arc<dyn Device>) -> Result<(), String> {
             base_pos: 0,
             len: l.page_size as u32,
         };
+        let gh = l.heads_per_group * l.gqa;
+        let lse = poisoned(dev, 2 * gh)?;
+        let small = poisoned(dev, gh)?;
         let host = dev.alloc_host(l.slot_bytes()).map_err(err)?;
         let wrong_dtype = dev
             .alloc(
@@ -978,6 +1064,7 @@ fn bad_descriptors(dev: &Arc<dyn Device>) -> Result<(), String> {
                     None,
                     1.0,
                     &out,
+                    None,
                 ),
             ),
             (
@@ -994,6 +1081,7 @@ fn bad_descriptors(dev: &Arc<dyn Device>) -> Result<(), String> {
                     None,
                     1.0,
                     &out,
+                    None,
                 ),
             ),
             (
@@ -1010,6 +1098,7 @@ fn bad_descriptors(dev: &Arc<dyn Device>) -> Result<(), String> {
                     None,
                     1.0,
                     &out,
+                    None,
                 ),
             ),
             (
@@ -1026,6 +1115,44 @@ fn bad_descriptors(dev: &Arc<dyn Device>) -> Result<(), String> {
                     None,
                     1.0,
                     &out,
+                    None,
+                ),
+            ),
+            (
+                "decode: page_lse too short",
+                dev.decode_attention(
+                    &l,
+                    &pool,
+                    &q,
+                    &[AttnRow {
+                        page_count: 2,
+                        ..attn_row
+                    }],
+                    &[page, page],
+                    None,
+                    1.0,
+                    &out,
+                    Some(&small),
+                ),
+            ),
+            (
+                "decode: page_lse with overlapping rows",
+                dev.decode_attention(
+                    &l,
+                    &pool,
+                    &q,
+                    &[
+                        attn_row,
+                        AttnRow {
+                            group: l.groups as u32 - 1,
+                            ..attn_row
+                        },
+                    ],
+                    &[page],
+                    None,
+                    1.0,
+                    &out,
+                    Some(&lse),
                 ),
             ),
             (

@@ -195,6 +195,7 @@ impl Device for MockDevice {
         _: Option<&Buffer>,
         _: f32,
         _: &Buffer,
+        _: Option<&Buffer>,
     ) -> Result<()> {
         unsupported()
     }

@@ -8,8 +8,19 @@ use super::{CacheManager, SeqId};
 use crate::policy::{AttendScope, Residency};
 use crate::{
     AppendDest, AttnPage, AttnRow, Buffer, DType, DeviceExt, Error, EstimateJob, PageBudget,
-    Result, TopkSegment,
+    Result, TopkSegment, VictimRule,
 };
+
+/// The page log-sum-exps one layer's last decode attention wrote (attention feedback): the
+/// device buffer, reused step after step, and what its entries belong to until they are read.
+#[derive(Debug, Default)]
+pub(crate) struct LayerMass {
+    /// `[pages][hg * gqa]` f32, written by `decode_attention`.
+    buf: Option<Buffer>,
+    /// The attention's rows, the (sequence, group) of each row, and the page-list length;
+    /// `None` once read (or before the first write).
+    pending: Option<(Vec<AttnRow>, Vec<(SeqId, usize)>, usize)>,
+}
 
 /// Where one (row, group)'s candidates sit in the step's ranking.
 struct ScoredGroup {
@@ -139,6 +150,13 @@ impl CacheManager {
             self.estimate_and_pick(&plan, q, &jobs, &segments, picks_total)?
         };
         self.res.stats.pages_scored += jobs.len() as u64;
+        let feedback = plan.victims == VictimRule::Attention
+            && plan.residency == (Residency::Budget { recall: true });
+        if feedback && !jobs.is_empty() {
+            // The selection was just read back, so the device has long finished the layer's
+            // previous attention: reading its page masses costs no extra wait.
+            self.apply_pending_mass(layer)?;
+        }
         self.res.stats.time.estimate += started.elapsed();
 
         // 4. Plan recalls (evicted top-k into the lowest-ranked resident candidates' slots)
@@ -160,9 +178,14 @@ impl CacheManager {
                         .collect();
                     top = ranking[..sg.k].to_vec();
                     if plan.residency == (Residency::Budget { recall: true }) {
-                        let recalled =
-                            self.res
-                                .plan_recalls(table, &budget, &ranking, sg.k, &mut copies)?;
+                        let recalled = self.res.plan_recalls(
+                            table,
+                            &budget,
+                            &ranking,
+                            sg.k,
+                            plan.victims,
+                            &mut copies,
+                        )?;
                         self.res.stats.recalls += recalled as u64;
                     }
                 }
@@ -187,10 +210,21 @@ impl CacheManager {
         self.res.stats.time.select += started.elapsed();
         self.res.recall(&copies)?;
 
-        // 5. Attention.
+        // 5. Attention (with the pages' log-sum-exps under attention feedback).
         let started = Instant::now();
         let mask = plan.token_rule.and(self.res.masks.as_ref());
-        self.res.dev.decode_attention(
+        let gh = self.res.layout.heads_per_group * self.res.layout.gqa;
+        let dev = self.res.dev.clone();
+        let lm = &mut self.res.pending_mass[layer];
+        if feedback {
+            super::grow(
+                dev.as_ref(),
+                &mut lm.buf,
+                DType::F32,
+                (attn_pages.len() * gh).max(1),
+            )?;
+        }
+        dev.decode_attention(
             &self.res.layout,
             &self.res.pool,
             q,
@@ -199,7 +233,15 @@ impl CacheManager {
             mask,
             self.scale,
             out,
+            if feedback { lm.buf.as_ref() } else { None },
         )?;
+        if feedback {
+            let owners = rows
+                .iter()
+                .map(|r| (seqs[r.q_row as usize], r.group as usize))
+                .collect();
+            lm.pending = Some((rows.clone(), owners, attn_pages.len()));
+        }
         self.res.stats.time.attention += started.elapsed();
         self.res.stats.decode_layer_steps += n as u64;
 
@@ -277,6 +319,33 @@ impl CacheManager {
         dev.download_u32(picks_buf, 0, picks_total)
     }
 
+    /// Turns the page log-sum-exps of layer `layer`'s last decode attention into the masses
+    /// of the pages it read ([`crate::mass::page_mass`]); every other page of those
+    /// (sequence, group) tables gets mass 0. Sequences removed since are skipped.
+    fn apply_pending_mass(&mut self, layer: usize) -> Result<()> {
+        let lm = &mut self.res.pending_mass[layer];
+        let (Some((rows, owners, pages_len)), Some(buf)) = (lm.pending.take(), lm.buf.as_ref())
+        else {
+            return Ok(());
+        };
+        let gh = self.res.layout.heads_per_group * self.res.layout.gqa;
+        let lse = self.res.dev.download_f32_range(buf, 0, pages_len * gh)?;
+        let mass = crate::mass::page_mass(&lse, &rows, gh, pages_len);
+        for (row, (id, g)) in rows.iter().zip(owners) {
+            let Some(seq) = self.seqs.get_mut(&id) else {
+                continue;
+            };
+            let table = &mut seq.layers[layer].groups[g];
+            for page in &mut table.pages {
+                page.mass = 0.0;
+            }
+            for (k, &pi) in table.last_attended.iter().enumerate() {
+                table.pages[pi as usize].mass = mass[row.page_start as usize + k];
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the dropped tokens' keep-mask bytes to zero.
     pub(super) fn apply_drops(
         &mut self,
@@ -334,14 +403,17 @@ impl CacheManager {
 impl super::Resources {
     /// For one scored (sequence, group) with its candidates `ranking` (page indices, best
     /// first, as the device's top-k ranked them): recalls the evicted pages among the first `k`
-    /// into the slots of the lowest-ranked resident candidates outside them (or free slots
-    /// while under budget). Returns how many pages it recalls; the copies go to `copies`.
+    /// into the slots of the resident candidates outside them that `victims` orders first:
+    /// the lowest-ranked ones, or (attention feedback) those with the least attention mass,
+    /// ties to the lower-ranked (or free slots while under budget). Returns how many pages
+    /// it recalls; the copies go to `copies`.
     fn plan_recalls(
         &mut self,
         table: &mut GroupTable,
         budget: &PageBudget,
         ranking: &[usize],
         k: usize,
+        victims: VictimRule,
         copies: &mut Vec<(u32, crate::host_store::BackupId)>,
     ) -> Result<usize> {
         let (top, rest) = ranking.split_at(k);
@@ -353,14 +425,18 @@ impl super::Resources {
         if missing.is_empty() {
             return Ok(0);
         }
-        // Worst-ranked first: the ranking's tail, reversed.
-        let victims: Vec<usize> = rest
+        // Worst-ranked first: the ranking's tail, reversed; under attention feedback a stable
+        // sort by mass keeps that order among equal masses.
+        let mut order: Vec<usize> = rest
             .iter()
             .rev()
             .copied()
             .filter(|&i| table.pages[i].slot.is_some())
             .collect();
-        let mut victims = victims.into_iter();
+        if victims == VictimRule::Attention {
+            order.sort_by(|&a, &b| table.pages[a].mass.total_cmp(&table.pages[b].mass));
+        }
+        let mut victims = order.into_iter();
         for &page in &missing {
             let slot = match victims.next() {
                 Some(v) => self.evict(table, v)?,

@@ -340,7 +340,8 @@ impl CacheManager {
                 }
                 if plan.budgeted() {
                     let qb = dev.upload_f32(&rec.last_q, DType::F32)?;
-                    self.select_after_prefill(&plan, seq, layer, &qb, 1)?;
+                    let mass = self.prompt_end_mass(&plan, seq, layer, &qb, 0, rec.last_chunk)?;
+                    self.select_after_prefill(&plan, seq, layer, &qb, 1, mass.as_deref())?;
                 }
             }
         }

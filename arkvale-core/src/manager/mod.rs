@@ -53,7 +53,10 @@ use crate::host_store::HostStore;
 use crate::policy::{AttendScope, Policy, Residency};
 use crate::pool::{DigestStore, SlotPool};
 use crate::stats::CacheStats;
-use crate::{Buffer, CacheConfig, DType, Device, Error, KvLayout, ModelShape, PageBudget, Result};
+use crate::{
+    Buffer, CacheConfig, DType, Device, Error, KvLayout, ModelShape, PageBudget, PrefillKeep,
+    Result, VictimRule,
+};
 
 pub use fork::{PrefillSnapshot, SnapshotOptions};
 use table::{GroupTable, LayerPlan, LayerState, Sequence, TokenState};
@@ -90,6 +93,13 @@ pub(crate) struct Resources {
     pub scratch_scores: Option<Buffer>,
     pub scratch_picks: Option<Buffer>,
     pub scratch_weights: Option<Buffer>,
+    /// Page log-sum-exps of decode attention / the prefill mass pass.
+    pub scratch_lse: Option<Buffer>,
+    /// Output of the prefill mass pass (`[1, H, d]`, discarded).
+    pub scratch_row: Option<Buffer>,
+    /// Per layer: the page log-sum-exps the layer's last decode attention wrote, not yet
+    /// turned into page masses (attention-feedback eviction reads them at the next step).
+    pub pending_mass: Vec<decode::LayerMass>,
 }
 
 /// Makes `slot` hold a buffer of at least `len` elements of `dtype` (reallocating when short).
@@ -179,6 +189,9 @@ impl CacheManager {
                 scratch_scores: None,
                 scratch_picks: None,
                 scratch_weights: None,
+                scratch_lse: None,
+                scratch_row: None,
+                pending_mass: (0..shape.layers).map(|_| Default::default()).collect(),
             },
             scale: 1.0 / (shape.head_dim as f32).sqrt(),
             config,
@@ -399,6 +412,8 @@ impl CacheManager {
                 window: self.budget.window,
                 topk: 0,
                 token_rule: None,
+                victims: VictimRule::Digest,
+                prefill_keep: PrefillKeep::Digest,
             };
         }
         LayerPlan {
@@ -408,6 +423,8 @@ impl CacheManager {
             window: self.policy.window_pages(&self.budget),
             topk: self.policy.decode_topk(&self.budget),
             token_rule: self.policy.token_rule(),
+            victims: self.policy.victims(),
+            prefill_keep: self.policy.prefill_keep(),
         }
     }
 

@@ -6,8 +6,8 @@ use super::table::LayerPlan;
 use super::{CacheManager, SeqId};
 use crate::host_store::BackupId;
 use crate::{
-    AppendDest, AttnPage, AttnRow, Buffer, DType, DeviceExt, Error, EstimateJob, Result,
-    TopkSegment,
+    AppendDest, AttnPage, AttnRow, Buffer, DType, DeviceExt, Error, EstimateJob, PrefillKeep,
+    Result, TopkSegment,
 };
 
 /// Slots borrowed from the pool to stream evicted pages back during prefill attention.
@@ -159,9 +159,170 @@ impl CacheManager {
 
         // Budgeted layers keep sinks + window + the best pages for the last query.
         if plan.budgeted() {
-            self.select_after_prefill(&plan, seq, layer, q, n)?;
+            let mass = self.prompt_end_mass(&plan, seq, layer, q, n - 1, last_chunk)?;
+            self.select_after_prefill(&plan, seq, layer, q, n, mass.as_deref())?;
         }
         Ok(())
+    }
+
+    /// Under [`PrefillKeep::Attention`], at the end of a prompt (`last_chunk`) that exceeds
+    /// the budget: the page masses of the last prompt query (row `q_row` of `q`), per group
+    /// and page ([`CacheManager::last_query_mass`]); otherwise `None` (selection by digest).
+    pub(super) fn prompt_end_mass(
+        &mut self,
+        plan: &LayerPlan,
+        seq: SeqId,
+        layer: usize,
+        q: &Buffer,
+        q_row: usize,
+        last_chunk: bool,
+    ) -> Result<Option<Vec<Vec<f32>>>> {
+        let over = self.seqs[&seq].layers[layer]
+            .groups
+            .iter()
+            .any(|t| t.pages.len() > self.budget.pages);
+        if !(last_chunk && over && plan.prefill_keep == PrefillKeep::Attention) {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        let mass = self.last_query_mass(seq, layer, q, q_row)?;
+        self.res.stats.time.estimate += started.elapsed();
+        Ok(Some(mass))
+    }
+
+    /// Per head group, the attention mass ([`crate::mass::page_mass`]: softmax weight summed
+    /// over the page, maximum over the group's query heads) of every page of `layer` of `seq`
+    /// for query row `q_row` of `q` at the layer's last position. One decode-attention pass of
+    /// that single query with page log-sum-exps: the resident pages at once, the evicted ones
+    /// staged back through a few slots.
+    fn last_query_mass(
+        &mut self,
+        seq: SeqId,
+        layer: usize,
+        q: &Buffer,
+        q_row: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let gh = self.res.layout.heads_per_group * self.res.layout.gqa;
+        let ls = &self.seqs[&seq].layers[layer];
+        let len = ls.len;
+        let mut lse: Vec<Vec<f32>> = ls
+            .groups
+            .iter()
+            .map(|t| vec![f32::NEG_INFINITY; t.pages.len() * gh])
+            .collect();
+        let (resident, evicted) = split_residency(ls)?;
+        self.page_lse_pass(q, q_row, len, &resident, &mut lse)?;
+        self.staged(&evicted, |cm, staged| {
+            cm.page_lse_pass(q, q_row, len, staged, &mut lse)
+        })?;
+        Ok(lse
+            .iter()
+            .map(|l| {
+                let n_pages = l.len() / gh;
+                let row = AttnRow {
+                    page_count: n_pages as u32,
+                    ..Default::default()
+                };
+                crate::mass::page_mass(l, &[row], gh, n_pages)
+            })
+            .collect())
+    }
+
+    /// Page log-sum-exps of query row `q_row` at position `len - 1` over `pages` (`(group, page
+    /// index, slot)`, grouped by group), scattered into `lse[group][page * gh ..]`.
+    fn page_lse_pass(
+        &mut self,
+        q: &Buffer,
+        q_row: usize,
+        len: usize,
+        pages: &[(usize, usize, u32)],
+        lse: &mut [Vec<f32>],
+    ) -> Result<()> {
+        if pages.is_empty() {
+            return Ok(());
+        }
+        let p = self.budget.page_size;
+        let layout = self.res.layout;
+        let gh = layout.heads_per_group * layout.gqa;
+        let (rows, attn_pages) = group_rows(pages, p, len, |g, page_start, page_count| {
+            [AttnRow {
+                q_row: q_row as u32,
+                group: g as u32,
+                pos: (len - 1) as u32,
+                page_start,
+                page_count,
+            }]
+        });
+        let dev = self.res.dev.clone();
+        let row_len = layout.q_heads() * layout.head_dim;
+        super::grow(
+            dev.as_ref(),
+            &mut self.res.scratch_row,
+            DType::F32,
+            (q_row + 1) * row_len,
+        )?;
+        super::grow(
+            dev.as_ref(),
+            &mut self.res.scratch_lse,
+            DType::F32,
+            pages.len() * gh,
+        )?;
+        let (out, lse_buf) = (
+            self.res.scratch_row.as_ref().expect("grown"),
+            self.res.scratch_lse.as_ref().expect("grown"),
+        );
+        dev.decode_attention(
+            &layout,
+            &self.res.pool,
+            q,
+            &rows,
+            &attn_pages,
+            None,
+            self.scale,
+            out,
+            Some(lse_buf),
+        )?;
+        let got = dev.download_f32_range(lse_buf, 0, pages.len() * gh)?;
+        for (e, &(g, i, _)) in pages.iter().enumerate() {
+            lse[g][i * gh..(i + 1) * gh].copy_from_slice(&got[e * gh..(e + 1) * gh]);
+        }
+        Ok(())
+    }
+
+    /// Recalls `evicted` pages (`(group, page index, backup)`) batch by batch into a few
+    /// staging slots and calls `f` with each batch as `(group, page index, staging slot)`;
+    /// the staging slots are freed whatever happens.
+    fn staged(
+        &mut self,
+        evicted: &[(usize, usize, BackupId)],
+        mut f: impl FnMut(&mut Self, &[(usize, usize, u32)]) -> Result<()>,
+    ) -> Result<()> {
+        if evicted.is_empty() {
+            return Ok(());
+        }
+        let staging = self
+            .res
+            .slots
+            .alloc_many(STAGING_SLOTS.min(evicted.len()))?;
+        let result = (|| {
+            for batch in evicted.chunks(staging.len()) {
+                let copies: Vec<(u32, BackupId)> =
+                    batch.iter().zip(&staging).map(|(e, &s)| (s, e.2)).collect();
+                self.res.recall(&copies)?;
+                let staged: Vec<(usize, usize, u32)> = batch
+                    .iter()
+                    .zip(&staging)
+                    .map(|(e, &s)| (e.0, e.1, s))
+                    .collect();
+                f(self, &staged)?;
+                self.res.stats.prefill_streamed += batch.len() as u64;
+            }
+            Ok(())
+        })();
+        for s in staging {
+            self.res.slots.free(s);
+        }
+        result
     }
 
     /// Appends `n` tokens' keys and values to a layer of a sequence (chunk pages take fresh
@@ -265,7 +426,7 @@ impl CacheManager {
             let vb = dev.upload_f32(vc, DType::F32)?;
             self.append_chunk(&plan, layer, seq, &kb, &vb, kc.len() / row)?;
             if plan.budgeted() {
-                self.select_after_prefill(&plan, seq, layer, query, 1)?;
+                self.select_after_prefill(&plan, seq, layer, query, 1, None)?;
             }
         }
         Ok(())
@@ -284,61 +445,34 @@ impl CacheManager {
         state: &crate::AttnState,
     ) -> Result<()> {
         let p = self.budget.page_size;
-        let staging = self
-            .res
-            .slots
-            .alloc_many(STAGING_SLOTS.min(evicted.len()))?;
-        let result = (|| {
-            for batch in evicted.chunks(staging.len()) {
-                let copies: Vec<(u32, BackupId)> =
-                    batch.iter().zip(&staging).map(|(e, &s)| (s, e.2)).collect();
-                self.res.recall(&copies)?;
-                let mut rows = Vec::new();
-                let mut pages = Vec::new();
-                let mut i = 0;
-                while i < batch.len() {
-                    let g = batch[i].0;
-                    let page_start = pages.len() as u32;
-                    while i < batch.len() && batch[i].0 == g {
-                        pages.push(attn_page(staging[i], batch[i].1, p, len));
-                        i += 1;
-                    }
-                    let page_count = pages.len() as u32 - page_start;
-                    rows.extend((0..n).map(|r| AttnRow {
-                        q_row: r as u32,
-                        group: g as u32,
-                        pos: (start + r) as u32,
-                        page_start,
-                        page_count,
-                    }));
-                }
-                let mask = if masked {
-                    self.res.masks.as_ref()
-                } else {
-                    None
-                };
-                self.res.dev.prefill_attention(
-                    &self.res.layout,
-                    &self.res.pool,
-                    q,
-                    &rows,
-                    &pages,
-                    mask,
-                    self.scale,
-                    state,
-                )?;
-                self.res.stats.prefill_streamed += batch.len() as u64;
-            }
-            Ok(())
-        })();
-        for s in staging {
-            self.res.slots.free(s);
-        }
-        result
+        self.staged(evicted, |cm, staged| {
+            let (rows, pages) = group_rows(staged, p, len, |g, page_start, page_count| {
+                (0..n).map(move |r| AttnRow {
+                    q_row: r as u32,
+                    group: g as u32,
+                    pos: (start + r) as u32,
+                    page_start,
+                    page_count,
+                })
+            });
+            let mask = if masked { cm.res.masks.as_ref() } else { None };
+            cm.res.dev.prefill_attention(
+                &cm.res.layout,
+                &cm.res.pool,
+                q,
+                &rows,
+                &pages,
+                mask,
+                cm.scale,
+                state,
+            )
+        })
     }
 
     /// After a chunk: for each group with more than `B` pages keep sinks + window + the
-    /// `B - sinks - window` candidates ranked best for the chunk's last query.
+    /// `B - sinks - window` candidates ranked best for the chunk's last query — by digest
+    /// score, or, when `mass` (per group, per page) is given, by attention mass (ties: the
+    /// lower page index), which then also becomes every page's observed mass.
     pub(super) fn select_after_prefill(
         &mut self,
         plan: &LayerPlan,
@@ -346,6 +480,7 @@ impl CacheManager {
         layer: usize,
         q: &Buffer,
         n: usize,
+        mass: Option<&[Vec<f32>]>,
     ) -> Result<()> {
         let budget = self.budget;
         let keep_top = budget.pages - budget.sinks - plan.window;
@@ -361,7 +496,7 @@ impl CacheManager {
             let cands = plan.candidates(&budget, n_pages);
             let k = keep_top.min(cands.len());
             let start = jobs.len();
-            if plan.digest.is_some() && k > 0 && k < cands.len() {
+            if mass.is_none() && plan.digest.is_some() && k > 0 && k < cands.len() {
                 for i in cands.clone() {
                     let digest = table.pages[i].digest.ok_or_else(|| {
                         Error::InvalidRequest(format!("candidate page {i} has no digest"))
@@ -395,9 +530,20 @@ impl CacheManager {
             let table = &mut self.seqs.get_mut(&seq).expect("checked").layers[layer].groups[g];
             let n_pages = table.pages.len();
             let mut keep = vec![true; n_pages];
+            if let Some(mass) = mass {
+                for (page, &m) in table.pages.iter_mut().zip(&mass[g]) {
+                    page.mass = m;
+                }
+            }
             if k < cands.len() {
                 keep[cands.clone()].fill(false);
-                if plan.digest.is_some() && k > 0 {
+                if let Some(mass) = mass {
+                    let mut order: Vec<usize> = cands.clone().collect();
+                    order.sort_by(|&a, &b| mass[g][b].total_cmp(&mass[g][a]));
+                    for &i in &order[..k] {
+                        keep[i] = true;
+                    }
+                } else if plan.digest.is_some() && k > 0 {
                     for &i in &picks[pick_at..pick_at + k] {
                         keep[cands.start + i as usize] = true;
                     }
@@ -462,6 +608,52 @@ impl super::Resources {
             .collect();
         self.per_head_weights(&firsts, pages, weights, 0, len)
     }
+}
+
+/// The resident pages of a layer as `(group, page index, slot)` and the evicted ones as
+/// `(group, page index, backup)`, group by group in page order.
+#[allow(clippy::type_complexity)]
+fn split_residency(
+    ls: &super::table::LayerState,
+) -> Result<(Vec<(usize, usize, u32)>, Vec<(usize, usize, BackupId)>)> {
+    let (mut resident, mut evicted) = (Vec::new(), Vec::new());
+    for (g, table) in ls.groups.iter().enumerate() {
+        for (i, entry) in table.pages.iter().enumerate() {
+            match (entry.slot, entry.backup) {
+                (Some(slot), _) => resident.push((g, i, slot)),
+                (None, Some(b)) => evicted.push((g, i, b)),
+                (None, None) => {
+                    return Err(Error::InvalidRequest(format!(
+                        "page {i} is neither resident nor backed up"
+                    )));
+                }
+            }
+        }
+    }
+    Ok((resident, evicted))
+}
+
+/// The attention rows and page list of `pages` (`(group, page index, slot)`, grouped by
+/// group) in a layer of `len` tokens: each run of one group becomes a page range, and
+/// `rows_for(group, page_start, page_count)` gives the rows that read it.
+fn group_rows<I: IntoIterator<Item = AttnRow>>(
+    pages: &[(usize, usize, u32)],
+    p: usize,
+    len: usize,
+    rows_for: impl Fn(usize, u32, u32) -> I,
+) -> (Vec<AttnRow>, Vec<AttnPage>) {
+    let (mut rows, mut out) = (Vec::new(), Vec::new());
+    let mut i = 0;
+    while i < pages.len() {
+        let g = pages[i].0;
+        let page_start = out.len() as u32;
+        while i < pages.len() && pages[i].0 == g {
+            out.push(attn_page(pages[i].2, pages[i].1, p, len));
+            i += 1;
+        }
+        rows.extend(rows_for(g, page_start, out.len() as u32 - page_start));
+    }
+    (rows, out)
 }
 
 /// The attention view of page `index` of a (layer, group) holding `len` tokens.

@@ -53,6 +53,7 @@ impl Resources {
             slot: Some(slot),
             backup: None,
             digest: None,
+            mass: 0.0,
         });
         table.resident += 1;
         self.reset_mask(slot)?;

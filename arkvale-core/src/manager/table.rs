@@ -2,7 +2,7 @@
 
 use crate::host_store::BackupId;
 use crate::policy::{AttendScope, Residency, TokenRule};
-use crate::{DigestKind, PageBudget};
+use crate::{DigestKind, PageBudget, PrefillKeep, VictimRule};
 
 /// One page unit `(sequence, layer, group, page index)`.
 #[derive(Debug, Clone, Default)]
@@ -13,6 +13,11 @@ pub(crate) struct PageEntry {
     pub backup: Option<BackupId>,
     /// Digest index, once the page filled (scored layers only).
     pub digest: Option<u32>,
+    /// Attention mass the page received at the last attention that measured it (maximum over
+    /// the group's query heads; 0 when that attention did not read the page). Only kept
+    /// under the attention-feedback rules ([`crate::VictimRule::Attention`],
+    /// [`crate::PrefillKeep::Attention`]).
+    pub mass: f32,
 }
 
 /// The pages of one (sequence, layer, head group).
@@ -64,6 +69,8 @@ pub(crate) struct LayerPlan {
     pub window: usize,
     pub topk: usize,
     pub token_rule: Option<TokenRule>,
+    pub victims: VictimRule,
+    pub prefill_keep: PrefillKeep,
 }
 
 impl LayerPlan {

@@ -213,7 +213,7 @@ fn bench_attention(
         let (rows, pg) = full_rows(batch, pages, ctx);
         let scale = 1.0 / (HEAD_DIM as f32).sqrt();
         let t = time(dev, iters, || {
-            dev.decode_attention(&l, &pool, &q, &rows, &pg, None, scale, &out_b)
+            dev.decode_attention(&l, &pool, &q, &rows, &pg, None, scale, &out_b, None)
         })?;
         let bytes = (slots * l.slot_bytes()) as f64;
         let copy_dst = dev.alloc(DType::F16, slots * l.slot_elems())?;
@@ -425,7 +425,7 @@ fn bench_step(dev: &CudaDevice, quick: bool, rep: &mut Report) -> Result<()> {
         let scale = 1.0 / (HEAD_DIM as f32).sqrt();
         let (rows, pg) = full_rows(BATCH, pages, ctx);
         let t_full_attn = time(dev, iters, || {
-            dev.decode_attention(&l, &pool_full, &q, &rows, &pg, None, scale, &out_b)
+            dev.decode_attention(&l, &pool_full, &q, &rows, &pg, None, scale, &out_b, None)
         })?;
         let full_ms = (LAYERS as f64 * (t_full_attn + t_other) + t_head) * 1e3;
         let _ = writeln!(
@@ -622,7 +622,7 @@ fn step_arkvale(
                 });
             }
         }
-        dev.decode_attention(&l, &pool, &q, &rows, &pg, None, scale, &out_b)?;
+        dev.decode_attention(&l, &pool, &q, &rows, &pg, None, scale, &out_b, None)?;
         dev.synchronize()?;
         let t4 = Instant::now();
         if step >= warm {

@@ -9,6 +9,9 @@
 // mode 2 (stats): start empty, write (max, sum) of the workgroup to `out[2 wg ..]`.
 // mode 3 (partial, flash-decoding): start empty, write (max, sum, acc[d]) of the workgroup to
 //        `out[wg (d + 2) ..]`; `combine.wgsl` merges the partials of one row's page chunks.
+// Bit 4 of the mode word (modes 0 and 3): also write each page's log-sum-exp of the scaled
+// scores, `ln sum exp(s)` over its participating tokens (-inf when none), to
+// `st_max[page index * hg * gqa + j]` (the page log-sum-exps of `Device::decode_attention`).
 //
 // prm: [dt, hg, gqa, p, d, slot_elems, q_heads, scale bits, mode, has_mask, n_rows,
 //        n_pages, slot_base (added to slots for the mask), rows: (q_row, group, pos, page_start, page_count) ..., pages: (slot,
@@ -46,7 +49,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let slot_elems = prm[5];
     let q_heads = prm[6];
     let scale = prm_f32(7u);
-    let mode = prm[8];
+    let mode = prm[8] & 15u;
+    let want_lse = (prm[8] & 16u) != 0u;
     let has_mask = prm[9];
     let n_rows = prm[10];
     let pages0 = HDR + n_rows * 5u;
@@ -89,6 +93,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let len = prm[pages0 + pi * 3u + 2u];
         let k0 = slot * slot_elems + h * p * d;
         let v0 = k0 + hg * p * d;
+        var plse = neg_inf();
         for (var t0 = 0u; t0 < p; t0 = t0 + TILE) {
             let i = t0 + lid;
             var s = neg_inf();
@@ -121,11 +126,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 for (var c = 0u; c < 4u; c = c + 1u) {
                     acc[c] = acc[c] * alpha;
                 }
+                var tile_l = 0.0;
                 for (var u = 0u; u < n; u = u + 1u) {
                     let su = sc[u];
                     if (su > -3.0e38) {
                         let w = exp(su - m_new);
                         l = l + w;
+                        tile_l = tile_l + w;
                         for (var c = 0u; c < 4u; c = c + 1u) {
                             let dim = lid + c * TILE;
                             if (dim < d) {
@@ -135,8 +142,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                     }
                 }
                 m = m_new;
+                if (want_lse && tile_l > 0.0) {
+                    let tl = m_new + log(tile_l);
+                    if (plse > -3.0e38) {
+                        let hi = max(plse, tl);
+                        plse = hi + log(exp(plse - hi) + exp(tl - hi));
+                    } else {
+                        plse = tl;
+                    }
+                }
             }
             workgroupBarrier();
+        }
+        if (want_lse && lid == 0u) {
+            st_max[pi * heads + j] = plse;
         }
     }
     if (mode == 3u) {
