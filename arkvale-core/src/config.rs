@@ -158,6 +158,131 @@ impl PrefillKeep {
     }
 }
 
+/// A named starting point for the `arkvale` policy's selection rules; explicit options
+/// override its fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Preset {
+    /// The paper's exact rules: pages of 32 tokens, 1 sink page, 2 window pages, one head
+    /// group per layer, page scores averaged over the query heads, recall victims and the
+    /// prefill's kept pages ranked by digest. Reproduces the paper and round 1.
+    #[default]
+    Paper,
+    /// Selection informed by attention the step computes anyway (DESIGN §2 "beyond the
+    /// paper"): pages of 16 tokens (2 sink and 4 window pages: the paper's tokens), one head
+    /// group per KV head, scores maxed over a group's query heads, attention-feedback victims
+    /// and attention-mass prefill selection.
+    Recommended,
+}
+
+impl Preset {
+    /// Every preset, in a fixed order.
+    pub const ALL: [Preset; 2] = [Preset::Paper, Preset::Recommended];
+
+    /// The name used in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Paper => "paper",
+            Preset::Recommended => "recommended",
+        }
+    }
+
+    /// Parses a name as written by [`Preset::name`].
+    pub fn parse(s: &str) -> Result<Self> {
+        parse_named(&Self::ALL, s, "preset", Self::name)
+    }
+
+    /// Sets the fields this preset decides (page size, sinks, window, head groups, score
+    /// aggregation, victim and prefill rules) for a model with `kv_heads` KV heads; budget,
+    /// top-k, digest, memory and the rest are left as they are.
+    pub fn apply(self, c: &mut CacheConfig, kv_heads: usize) {
+        match self {
+            Preset::Paper => {
+                c.page_size = 32;
+                c.sink_pages = 1;
+                c.window_pages = 2;
+                c.head_groups = 1;
+                c.score_agg = ScoreAgg::Mean;
+                c.victims = VictimRule::Digest;
+                c.prefill_keep = PrefillKeep::Digest;
+            }
+            Preset::Recommended => {
+                c.page_size = 16;
+                c.sink_pages = 2;
+                c.window_pages = 4;
+                c.head_groups = kv_heads.max(1);
+                c.score_agg = ScoreAgg::Max;
+                c.victims = VictimRule::Attention;
+                c.prefill_keep = PrefillKeep::Attention;
+            }
+        }
+        c.prefill_chunk_tokens = c.prefill_chunk_tokens.div_ceil(c.page_size) * c.page_size;
+    }
+}
+
+/// Applies `key=value` overrides of a policy spec (`arkvale:victims=attention+page=16`), joined
+/// by `+` (so that specs fit in comma-separated lists), to
+/// `c` for a model with `kv_heads` KV heads. Keys: `preset` (applied first, whatever its
+/// place), `victims`, `prefill`, `groups` (a number or `kv`), `agg`, `page`, `digest`.
+pub fn apply_overrides(c: &mut CacheConfig, overrides: &str, kv_heads: usize) -> Result<()> {
+    let pairs: Vec<(&str, &str)> = overrides
+        .split('+')
+        .filter(|s| !s.trim().is_empty())
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .ok_or_else(|| Error::config(format!("policy option '{kv}' is not key=value")))
+        })
+        .collect::<Result<_>>()?;
+    for &(k, v) in &pairs {
+        if k == "preset" {
+            Preset::parse(v)?.apply(c, kv_heads);
+        }
+    }
+    for (k, v) in pairs {
+        match k {
+            "preset" => {}
+            "victims" => c.victims = VictimRule::parse(v)?,
+            "prefill" => c.prefill_keep = PrefillKeep::parse(v)?,
+            "agg" => c.score_agg = ScoreAgg::parse(v)?,
+            "digest" => c.digest = DigestKind::parse(v)?,
+            "groups" => {
+                c.head_groups = if v == "kv" {
+                    kv_heads
+                } else {
+                    v.parse().map_err(|_| {
+                        Error::config(format!("groups must be a number or 'kv', got '{v}'"))
+                    })?
+                }
+            }
+            "page" => {
+                let old = c.page_size;
+                c.page_size = v
+                    .parse()
+                    .map_err(|_| Error::config(format!("page must be a number, got '{v}'")))?;
+                // Keep sinks and window at the same tokens where they divide evenly.
+                if c.page_size > 0 && old % c.page_size == 0 {
+                    c.sink_pages *= old / c.page_size;
+                    c.window_pages *= old / c.page_size;
+                } else if c.page_size > 0 && c.page_size % old == 0 {
+                    c.sink_pages = (c.sink_pages * old / c.page_size).max(1);
+                    c.window_pages = (c.window_pages * old / c.page_size).max(2);
+                }
+                if c.page_size > 0 {
+                    c.prefill_chunk_tokens =
+                        c.prefill_chunk_tokens.div_ceil(c.page_size) * c.page_size;
+                }
+            }
+            other => {
+                return Err(Error::config(format!(
+                    "unknown policy option '{other}' (expected preset, victims, prefill, \
+                     groups, agg, page or digest)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Finds the value of `all` whose `name` is `s`, or a config error listing the names.
 fn parse_named<T: Copy>(all: &[T], s: &str, what: &str, name: fn(T) -> &'static str) -> Result<T> {
     all.iter().copied().find(|&v| name(v) == s).ok_or_else(|| {
@@ -456,6 +581,52 @@ mod tests {
         for (cfg, word) in bad {
             let msg = cfg.resolve(&s).unwrap_err().to_string();
             assert!(msg.contains(word), "{msg:?} should name {word}");
+        }
+    }
+
+    #[test]
+    fn presets_and_overrides_set_the_selection_rules() {
+        let mut c = CacheConfig::default();
+        Preset::Recommended.apply(&mut c, 4);
+        assert_eq!((c.page_size, c.sink_pages, c.window_pages), (16, 2, 4));
+        assert_eq!(c.head_groups, 4);
+        assert_eq!(
+            (c.score_agg, c.victims, c.prefill_keep),
+            (ScoreAgg::Max, VictimRule::Attention, PrefillKeep::Attention)
+        );
+        assert!(c.resolve(&shape()).is_ok());
+        let mut p = c.clone();
+        Preset::Paper.apply(&mut p, 4);
+        let d = CacheConfig::default();
+        assert_eq!(
+            (
+                p.page_size,
+                p.head_groups,
+                p.victims,
+                p.prefill_keep,
+                p.score_agg
+            ),
+            (
+                d.page_size,
+                d.head_groups,
+                d.victims,
+                d.prefill_keep,
+                d.score_agg
+            )
+        );
+        // The preset comes first whatever its place; page keeps sinks/window in tokens.
+        let mut o = CacheConfig::default();
+        apply_overrides(
+            &mut o,
+            "victims=attention+ preset=paper+page=16+groups=kv",
+            4,
+        )
+        .unwrap();
+        assert_eq!(o.victims, VictimRule::Attention);
+        assert_eq!((o.page_size, o.sink_pages, o.window_pages), (16, 2, 4));
+        assert_eq!(o.head_groups, 4);
+        for bad in ["victims=lru", "groups=x", "colour=red", "page"] {
+            assert!(apply_overrides(&mut o, bad, 4).is_err(), "{bad}");
         }
     }
 

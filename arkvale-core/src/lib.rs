@@ -37,7 +37,8 @@ pub mod stats;
 pub mod validate;
 
 pub use config::{
-    AttentionMode, CacheConfig, DigestKind, PageBudget, PrefillKeep, ScoreAgg, VictimRule,
+    AttentionMode, CacheConfig, DigestKind, PageBudget, PrefillKeep, Preset, ScoreAgg, VictimRule,
+    apply_overrides,
 };
 pub use dense::{MatmulDims, Rope, RopeScaling, RopeStyle, rope_inv_freq};
 pub use device::{
@@ -47,6 +48,6 @@ pub use device::{
 pub use dtype::{DType, KvDtype};
 pub use error::{Error, Result};
 pub use manager::{CacheManager, PageInfo, PrefillSnapshot, SeqId, SnapshotOptions};
-pub use policy::{Policy, policy_by_name};
+pub use policy::{Policy, policy_by_name, policy_from_spec};
 pub use shape::ModelShape;
 pub use stats::{CacheStats, PhaseTimes};

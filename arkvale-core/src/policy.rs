@@ -268,6 +268,21 @@ pub fn policy_by_name(name: &str, config: &CacheConfig) -> Result<Box<dyn Policy
     })
 }
 
+/// A policy spec `NAME` or `NAME:key=value+...` ([`crate::apply_overrides`] lists the keys),
+/// e.g. `arkvale:preset=paper` or `arkvale:victims=attention+groups=kv`: the cache
+/// configuration `config` with the overrides applied (for a model of `kv_heads` KV heads) and
+/// the policy built from it.
+pub fn policy_from_spec(
+    spec: &str,
+    config: &CacheConfig,
+    kv_heads: usize,
+) -> Result<(Box<dyn Policy>, CacheConfig)> {
+    let (name, overrides) = spec.split_once(':').unwrap_or((spec, ""));
+    let mut c = config.clone();
+    crate::apply_overrides(&mut c, overrides, kv_heads)?;
+    Ok((policy_by_name(name.trim(), &c)?, c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +299,19 @@ mod tests {
                 .to_string()
                 .contains("lru")
         );
+    }
+
+    #[test]
+    fn specs_name_a_policy_and_override_its_config() {
+        let base = CacheConfig::default();
+        let (p, c) = policy_from_spec("arkvale:victims=attention+agg=max", &base, 4).unwrap();
+        assert_eq!(p.name(), "arkvale");
+        assert_eq!(p.victims(), VictimRule::Attention);
+        assert_eq!(c.score_agg, crate::ScoreAgg::Max);
+        let (p, c) = policy_from_spec("streaming", &base, 4).unwrap();
+        assert_eq!((p.name(), c), ("streaming".to_string(), base.clone()));
+        assert!(policy_from_spec("arkvale:victims", &base, 4).is_err());
+        assert!(policy_from_spec("lru:agg=max", &base, 4).is_err());
     }
 
     #[test]

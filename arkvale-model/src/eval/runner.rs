@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use arkvale_core::{
     CacheConfig, CacheManager, PrefillSnapshot, SeqId, SnapshotOptions, policy::Residency,
-    policy_by_name,
+    policy_by_name, policy_from_spec,
 };
 
 use super::{EvalError, Result, argmax};
@@ -37,7 +37,9 @@ impl Progress for NoProgress {
 /// One policy at one budget (and optionally one top-k) of a sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Variant {
-    /// Policy name (`arkvale-core`'s `POLICY_NAMES`).
+    /// Policy spec: a name of `arkvale-core`'s `POLICY_NAMES`, optionally with overrides of
+    /// the sweep's cache settings (`arkvale:preset=paper`, `arkvale:victims=attention`; see
+    /// [`arkvale_core::policy_from_spec`]).
     pub policy: String,
     /// Token budget; `None` for `full`, which keeps everything whatever the budget.
     pub budget: Option<usize>,
@@ -77,7 +79,7 @@ impl Sweep {
         }
         let mut variants = Vec::new();
         for p in policies {
-            policy_by_name(p, &base)?;
+            policy_from_spec(p, &base, 1)?;
             if p == "full" {
                 if !variants.iter().any(|v: &Variant| v.policy == "full") {
                     variants.push(Variant {
@@ -105,8 +107,13 @@ impl Sweep {
         Ok(Sweep { base, variants })
     }
 
-    /// The cache configuration of `v` (byte sizes still to be set).
-    pub fn config_for(&self, v: &Variant) -> CacheConfig {
+    /// The policy and cache configuration of `v` for a model with `kv_heads` KV heads (byte
+    /// sizes still to be set).
+    pub fn config_for(
+        &self,
+        v: &Variant,
+        kv_heads: usize,
+    ) -> Result<(Box<dyn arkvale_core::Policy>, CacheConfig)> {
         let mut c = self.base.clone();
         if let Some(b) = v.budget {
             c.budget_tokens = b;
@@ -118,7 +125,8 @@ impl Sweep {
         if v.topk.is_some() {
             c.topk_tokens = v.topk;
         }
-        c
+        let (policy, c) = policy_from_spec(&v.policy, &c, kv_heads)?;
+        Ok((policy, c))
     }
 
     /// Checks every variant against the model (budget too small for sinks + window, top-k
@@ -126,11 +134,10 @@ impl Sweep {
     /// before any prefill.
     pub fn validate(&self, model: &LlamaModel) -> Result<()> {
         for v in &self.variants {
-            let mut c = self.config_for(v);
+            let (policy, mut c) = self.config_for(v, model.shape().kv_heads)?;
             let slot = c.slot_bytes(&model.shape());
             c.device_bytes = slot * (c.budget_tokens / c.page_size + 2);
             c.host_bytes = slot;
-            let policy = policy_by_name(&v.policy, &c)?;
             CacheManager::new(model.device().clone(), model.shape(), c, policy)
                 .map_err(|e| EvalError::Input(format!("{}: {e}", v.label())))?;
         }
@@ -200,8 +207,7 @@ pub fn fork(
     snap: &PrefillSnapshot,
     extra_tokens: usize,
 ) -> Result<(CacheManager, SeqId)> {
-    let mut c = sweep.config_for(v);
-    let policy = policy_by_name(&v.policy, &c)?;
+    let (policy, mut c) = sweep.config_for(v, model.shape().kv_heads)?;
     let (dev_bytes, host_bytes) =
         cache_bytes(model, &c, policy.residency(), snap.tokens() + extra_tokens);
     c.device_bytes = dev_bytes;

@@ -152,21 +152,15 @@ pub struct CacheArgs {
     /// Resident KV tokens per (layer, head group); a multiple of --page-size.
     #[arg(long, default_value_t = 2048, value_name = "TOKENS")]
     pub budget: usize,
-    /// Tokens per KV page: 8, 16, 32 or 64.
-    #[arg(long, default_value_t = 32, value_name = "TOKENS")]
-    pub page_size: usize,
+    /// Page geometry and ArkVale's selection rules.
+    #[command(flatten)]
+    pub selection: crate::selection::SelectionArgs,
     /// Page digest used to estimate importance.
     #[arg(long, default_value = "cuboid-mean", value_parser = PossibleValuesParser::new(DigestKind::ALL.map(DigestKind::name)))]
     pub digest: String,
     /// Tokens that take part in each attention (top-k) [default: min(1280, budget / 2)].
     #[arg(long, value_name = "TOKENS")]
     pub topk: Option<usize>,
-    /// Leading pages never evicted (attention sinks).
-    #[arg(long, default_value_t = 1, value_name = "PAGES")]
-    pub sinks: usize,
-    /// Trailing pages never evicted (>= 2).
-    #[arg(long, default_value_t = 2, value_name = "PAGES")]
-    pub window: usize,
     /// Leading layers that keep every page.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub dense_layers: usize,
@@ -282,16 +276,15 @@ mod tests {
         assert_eq!(g.run.temperature, 0.0);
         assert_eq!((g.run.top_k, g.run.top_p, g.run.seed), (0, 1.0, None));
         assert_eq!(g.run.cache.policy, "arkvale");
-        assert_eq!((g.run.cache.budget, g.run.cache.page_size), (2048, 32));
+        let sel = &g.run.cache.selection;
+        assert_eq!((g.run.cache.budget, sel.page_size), (2048, None));
+        assert_eq!(sel.preset, "recommended");
         assert_eq!(g.run.cache.digest, "cuboid-mean");
         assert_eq!(
-            (
-                g.run.cache.sinks,
-                g.run.cache.window,
-                g.run.cache.dense_layers
-            ),
-            (1, 2, 2)
+            (sel.sinks, sel.window, g.run.cache.dense_layers),
+            (None, None, 2)
         );
+        assert!(sel.head_groups.is_none() && sel.victims.is_none() && sel.prefill_keep.is_none());
         assert_eq!(g.run.cache.attention, Attention::Resident);
         assert_eq!(g.run.cache.kv_dtype, KvType::F16);
         assert_eq!(g.run.weights, WeightDtype::F32);
@@ -322,6 +315,16 @@ mod tests {
             "512",
             "--page-size",
             "16",
+            "--preset",
+            "paper",
+            "--head-groups",
+            "kv",
+            "--score-agg",
+            "max",
+            "--victims",
+            "attention",
+            "--prefill-keep",
+            "digest",
             "--digest",
             "sphere-max",
             "--topk",
@@ -351,19 +354,21 @@ mod tests {
         );
         assert_eq!((g.run.temperature, g.run.top_p), (0.7, 0.9));
         assert_eq!(g.run.cache.policy, "quest");
+        let sel = &g.run.cache.selection;
         assert_eq!(
-            (g.run.cache.budget, g.run.cache.page_size, g.run.cache.topk),
-            (512, 16, Some(128))
+            (g.run.cache.budget, sel.page_size, g.run.cache.topk),
+            (512, Some(16), Some(128))
         );
         assert_eq!(g.run.cache.digest, "sphere-max");
         assert_eq!(
-            (
-                g.run.cache.sinks,
-                g.run.cache.window,
-                g.run.cache.dense_layers
-            ),
-            (2, 3, 0)
+            (sel.sinks, sel.window, g.run.cache.dense_layers),
+            (Some(2), Some(3), 0)
         );
+        assert_eq!(sel.preset, "paper");
+        assert_eq!(sel.head_groups.as_deref(), Some("kv"));
+        assert_eq!(sel.score_agg.as_deref(), Some("max"));
+        assert_eq!(sel.victims.as_deref(), Some("attention"));
+        assert_eq!(sel.prefill_keep.as_deref(), Some("digest"));
         assert_eq!(g.run.cache.attention, Attention::Sparse);
         assert_eq!(g.run.cache.kv_dtype, KvType::Bf16);
         assert_eq!((g.run.threads, g.run.weights), (Some(2), WeightDtype::F16));

@@ -83,12 +83,6 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
     if a.context == 0 || a.generate == 0 || a.max_batch == 0 || a.full_sequences == 0 {
         bail!("--context, --generate, --max-batch and --full-sequences must be at least 1");
     }
-    if a.prefill_chunk == 0 || a.prefill_chunk % a.cache.page_size != 0 {
-        bail!(
-            "--prefill-chunk must be a non-zero multiple of --page-size ({})",
-            a.cache.page_size
-        );
-    }
     let m = load(&a.common)?;
     let ctx = m.model.config().context_length;
     if a.context + a.generate > ctx {
@@ -98,7 +92,13 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
             a.generate
         );
     }
-    let mut base = base_config(&a.cache)?;
+    let mut base = base_config(&a.cache, m.model.shape().kv_heads)?;
+    if a.prefill_chunk == 0 || a.prefill_chunk % base.page_size != 0 {
+        bail!(
+            "--prefill-chunk must be a non-zero multiple of the page size ({})",
+            base.page_size
+        );
+    }
     base.prefill_chunk_tokens = a.prefill_chunk;
     let shape = m.model.shape();
     let slot = base.slot_bytes(&shape);

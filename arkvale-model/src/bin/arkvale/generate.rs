@@ -108,7 +108,7 @@ impl Loaded {
         c: &CacheArgs,
         total_tokens: usize,
     ) -> Result<(CacheManager, CacheConfig)> {
-        let mut config = cache_config(c)?;
+        let mut config = cache_config(c, self.model.shape().kv_heads)?;
         let policy = policy_by_name(&c.policy, &config)?;
         let sizing = size_cache(
             &self.model.shape(),
@@ -416,13 +416,10 @@ fn read_prompt(args: &GenerateArgs) -> Result<String> {
 }
 
 /// The cache configuration of the command-line options (byte budgets are set later).
-pub fn cache_config(c: &CacheArgs) -> Result<CacheConfig> {
-    Ok(CacheConfig {
-        page_size: c.page_size,
+pub fn cache_config(c: &CacheArgs, kv_heads: usize) -> Result<CacheConfig> {
+    let base = CacheConfig {
         budget_tokens: c.budget,
         topk_tokens: c.topk,
-        sink_pages: c.sinks,
-        window_pages: c.window,
         dense_layers: c.dense_layers,
         digest: DigestKind::parse(&c.digest)?,
         attention: match c.attention {
@@ -432,7 +429,8 @@ pub fn cache_config(c: &CacheArgs) -> Result<CacheConfig> {
         kv_dtype: kv_dtype(c.kv_dtype),
         prefill_chunk_tokens: PREFILL_CHUNK,
         ..Default::default()
-    })
+    };
+    c.selection.apply(base, kv_heads)
 }
 
 /// The core KV type of `--kv-dtype`.

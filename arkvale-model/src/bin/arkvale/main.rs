@@ -17,6 +17,7 @@ mod eval;
 mod generate;
 mod info;
 mod model_path;
+mod selection;
 mod serve;
 
 use std::process::ExitCode;

@@ -125,15 +125,9 @@ pub struct SweepArgs {
 /// Page geometry and ArkVale settings shared by every policy of a sweep.
 #[derive(Debug, Args, Clone)]
 pub struct CacheShape {
-    /// Tokens per KV page: 8, 16, 32 or 64.
-    #[arg(long, default_value_t = 32, value_name = "TOKENS")]
-    pub page_size: usize,
-    /// Leading pages never evicted (attention sinks).
-    #[arg(long, default_value_t = 1, value_name = "PAGES")]
-    pub sinks: usize,
-    /// Trailing pages never evicted (>= 2).
-    #[arg(long, default_value_t = 2, value_name = "PAGES")]
-    pub window: usize,
+    /// Page geometry and ArkVale's selection rules.
+    #[command(flatten)]
+    pub selection: crate::selection::SelectionArgs,
     /// Leading layers that keep every page.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub dense_layers: usize,

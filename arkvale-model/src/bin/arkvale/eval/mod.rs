@@ -37,7 +37,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let depths = parse_depths(&a.depths).map_err(anyhow::Error::msg)?;
             let m = load(&a.common)?;
             let tok = Tok(&m.tokenizer);
-            let sweep = sweep(&a.sweep)?;
+            let sweep = sweep(&a.sweep, m.model.shape().kv_heads)?;
             let haystack = haystack(&tok, a.haystack_file.as_deref())?;
             let render = |text: &str| -> eval::Result<Vec<u32>> {
                 m.chat_tokens(&[arkvale_model::chat::Message::new("user", text)])
@@ -82,7 +82,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let depths = parse_depths(&a.depths).map_err(anyhow::Error::msg)?;
             let m = load(&a.common)?;
             let tok = Tok(&m.tokenizer);
-            let sweep = sweep(&a.sweep)?;
+            let sweep = sweep(&a.sweep, m.model.shape().kv_heads)?;
             let haystack = haystack(&tok, a.haystack_file.as_deref())?;
             let opts = niah::NiahOptions {
                 variants: a.variants.clone(),
@@ -112,7 +112,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         EvalTask::Fidelity(a) => {
             let m = load(&a.common)?;
             let tok = Tok(&m.tokenizer);
-            let sweep = sweep(&a.sweep)?;
+            let sweep = sweep(&a.sweep, m.model.shape().kv_heads)?;
             let text = eval::runner::text_tokens(&tok, &a.text_file, a.prefill + a.decode)?;
             let opts = fidelity::FidelityOptions {
                 prefill: a.prefill,
@@ -165,7 +165,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let m = load(&a.common)?;
             let tok = Tok(&m.tokenizer);
             let sweep = Sweep {
-                base: base_config(&a.cache)?,
+                base: base_config(&a.cache, m.model.shape().kv_heads)?,
                 variants: Vec::new(),
             };
             let text = eval::runner::text_tokens(&tok, &a.text_file, a.prefill + a.decode)?;
@@ -344,15 +344,9 @@ pub fn load(c: &CommonArgs) -> Result<LoadedModel> {
 }
 
 /// The cache configuration of the shared cache options (shared with `arkvale bench`).
-pub fn base_config(c: &CacheShape) -> Result<CacheConfig> {
-    if ![8, 16, 32, 64].contains(&c.page_size) {
-        bail!("--page-size must be 8, 16, 32 or 64, got {}", c.page_size);
-    }
-    Ok(CacheConfig {
-        page_size: c.page_size,
+pub fn base_config(c: &CacheShape, kv_heads: usize) -> Result<CacheConfig> {
+    let base = CacheConfig {
         topk_tokens: c.topk,
-        sink_pages: c.sinks,
-        window_pages: c.window,
         dense_layers: c.dense_layers,
         digest: DigestKind::parse(&c.digest)?,
         attention: match c.attention {
@@ -360,19 +354,25 @@ pub fn base_config(c: &CacheShape) -> Result<CacheConfig> {
             Attention::Sparse => AttentionMode::Sparse,
         },
         kv_dtype: kv_dtype(c.kv_dtype),
-        prefill_chunk_tokens: PREFILL_CHUNK.div_ceil(c.page_size) * c.page_size,
+        prefill_chunk_tokens: PREFILL_CHUNK,
         ..Default::default()
-    })
+    };
+    c.selection.apply(base, kv_heads)
 }
 
-fn sweep(s: &SweepArgs) -> Result<Sweep> {
+fn sweep(s: &SweepArgs, kv_heads: usize) -> Result<Sweep> {
     let policies: Vec<String> = s.policies.iter().map(|p| p.trim().to_string()).collect();
-    Ok(Sweep::new(base_config(&s.cache)?, &policies, &s.budgets)?)
+    Ok(Sweep::new(
+        base_config(&s.cache, kv_heads)?,
+        &policies,
+        &s.budgets,
+    )?)
 }
 
 fn cache_meta(s: &Sweep) -> serde_json::Value {
     let b = &s.base;
     json!({
+        "selection": crate::selection::selection_meta(b),
         "page_size": b.page_size, "sinks": b.sink_pages, "window": b.window_pages,
         "dense_layers": b.dense_layers, "digest": b.digest.name(), "topk": b.topk_tokens,
         "kv_dtype": format!("{:?}", b.kv_dtype), "prefill_chunk": b.prefill_chunk_tokens,

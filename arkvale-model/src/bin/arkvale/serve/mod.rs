@@ -70,7 +70,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let engine = Engine::spawn(
         loaded.clone(),
         EngineConfig {
-            cache: cache_config(&args.cache)?,
+            cache: cache_config(&args.cache, loaded.model.shape().kv_heads)?,
             policy: args.cache.policy.clone(),
             kv_bytes: args.kv_memory_mib << 20,
             host_bytes: args.host_memory_mib << 20,
