@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use arkvale_core::manager::SeqId;
 use arkvale_core::policy::{POLICY_NAMES, Residency};
-use arkvale_core::{CacheConfig, Device, Error, KvDtype, ModelShape};
+use arkvale_core::{
+    CacheConfig, Device, Error, KvDtype, ModelShape, PrefillKeep, ScoreAgg, VictimRule,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -51,6 +53,10 @@ pub fn cases() -> Vec<Case> {
             name: "cache::recall_displaces_the_lowest_ranked_residents",
             run: victims_are_lowest_ranked,
         },
+        Case {
+            name: "cache::attention_feedback_keeps_what_attention_read",
+            run: victims_follow_attention_mass,
+        },
     ]
 }
 
@@ -68,6 +74,9 @@ struct Scenario {
     steps: Vec<usize>,
     dtype: KvDtype,
     seed: u64,
+    /// Bits of ArkVale's selection rules: 1 attention-feedback victims, 2 attention-mass
+    /// prefill selection, 4 max score aggregation (the paper's rules at 0).
+    rules: u8,
 }
 
 impl Scenario {
@@ -100,6 +109,21 @@ impl Scenario {
             device_bytes: slots * slot,
             host_bytes: slots * slot,
             prefill_chunk_tokens: self.chunk_pages * p,
+            victims: if self.rules & 1 != 0 {
+                VictimRule::Attention
+            } else {
+                VictimRule::Digest
+            },
+            prefill_keep: if self.rules & 2 != 0 {
+                PrefillKeep::Attention
+            } else {
+                PrefillKeep::Digest
+            },
+            score_agg: if self.rules & 4 != 0 {
+                ScoreAgg::Max
+            } else {
+                ScoreAgg::Mean
+            },
             ..CacheConfig::default()
         }
     }
@@ -117,9 +141,10 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         1usize..=4,
         any::<u64>(),
         prop::sample::select(vec![KvDtype::F32, KvDtype::F16, KvDtype::BF16]),
+        0u8..8,
     )
         .prop_flat_map(
-            |(gqa, kv, d, layers, page, budget, chunk, batch, seed, dtype)| {
+            |(gqa, kv, d, layers, page, budget, chunk, batch, seed, dtype, rules)| {
                 let groups = prop::sample::select(
                     vec![1usize, 2, 4]
                         .into_iter()
@@ -127,7 +152,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                         .collect::<Vec<_>>(),
                 );
                 (
-                    Just((gqa, kv, d, layers, page, budget, chunk, seed, dtype)),
+                    Just((gqa, kv, d, layers, page, budget, chunk, seed, dtype, rules)),
                     groups,
                     0..=layers.min(1),
                     1..=budget - 3,
@@ -138,7 +163,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         )
         .prop_map(
             |(
-                (gqa, kv, d, layers, page, budget, chunk, seed, dtype),
+                (gqa, kv, d, layers, page, budget, chunk, seed, dtype, rules),
                 groups,
                 dense,
                 topk,
@@ -162,6 +187,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     steps,
                     dtype,
                     seed,
+                    rules,
                 }
             },
         )
@@ -535,6 +561,40 @@ fn removal_frees_everything(dev: &Arc<dyn Device>) -> Result<(), String> {
 /// resident candidates; the best resident candidate outside the top-k stays. And step 5: the
 /// new page takes the slot of the page leaving the window.
 fn victims_are_lowest_ranked(dev: &Arc<dyn Device>) -> Result<(), String> {
+    let after_step = recall_scenario(dev, VictimRule::Digest, PrefillKeep::Digest)?;
+    if after_step != [0, 1, 4, 5, 9, 10] {
+        return Err(format!(
+            "after the recall: resident {after_step:?}, expected [0, 1, 4, 5, 9, 10]"
+        ));
+    }
+    Ok(())
+}
+
+/// Attention feedback (DESIGN.md §2, beyond the paper): the prompt keeps the pages with the
+/// most exact attention mass of its last query, and a recall displaces the resident
+/// candidates with the least mass measured at the previous attention — here the prompt's —
+/// not the lowest digest scores of the current query.
+fn victims_follow_attention_mass(dev: &Arc<dyn Device>) -> Result<(), String> {
+    let after_step = recall_scenario(dev, VictimRule::Attention, PrefillKeep::Attention)?;
+    if after_step != [0, 3, 4, 5, 9, 10] {
+        return Err(format!(
+            "after the recall: resident {after_step:?}, expected [0, 3, 4, 5, 9, 10] (pages 1 \
+             and 2 had the least attention mass)"
+        ));
+    }
+    Ok(())
+}
+
+/// A 10-page prompt whose last query (+e1) attends pages 3 > 2 > 1 most (pages 4, 5 point
+/// along e0 and away from e1, pages 6, 7 slightly away); after it, sinks + pages 1-3 + the
+/// window must be resident. Then one decode step whose query wants pages 4 and 5 (top-k = 2)
+/// and, along -e2, ranks page 1 above 2 above 3 by digest: the two recalls need two victims
+/// among pages 1-3. Returns the resident pages after the step.
+fn recall_scenario(
+    dev: &Arc<dyn Device>,
+    victims: VictimRule,
+    prefill_keep: PrefillKeep,
+) -> Result<Vec<usize>, String> {
     let (d, p) = (16, 8);
     let shape = ModelShape {
         layers: 1,
@@ -549,6 +609,8 @@ fn victims_are_lowest_ranked(dev: &Arc<dyn Device>) -> Result<(), String> {
         dense_layers: 0,
         kv_dtype: KvDtype::F32,
         prefill_chunk_tokens: 128,
+        victims,
+        prefill_keep,
         ..CacheConfig::default()
     };
     let mut h = Harness::new(dev, shape, cfg, "arkvale", 5)?;
@@ -556,13 +618,11 @@ fn victims_are_lowest_ranked(dev: &Arc<dyn Device>) -> Result<(), String> {
     let prompt = 10 * p;
     let mut k = h.rng.vec(prompt * d, 0.05);
     let v = h.rng.vec(prompt * d, 1.0);
-    // Pages 1, 2, 3 suit the prompt's last query (+e1) and rank 1 < 2 < 3 along e2; pages 4
-    // and 5 point along e0 (what the later query wants); pages 6 and 7 suit nobody.
     for t in 0..prompt {
         let row = &mut k[t * d..(t + 1) * d];
         match t / p {
             page @ 1..=3 => {
-                row[1] = 1.0;
+                row[1] = 0.5 + 0.5 * page as f32;
                 row[2] = 0.5 * page as f32;
             }
             4 | 5 => {
@@ -595,21 +655,15 @@ fn victims_are_lowest_ranked(dev: &Arc<dyn Device>) -> Result<(), String> {
         ));
     }
     // The first decode token opens page 10: page 8 leaves the window and gives up its slot;
-    // pages 4 and 5 are recalled into the slots of pages 1 and 2, the lowest-ranked residents.
+    // pages 4 and 5 are recalled into the slots of two of pages 1-3.
     let mut q = vec![0f32; 2 * d];
     for head in q.chunks_mut(d) {
         head[0] = 4.0;
-        head[2] = 1.0;
+        head[2] = -1.0;
     }
     let (_, k1, v1) = h.random_qkv(1);
     let masks = h.keep_masks(&[id], 0);
     let out = h.decode_layer_with(&[id], 0, &q, &k1, &v1)?;
     h.check_decode(&[id], 0, &q, &out, &masks, TOL)?;
-    let after_step = resident(&h)?;
-    if after_step != [0, 3, 4, 5, 9, 10] {
-        return Err(format!(
-            "after the recall: resident {after_step:?}, expected [0, 3, 4, 5, 9, 10]"
-        ));
-    }
-    Ok(())
+    resident(&h)
 }

@@ -20,6 +20,7 @@
 
 pub mod digest_recall;
 pub mod fidelity;
+pub mod haystacks;
 pub mod niah;
 pub mod passkey;
 pub mod recalls;

@@ -164,7 +164,12 @@ pub struct PasskeyArgs {
     /// comma-separated list of fractions in [0, 1].
     #[arg(long, default_value = "10", value_name = "N|LIST")]
     pub depths: String,
-    /// Real text as the haystack instead of the built-in filler.
+    /// The text the needles hide in: a built-in public-domain novel (`persuasion`,
+    /// `moby-dick`) or the paper's repetitive `filler` ("The grass is green. ..."), which
+    /// flatters digest selection (every filler page looks alike).
+    #[arg(long, default_value = "persuasion", value_parser = PossibleValuesParser::new(arkvale_model::eval::haystacks::NAMES))]
+    pub haystack: String,
+    /// A text file as the haystack instead (overrides --haystack).
     #[arg(long, value_name = "FILE")]
     pub haystack_file: Option<PathBuf>,
     /// Wrap the prompt in the model's chat template (one user turn; the answer prefix "The
@@ -207,7 +212,12 @@ pub struct NiahArgs {
     /// Values of the key in `multivalue`.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub values: usize,
-    /// Real text as the haystack instead of the built-in filler.
+    /// The text the needles hide in: a built-in public-domain novel (`persuasion`,
+    /// `moby-dick`) or the paper's repetitive `filler` ("The grass is green. ..."), which
+    /// flatters digest selection (every filler page looks alike).
+    #[arg(long, default_value = "persuasion", value_parser = PossibleValuesParser::new(arkvale_model::eval::haystacks::NAMES))]
+    pub haystack: String,
+    /// A text file as the haystack instead (overrides --haystack).
     #[arg(long, value_name = "FILE")]
     pub haystack_file: Option<PathBuf>,
 }

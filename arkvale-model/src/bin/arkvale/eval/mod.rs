@@ -38,7 +38,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let m = load(&a.common)?;
             let tok = Tok(&m.tokenizer);
             let sweep = sweep(&a.sweep, m.model.shape().kv_heads)?;
-            let haystack = haystack(&tok, a.haystack_file.as_deref())?;
+            let haystack = haystack(&tok, &a.haystack, a.haystack_file.as_deref())?;
             let render = |text: &str| -> eval::Result<Vec<u32>> {
                 m.chat_tokens(&[arkvale_model::chat::Message::new("user", text)])
                     .map_err(|e| eval::EvalError::Input(e.to_string()))
@@ -73,7 +73,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 json!({
                     "task": "passkey",
                     "contexts": a.contexts, "depths": opts.depths, "gen_tokens": a.gen_tokens,
-                    "haystack_file": a.haystack_file, "chat": a.chat, "cache": cache_meta(&sweep),
+                    "haystack": haystack_meta(&a.haystack, a.haystack_file.as_deref()), "chat": a.chat, "cache": cache_meta(&sweep),
                 }),
             );
             finish(&res, &out_dir(&a.common, "passkey"))
@@ -83,7 +83,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let m = load(&a.common)?;
             let tok = Tok(&m.tokenizer);
             let sweep = sweep(&a.sweep, m.model.shape().kv_heads)?;
-            let haystack = haystack(&tok, a.haystack_file.as_deref())?;
+            let haystack = haystack(&tok, &a.haystack, a.haystack_file.as_deref())?;
             let opts = niah::NiahOptions {
                 variants: a.variants.clone(),
                 contexts: a.contexts.clone(),
@@ -104,7 +104,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 json!({
                     "task": "niah", "variants": a.variants, "contexts": a.contexts,
                     "depths": opts.depths, "distractors": a.distractors, "values": a.values,
-                    "haystack_file": a.haystack_file, "cache": cache_meta(&sweep),
+                    "haystack": haystack_meta(&a.haystack, a.haystack_file.as_deref()), "cache": cache_meta(&sweep),
                 }),
             );
             finish(&res, &out_dir(&a.common, "niah"))
@@ -380,15 +380,25 @@ fn cache_meta(s: &Sweep) -> serde_json::Value {
     })
 }
 
-fn haystack(tok: &Tok<'_>, file: Option<&Path>) -> Result<passkey::Haystack> {
-    Ok(match file {
-        None => passkey::Haystack::filler(tok)?,
-        Some(f) => {
+/// The haystack of `--haystack NAME` / `--haystack-file FILE` (the file wins).
+fn haystack(tok: &Tok<'_>, name: &str, file: Option<&Path>) -> Result<passkey::Haystack> {
+    Ok(match (file, eval::haystacks::by_name(name)) {
+        (Some(f), _) => {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read the haystack file {}", f.display()))?;
             passkey::Haystack::text(tok, &text)?
         }
+        (None, Some(text)) => passkey::Haystack::text(tok, text)?,
+        (None, None) => passkey::Haystack::filler(tok)?,
     })
+}
+
+/// What the results metadata says about the haystack.
+fn haystack_meta(name: &str, file: Option<&Path>) -> String {
+    match file {
+        Some(f) => format!("file:{}", f.display()),
+        None => name.to_string(),
+    }
 }
 
 fn out_dir(c: &CommonArgs, task: &str) -> PathBuf {
