@@ -14,7 +14,10 @@ fn throughput_writes_table_json_and_plot() {
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_arkvale"))
         .args(["bench", "throughput", "--model", model.to_str().unwrap()])
+        // Tiny budgets of 8-token pages: the paper's 1 sink + 2 window pages fit in them (the
+        // recommended preset's 2 + 4 would not).
         .args(["--context", "160", "--generate", "2", "--page-size", "8"])
+        .args(["--preset", "paper"])
         .args([
             "--prefill-chunk",
             "16",

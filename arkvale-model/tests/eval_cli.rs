@@ -108,13 +108,13 @@ fn csv_rows(csv: &str) -> usize {
     rows
 }
 
-const SWEEP: [&str; 6] = [
+/// `full`, the default `arkvale` (the recommended preset: pages of 16) and the paper's rules
+/// (pages of 32) through a policy spec, at one budget that evicts.
+const SWEEP: [&str; 4] = [
     "--policies",
-    "full,arkvale",
+    "full,arkvale,arkvale:preset=paper",
     "--budgets",
-    "128",
-    "--page-size",
-    "16",
+    "256",
 ];
 
 #[test]
@@ -124,7 +124,8 @@ fn passkey_smoke() {
     let Some(records) = run_eval(&args) else {
         return;
     };
-    assert_eq!(records.len(), 2 * 2);
+    assert_eq!(records.len(), 2 * 3);
+    assert!(records.iter().any(|r| r["policy"] == "arkvale:preset=paper"));
     for r in &records {
         assert_eq!(r["task"], "passkey");
         assert_eq!(r["key"].as_str().unwrap().len(), 5);
@@ -154,7 +155,7 @@ fn niah_smoke() {
     let Some(records) = run_eval(&args) else {
         return;
     };
-    assert_eq!(records.len(), 2 * 2);
+    assert_eq!(records.len(), 2 * 3);
     assert!(records.iter().any(|r| r["task"] == "niah-multikey"));
 }
 
@@ -174,7 +175,7 @@ fn fidelity_smoke() {
     let Some(records) = run_eval(&args) else {
         return;
     };
-    assert_eq!(records.len(), 2);
+    assert_eq!(records.len(), 3);
     let full = &records[0];
     assert_eq!(full["policy"], "full");
     assert_eq!(full["top1_agreement"], 1.0);
@@ -226,7 +227,7 @@ fn recalls_smoke() {
         "--page-size",
         "16",
         "--capacities",
-        "128,256",
+        "256,384",
         "--ks",
         "32,64",
     ];

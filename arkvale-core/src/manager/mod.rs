@@ -18,6 +18,16 @@
 //!    waits for the recall on the device, the host does not;
 //! 5. attention runs over the resident pages (or sinks + top-`K` + window).
 //!
+//! Under **attention feedback** ([`crate::VictimRule::Attention`]) step 5 also asks the
+//! device for every attended page's log-sum-exp (same pass, no second read of the keys); the
+//! host turns them into page masses at the layer's *next* step, right after that step's
+//! selection is read back (the device has long finished by then, so this adds no wait), and
+//! step 4 then displaces the resident candidates with the least mass first (ties: the lower
+//! digest rank). Under [`crate::PrefillKeep::Attention`] the end of a prompt keeps the pages
+//! with the most exact attention mass of the last prompt query: one decode-style pass of that
+//! single query over the layer's pages, evicted ones staged back as prefill streams them (a
+//! second read of the keys for one query row, once per layer and prompt).
+//!
 //! A page leaves the device only after its backup completed (the host waits for that copy
 //! only if it is still in flight, which needs a page to fill and leave the window within
 //! one step). Everything is batched: one append, one summarize, one backup, one estimate,

@@ -134,7 +134,8 @@ pub fn assemble(
     let fixed = spec.prefix.len()
         + spec.suffix.len()
         + needles.iter().map(|n| n.1.len()).sum::<usize>()
-        + nl.len() * (2 * needles.len() + 1);
+        // A newline before every haystack segment (needles + 1), every needle, and the suffix.
+        + nl.len() * (2 * needles.len() + 2);
     if fixed + 16 > context {
         return Err(EvalError::Input(format!(
             "a context of {context} tokens cannot hold the task, needles and question ({fixed} \
@@ -399,6 +400,37 @@ mod tests {
         assert_eq!(s, vec![vec![1, 2, 3, 1, 2], vec![3, 1, 2, 3, 1]]);
         let s = h.segments(4, &[0.0, 1.0]);
         assert_eq!(s.iter().map(Vec::len).collect::<Vec<_>>(), vec![0, 4, 0]);
+    }
+
+    /// One token per character.
+    struct Chars;
+    impl EvalTokenizer for Chars {
+        fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+            Ok(text.chars().map(|c| c as u32).collect())
+        }
+        fn decode_text(&self, ids: &[u32]) -> Result<String> {
+            Ok(ids.iter().filter_map(|&i| char::from_u32(i)).collect())
+        }
+        fn eos(&self) -> Option<u32> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_text_haystack_prompt_has_exactly_the_context() {
+        let h = Haystack::Text((100..200).collect());
+        for needles in 1..=3 {
+            let spec = PromptSpec {
+                prefix: vec![1, 2, 3],
+                needles: (0..needles).map(|i| (i as f64 / 3.0, vec![7; 5])).collect(),
+                suffix: vec![4, 5],
+                haystack: &h,
+            };
+            for context in [64, 65, 300] {
+                let ids = assemble(&Chars, &spec, context).unwrap();
+                assert_eq!(ids.len(), context, "{needles} needles");
+            }
+        }
     }
 
     #[test]
