@@ -1,29 +1,57 @@
 //! `arkvale serve` over real HTTP on a loopback port (reqwest): completions equal `arkvale
 //! generate` for the same seed, streaming equals non-streaming, 16 concurrent requests
-//! complete, bad requests get the right 4xx with a JSON error body while the server keeps
-//! serving, a client that leaves mid-stream frees its sequence, and SIGTERM lets a request in
-//! flight finish before the server exits. Needs the SmolLM2 model
+//! complete and are counted in `/metrics` by the time their answers arrive, bad requests get
+//! the right 4xx with a JSON error body while the server keeps serving, a client that leaves
+//! mid-stream frees its sequence, and SIGTERM lets a request in flight finish before the
+//! server exits. No test sleeps to wait for the server: each waits for an answer that can
+//! only come after what it checks. Needs the SmolLM2 model
 //! (skipped without it).
 
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::model_path;
 use serde_json::{Value, json};
 
 /// A running `arkvale serve`, killed on drop.
 struct Server {
-    child: Child,
+    /// `None` once [`Server::wait_exit`] has taken it.
+    child: Option<Child>,
     base: String,
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
+    /// Waits for the server process to exit on its own and returns its status. The wait is
+    /// event-driven (`Child::wait`); `guard` only turns a hang into a failure.
+    async fn wait_exit(&mut self, guard: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the server is running");
+        let pid = child.id();
+        let waiting = tokio::task::spawn_blocking(move || child.wait());
+        match tokio::time::timeout(guard, waiting).await {
+            Ok(status) => status.unwrap().unwrap(),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                panic!("the server did not exit within {guard:?}");
+            }
+        }
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -51,7 +79,10 @@ fn start(model: &str, extra: &[&str]) -> Server {
     };
     // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Server { child, base }
+    Server {
+        child: Some(child),
+        base,
+    }
 }
 
 fn generate_json(model: &str, prompt: &str, extra: &[&str]) -> Value {
@@ -269,7 +300,7 @@ async fn completions_match_generate_and_bad_requests_are_4xx() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sixteen_concurrent_requests_complete_and_leaving_frees_the_sequence() {
+async fn sixteen_concurrent_requests_complete_and_are_counted() {
     let Some(model) = model_path() else { return };
     let model = model.to_str().unwrap().to_string();
     let server = start(
@@ -301,52 +332,88 @@ async fn sixteen_concurrent_requests_complete_and_leaving_frees_the_sequence() {
             assert!(v["choices"][0]["finish_reason"].is_string(), "{v}");
         }
     }
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("arkvale_requests_finished_total 16"),
+    // Every answer is in, so every request is counted: the engine updates its counters
+    // before it sends a request's last event.
+    let metrics = get_text(&http, &format!("{base}/metrics")).await;
+    assert_eq!(
+        metric(&metrics, "arkvale_requests_finished_total"),
+        16.0,
         "{metrics}"
     );
-    let batched: f64 = metric(&metrics, "arkvale_decode_steps_total");
-    assert!(batched > 0.0);
+    assert_eq!(
+        metric(&metrics, "arkvale_running_sequences"),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "arkvale_queued_requests"),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "arkvale_requests_cancelled_total"),
+        0.0,
+        "{metrics}"
+    );
+    assert!(metric(&metrics, "arkvale_decode_steps_total") > 0.0);
+}
 
-    // A client that leaves mid-stream: its sequence is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_stream_frees_its_sequence() {
+    let Some(model) = model_path() else { return };
+    // One sequence at a time: the next request is admitted only once the one before it has
+    // left the engine, so its answer is the signal that the first one is gone.
+    let server = start(model.to_str().unwrap(), &["--max-batch", "1"]);
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/completions", server.base);
+    let max_tokens = 2000;
     let mut res = http
-        .post(format!("{base}/v1/completions"))
-        .json(&json!({"prompt": PROMPT, "max_tokens": 2000, "stream": true, "temperature": 0}))
+        .post(&url)
+        .json(
+            &json!({"prompt": PROMPT, "max_tokens": max_tokens, "stream": true,
+                      "temperature": 0, "seed": 1}),
+        )
         .send()
         .await
         .unwrap();
     let first = res.chunk().await.unwrap();
     assert!(first.is_some());
     drop(res);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metric(&text, "arkvale_running_sequences") == 0.0
-            && metric(&text, "arkvale_requests_finished_total") == 17.0
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sequence was not freed: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+
+    let next: Value = http
+        .post(&url)
+        .json(&json!({"prompt": PROMPT, "max_tokens": 4, "temperature": 0}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(next["usage"]["completion_tokens"], 4, "{next}");
+    let metrics = get_text(&http, &format!("{}/metrics", server.base)).await;
+    assert_eq!(
+        metric(&metrics, "arkvale_requests_cancelled_total"),
+        1.0,
+        "the first request was not cancelled: {metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "arkvale_requests_finished_total"),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "arkvale_running_sequences"),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "arkvale_generated_tokens_total") < f64::from(max_tokens),
+        "{metrics}"
+    );
+}
+
+async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -360,36 +427,29 @@ fn metric(text: &str, name: &str) -> f64 {
 async fn sigterm_lets_the_request_in_flight_finish() {
     let Some(model) = model_path() else { return };
     let mut server = start(model.to_str().unwrap(), &[]);
-    let url = format!("{}/v1/completions", server.base);
-    let request = tokio::spawn(async move {
-        let body = json!({"prompt": PROMPT, "max_tokens": 24, "temperature": 0});
-        let res = reqwest::Client::new()
-            .post(url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (res.status().as_u16(), res.json::<Value>().await.unwrap())
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let body = json!({"prompt": PROMPT, "max_tokens": 24, "temperature": 0, "stream": true});
+    let mut res = reqwest::Client::new()
+        .post(format!("{}/v1/completions", server.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // The first streamed bytes: the request is in the engine, generating.
+    let mut received = res.chunk().await.unwrap().expect("a first chunk").to_vec();
     let killed = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
+        .args(["-TERM", &server.pid().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let (status, body) = request.await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["usage"]["completion_tokens"], 24, "{body}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(exit) = server.child.try_wait().unwrap() {
-            assert!(exit.success(), "{exit:?}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        received.extend_from_slice(&chunk);
     }
+    let received = String::from_utf8(received).unwrap();
+    let (text, done, finish) = sse_text(&received, false);
+    assert!(done, "{received}");
+    assert_eq!(finish.as_deref(), Some("length"), "{received}");
+    assert!(!text.is_empty(), "{received}");
+    let exit = server.wait_exit(Duration::from_secs(60)).await;
+    assert!(exit.success(), "{exit:?}");
 }
