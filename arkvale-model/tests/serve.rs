@@ -110,21 +110,34 @@ fn generate_json(model: &str, prompt: &str, extra: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// The concatenated text of an SSE body and whether it ended with `[DONE]`.
-fn sse_text(body: &str, chat: bool) -> (String, bool, Option<String>) {
-    let mut text = String::new();
+/// The JSON chunks of an SSE body, in order, and whether `data: [DONE]` ended it.
+fn sse_chunks(body: &str) -> (Vec<Value>, bool) {
+    let mut chunks = Vec::new();
     let mut done = false;
-    let mut finish = None;
     for line in body.lines() {
         let Some(data) = line.strip_prefix("data: ") else {
             continue;
         };
+        assert!(!done, "data after [DONE]: {body}");
         if data == "[DONE]" {
             done = true;
-            continue;
+        } else {
+            chunks.push(serde_json::from_str(data).unwrap());
         }
-        let v: Value = serde_json::from_str(data).unwrap();
-        let choice = &v["choices"][0];
+    }
+    (chunks, done)
+}
+
+/// The concatenated text of choice `index` in `chunks`, and its finish reason.
+fn choice_text(chunks: &[Value], chat: bool, index: u64) -> (String, Option<String>) {
+    let mut text = String::new();
+    let mut finish = None;
+    let choices = chunks
+        .iter()
+        .filter_map(|v| v["choices"].as_array())
+        .flatten()
+        .filter(|c| c["index"] == index);
+    for choice in choices {
         let piece = if chat {
             &choice["delta"]["content"]
         } else {
@@ -132,10 +145,31 @@ fn sse_text(body: &str, chat: bool) -> (String, bool, Option<String>) {
         };
         text.push_str(piece.as_str().unwrap_or(""));
         if let Some(f) = choice["finish_reason"].as_str() {
+            assert!(finish.is_none(), "two finish reasons for choice {index}");
             finish = Some(f.to_string());
         }
     }
+    (text, finish)
+}
+
+/// The text of choice 0 of an SSE body, whether it ended with `[DONE]`, and the finish
+/// reason.
+fn sse_text(body: &str, chat: bool) -> (String, bool, Option<String>) {
+    let (chunks, done) = sse_chunks(body);
+    let (text, finish) = choice_text(&chunks, chat, 0);
     (text, done, finish)
+}
+
+async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
+    let res = http.post(url).json(body).send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+async fn post_text(http: &reqwest::Client, url: &str, body: &Value) -> String {
+    let res = http.post(url).json(body).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.text().await.unwrap()
 }
 
 const PROMPT: &str = "The three primary colors are";
@@ -146,7 +180,14 @@ async fn completions_match_generate_and_bad_requests_are_4xx() {
     let model = model.to_str().unwrap().to_string();
     let server = start(
         &model,
-        &["--max-prompt-tokens", "200", "--max-body-bytes", "4096"],
+        &[
+            "--max-prompt-tokens",
+            "200",
+            "--max-body-bytes",
+            "4096",
+            "--served-model-name",
+            "smol",
+        ],
     );
     let http = reqwest::Client::new();
     let url = |p: &str| format!("{}{p}", server.base);
@@ -195,6 +236,47 @@ async fn completions_match_generate_and_bad_requests_are_4xx() {
     assert!(done);
     assert!(finish.is_some());
 
+    // n = 2: two choices from seeds 42 and 43, decoded together; choice 0 is the answer
+    // above, choice 1 the one request with seed 43 gets; usage sums their tokens.
+    let mut two = body.clone();
+    two["n"] = json!(2);
+    let (status, got2) = post_json(&http, &url("/v1/completions"), &two).await;
+    assert_eq!(status, 200, "{got2}");
+    let choices = got2["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2, "{got2}");
+    assert_eq!(
+        (&choices[0]["index"], &choices[1]["index"]),
+        (&json!(0), &json!(1))
+    );
+    assert_eq!(choices[0]["text"], want["text"], "{got2}");
+    let mut seed43 = body.clone();
+    seed43["seed"] = json!(43);
+    let (_, got43) = post_json(&http, &url("/v1/completions"), &seed43).await;
+    assert_eq!(choices[1]["text"], got43["choices"][0]["text"], "{got2}");
+    assert!(choices.iter().all(|c| c["finish_reason"].is_string()));
+    assert_eq!(
+        got2["usage"]["completion_tokens"].as_u64().unwrap(),
+        got["usage"]["completion_tokens"].as_u64().unwrap()
+            + got43["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(
+        got2["usage"]["prompt_tokens"],
+        got["usage"]["prompt_tokens"]
+    );
+    // Streamed, each choice's chunks carry its index and add up to the same texts.
+    two["stream"] = json!(true);
+    let (chunks, done) = sse_chunks(&post_text(&http, &url("/v1/completions"), &two).await);
+    assert!(done);
+    for (i, choice) in choices.iter().enumerate() {
+        let (text, finish) = choice_text(&chunks, false, i as u64);
+        assert_eq!(text, choice["text"].as_str().unwrap(), "choice {i}");
+        assert_eq!(finish.as_deref(), choice["finish_reason"].as_str());
+    }
+    assert!(
+        chunks.iter().all(|c| c.get("usage").is_none()),
+        "no usage asked for"
+    );
+
     // Chat, greedy: the same as `generate --chat`.
     let want = generate_json(&model, "What is 2+2?", &["--chat", "--max-tokens", "10"]);
     let chat = json!({"messages": [{"role": "user", "content": "What is 2+2?"}],
@@ -224,6 +306,67 @@ async fn completions_match_generate_and_bad_requests_are_4xx() {
         .await
         .unwrap();
     assert_eq!(sse_text(&body, true).0, want["text"].as_str().unwrap());
+    // stream_options.include_usage: `"usage": null` in every chunk, then one chunk with no
+    // choices and the same usage as the whole reply, then [DONE].
+    chat_stream["stream_options"] = json!({"include_usage": true});
+    let (chunks, done) =
+        sse_chunks(&post_text(&http, &url("/v1/chat/completions"), &chat_stream).await);
+    assert!(done);
+    let (last, rest) = chunks.split_last().unwrap();
+    assert_eq!(last["choices"], json!([]), "{last}");
+    assert_eq!(last["object"], "chat.completion.chunk");
+    assert_eq!(last["usage"], got["usage"], "{last}");
+    assert!(
+        rest.iter()
+            .all(|c| c["usage"].is_null() && c.get("usage").is_some())
+    );
+    assert_eq!(choice_text(rest, true, 0).0, want["text"].as_str().unwrap());
+
+    // The served names: the file's stem first, then the file name and --served-model-name.
+    let models: Value = http
+        .get(url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    let stem = std::path::Path::new(&model)
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(ids.first(), Some(&stem), "{models}");
+    assert!(ids.contains(&"smol"), "{models}");
+    for name in [stem, "smol"] {
+        let mut named = chat.clone();
+        named["model"] = json!(name);
+        named["max_tokens"] = json!(2);
+        let (status, v) = post_json(&http, &url("/v1/chat/completions"), &named).await;
+        assert_eq!(status, 200, "{name}: {v}");
+        assert_eq!(v["model"], name);
+    }
+    // An unknown model: OpenAI's 404 model_not_found, naming what is served.
+    for path in ["/v1/chat/completions", "/v1/completions"] {
+        let mut unknown = if path == "/v1/completions" {
+            json!({"prompt": PROMPT, "max_tokens": 2})
+        } else {
+            chat.clone()
+        };
+        unknown["model"] = json!("gpt-4o");
+        let (status, v) = post_json(&http, &url(path), &unknown).await;
+        assert_eq!(status, 404, "{v}");
+        assert_eq!(v["error"]["code"], "model_not_found", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("gpt-4o") && msg.contains("`smol`"), "{msg}");
+    }
 
     // Bad requests: the right status and a JSON error body.
     let long_prompt = "word ".repeat(400);
@@ -263,6 +406,26 @@ async fn completions_match_generate_and_bad_requests_are_4xx() {
             json!({"prompt": "x".repeat(5000)}).to_string(),
             413,
             "4096 bytes",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "n": 0}"#.to_string(),
+            400,
+            "\"n\" must be at least 1",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "n": 33}"#.to_string(),
+            400,
+            "at most 32 choices",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}],
+                   "stream_options": {"include_usage": true}})
+            .to_string(),
+            400,
+            "only allowed when",
         ),
     ] {
         let res = http
@@ -427,7 +590,8 @@ fn metric(text: &str, name: &str) -> f64 {
 async fn sigterm_lets_the_request_in_flight_finish() {
     let Some(model) = model_path() else { return };
     let mut server = start(model.to_str().unwrap(), &[]);
-    let body = json!({"prompt": PROMPT, "max_tokens": 24, "temperature": 0, "stream": true});
+    let body = json!({"prompt": PROMPT, "max_tokens": 24, "temperature": 0, "stream": true,
+                      "stream_options": {"include_usage": true}});
     let mut res = reqwest::Client::new()
         .post(format!("{}/v1/completions", server.base))
         .json(&body)
@@ -446,10 +610,13 @@ async fn sigterm_lets_the_request_in_flight_finish() {
         received.extend_from_slice(&chunk);
     }
     let received = String::from_utf8(received).unwrap();
-    let (text, done, finish) = sse_text(&received, false);
+    let (chunks, done) = sse_chunks(&received);
     assert!(done, "{received}");
+    let (text, finish) = choice_text(&chunks, false, 0);
     assert_eq!(finish.as_deref(), Some("length"), "{received}");
     assert!(!text.is_empty(), "{received}");
+    let usage = &chunks.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 24, "{received}");
     let exit = server.wait_exit(Duration::from_secs(60)).await;
     assert!(exit.success(), "{exit:?}");
 }

@@ -50,7 +50,8 @@ pub enum Command {
     /// with every baseline policy, written as results.json / CSV / markdown / PNG plots.
     Eval(crate::eval::args::EvalArgs),
     /// Serve the model over HTTP with an OpenAI-compatible API (continuous batching, KV
-    /// memory admission, streaming).
+    /// memory admission, streaming). The "model" of a request must be one of the served
+    /// names (see --served-model-name) or absent.
     Serve(crate::serve::args::ServeArgs),
     /// Benchmarks: `throughput` (the paper's Fig. 9b, largest batch under a KV memory cap).
     Bench(crate::bench::BenchArgs),
