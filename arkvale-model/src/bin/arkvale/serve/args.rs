@@ -10,7 +10,8 @@ use crate::args::{Backend, CacheArgs, WeightDtype};
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// GGUF model file or Hugging Face model directory [default: $ARKVALE_MODEL, then
-    /// models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    /// SmolLM2-135M-Instruct.Q4_1.gguf in $XDG_DATA_HOME/arkvale/models or
+    /// ~/.local/share/arkvale/models, then in ./models; `cargo xtask fetch-model --user`].
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Another name a request's "model" may use (repeatable). Accepted are: the model file's
