@@ -52,7 +52,8 @@ struct AppState {
     engine: EngineHandle,
     /// The names a request's `model` may use; the first is the one `/v1/models` lists first.
     model_names: Vec<String>,
-    /// Most choices (`n`) per request: `--max-batch`.
+    /// Most choices (`n`) per request: `--max-batch` (all decoded together), and no more
+    /// than `--max-queue` (so they can always be queued).
     max_n: usize,
     max_body: usize,
     max_prompt: usize,
@@ -93,7 +94,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let state = Arc::new(AppState {
         engine,
         model_names,
-        max_n: args.max_batch,
+        max_n: args.max_batch.min(args.max_queue),
         max_body: args.max_body_bytes,
         max_prompt,
         default_max_tokens: args.max_tokens,
@@ -272,7 +273,7 @@ async fn build_request(st: &AppState, body: Body, chat: bool) -> Result<BuiltReq
     if k.n > st.max_n {
         return Err(ApiError::bad_request(format!(
             "\"n\" is {} but this server generates at most {} choices per request \
-             (--max-batch)",
+             (--max-batch, --max-queue)",
             k.n, st.max_n
         )));
     }
