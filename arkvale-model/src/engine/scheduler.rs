@@ -90,18 +90,24 @@ impl<'m> Scheduler<'m> {
         self.publish_metrics();
     }
 
-    /// Removes requests whose receiver is gone (the client left).
+    /// Removes requests whose receiver is gone (the client left), counting each as finished
+    /// and cancelled.
     fn drop_cancelled(&mut self) {
         let before = self.queue.len();
         self.queue.retain(|s| !s.events.is_closed());
-        self.shared
-            .waiting
-            .fetch_sub(before - self.queue.len(), Ordering::AcqRel);
+        let dropped = before - self.queue.len();
+        if dropped > 0 {
+            let mut m = self.shared.metrics.lock();
+            m.finished += dropped as u64;
+            m.cancelled += dropped as u64;
+            // Under the metrics lock, so that a snapshot never sees them in neither place.
+            self.shared.waiting.fetch_sub(dropped, Ordering::AcqRel);
+        }
         let gone: Vec<usize> = (0..self.running.len())
             .filter(|&i| self.running[i].sub.events.is_closed())
             .collect();
         for i in gone.into_iter().rev() {
-            self.retire(i);
+            self.retire(i, true);
         }
     }
 
@@ -114,18 +120,21 @@ impl<'m> Scheduler<'m> {
             if self.reserved + front.slots > self.usable {
                 break;
             }
-            let sub = self.queue.pop_front().expect("front exists");
-            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
-            let sampler = match Sampler::new(sub.request.params, sub.request.seed) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = sub.events.send(Event::Failed(e));
-                    continue;
-                }
+            let Some(sub) = self.queue.pop_front() else {
+                break;
             };
-            let stop = match StopMatcher::new(sub.request.stop.clone()) {
-                Ok(s) => s,
+            let checked = Sampler::new(sub.request.params, sub.request.seed).and_then(|sampler| {
+                StopMatcher::new(sub.request.stop.clone()).map(|stop| (sampler, stop))
+            });
+            let (sampler, stop) = match checked {
+                Ok(parts) => parts,
                 Err(e) => {
+                    {
+                        let mut m = self.shared.metrics.lock();
+                        m.finished += 1;
+                        self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
+                    }
+                    // Counted before the client hears of it.
                     let _ = sub.events.send(Event::Failed(e));
                     continue;
                 }
@@ -140,6 +149,10 @@ impl<'m> Scheduler<'m> {
                 stop,
                 generated: 0,
             });
+            // Moved from the queue to the running set in one step of the counters.
+            let mut m = self.shared.metrics.lock();
+            m.running = self.running.len();
+            self.shared.waiting.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -288,6 +301,9 @@ impl<'m> Scheduler<'m> {
                 }
             }
         }
+        // Retired (and counted) before the last events go out: a client that has its whole
+        // answer sees the request finished in the metrics.
+        let r = self.retire(i, false);
         if !text.is_empty() || !tokens.is_empty() {
             let _ = r.sub.events.send(Event::Text { text, tokens });
         }
@@ -296,23 +312,30 @@ impl<'m> Scheduler<'m> {
             prompt_tokens: r.sub.request.prompt.len(),
             completion_tokens: r.generated,
         });
-        self.retire(i);
     }
 
-    /// Sends `Failed(message)` and retires sequence `i`.
+    /// Retires sequence `i`, then sends `Failed(message)`.
     fn fail(&mut self, i: usize, message: String) {
-        let _ = self.running[i].sub.events.send(Event::Failed(message));
-        self.retire(i);
+        let r = self.retire(i, false);
+        let _ = r.sub.events.send(Event::Failed(message));
     }
 
-    /// Removes sequence `i` from the cache and releases its reservation.
-    fn retire(&mut self, i: usize) {
+    /// Removes sequence `i` from the cache, releases its reservation and updates the
+    /// counters (`running`, `finished`, `cancelled` when `cancelled`, the KV bytes), all
+    /// before the caller tells the client; returns the request so that the caller can.
+    fn retire(&mut self, i: usize, cancelled: bool) -> Running<'m> {
         let r = self.running.remove(i);
         self.reserved -= r.sub.slots;
         // Removing a known sequence cannot fail; if it did, its pages stay reserved in the
         // pool, which only lowers capacity.
         let _ = self.cache.remove_sequence(r.seq);
-        self.shared.metrics.lock().finished += 1;
+        let mut m = self.shared.metrics.lock();
+        m.finished += 1;
+        m.cancelled += u64::from(cancelled);
+        m.running = self.running.len();
+        m.kv_resident_bytes = self.cache.resident_bytes();
+        m.kv_full_bytes = self.cache.full_bytes();
+        r
     }
 
     fn publish_metrics(&self) {

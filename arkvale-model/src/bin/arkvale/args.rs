@@ -1,4 +1,5 @@
-//! The command line: `arkvale generate`, `arkvale chat` and `arkvale info` (clap derive).
+//! The command line: `arkvale generate`, `chat`, `info`, `eval`, `serve` and `bench` (clap
+//! derive).
 
 use std::path::PathBuf;
 
@@ -8,10 +9,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The environment variable naming the default model file.
 pub const MODEL_ENV: &str = "ARKVALE_MODEL";
-
-/// Where the default model is looked for (relative to the current directory) when neither
-/// `--model` nor `$ARKVALE_MODEL` is given.
-pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// Extra text of `arkvale generate --help`: memory sizing and the statistics.
 const GENERATE_NOTES: &str = "\
@@ -25,9 +22,24 @@ Statistics (last line on stderr; the \"stats\" object with --json): prefill and 
 KV bytes resident on the device vs a full cache for the same tokens, and recalls per step \
 (pages recalled from host backups per decode step, all layers together).";
 
-/// Run Llama-family GGUF models with an ArkVale (recallable eviction) KV cache.
+/// Run Llama-family models with an ArkVale KV cache: generate, chat, serve, evaluate, benchmark.
+///
+/// arkvale runs Llama-family decoders (SmolLM2, Llama 2/3, Mistral, Qwen2 architectures; GGUF
+/// files or Hugging Face safetensors directories) on the CPU, or on a GPU through wgpu or CUDA
+/// when built with those features, with the KV cache of the ArkVale paper: the cache is paged,
+/// pages beyond a token budget are evicted to host memory but keep a small digest, and the
+/// pages a query needs are recalled before attention. `generate` continues a prompt, `chat`
+/// holds a multi-turn conversation, `info` describes a model and the KV memory a context
+/// needs, `serve` answers an OpenAI-compatible HTTP API with continuous batching and KV-memory
+/// admission, `eval` runs the paper's accuracy experiments (passkey, needle in a haystack,
+/// fidelity, digest recall, recalls per step) against the baseline policies (full, streaming,
+/// H2O, TOVA, Quest), and `bench throughput` measures the largest batch and tokens/s that fit
+/// a KV memory cap. Without --model (or $ARKVALE_MODEL) the default model,
+/// SmolLM2-135M-Instruct.Q4_1.gguf, is read from $XDG_DATA_HOME/arkvale/models or
+/// ~/.local/share/arkvale/models (then ./models); `cargo xtask fetch-model --user` puts it
+/// there.
 #[derive(Debug, Parser)]
-#[command(name = "arkvale", version, about, long_about = None)]
+#[command(name = "arkvale", version)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -50,7 +62,8 @@ pub enum Command {
     /// with every baseline policy, written as results.json / CSV / markdown / PNG plots.
     Eval(crate::eval::args::EvalArgs),
     /// Serve the model over HTTP with an OpenAI-compatible API (continuous batching, KV
-    /// memory admission, streaming).
+    /// memory admission, streaming). The "model" of a request must be one of the served
+    /// names (see --served-model-name) or absent.
     Serve(crate::serve::args::ServeArgs),
     /// Benchmarks: `throughput` (the paper's Fig. 9b, largest batch under a KV memory cap).
     Bench(crate::bench::BenchArgs),
@@ -91,7 +104,9 @@ pub struct ChatArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// GGUF model file or Hugging Face model directory (config.json, tokenizer.json,
-    /// *.safetensors) [default: $ARKVALE_MODEL, then models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    /// *.safetensors) [default: $ARKVALE_MODEL, then
+    /// SmolLM2-135M-Instruct.Q4_1.gguf in $XDG_DATA_HOME/arkvale/models or
+    /// ~/.local/share/arkvale/models, then in ./models; `cargo xtask fetch-model --user`].
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Most tokens to generate (per reply with `chat`; generation also stops at EOS and at
@@ -176,7 +191,8 @@ pub struct CacheArgs {
 #[derive(Debug, Args)]
 pub struct InfoArgs {
     /// GGUF model file or Hugging Face model directory [default: $ARKVALE_MODEL, then
-    /// models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    /// SmolLM2-135M-Instruct.Q4_1.gguf in $XDG_DATA_HOME/arkvale/models or
+    /// ~/.local/share/arkvale/models, then in ./models; `cargo xtask fetch-model --user`].
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Context length for the KV memory estimate [default: the model's context length].

@@ -77,7 +77,8 @@ pub struct PlotArgs {
 #[derive(Debug, Args, Clone)]
 pub struct CommonArgs {
     /// GGUF model file or Hugging Face model directory [default: $ARKVALE_MODEL, then
-    /// models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    /// SmolLM2-135M-Instruct.Q4_1.gguf in $XDG_DATA_HOME/arkvale/models or
+    /// ~/.local/share/arkvale/models, then in ./models; `cargo xtask fetch-model --user`].
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Output directory [default: eval-out/<experiment>].

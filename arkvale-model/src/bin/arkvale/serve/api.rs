@@ -11,26 +11,53 @@ pub struct ApiError {
     pub status: u16,
     /// What went wrong, for the client.
     pub message: String,
+    /// OpenAI's machine-readable `code` (e.g. `model_not_found`); `None` sends the status.
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
+    /// An error with `status` and `message` (its `code` is the status).
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            code: None,
+        }
+    }
+
     /// A 400 Bad Request.
     pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(400, message)
+    }
+
+    /// The 404 OpenAI answers for a model it does not serve: code `model_not_found`, and
+    /// the names that are served.
+    pub fn model_not_found(asked: &str, served: &[String]) -> Self {
         ApiError {
-            status: 400,
-            message: message.into(),
+            status: 404,
+            message: format!(
+                "The model `{asked}` does not exist. This server serves: {} (see GET \
+                 /v1/models; more names with `arkvale serve --served-model-name`)",
+                served
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            code: Some("model_not_found"),
         }
     }
 
     /// The JSON body: `{"error": {"message", "type", "code"}}` as OpenAI's API sends it.
     pub fn body(&self) -> Value {
         let kind = match self.status {
-            400 | 413 => "invalid_request_error",
+            400 | 404 | 413 => "invalid_request_error",
             429 => "rate_limit_error",
             504 => "timeout_error",
             _ => "server_error",
         };
-        json!({"error": {"message": self.message, "type": kind, "code": self.status}})
+        let code = self.code.map_or_else(|| json!(self.status), |c| json!(c));
+        json!({"error": {"message": self.message, "type": kind, "code": code}})
     }
 }
 
@@ -52,6 +79,11 @@ pub struct Knobs {
     pub stop: Option<Vec<String>>,
     /// `stream`.
     pub stream: bool,
+    /// `stream_options.include_usage`: end the stream with a chunk holding the usage (and
+    /// `"usage": null` in every other chunk).
+    pub include_usage: bool,
+    /// `n`: how many choices to generate (at least 1).
+    pub n: usize,
 }
 
 /// What to generate from.
@@ -70,6 +102,8 @@ pub struct ParsedRequest {
     pub prompt: Prompt,
     /// The options.
     pub knobs: Knobs,
+    /// `model`, when given (checked against the served names by the server).
+    pub model: Option<String>,
 }
 
 /// Parses the body of `/v1/completions` (`chat == false`) or `/v1/chat/completions`.
@@ -117,9 +151,15 @@ pub fn parse_request(body: &[u8], chat: bool) -> Result<ParsedRequest, ApiError>
     {
         return Err(ApiError::bad_request("\"prompt\" must not be empty"));
     }
+    let model = match obj.get("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) => Some(m.clone()),
+        Some(_) => return Err(ApiError::bad_request("\"model\" must be a string")),
+    };
     Ok(ParsedRequest {
         prompt,
         knobs: parse_knobs(obj)?,
+        model,
     })
 }
 
@@ -169,9 +209,43 @@ fn parse_knobs(obj: &serde_json::Map<String, Value>) -> Result<Knobs, ApiError> 
             .as_bool()
             .ok_or_else(|| ApiError::bad_request("\"stream\" must be a boolean"))?,
     };
-    let max_tokens = uint("max_tokens")?.map(|n| n as usize);
+    let include_usage = match present("stream_options") {
+        None => false,
+        Some(_) if !stream => {
+            return Err(ApiError::bad_request(
+                "\"stream_options\" is only allowed when \"stream\" is true",
+            ));
+        }
+        Some(Value::Object(o)) => match o.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "\"stream_options.include_usage\" must be a boolean",
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "\"stream_options\" must be an object",
+            ));
+        }
+    };
+    // `max_completion_tokens` is the newer name OpenAI's chat API and SDKs use.
+    let max_tokens = match (uint("max_tokens")?, uint("max_completion_tokens")?) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::bad_request(
+                "\"max_tokens\" and \"max_completion_tokens\" disagree; give one",
+            ));
+        }
+        (a, b) => a.or(b).map(|n| n as usize),
+    };
     if max_tokens == Some(0) {
         return Err(ApiError::bad_request("\"max_tokens\" must be at least 1"));
+    }
+    let n = uint("n")?.unwrap_or(1) as usize;
+    if n == 0 {
+        return Err(ApiError::bad_request("\"n\" must be at least 1"));
     }
     Ok(Knobs {
         max_tokens,
@@ -181,6 +255,8 @@ fn parse_knobs(obj: &serde_json::Map<String, Value>) -> Result<Knobs, ApiError> 
         seed: uint("seed")?,
         stop,
         stream,
+        include_usage,
+        n,
     })
 }
 
@@ -202,6 +278,38 @@ mod tests {
         assert_eq!(r.knobs.seed, Some(7));
         assert_eq!(r.knobs.stop, Some(vec!["\n".to_string()]));
         assert!(r.knobs.stream);
+        assert!(!r.knobs.include_usage);
+        assert_eq!(r.knobs.n, 1);
+        assert_eq!(r.model.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn n_include_usage_and_max_completion_tokens() {
+        let r = parse_request(
+            br#"{"messages": [{"role": "user", "content": "hi"}], "n": 3, "stream": true,
+                "stream_options": {"include_usage": true}, "max_completion_tokens": 9}"#,
+            true,
+        )
+        .unwrap();
+        assert_eq!(r.knobs.n, 3);
+        assert!(r.knobs.include_usage);
+        assert_eq!(r.knobs.max_tokens, Some(9));
+        assert_eq!(r.model, None);
+    }
+
+    #[test]
+    fn model_not_found_is_openais_404() {
+        let e = ApiError::model_not_found("gpt-4o", &["smol".into(), "alias".into()]);
+        assert_eq!(e.status, 404);
+        let body = e.body();
+        assert_eq!(body["error"]["code"], "model_not_found");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("`gpt-4o`") && msg.contains("`smol`, `alias`"),
+            "{msg}"
+        );
+        assert_eq!(ApiError::bad_request("x").body()["error"]["code"], 400);
     }
 
     #[test]
@@ -236,6 +344,24 @@ mod tests {
             ),
             (br#"{"prompt": "a", "stop": [1]}"#, false, "stop"),
             (br#"{"prompt": "a", "stream": "yes"}"#, false, "stream"),
+            (br#"{"prompt": "a", "n": 0}"#, false, "\"n\""),
+            (br#"{"prompt": "a", "n": -2}"#, false, "\"n\""),
+            (br#"{"prompt": "a", "model": 5}"#, false, "model"),
+            (
+                br#"{"prompt": "a", "stream_options": {"include_usage": true}}"#,
+                false,
+                "only allowed when",
+            ),
+            (
+                br#"{"prompt": "a", "stream": true, "stream_options": {"include_usage": 1}}"#,
+                false,
+                "include_usage",
+            ),
+            (
+                br#"{"prompt": "a", "max_tokens": 3, "max_completion_tokens": 4}"#,
+                false,
+                "disagree",
+            ),
             (br#"{"messages": []}"#, true, "messages"),
             (br#"{"messages": [{"role": "user"}]}"#, true, "content"),
         ] {

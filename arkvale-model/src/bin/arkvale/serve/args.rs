@@ -1,6 +1,6 @@
 //! Options of `arkvale serve`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -10,9 +10,17 @@ use crate::args::{Backend, CacheArgs, WeightDtype};
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// GGUF model file or Hugging Face model directory [default: $ARKVALE_MODEL, then
-    /// models/SmolLM2-135M-Instruct.Q4_1.gguf].
+    /// SmolLM2-135M-Instruct.Q4_1.gguf in $XDG_DATA_HOME/arkvale/models or
+    /// ~/.local/share/arkvale/models, then in ./models; `cargo xtask fetch-model --user`].
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
+    /// Another name a request's "model" may use (repeatable). Accepted are: the model file's
+    /// name without its extension (for the default model "SmolLM2-135M-Instruct.Q4_1"; the
+    /// directory's name for a Hugging Face directory), the file name itself, and every
+    /// --served-model-name; GET /v1/models lists them. A request without "model" is served;
+    /// any other name gets 404 with code "model_not_found", as OpenAI answers.
+    #[arg(long, value_name = "NAME")]
+    pub served_model_name: Vec<String>,
     /// Address to listen on (only this machine by default; use 0.0.0.0 to expose it).
     #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
     pub host: String,
@@ -59,4 +67,54 @@ pub struct ServeArgs {
     /// Storage type of the weight matrices.
     #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
     pub weights: WeightDtype,
+}
+
+/// The names a request's `model` may use for the model at `path`: its file name without the
+/// extension (the one `/v1/models` lists first; a directory's whole name when `dir`), the
+/// file name, then `aliases`; no repeats.
+pub fn served_names(path: &Path, dir: bool, aliases: &[String]) -> Vec<String> {
+    let stem = if dir {
+        path.file_name()
+    } else {
+        path.file_stem()
+    };
+    let stem = stem.map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    let mut names = vec![stem];
+    let file = path.file_name().map(|s| s.to_string_lossy().into_owned());
+    for name in file.into_iter().chain(aliases.iter().cloned()) {
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_names_are_stem_file_name_and_aliases() {
+        let names = served_names(
+            Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            false,
+            &[
+                "smol".into(),
+                "SmolLM2-135M-Instruct.Q4_1".into(),
+                String::new(),
+            ],
+        );
+        assert_eq!(
+            names,
+            [
+                "SmolLM2-135M-Instruct.Q4_1",
+                "SmolLM2-135M-Instruct.Q4_1.gguf",
+                "smol"
+            ]
+        );
+        assert_eq!(
+            served_names(Path::new("/hf/SmolLM2-1.7B"), true, &[]),
+            ["SmolLM2-1.7B"]
+        );
+    }
 }

@@ -6,7 +6,7 @@ use arkvale_model::engine::Metrics;
 
 /// Renders `m` (and the server's uptime) as Prometheus text exposition.
 pub fn prometheus(m: &Metrics, uptime_seconds: f64) -> String {
-    let rows: [(&str, &str, &str, f64); 12] = [
+    let rows: [(&str, &str, &str, f64); 13] = [
         (
             "arkvale_running_sequences",
             "gauge",
@@ -22,8 +22,14 @@ pub fn prometheus(m: &Metrics, uptime_seconds: f64) -> String {
         (
             "arkvale_requests_finished_total",
             "counter",
-            "Requests finished (any reason).",
+            "Requests finished (any reason: done, failed or cancelled).",
             m.finished as f64,
+        ),
+        (
+            "arkvale_requests_cancelled_total",
+            "counter",
+            "Requests cancelled because the client left (also counted as finished).",
+            m.cancelled as f64,
         ),
         (
             "arkvale_generated_tokens_total",
@@ -105,7 +111,7 @@ mod tests {
         assert!(text.contains("arkvale_running_sequences 3\n"), "{text}");
         assert!(text.contains("arkvale_kv_resident_bytes 1024\n"), "{text}");
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(samples.len(), 12);
-        assert_eq!(text.matches("# TYPE").count(), 12);
+        assert_eq!(samples.len(), 13);
+        assert_eq!(text.matches("# TYPE").count(), 13);
     }
 }

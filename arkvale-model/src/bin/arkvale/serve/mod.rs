@@ -2,10 +2,14 @@
 //! (`arkvale_model::engine`).
 //!
 //! Endpoints: `POST /v1/completions`, `POST /v1/chat/completions` (both with `"stream":
-//! true` as server-sent events ending in `data: [DONE]`), `GET /v1/models`, `GET /health`,
-//! `GET /metrics` (Prometheus text). Every error is a JSON body `{"error": {"message",
-//! "type", "code"}}`: 400 for malformed JSON, wrong types or a prompt over the limit, 413 for
-//! an over-large body, 429 when the queue is full, 504 on timeout, 500 if generation fails.
+//! true` as server-sent events ending in `data: [DONE]`, and `stream_options.include_usage`
+//! adding a last chunk with empty `choices` and the `usage`), `GET /v1/models`, `GET
+//! /health`, `GET /metrics` (Prometheus text). `n` choices are `n` requests to the engine
+//! (seeds `seed`, `seed + 1`, ...), decoded together. A request's `model` must be one of the
+//! served names ([`args::ServeArgs::served_model_name`]) or absent. Every error is a JSON body
+//! `{"error": {"message", "type", "code"}}`: 400 for malformed JSON, wrong types or a prompt
+//! over the limit, 404 (`model_not_found`) for a model not served, 413 for an over-large
+//! body, 429 when the queue is full, 504 on timeout, 500 if generation fails.
 //! A client that disconnects mid-stream cancels its request (the engine frees the
 //! sequence at its next step). SIGINT/SIGTERM stop accepting connections; requests in
 //! flight finish first.
@@ -14,6 +18,7 @@ pub mod api;
 pub mod args;
 mod metrics;
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +35,8 @@ use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::StreamExt;
+use futures_util::stream::{BoxStream, SelectAll, select_all};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
@@ -43,7 +50,11 @@ use args::ServeArgs;
 /// What every handler shares.
 struct AppState {
     engine: EngineHandle,
-    model_name: String,
+    /// The names a request's `model` may use; the first is the one `/v1/models` lists first.
+    model_names: Vec<String>,
+    /// Most choices (`n`) per request: `--max-batch` (all decoded together), and no more
+    /// than `--max-queue` (so they can always be queued).
+    max_n: usize,
     max_body: usize,
     max_prompt: usize,
     default_max_tokens: usize,
@@ -79,12 +90,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         },
     )
     .context("cannot start the engine (check --kv-memory-mib against --budget)")?;
-    let model_name = path
-        .file_stem()
-        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+    let model_names = args::served_names(&path, path.is_dir(), &args.served_model_name);
     let state = Arc::new(AppState {
         engine,
-        model_name,
+        model_names,
+        max_n: args.max_batch.min(args.max_queue),
         max_body: args.max_body_bytes,
         max_prompt,
         default_max_tokens: args.max_tokens,
@@ -105,17 +115,21 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Installed before the address is printed: from then on SIGINT/SIGTERM shut down
+        // gracefully, never by the default action.
+        let shutdown = shutdown_signal()?;
         let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
             .await
             .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
         let addr = listener.local_addr()?;
         eprintln!(
-            "[arkvale] serving {} ({} policy) on http://{addr}",
+            "[arkvale] serving {} as {} ({} policy) on http://{addr}",
             path.display(),
+            state.model_names.join(", "),
             args.cache.policy
         );
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(shutdown)
             .await
             .context("the server failed")
     })?;
@@ -124,26 +138,27 @@ pub fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// A future that resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed by this
+/// call, not when the future is first polled. Must run inside the runtime.
+#[cfg(unix)]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
+    })
+}
+
+/// A future that resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 fn error_response(e: &ApiError) -> Response {
@@ -161,11 +176,12 @@ async fn metrics_text(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn models(State(st): State<Arc<AppState>>) -> Response {
-    axum::Json(json!({
-        "object": "list",
-        "data": [{"id": st.model_name, "object": "model", "owned_by": "arkvale"}],
-    }))
-    .into_response()
+    let data: Vec<Value> = st
+        .model_names
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "owned_by": "arkvale"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
 async fn completions(State(st): State<Arc<AppState>>, body: Body) -> Response {
@@ -176,26 +192,31 @@ async fn chat_completions(State(st): State<Arc<AppState>>, body: Body) -> Respon
     serve_request(st, body, true).await
 }
 
-/// Reads, checks and submits one request, then answers it (streaming or not).
+/// Reads, checks and submits one request (`n` engine requests), then answers it
+/// (streaming or not).
 async fn serve_request(st: Arc<AppState>, body: Body, chat: bool) -> Response {
-    let (request, stream) = match build_request(&st, body, chat).await {
-        Ok(r) => r,
+    let built = match build_request(&st, body, chat).await {
+        Ok(b) => b,
         Err(e) => return error_response(&e),
     };
-    let rx = match st.engine.submit(request) {
-        Ok(rx) => rx,
-        Err(e) => {
-            let status = match e {
-                SubmitError::QueueFull(_) => 429,
-                SubmitError::TooLarge { .. } | SubmitError::Invalid(_) => 400,
-                SubmitError::ShutDown => 503,
-            };
-            return error_response(&ApiError {
-                status,
-                message: e.to_string(),
-            });
+    let mut receivers = Vec::with_capacity(built.n);
+    for i in 0..built.n {
+        let mut request = built.request.clone();
+        request.seed = request.seed.wrapping_add(i as u64);
+        match st.engine.submit(request) {
+            Ok(rx) => receivers.push(rx),
+            Err(e) => {
+                // Returning drops the receivers of the choices already queued: they are
+                // cancelled.
+                let status = match e {
+                    SubmitError::QueueFull(_) => 429,
+                    SubmitError::TooLarge { .. } | SubmitError::Invalid(_) => 400,
+                    SubmitError::ShutDown => 503,
+                };
+                return error_response(&ApiError::new(status, e.to_string()));
+            }
         }
-    };
+    }
     let reply = Reply {
         id: format!(
             "{}-{}",
@@ -205,29 +226,57 @@ async fn serve_request(st: Arc<AppState>, body: Body, chat: bool) -> Response {
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        model: st.model_name.clone(),
+        model: built.model,
         chat,
     };
     let deadline = Instant::now() + st.timeout;
-    if stream {
-        stream_reply(reply, rx, deadline).into_response()
+    let n = receivers.len();
+    let choices = merge_choices(receivers);
+    if built.stream {
+        stream_reply(reply, choices, n, built.include_usage, deadline).into_response()
     } else {
-        whole_reply(reply, rx, deadline).await
+        whole_reply(reply, choices, n, deadline).await
     }
 }
 
+/// A checked request: what to submit, how many times, and how to answer.
+struct BuiltRequest {
+    request: Request,
+    /// Choices to generate.
+    n: usize,
+    stream: bool,
+    include_usage: bool,
+    /// The model name the reply carries: the request's, else the first served name.
+    model: String,
+}
+
 /// The body, parsed, tokenized and checked against the server's limits.
-async fn build_request(st: &AppState, body: Body, chat: bool) -> Result<(Request, bool), ApiError> {
-    let bytes = axum::body::to_bytes(body, st.max_body)
-        .await
-        .map_err(|_| ApiError {
-            status: 413,
-            message: format!(
+async fn build_request(st: &AppState, body: Body, chat: bool) -> Result<BuiltRequest, ApiError> {
+    let bytes = axum::body::to_bytes(body, st.max_body).await.map_err(|_| {
+        ApiError::new(
+            413,
+            format!(
                 "the request body exceeds {} bytes (--max-body-bytes)",
                 st.max_body
             ),
-        })?;
+        )
+    })?;
     let parsed = parse_request(&bytes, chat)?;
+    let model_name = match parsed.model {
+        Some(m) if !st.model_names.contains(&m) => {
+            return Err(ApiError::model_not_found(&m, &st.model_names));
+        }
+        Some(m) => m,
+        None => st.model_names[0].clone(),
+    };
+    let k = parsed.knobs;
+    if k.n > st.max_n {
+        return Err(ApiError::bad_request(format!(
+            "\"n\" is {} but this server generates at most {} choices per request \
+             (--max-batch, --max-queue)",
+            k.n, st.max_n
+        )));
+    }
     let model = st.engine.model();
     let ids = match &parsed.prompt {
         Prompt::Chat(messages) => model.chat_tokens(messages),
@@ -248,15 +297,14 @@ async fn build_request(st: &AppState, body: Body, chat: bool) -> Result<(Request
             model.model.config().context_length
         )));
     }
-    let k = parsed.knobs;
     let params = SamplingParams {
         temperature: k.temperature.unwrap_or(1.0),
         top_p: k.top_p.unwrap_or(1.0),
         top_k: k.top_k.unwrap_or(0),
     };
     params.validate().map_err(ApiError::bad_request)?;
-    Ok((
-        Request {
+    Ok(BuiltRequest {
+        request: Request {
             prompt: ids,
             max_tokens: k.max_tokens.unwrap_or(st.default_max_tokens),
             params,
@@ -264,8 +312,25 @@ async fn build_request(st: &AppState, body: Body, chat: bool) -> Result<(Request
             stop: k.stop.unwrap_or_default(),
             eos: st.eos,
         },
-        k.stream,
-    ))
+        n: k.n,
+        stream: k.stream,
+        include_usage: k.include_usage,
+        model: model_name,
+    })
+}
+
+/// The events of all choices of one request, each with its choice's index, in arrival
+/// order. It ends when every choice's channel has; dropping it cancels every choice.
+type Choices = SelectAll<BoxStream<'static, (usize, Event)>>;
+
+/// Merges the choices' event channels into one stream.
+fn merge_choices(receivers: Vec<UnboundedReceiver<Event>>) -> Choices {
+    select_all(receivers.into_iter().enumerate().map(|(index, rx)| {
+        futures_util::stream::unfold(rx, move |mut rx| async move {
+            rx.recv().await.map(|event| ((index, event), rx))
+        })
+        .boxed()
+    }))
 }
 
 /// What identifies one reply.
@@ -277,11 +342,19 @@ struct Reply {
 }
 
 impl Reply {
-    /// One JSON object of the reply: the whole answer (`whole`), or a streamed chunk.
-    fn object(&self, text: &str, finish: Option<&str>, whole: bool, first: bool) -> Value {
-        let choice = match (self.chat, whole) {
+    /// One choice: of the whole answer (`whole`), or of a streamed chunk (`first`: the
+    /// choice's first chunk, which carries the chat role).
+    fn choice(
+        &self,
+        index: usize,
+        text: &str,
+        finish: Option<&str>,
+        whole: bool,
+        first: bool,
+    ) -> Value {
+        match (self.chat, whole) {
             (true, true) => json!({
-                "index": 0,
+                "index": index,
                 "message": {"role": "assistant", "content": text},
                 "finish_reason": finish,
             }),
@@ -293,15 +366,20 @@ impl Reply {
                 } else {
                     json!({"content": text})
                 };
-                json!({"index": 0, "delta": delta, "finish_reason": finish})
+                json!({"index": index, "delta": delta, "finish_reason": finish})
             }
             (false, _) => json!({
-                "index": 0,
+                "index": index,
                 "text": text,
                 "logprobs": null,
                 "finish_reason": finish,
             }),
-        };
+        }
+    }
+
+    /// One JSON object of the reply (the whole answer, or a streamed chunk) holding
+    /// `choices`.
+    fn object(&self, choices: Vec<Value>, whole: bool) -> Value {
         let object = match (self.chat, whole) {
             (true, true) => "chat.completion",
             (true, false) => "chat.completion.chunk",
@@ -312,126 +390,183 @@ impl Reply {
             "object": object,
             "created": self.created,
             "model": self.model,
-            "choices": [choice],
+            "choices": choices,
         })
     }
 }
 
-/// Waits for the whole answer (or the deadline, which cancels the request).
-async fn whole_reply(
-    reply: Reply,
-    mut rx: UnboundedReceiver<Event>,
-    deadline: Instant,
-) -> Response {
-    let mut text = String::new();
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Err(_) => {
-                return error_response(&ApiError {
-                    status: 504,
-                    message: "the request timed out (--request-timeout); it was cancelled".into(),
-                });
-            }
-            Ok(None) => {
-                return error_response(&ApiError {
-                    status: 500,
-                    message: "the engine stopped before finishing".into(),
-                });
-            }
-            Ok(Some(Event::Text { text: t, .. })) => text.push_str(&t),
-            Ok(Some(Event::Failed(m))) => {
-                return error_response(&ApiError {
-                    status: 500,
-                    message: m,
-                });
-            }
-            Ok(Some(Event::Done {
-                reason,
-                prompt_tokens,
-                completion_tokens,
-            })) => {
-                let mut obj = reply.object(&text, Some(reason.name()), true, false);
-                obj["usage"] = json!({
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                });
-                return axum::Json(obj).into_response();
+/// Token counts of a request, summed over its choices (the prompt counted once, as OpenAI
+/// counts it).
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    prompt_tokens: usize,
+    completion_tokens: usize,
+}
+
+impl Usage {
+    fn add(&mut self, prompt_tokens: usize, completion_tokens: usize) {
+        self.prompt_tokens = prompt_tokens;
+        self.completion_tokens += completion_tokens;
+    }
+
+    fn json(self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        })
+    }
+}
+
+fn timeout_error() -> ApiError {
+    ApiError::new(
+        504,
+        "the request timed out (--request-timeout); it was cancelled",
+    )
+}
+
+fn engine_stopped() -> ApiError {
+    ApiError::new(500, "the engine stopped before finishing")
+}
+
+/// Waits for every choice's whole answer (or the deadline, which cancels the request).
+async fn whole_reply(reply: Reply, mut choices: Choices, n: usize, deadline: Instant) -> Response {
+    let mut texts = vec![String::new(); n];
+    let mut finishes: Vec<Option<&'static str>> = vec![None; n];
+    let mut usage = Usage::default();
+    let mut left = n;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, choices.next()).await {
+            Err(_) => return error_response(&timeout_error()),
+            Ok(None) => return error_response(&engine_stopped()),
+            Ok(Some((i, Event::Text { text, .. }))) => texts[i].push_str(&text),
+            Ok(Some((_, Event::Failed(m)))) => return error_response(&ApiError::new(500, m)),
+            Ok(Some((
+                i,
+                Event::Done {
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                },
+            ))) => {
+                finishes[i] = Some(reason.name());
+                usage.add(prompt_tokens, completion_tokens);
+                left -= 1;
             }
         }
     }
+    let list = (0..n)
+        .map(|i| reply.choice(i, &texts[i], finishes[i], true, false))
+        .collect();
+    let mut obj = reply.object(list, true);
+    obj["usage"] = usage.json();
+    axum::Json(obj).into_response()
 }
 
 /// Where a streamed reply is.
 struct StreamState {
     reply: Reply,
-    rx: UnboundedReceiver<Event>,
+    choices: Choices,
     deadline: Instant,
-    first: bool,
-    /// The last event was sent; only `[DONE]` is left.
+    /// Per choice: nothing sent for it yet.
+    first: Vec<bool>,
+    /// Choices not done yet.
+    left: usize,
+    include_usage: bool,
+    usage: Usage,
+    /// Events to send before reading more (the end of the stream, once known).
+    pending: VecDeque<String>,
+    /// Nothing is read after `pending`.
     ending: bool,
-    finished: bool,
 }
 
-/// Streams the answer as server-sent events, `data: [DONE]` last. Dropping the stream (the
-/// client left) drops `rx`, which cancels the request.
+impl StreamState {
+    /// A chunk with one choice (and `"usage": null`, as OpenAI sends it, when the usage
+    /// chunk is coming).
+    fn chunk(&mut self, index: usize, text: &str, finish: Option<&str>) -> String {
+        let first = std::mem::replace(&mut self.first[index], false);
+        let choice = self.reply.choice(index, text, finish, false, first);
+        let mut obj = self.reply.object(vec![choice], false);
+        if self.include_usage {
+            obj["usage"] = Value::Null;
+        }
+        obj.to_string()
+    }
+
+    /// Queues `last` (if any), the usage chunk when asked for, and `[DONE]`.
+    fn end(&mut self, last: Option<String>, with_usage: bool) {
+        self.pending.extend(last);
+        if with_usage && self.include_usage {
+            let mut obj = self.reply.object(Vec::new(), false);
+            obj["usage"] = self.usage.json();
+            self.pending.push_back(obj.to_string());
+        }
+        self.pending.push_back("[DONE]".into());
+        self.ending = true;
+    }
+
+    /// The next event's data, `None` at the end.
+    async fn next_data(&mut self) -> Option<String> {
+        loop {
+            if let Some(data) = self.pending.pop_front() {
+                return Some(data);
+            }
+            if self.ending {
+                return None;
+            }
+            match tokio::time::timeout_at(self.deadline, self.choices.next()).await {
+                Ok(Some((i, Event::Text { text, .. }))) => return Some(self.chunk(i, &text, None)),
+                Ok(Some((
+                    i,
+                    Event::Done {
+                        reason,
+                        prompt_tokens,
+                        completion_tokens,
+                    },
+                ))) => {
+                    self.usage.add(prompt_tokens, completion_tokens);
+                    self.left -= 1;
+                    let data = self.chunk(i, "", Some(reason.name()));
+                    if self.left > 0 {
+                        return Some(data);
+                    }
+                    self.end(Some(data), true);
+                }
+                Ok(Some((_, Event::Failed(message)))) => {
+                    self.end(Some(ApiError::new(500, message).body().to_string()), false);
+                }
+                Ok(None) => self.end(Some(engine_stopped().body().to_string()), false),
+                Err(_) => self.end(Some(timeout_error().body().to_string()), false),
+            }
+        }
+    }
+}
+
+/// Streams the answer as server-sent events: one chunk per piece of text of a choice, one
+/// with each choice's `finish_reason`, the usage chunk when `include_usage`, `data: [DONE]`
+/// last. Dropping the stream (the client left) drops the choices' receivers, which cancels
+/// them.
 fn stream_reply(
     reply: Reply,
-    rx: UnboundedReceiver<Event>,
+    choices: Choices,
+    n: usize,
+    include_usage: bool,
     deadline: Instant,
 ) -> impl IntoResponse {
     let state = StreamState {
         reply,
-        rx,
+        choices,
         deadline,
-        first: true,
+        first: vec![true; n],
+        left: n,
+        include_usage,
+        usage: Usage::default(),
+        pending: VecDeque::new(),
         ending: false,
-        finished: false,
     };
     let events = futures_util::stream::unfold(state, |mut s| async move {
-        if s.finished {
-            return None;
-        }
-        if s.ending {
-            s.finished = true;
-            return Some((Ok::<_, Infallible>(SseEvent::default().data("[DONE]")), s));
-        }
-        let data = match tokio::time::timeout_at(s.deadline, s.rx.recv()).await {
-            Ok(Some(Event::Text { text, .. })) => {
-                let obj = s.reply.object(&text, None, false, s.first);
-                s.first = false;
-                obj
-            }
-            Ok(Some(Event::Done { reason, .. })) => {
-                s.ending = true;
-                s.reply.object("", Some(reason.name()), false, s.first)
-            }
-            Ok(Some(Event::Failed(message))) => {
-                s.ending = true;
-                ApiError {
-                    status: 500,
-                    message,
-                }
-                .body()
-            }
-            Ok(None) => {
-                s.ending = true;
-                ApiError {
-                    status: 500,
-                    message: "the engine stopped before finishing".into(),
-                }
-                .body()
-            }
-            Err(_) => {
-                s.ending = true;
-                ApiError {
-                    status: 504,
-                    message: "the request timed out (--request-timeout); it was cancelled".into(),
-                }
-                .body()
-            }
-        };
-        Some((Ok(SseEvent::default().data(data.to_string())), s))
+        let data = s.next_data().await?;
+        Some((Ok::<_, Infallible>(SseEvent::default().data(data)), s))
     });
     Sse::new(events).keep_alive(KeepAlive::default())
 }
