@@ -56,7 +56,8 @@ pub struct ServeArgs {
     /// Worker threads of the CPU backend [default: all cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Storage type of the weight matrices.
-    #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
+    /// Storage type of the weight matrices (`native`: the file's own types where the backend
+    /// has kernels for them, as `arkvale generate`).
+    #[arg(long, value_enum, default_value_t = WeightDtype::Native)]
     pub weights: WeightDtype,
 }
