@@ -34,6 +34,7 @@ const MAX_SUBS: usize = 8;
 
 /// The 32 values of 16 bytes of nibbles: low nibbles are values 0..16, high nibbles 16..32.
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 fn nibbles16(qs: &[u8]) -> __m256i {
     assert!(qs.len() >= 16);
     // SAFETY: 16 readable bytes (checked above).
@@ -47,6 +48,7 @@ fn nibbles16(qs: &[u8]) -> __m256i {
 
 /// Byte `i` is `0x10` where bit `i` of `qh` is set, else 0.
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 fn fifth_bits(qh: u32) -> __m256i {
     let v = _mm256_set1_epi32(qh as i32);
     // Byte i takes byte i / 8 of qh (every 32-bit lane of both halves holds qh).
@@ -61,6 +63,7 @@ fn fifth_bits(qh: u32) -> __m256i {
 
 /// 32 bytes at `b[at..]`.
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 fn load32(b: &[u8], at: usize) -> __m256i {
     let s = &b[at..at + 32];
     // SAFETY: `s` holds 32 bytes.
@@ -69,6 +72,7 @@ fn load32(b: &[u8], at: usize) -> __m256i {
 
 /// The low (`high == false`) or high nibbles of 32 bytes.
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 fn nibbles32(v: __m256i, high: bool) -> __m256i {
     let v = if high { _mm256_srli_epi16::<4>(v) } else { v };
     _mm256_and_si256(v, _mm256_set1_epi8(0x0F))
@@ -76,6 +80,7 @@ fn nibbles32(v: __m256i, high: bool) -> __m256i {
 
 /// A sub-block with one scale for all 32 values.
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 fn flat(q: __m256i, d: f32, min: f32) -> Sub {
     Sub {
         q,
@@ -87,6 +92,7 @@ fn flat(q: __m256i, d: f32, min: f32) -> Sub {
 /// Unpacks one block of `ty` (`b` holds at least one block) into `out`; returns the number of
 /// sub-blocks.
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 fn unpack(ty: QuantType, b: &[u8], out: &mut [Sub; MAX_SUBS]) -> usize {
     let b = &b[..ty.block_bytes()];
     match ty {
@@ -150,6 +156,7 @@ fn unpack(ty: QuantType, b: &[u8], out: &mut [Sub; MAX_SUBS]) -> usize {
 
 /// The eight 32-bit sums of `q · a` (lanes 0..4: values 0..16, lanes 4..8: values 16..32).
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 fn sub_dot(q: __m256i, a: &Q8Block) -> __m256 {
     // SAFETY: `a.qs` holds 32 bytes.
     let av = unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) };
@@ -159,6 +166,7 @@ fn sub_dot(q: __m256i, a: &Q8Block) -> __m256 {
 
 /// Sum of the eight lanes.
 #[target_feature(enable = "avx2,fma")]
+#[inline]
 fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
