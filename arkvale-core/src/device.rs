@@ -71,9 +71,10 @@ impl Buffer {
     pub fn dtype(&self) -> DType {
         self.dtype
     }
-    /// Bytes in the buffer.
+    /// Bytes in the buffer (for quantized types, `len` is a whole number of blocks, which
+    /// backends check when they allocate).
     pub fn bytes(&self) -> usize {
-        self.len * self.dtype.size()
+        self.len / self.dtype.block_len() * self.dtype.size()
     }
     /// The backend's storage, for the backend that created it.
     pub fn inner<T: Any>(&self) -> Option<&T> {
@@ -437,8 +438,21 @@ pub trait Device: Send + Sync {
         weights: &Buffer,
     ) -> Result<()>;
 
+    /// Whether [`Device::matmul`] and [`Device::embedding`] take weights of `dtype`. Every
+    /// backend takes f32, f16 and bf16 (the default); a backend with kernels for block-quantized
+    /// weights ([`DType::Quant`]) says so here, and model loaders keep a file's quantized
+    /// tensors as stored only where it does. A backend that says `false` for a type fails to
+    /// allocate buffers of it with [`crate::Error::UnsupportedWeight`].
+    fn supports_weight_dtype(&self, dtype: DType) -> bool {
+        dtype.is_float()
+    }
+
     /// `out[m, n] = x[m, k] · Wᵀ` with `x` f32 `[m, k]`, `w` `[n, k]` row-major in f32, f16 or
-    /// bf16, `out` f32 `[m, n]`; f32 accumulation (half weights are widened exactly).
+    /// bf16 (or a block-quantized type where [`Device::supports_weight_dtype`] says so: rows
+    /// are whole blocks, `k` a multiple of the block length), `out` f32 `[m, n]`; f32
+    /// accumulation (half weights are widened exactly). Quantized weights may be multiplied by
+    /// activations quantized to 8 bits per 32 values ([`crate::quant::q8`]), so the result may
+    /// differ from the dequantized product by the activation rounding stated there.
     fn matmul(&self, dims: &MatmulDims, x: &Buffer, w: &Buffer, out: &Buffer) -> Result<()>;
     /// RMSNorm of each of `rows` rows of `dim` values of `x` (f32) scaled by `weight` (f32
     /// `[dim]`): `out = x / sqrt(mean(x²) + eps) * weight`, into f32 `out [rows, dim]`.
@@ -464,7 +478,8 @@ pub trait Device: Send + Sync {
     /// `c < cols` (f32; `x` `[rows, cols]` and `bias` `[cols]` must be different buffers).
     /// Used for the q/k/v projection biases of Qwen2. `cols` must be non-zero when `rows > 0`.
     fn add_bias(&self, rows: usize, cols: usize, x: &Buffer, bias: &Buffer) -> Result<()>;
-    /// Gathers rows of `table` (`[vocab, dim]`, f32, f16 or bf16, `vocab = table.len() / dim`)
+    /// Gathers rows of `table` (`[vocab, dim]`, f32, f16 or bf16 — or quantized, where
+    /// supported, with `dim` a multiple of the block length; `vocab = table.len() / dim`)
     /// into f32 `out [ids.len(), dim]`: `out[t] = table[ids[t]]`. An id `>= vocab` is an error.
     fn embedding(&self, dim: usize, table: &Buffer, ids: &[u32], out: &Buffer) -> Result<()>;
     /// For each of `rows` rows of `cols` f32 `logits`, writes the column of its largest value

@@ -52,6 +52,15 @@ pub enum Error {
     /// A request the cache manager cannot serve in its current state.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A backend has no kernels for weights of this type (see
+    /// [`crate::Device::supports_weight_dtype`]).
+    #[error("unsupported weight type {dtype} on the {backend} backend")]
+    UnsupportedWeight {
+        /// The backend's name.
+        backend: String,
+        /// The weight type.
+        dtype: crate::DType,
+    },
     /// A backend reported a failure (driver error, out of device memory, lost device...).
     #[error("device error ({backend}): {message}")]
     Device {

@@ -11,6 +11,8 @@
 //!   spill tier;
 //! * the [`Device`] trait every backend implements (KV ops and the [`dense`] model ops), and
 //!   the [`CacheManager`] that drives any `Device` through prefill and decode;
+//! * the block-quantized weight formats ([`quant`]): layouts, dequantization and the scalar
+//!   quantized dot product;
 //! * scalar [`reference`](mod@reference) implementations of every device op, the oracle of the
 //!   differential tests.
 //!
@@ -30,6 +32,7 @@ pub mod manager;
 pub mod mass;
 pub mod policy;
 pub mod pool;
+pub mod quant;
 pub mod reference;
 pub mod shape;
 pub mod spill;
@@ -49,5 +52,6 @@ pub use dtype::{DType, KvDtype};
 pub use error::{Error, Result};
 pub use manager::{CacheManager, PageInfo, PrefillSnapshot, SeqId, SnapshotOptions};
 pub use policy::{Policy, policy_by_name, policy_from_spec};
+pub use quant::QuantType;
 pub use shape::ModelShape;
 pub use stats::{CacheStats, PhaseTimes};

@@ -73,6 +73,8 @@ pub(crate) enum Data {
     U32(Vec<u32>),
     /// `DType::U8`.
     U8(Vec<u8>),
+    /// `DType::Quant`: whole blocks, as stored in a GGUF file.
+    Blocks(Vec<u8>),
 }
 
 impl Data {
@@ -84,6 +86,12 @@ impl Data {
             DType::BF16 => Data::BF16(zeroed_vec(len)?),
             DType::U32 => Data::U32(zeroed_vec(len)?),
             DType::U8 => Data::U8(zeroed_vec(len)?),
+            DType::Quant(q) => {
+                let bytes = q.bytes_for(len).ok_or_else(|| {
+                    Error::shape(format!("{len} values are not whole {q} blocks"))
+                })?;
+                Data::Blocks(zeroed_vec(bytes)?)
+            }
         })
     }
 
@@ -94,7 +102,7 @@ impl Data {
             Data::F16(v) => bytemuck::cast_slice(v),
             Data::BF16(v) => bytemuck::cast_slice(v),
             Data::U32(v) => bytemuck::cast_slice(v),
-            Data::U8(v) => v,
+            Data::U8(v) | Data::Blocks(v) => v,
         }
     }
 
@@ -105,7 +113,7 @@ impl Data {
             Data::F16(v) => bytemuck::cast_slice_mut(v),
             Data::BF16(v) => bytemuck::cast_slice_mut(v),
             Data::U32(v) => bytemuck::cast_slice_mut(v),
-            Data::U8(v) => v,
+            Data::U8(v) | Data::Blocks(v) => v,
         }
     }
 }
@@ -248,9 +256,11 @@ pub(crate) struct HostStorage {
 
 /// Allocates a zeroed device buffer owned by `device`, accounted in `arena`.
 pub(crate) fn alloc(device: u64, arena: &Arc<Arena>, dtype: DType, len: usize) -> Result<Buffer> {
-    let bytes = len
-        .checked_mul(dtype.size())
-        .ok_or_else(|| Error::device(BACKEND, format!("{len} x {dtype:?} overflows")))?;
+    let bytes = dtype.bytes_for(len).ok_or_else(|| {
+        Error::shape(format!(
+            "{len} x {dtype} overflows or is not a whole number of blocks"
+        ))
+    })?;
     let storage = Arc::new(Storage {
         device,
         data: RwLock::new(Data::zeroed(dtype, len)?),

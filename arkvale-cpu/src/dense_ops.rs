@@ -14,28 +14,44 @@ use crate::dense;
 use crate::device::CpuDevice;
 use crate::dispatch::{f32s, f32s_mut};
 use crate::matmul::{self, Weights};
+use crate::quant;
 
 use arkvale_core::validate::{self, at_least, product};
 
-/// The storage of a float buffer (f32, f16 or bf16) made by this device.
-fn float_table<'a>(dev: &CpuDevice, buf: &'a Buffer, what: &str) -> Result<&'a Arc<Storage>> {
+/// The storage of a weight buffer (f32, f16, bf16 or quantized) made by this device; for a
+/// quantized one, rows of `row_len` values must be whole blocks.
+fn weight_table<'a>(
+    dev: &CpuDevice,
+    buf: &'a Buffer,
+    row_len: usize,
+    what: &str,
+) -> Result<&'a Arc<Storage>> {
     let s = dev.storage(buf, what)?;
-    if !buf.dtype().is_float() {
+    let dtype = buf.dtype();
+    if !dtype.is_weight() {
         return Err(Error::shape(format!(
-            "{what}: expected an f32, f16 or bf16 buffer, got {:?}",
-            buf.dtype()
+            "{what}: expected an f32, f16, bf16 or quantized buffer, got {dtype}"
+        )));
+    }
+    if row_len % dtype.block_len() != 0 {
+        return Err(Error::shape(format!(
+            "{what}: rows of {row_len} values are not whole {dtype} blocks of {}",
+            dtype.block_len()
         )));
     }
     Ok(s)
 }
 
-/// A float table's typed elements.
-fn weights(data: &Data) -> Result<Weights<'_>> {
-    match data {
-        Data::F32(v) => Ok(Weights::F32(v)),
-        Data::F16(v) => Ok(Weights::F16(v)),
-        Data::BF16(v) => Ok(Weights::BF16(v)),
-        _ => Err(Error::shape("expected f32, f16 or bf16 storage")),
+/// A weight table's typed elements.
+fn weights(data: &Data, dtype: DType) -> Result<Weights<'_>> {
+    match (data, dtype) {
+        (Data::F32(v), _) => Ok(Weights::F32(v)),
+        (Data::F16(v), _) => Ok(Weights::F16(v)),
+        (Data::BF16(v), _) => Ok(Weights::BF16(v)),
+        (Data::Blocks(v), DType::Quant(q)) => Ok(Weights::Quant(q, v)),
+        _ => Err(Error::shape(format!(
+            "expected f32, f16, bf16 or quantized storage, got {dtype}"
+        ))),
     }
 }
 
@@ -50,7 +66,7 @@ impl CpuDevice {
     ) -> Result<()> {
         let MatmulDims { m, n, k } = *dims;
         let x_s = self.typed(x, DType::F32, "matmul: x")?;
-        let w_s = float_table(self, w, "matmul: weights")?;
+        let w_s = weight_table(self, w, k, "matmul: weights")?;
         let o_s = self.typed(out, DType::F32, "matmul: out")?;
         not_aliased(o_s, &[x_s, w_s], "matmul")?;
         at_least(x, product(m, k, "matmul: x")?, "matmul: x [m, k]")?;
@@ -63,7 +79,7 @@ impl CpuDevice {
         let (xg, wg) = (x_s.data.read_recursive(), w_s.data.read_recursive());
         let mut og = o_s.data.write();
         let (xv, ov) = (f32s(&xg)?, f32s_mut(&mut og)?);
-        let weights = weights(&wg)?;
+        let weights = weights(&wg, w.dtype())?;
         let work = m.saturating_mul(n).saturating_mul(k);
         self.run(work, |par| matmul::matmul(par, m, n, k, xv, weights, ov));
         Ok(())
@@ -191,12 +207,12 @@ impl CpuDevice {
         ids: &[u32],
         out: &Buffer,
     ) -> Result<()> {
-        let t_s = float_table(self, table, "embedding: table")?;
-        let o_s = self.typed(out, DType::F32, "embedding: out")?;
-        not_aliased(o_s, &[t_s], "embedding")?;
         if dim == 0 {
             return Err(Error::shape("embedding: rows of 0 values"));
         }
+        let t_s = weight_table(self, table, dim, "embedding: table")?;
+        let o_s = self.typed(out, DType::F32, "embedding: out")?;
+        not_aliased(o_s, &[t_s], "embedding")?;
         let vocab = table.len() / dim;
         if let Some((t, id)) = ids
             .iter()
@@ -212,8 +228,11 @@ impl CpuDevice {
         let tg = t_s.data.read_recursive();
         let mut og = o_s.data.write();
         let ov = &mut f32s_mut(&mut og)?[..len];
-        let table = weights(&tg)?;
+        let table = weights(&tg, table.dtype())?;
         self.run(len, |par| match table {
+            Weights::Quant(q, t) => {
+                quant::embedding(par, quant::Kernel::detect(), dim, q, t, ids, ov)
+            }
             Weights::F32(t) => dense::embedding(par, dim, t, ids, ov),
             Weights::F16(t) => dense::embedding(par, dim, t, ids, ov),
             Weights::BF16(t) => dense::embedding(par, dim, t, ids, ov),

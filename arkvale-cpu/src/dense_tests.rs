@@ -281,3 +281,93 @@ fn bad_descriptors_are_errors_not_panics() {
     };
     assert!(dev.rope(&r, &[0], &x).is_err());
 }
+
+/// The device matmul and embedding with weights kept quantized against the same device on
+/// the dequantized weights uploaded as f32: prefill-sized `m` within `1e-5 * sum |x w|`
+/// (dequantized tiles through `gemm`: only the f32 summation order differs), decode-sized
+/// `m` (<= 8) within that plus the activations' 8-bit rounding,
+/// `sum_b (max_b |x| / 127 / 2) * sum_{l in b} |w_jl|` over blocks `b` of 32; the embedding
+/// exactly. Outputs are poisoned, and a too-short row (`k` not whole blocks) is an error.
+#[test]
+fn quantized_weights_match_dequantized_f32_weights() {
+    use arkvale_core::quant::{self, QuantType};
+    for dev in devices() {
+        for (t, ty) in QuantType::ALL.into_iter().enumerate() {
+            let dtype = DType::Quant(ty);
+            assert!(dev.supports_weight_dtype(dtype));
+            let (n, k) = (37, 2 * ty.block_len());
+            let mut rng = Rng(0x9E37_79B9 + t as u64);
+            let mut data: Vec<u8> = (0..ty.bytes_for(n * k).unwrap())
+                .map(|_| rng.next() as u8)
+                .collect();
+            let scale_at: &[usize] = if ty == QuantType::Q6_K {
+                &[208]
+            } else {
+                &[0, 2]
+            };
+            for block in data.chunks_exact_mut(ty.block_bytes()) {
+                for &at in scale_at {
+                    let v = half::f16::from_f32(rng.value() * 0.02);
+                    block[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+                }
+            }
+            let wq = dev.alloc(dtype, n * k).unwrap();
+            dev.write(&wq, 0, &data).unwrap();
+            assert_eq!(wq.bytes(), data.len());
+            let w = dev.download_f32(&wq).unwrap();
+            let mut want_w = vec![0f32; n * k];
+            quant::dequantize(ty, &data, &mut want_w).unwrap();
+            assert_eq!(w, want_w, "{ty}: download dequantizes");
+            let wf = dev.upload_f32(&w, DType::F32).unwrap();
+            for m in [1, 3, 8, 9, 33] {
+                let dims = MatmulDims { m, n, k };
+                let x: Vec<f32> = (0..m * k).map(|_| rng.value()).collect();
+                let xb = dev.upload_f32(&x, DType::F32).unwrap();
+                let (got_b, want_b) = (poisoned(&dev, m * n), poisoned(&dev, m * n));
+                dev.matmul(&dims, &xb, &wq, &got_b).unwrap();
+                dev.matmul(&dims, &xb, &wf, &want_b).unwrap();
+                let got = dev.download_f32(&got_b).unwrap();
+                let want = dev.download_f32(&want_b).unwrap();
+                assert!(
+                    got[m * n..].iter().all(|v| v.is_nan()),
+                    "{ty}: padding written"
+                );
+                for i in 0..m {
+                    let xi = &x[i * k..(i + 1) * k];
+                    for j in 0..n {
+                        let wj = &w[j * k..(j + 1) * k];
+                        let abs: f32 = xi.iter().zip(wj).map(|(a, b)| (a * b).abs()).sum();
+                        let mut tol = TOL * abs;
+                        if m <= 8 {
+                            for (xb, wb) in xi.chunks(32).zip(wj.chunks(32)) {
+                                let step = xb.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                                tol += step / 2.0 * wb.iter().map(|v| v.abs()).sum::<f32>() * 1.001;
+                            }
+                        }
+                        let (a, b) = (got[i * n + j], want[i * n + j]);
+                        assert!((a - b).abs() <= tol, "{ty} m {m} ({i}, {j}): {a} vs {b}");
+                    }
+                }
+            }
+            let ids = [5u32, 0, 36];
+            let out = poisoned(&dev, ids.len() * k);
+            dev.embedding(k, &wq, &ids, &out).unwrap();
+            let got = dev.download_f32(&out).unwrap();
+            for (r, &id) in ids.iter().enumerate() {
+                let want = &w[id as usize * k..(id as usize + 1) * k];
+                assert_eq!(&got[r * k..(r + 1) * k], want, "{ty} embedding row {id}");
+            }
+            // Rows that are not whole blocks, and buffers that are not, are errors.
+            let bad = MatmulDims {
+                m: 1,
+                n: 2,
+                k: k - 1,
+            };
+            let xb = dev.upload_f32(&vec![1.0; k], DType::F32).unwrap();
+            let out = poisoned(&dev, 2);
+            assert!(dev.matmul(&bad, &xb, &wq, &out).is_err());
+            assert!(dev.alloc(dtype, ty.block_len() + 1).is_err());
+            assert!(dev.write(&wq, 1, &data[..ty.block_bytes()]).is_err());
+        }
+    }
+}

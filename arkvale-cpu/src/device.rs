@@ -251,45 +251,21 @@ impl Device for CpuDevice {
 
     fn write(&self, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()> {
         let s = self.storage(buf, "write")?;
-        let size = buf.dtype().size();
-        if data.len() % size != 0 {
-            return Err(Error::shape(format!(
-                "write: {} bytes is not a whole number of {:?}",
-                data.len(),
-                buf.dtype()
-            )));
-        }
-        check_range(offset, data.len() / size, buf.len(), "write")?;
-        self.access(
-            s,
-            std::iter::once(offset..offset + data.len() / size),
-            true,
-            "write",
-        )?;
+        let (start, len) = byte_span(buf.dtype(), offset, data.len(), "write")?;
+        check_range(offset, len, buf.len(), "write")?;
+        self.access(s, std::iter::once(offset..offset + len), true, "write")?;
         let mut g = s.data.write();
-        g.bytes_mut()[offset * size..offset * size + data.len()].copy_from_slice(data);
+        g.bytes_mut()[start..start + data.len()].copy_from_slice(data);
         Ok(())
     }
 
     fn read(&self, buf: &Buffer, offset: usize, out: &mut [u8]) -> Result<()> {
         let s = self.storage(buf, "read")?;
-        let size = buf.dtype().size();
-        if out.len() % size != 0 {
-            return Err(Error::shape(format!(
-                "read: {} bytes is not a whole number of {:?}",
-                out.len(),
-                buf.dtype()
-            )));
-        }
-        check_range(offset, out.len() / size, buf.len(), "read")?;
-        self.access(
-            s,
-            std::iter::once(offset..offset + out.len() / size),
-            false,
-            "read",
-        )?;
+        let (start, len) = byte_span(buf.dtype(), offset, out.len(), "read")?;
+        check_range(offset, len, buf.len(), "read")?;
+        self.access(s, std::iter::once(offset..offset + len), false, "read")?;
         let g = s.data.read_recursive();
-        out.copy_from_slice(&g.bytes()[offset * size..offset * size + out.len()]);
+        out.copy_from_slice(&g.bytes()[start..start + out.len()]);
         Ok(())
     }
 
@@ -326,8 +302,8 @@ impl Device for CpuDevice {
             true,
             "copy: dst",
         )?;
-        let size = src.dtype().size();
-        let (from, to, n) = (src_off * size, dst_off * size, len * size);
+        let (from, n) = byte_span_of(src.dtype(), src_off, len, "copy")?;
+        let (to, _) = byte_span_of(src.dtype(), dst_off, len, "copy")?;
         if Arc::ptr_eq(s, d) {
             s.data.write().bytes_mut().copy_within(from..from + n, to);
         } else {
@@ -348,6 +324,10 @@ impl Device for CpuDevice {
     }
 
     /// Waits for every queued copy (compute is always finished when a method returns).
+    fn supports_weight_dtype(&self, dtype: DType) -> bool {
+        dtype.is_weight()
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.copies.drain()?;
         self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -775,6 +755,29 @@ impl Device for CpuDevice {
 }
 
 /// Element operations of an attention op: every row's tokens × its query heads × `2d`.
+/// `(first byte, elements)` of `bytes` bytes of `dtype` written or read at element `offset`:
+/// the bytes must be whole elements (whole blocks, at a block boundary, for quantized types).
+fn byte_span(dtype: DType, offset: usize, bytes: usize, what: &str) -> Result<(usize, usize)> {
+    match (dtype.bytes_for(offset), dtype.elems_in(bytes)) {
+        (Some(start), Some(len)) => Ok((start, len)),
+        _ => Err(Error::shape(format!(
+            "{what}: {bytes} bytes at element {offset} are not whole {dtype} elements \
+             (quantized types: whole blocks at a block boundary)"
+        ))),
+    }
+}
+
+/// `(first byte, bytes)` of `len` elements of `dtype` from element `offset` (whole blocks at a
+/// block boundary for quantized types).
+fn byte_span_of(dtype: DType, offset: usize, len: usize, what: &str) -> Result<(usize, usize)> {
+    match (dtype.bytes_for(offset), dtype.bytes_for(len)) {
+        (Some(start), Some(n)) => Ok((start, n)),
+        _ => Err(Error::shape(format!(
+            "{what}: {len} {dtype} elements at {offset} are not whole blocks at a block boundary"
+        ))),
+    }
+}
+
 fn attention_work(l: &KvLayout, rows: &[AttnRow]) -> usize {
     let per_page = l.page_size * l.heads_per_group * l.gqa * l.head_dim * 2;
     rows.iter()

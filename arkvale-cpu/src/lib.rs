@@ -7,7 +7,8 @@
 //! flash-decoding splits and tiled online-softmax prefill), and a copy thread that runs page
 //! backups and recalls asynchronously behind events, plus the dense model ops (matmul via the
 //! `gemm` crate, RMSNorm, RoPE, SiLU-gating, add, embedding, argmax). Arithmetic is f32; KV
-//! storage, weights and embedding tables are f32, f16 or bf16 (via `half`).
+//! storage is f32, f16 or bf16 (via `half`); weights and embedding tables are those or
+//! ggml's block-quantized types ([`arkvale_core::QuantType`]), kept as stored.
 //!
 //! It must not decide anything: which pages are resident, recalled, evicted or attended is the
 //! cache manager's business in `arkvale-core`. Every op agrees with the scalar reference in
@@ -17,7 +18,9 @@
 //! Modules, one job each: `buffer` (storage and arenas), `elem` (storage types, small f32
 //! kernels), `scatter` (disjoint parallel writes), `par` (pool or inline), `append`,
 //! `digest_ops` (summarize, estimate, top-k), `attention`, `matmul` (the `gemm`-based dense
-//! matmul with f16/bf16 weights widened per tile), `dense` (RMSNorm, RoPE, SiLU-gating, add,
+//! matmul with f16/bf16 weights widened per tile), `quant` (matmul and embedding with
+//! block-quantized weights kept as stored: AVX2 integer dots for decode, dequantized tiles for
+//! prefill), `dense` (RMSNorm, RoPE, SiLU-gating, add,
 //! embedding, argmax kernels) and `dense_ops` (their checks and dispatch), `event` and `copy_worker` (the
 //! asynchronous copy queue), `dispatch` (from typed storage to generic kernels) and `device`
 //! (the [`Device`](arkvale_core::Device) implementation).
@@ -37,6 +40,7 @@ mod elem;
 mod event;
 mod matmul;
 mod par;
+mod quant;
 mod scatter;
 
 #[cfg(test)]

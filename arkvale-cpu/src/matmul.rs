@@ -23,6 +23,9 @@
 //!   (beyond the caches, memory-bound) f32 ~15, bf16 15 -> 27, f16 ~31: half weights are the
 //!   faster choice for decode.
 //!
+//! Block-quantized weights go to `crate::quant` (integer dots for decode, dequantized tiles
+//! for prefill).
+//!
 //! Accumulation is f32 throughout (each output is one dot product of length `k`; the order of
 //! the additions differs from a left fold, within f32 rounding).
 
@@ -30,14 +33,17 @@ use gemm::Parallelism;
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
+use arkvale_core::QuantType;
+
 use crate::elem::{KvElem, dot};
 use crate::par::Par;
+use crate::quant;
 
 /// Below this many rows of `x`, blocks use dot products instead of `gemm`.
 pub(crate) const GEMM_MIN_ROWS: usize = 4;
 
 /// Target size in elements of one widened weight tile (256 KiB of f32).
-const TILE_ELEMS: usize = 1 << 16;
+pub(crate) const TILE_ELEMS: usize = 1 << 16;
 
 /// The weights of a matmul, in their storage type.
 #[derive(Clone, Copy)]
@@ -48,11 +54,13 @@ pub(crate) enum Weights<'a> {
     F16(&'a [f16]),
     /// bf16 `[n, k]`.
     BF16(&'a [bf16]),
+    /// Block-quantized `[n, k]`, rows of whole blocks (see `crate::quant`).
+    Quant(QuantType, &'a [u8]),
 }
 
 /// A raw pointer to the output that tasks writing disjoint columns share.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: tasks only write through the pointer to disjoint column blocks of the output (see
 // `matmul`), while the `&mut [f32]` it came from is borrowed for the whole parallel section.
 unsafe impl Send for OutPtr {}
@@ -73,6 +81,10 @@ pub(crate) fn matmul(
     }
     if k == 0 {
         out[..m * n].fill(0.0);
+        return;
+    }
+    if let Weights::Quant(ty, w) = w {
+        quant::matmul(par, quant::Kernel::detect(), m, n, k, x, ty, w, out);
         return;
     }
     let (x, out) = (&x[..m * k], &mut out[..m * n]);
@@ -108,6 +120,7 @@ pub(crate) fn matmul(
                 Weights::F32(w) => &w[j0 * k..j1 * k],
                 Weights::F16(w) => widen(&w[j0 * k..j1 * k], &mut tile),
                 Weights::BF16(w) => widen(&w[j0 * k..j1 * k], &mut tile),
+                Weights::Quant(..) => unreachable!("quantized weights are handled above"),
             };
             // SAFETY: the destination is columns j0..j1 of the m x n output (row stride n):
             // in bounds, and no other task writes those columns; `wb` is nb x k.
@@ -148,6 +161,7 @@ fn decode_column(
                 Weights::F32(w) => fused::dot_f32(xi, &w[a..b]),
                 Weights::F16(w) => fused::dot_f16(xi, &w[a..b]),
                 Weights::BF16(w) => fused::dot_bf16(xi, &w[a..b]),
+                Weights::Quant(..) => unreachable!("quantized weights are handled in `matmul`"),
             };
         }
         return;
@@ -156,6 +170,7 @@ fn decode_column(
         Weights::F32(w) => &w[a..b],
         Weights::F16(w) => widen(&w[a..b], tile),
         Weights::BF16(w) => widen(&w[a..b], tile),
+        Weights::Quant(..) => unreachable!("quantized weights are handled in `matmul`"),
     };
     for (i, c) in col.iter_mut().enumerate() {
         *c = dot(&x[i * k..(i + 1) * k], wj);
@@ -197,7 +212,7 @@ fn widen<'t, T: HalfWeight>(src: &[T], tile: &'t mut Vec<f32>) -> &'t [f32] {
 /// `x` holds m x k and `w` nb x k values; `dst` must be valid for writes of every element of
 /// the block, and nothing else may access those elements during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_block(
+pub(crate) unsafe fn gemm_block(
     m: usize,
     nb: usize,
     k: usize,

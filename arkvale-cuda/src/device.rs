@@ -332,6 +332,12 @@ impl CudaDevice {
 
     fn float_table<'a>(&self, b: &'a Buffer, what: &str) -> Result<&'a CudaBuf> {
         let c = self.buf(b, what)?;
+        if b.dtype().quant().is_some() {
+            return Err(Error::UnsupportedWeight {
+                backend: BACKEND.to_string(),
+                dtype: b.dtype(),
+            });
+        }
         if !b.dtype().is_float() {
             return Err(Error::shape(format!(
                 "{what}: expected an f32, f16 or bf16 buffer, got {:?}",
@@ -645,6 +651,13 @@ impl Device for CudaDevice {
     }
 
     fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer> {
+        if dtype.quant().is_some() {
+            // No kernels for block-quantized weights here (`supports_weight_dtype` says so).
+            return Err(Error::UnsupportedWeight {
+                backend: BACKEND.to_string(),
+                dtype,
+            });
+        }
         let bytes = len
             .checked_mul(dtype.size())
             .ok_or_else(|| Error::device(BACKEND, format!("{len} x {dtype:?} overflows")))?;

@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arkvale_core::{DType, Device};
+use arkvale_core::Device;
 
 use crate::chat::{ChatError, ChatTemplate, Message};
 use crate::gguf::{GgufError, GgufFile};
 use crate::hf::{self, HfError};
-use crate::llama::{LlamaError, LlamaModel};
+use crate::llama::{LlamaError, LlamaModel, WeightStorage};
 use crate::text::{TextError, TextTokenizer};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -96,11 +96,18 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Loads `path` onto `dev`: a directory with `config.json` through [`hf::load`], anything
-    /// else as a GGUF file ([`LlamaModel::load`]); weight matrices stored as `weight_dtype`.
-    pub fn open(path: &Path, dev: Arc<dyn Device>, weight_dtype: DType) -> Result<Self, LoadError> {
+    /// else as a GGUF file ([`LlamaModel::load`]); weight matrices stored as `storage` says
+    /// (an [`arkvale_core::DType`] converts to [`WeightStorage::Convert`]; Hugging Face directories are read
+    /// as f32, so [`WeightStorage::Native`] keeps them f32).
+    pub fn open(
+        path: &Path,
+        dev: Arc<dyn Device>,
+        storage: impl Into<WeightStorage>,
+    ) -> Result<Self, LoadError> {
+        let storage = storage.into();
         let path_buf = path.to_path_buf();
         if hf::is_hf_dir(path) {
-            let (dir, model) = hf::load(path, dev, weight_dtype)?;
+            let (dir, model) = hf::load(path, dev, storage.host_dtype())?;
             let template = match dir.tokenizer().chat_template() {
                 Some(src) => Some(ChatTemplate::new(src).map_err(|source| LoadError::Chat {
                     path: path_buf.clone(),
@@ -133,11 +140,10 @@ impl LoadedModel {
             path: path_buf.clone(),
             source,
         })?;
-        let model =
-            LlamaModel::load(dev, &file, weight_dtype).map_err(|source| LoadError::Llama {
-                path: path_buf.clone(),
-                source,
-            })?;
+        let model = LlamaModel::load(dev, &file, storage).map_err(|source| LoadError::Llama {
+            path: path_buf.clone(),
+            source,
+        })?;
         Ok(LoadedModel {
             tokenizer: TextTokenizer::Gguf(tokenizer),
             template,

@@ -125,7 +125,11 @@ fn passkey_smoke() {
         return;
     };
     assert_eq!(records.len(), 2 * 3);
-    assert!(records.iter().any(|r| r["policy"] == "arkvale:preset=paper"));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["policy"] == "arkvale:preset=paper")
+    );
     for r in &records {
         assert_eq!(r["task"], "passkey");
         assert_eq!(r["key"].as_str().unwrap().len(), 5);

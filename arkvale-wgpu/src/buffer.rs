@@ -163,6 +163,12 @@ pub(crate) fn typed<'a>(
 /// The storage of a float buffer (f32, f16 or bf16).
 pub(crate) fn float<'a>(dev: u64, buf: &'a Buffer, what: &str) -> Result<&'a GpuBuffer> {
     let g = gpu(dev, buf, what)?;
+    if buf.dtype().quant().is_some() {
+        return Err(Error::UnsupportedWeight {
+            backend: BACKEND.to_string(),
+            dtype: buf.dtype(),
+        });
+    }
     if !buf.dtype().is_float() {
         return Err(Error::shape(format!(
             "{what}: expected an f32, f16 or bf16 buffer, got {:?}",

@@ -277,6 +277,13 @@ impl Device for WgpuDevice {
     }
 
     fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer> {
+        if dtype.quant().is_some() {
+            // No kernels for block-quantized weights here (`supports_weight_dtype` says so).
+            return Err(Error::UnsupportedWeight {
+                backend: BACKEND.to_string(),
+                dtype,
+            });
+        }
         let bytes = len
             .checked_mul(dtype.size())
             .ok_or_else(|| Error::shape(format!("alloc: {len} x {dtype:?} overflows")))?;

@@ -12,10 +12,16 @@
 //!   weight type), so the tolerance covers only the backend's own arithmetic; the CPU backend
 //!   widens half weights exactly and meets 1e-5 there too (its unit tests check that);
 //! * `rmsnorm`, `rope`, `silu_mul`: [`TOL_F32`] with `scale = 1`;
+//! * `matmul` with block-quantized weights (where the backend supports them; elsewhere
+//!   allocating them must fail with [`arkvale_core::Error::UnsupportedWeight`]): against the
+//!   reference on the dequantized weights, with [`TOL_F32`] as above plus, for decode-sized
+//!   `m` (up to 8 rows), the rounding of activations to 8 bits per 32 values that a backend may
+//!   use: `sum_b (max_b |x| / 127 / 2) * sum_{l in b} |w_jl|` over the blocks `b` of 32;
 //! * `add`, `add_bias`, `embedding` (any table type: widening is exact), `argmax`: exact.
 
 use std::sync::Arc;
 
+use arkvale_core::quant::{self, QuantType};
 use arkvale_core::{
     Buffer, DType, Device, DeviceExt, MatmulDims, Rope, RopeScaling, RopeStyle, reference,
     rope_inv_freq,
@@ -51,6 +57,10 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "dense::matmul_bf16",
             run: |d| matmul(d, DType::BF16),
+        },
+        Case {
+            name: "dense::matmul_quantized",
+            run: matmul_quantized,
         },
         Case {
             name: "dense::rmsnorm",
@@ -180,6 +190,82 @@ fn matmul(dev: &Arc<dyn Device>, dtype: DType) -> Result<(), String> {
             &scale,
             &format!("matmul {dtype:?} {dims:?}"),
         )
+    })
+}
+
+/// Random blocks of `ty` holding `n` values: random bytes, every f16 scale field replaced by a
+/// finite value in `[-0.05, 0.05]` (random bits could be NaN or inf).
+fn quant_blocks(g: &mut Gen, ty: QuantType, n: usize) -> Vec<u8> {
+    let bytes = ty.bytes_for(n).unwrap_or(0);
+    let mut data: Vec<u8> = (0..bytes).map(|_| g.below(256) as u8).collect();
+    let fields: &[usize] = match ty {
+        QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => &[0],
+        QuantType::Q4_1 | QuantType::Q5_1 | QuantType::Q4_K | QuantType::Q5_K => &[0, 2],
+        QuantType::Q6_K => &[208],
+    };
+    for block in data.chunks_exact_mut(ty.block_bytes()) {
+        for &at in fields {
+            let v = half::f16::from_f32(g.value() * 0.05);
+            block[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+        }
+    }
+    data
+}
+
+/// `matmul` with every block-quantized weight type over decode (`m` 1..=8) and prefill sizes.
+fn matmul_quantized(dev: &Arc<dyn Device>) -> Result<(), String> {
+    check(|seed| {
+        let mut g = Gen::new(seed);
+        let ty = QuantType::ALL[g.below(QuantType::ALL.len())];
+        let dtype = DType::Quant(ty);
+        let m = if g.range(0, 1) == 0 {
+            g.range(1, 8)
+        } else {
+            g.range(9, 40)
+        };
+        let (n, k) = (g.range(1, 100), g.range(1, 3) * ty.block_len());
+        if !dev.supports_weight_dtype(dtype) {
+            return match dev.alloc(dtype, n * k) {
+                Err(arkvale_core::Error::UnsupportedWeight { .. }) => Ok(()),
+                other => Err(format!(
+                    "{dtype}: unsupported, yet alloc gave {other:?} instead of UnsupportedWeight"
+                )),
+            };
+        }
+        let dims = MatmulDims { m, n, k };
+        let x = g.values(m * k);
+        let data = quant_blocks(&mut g, ty, n * k);
+        let wb = dev.alloc(dtype, n * k).map_err(err)?;
+        dev.write(&wb, 0, &data).map_err(err)?;
+        let mut w = vec![0f32; n * k];
+        quant::dequantize(ty, &data, &mut w).map_err(|e| e.to_string())?;
+        let (xb, out) = (upload(dev, &x)?, poisoned_padded(dev, m * n)?);
+        dev.matmul(&dims, &xb, &wb, &out).map_err(err)?;
+        let mut want = vec![f32::NAN; m * n + PAD];
+        reference::matmul(&dims, &x, &w, &mut want);
+        let got = dev.download_f32(&out).map_err(err)?;
+        for i in 0..m {
+            let xi = &x[i * k..(i + 1) * k];
+            for j in 0..n {
+                let wj = &w[j * k..(j + 1) * k];
+                let abs: f32 = xi.iter().zip(wj).map(|(a, b)| (a * b).abs()).sum();
+                let mut tol = TOL_F32 * (abs + want[i * n + j].abs());
+                if m <= 8 {
+                    for (xb, wb) in xi.chunks(32).zip(wj.chunks(32)) {
+                        let step = xb.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                        tol += step / 2.0 * wb.iter().map(|v| v.abs()).sum::<f32>() * 1.001;
+                    }
+                }
+                let (a, b) = (got[i * n + j], want[i * n + j]);
+                if (a - b).abs().is_nan() || (a - b).abs() > tol {
+                    return Err(format!(
+                        "matmul {dtype} {dims:?} at ({i}, {j}): device {a} vs reference {b} \
+                         (tol {tol})"
+                    ));
+                }
+            }
+        }
+        close(&got[m * n..], &want[m * n..], 0.0, &[], "matmul padding")
     })
 }
 

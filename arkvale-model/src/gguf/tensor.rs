@@ -1,5 +1,7 @@
 //! ggml tensor types and tensor infos.
 
+use arkvale_core::{DType, QuantType};
+
 use super::error::{GgufError, Result};
 use super::reader::Reader;
 
@@ -130,11 +132,33 @@ ggml_types! {
 impl GgmlType {
     /// Whether [`dequantize`](super::dequantize) supports this type.
     pub fn can_dequantize(self) -> bool {
-        use GgmlType::*;
-        matches!(
-            self,
-            F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q4_K | Q5_K | Q6_K
-        )
+        self.dtype().is_some()
+    }
+
+    /// The block-quantized type of [`arkvale_core::quant`] this is, if any.
+    pub fn quant(self) -> Option<QuantType> {
+        Some(match self {
+            GgmlType::Q4_0 => QuantType::Q4_0,
+            GgmlType::Q4_1 => QuantType::Q4_1,
+            GgmlType::Q5_0 => QuantType::Q5_0,
+            GgmlType::Q5_1 => QuantType::Q5_1,
+            GgmlType::Q8_0 => QuantType::Q8_0,
+            GgmlType::Q4_K => QuantType::Q4_K,
+            GgmlType::Q5_K => QuantType::Q5_K,
+            GgmlType::Q6_K => QuantType::Q6_K,
+            _ => return None,
+        })
+    }
+
+    /// The device buffer type that holds this type's data as stored (bytes unchanged), if
+    /// any: the float types and the block-quantized ones.
+    pub fn dtype(self) -> Option<DType> {
+        match self {
+            GgmlType::F32 => Some(DType::F32),
+            GgmlType::F16 => Some(DType::F16),
+            GgmlType::BF16 => Some(DType::BF16),
+            other => other.quant().map(DType::Quant),
+        }
     }
 
     /// Bytes occupied by `n_elements` elements, or `None` when `n_elements` is not a whole
@@ -223,5 +247,24 @@ impl TensorInfo {
             n_elements,
             n_bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_types_agree_with_core() {
+        for id in 0..40 {
+            let Some(ty) = GgmlType::from_id(id) else {
+                continue;
+            };
+            if let Some(q) = ty.quant() {
+                assert_eq!(ty.block_size() as usize, q.block_len(), "{ty}");
+                assert_eq!(ty.type_size() as usize, q.block_bytes(), "{ty}");
+                assert_eq!(q.name(), ty.name());
+            }
+        }
     }
 }

@@ -49,8 +49,9 @@
 //! ([`LlamaConfig::gguf_rope_style`]); a Hugging Face checkpoint
 //! (unpermuted) would need [`RopeStyle::Neox`] — [`LlamaModel::set_rope_style`].
 //!
-//! All activations are f32; weights are dequantized on load and stored as f32, f16 or bf16
-//! (the `weight_dtype` of [`LlamaModel::load`]); norm weights stay f32.
+//! All activations are f32; weights are either dequantized on load and stored as f32, f16 or
+//! bf16, or kept in the file's block-quantized types where the device has kernels for them
+//! (the [`WeightStorage`] of [`LlamaModel::load`]); norm weights stay f32.
 //!
 //! # Errors
 //!
@@ -67,7 +68,7 @@ use std::sync::Arc;
 use arkvale_core::{DType, Device, ModelShape, RopeScaling, RopeStyle, rope_inv_freq};
 
 pub use config::{LlamaConfig, SUPPORTED_ARCHITECTURES};
-pub use weights::{HostLayer, LlamaHostWeights};
+pub use weights::{HostLayer, LlamaHostWeights, WeightStorage};
 
 use crate::gguf::{GgufError, GgufFile};
 use weights::{Tensor, Weights};
@@ -118,20 +119,25 @@ impl std::fmt::Debug for LlamaModel {
 }
 
 impl LlamaModel {
-    /// Loads the model in `file` onto `dev`: reads its [`LlamaConfig`], dequantizes every
-    /// weight to f32 and uploads it, matrices and the embedding table converted to
-    /// `weight_dtype` (`F32`, `F16` or `BF16`). Tensors are read one at a time, so the host
-    /// holds at most one dequantized tensor besides the file's memory map.
-    pub fn load(dev: Arc<dyn Device>, file: &GgufFile, weight_dtype: DType) -> Result<Self> {
+    /// Loads the model in `file` onto `dev`: reads its [`LlamaConfig`] and uploads every
+    /// weight, matrices and the embedding table as `storage` says — dequantized to f32 and
+    /// converted to a float type (`F32`, `F16` or `BF16`; a [`DType`] converts into
+    /// [`WeightStorage::Convert`]), or kept in the file's own types
+    /// ([`WeightStorage::Native`]) where the device has kernels for them. Tensors are read one
+    /// at a time from the file's memory map, so the host holds at most one dequantized tensor;
+    /// native tensors are copied to the device without being decoded.
+    pub fn load(
+        dev: Arc<dyn Device>,
+        file: &GgufFile,
+        storage: impl Into<WeightStorage>,
+    ) -> Result<Self> {
         let config = LlamaConfig::from_gguf(file)?;
         let rope_style = config.gguf_rope_style();
-        let weights = Weights::upload(
-            dev.as_ref(),
-            &config,
-            weight_dtype,
-            config.tied_embeddings,
-            |t| weights::gguf_tensor(file, &config, t),
-        )?;
+        let weights = Weights::from_gguf(dev.as_ref(), file, &config, storage.into())?;
+        let weight_dtype = weights
+            .layers
+            .first()
+            .map_or(weights.embedding.dtype(), |l| l.wq.dtype());
         let mut model = Self::assemble(dev, config, weights, weight_dtype)?;
         model.rope_style = rope_style;
         Ok(model)
@@ -215,7 +221,8 @@ impl LlamaModel {
         self.config.vocab
     }
 
-    /// The storage type of the weight matrices.
+    /// The storage type of the weight matrices (with [`WeightStorage::Native`], that of the
+    /// first layer's query projection: a file may mix types).
     pub fn weight_dtype(&self) -> DType {
         self.weight_dtype
     }

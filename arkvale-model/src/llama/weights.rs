@@ -190,6 +190,33 @@ pub(crate) struct Weights {
     pub output: Option<Buffer>,
 }
 
+/// How the weight matrices and the embedding table are stored on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightStorage {
+    /// Dequantized to f32 and converted to this float type (`F32`, `F16` or `BF16`).
+    Convert(DType),
+    /// As the file stores them (quantized blocks stay quantized), where the device has
+    /// kernels for the type ([`Device::supports_weight_dtype`]); other tensors are
+    /// dequantized to f32. Only GGUF files are read natively; host weights are f32.
+    Native,
+}
+
+impl From<DType> for WeightStorage {
+    fn from(dtype: DType) -> Self {
+        WeightStorage::Convert(dtype)
+    }
+}
+
+impl WeightStorage {
+    /// The float type host (f32) weights are converted to.
+    pub(crate) fn host_dtype(self) -> DType {
+        match self {
+            WeightStorage::Convert(d) => d,
+            WeightStorage::Native => DType::F32,
+        }
+    }
+}
+
 impl Weights {
     /// Uploads every tensor `get` returns (f32, checked against the expected size), norms as
     /// f32 and the rest as `dtype`.
@@ -200,24 +227,55 @@ impl Weights {
         tied: bool,
         mut get: impl FnMut(Tensor) -> Result<Vec<f32>>,
     ) -> Result<Self> {
-        if !dtype.is_float() {
-            return Err(LlamaError::Weights(format!(
-                "weight dtype must be f32, f16 or bf16, got {dtype:?}"
-            )));
-        }
-        let mut load = |t: Tensor| -> Result<Buffer> {
+        check_float(dtype)?;
+        Self::build(config, tied, |t: Tensor| {
             let data = get(t)?;
-            let [rows, cols] = t.shape(config);
-            if data.len() != rows * cols {
-                return Err(LlamaError::Weights(format!(
-                    "{} has {} values, expected {rows} x {cols}",
-                    t.gguf_name(),
-                    data.len()
-                )));
-            }
             let ty = if t.is_vector() { DType::F32 } else { dtype };
-            Ok(dev.upload_f32(&data, ty)?)
-        };
+            upload_checked(dev, config, t, &data, ty)
+        })
+    }
+
+    /// Reads every tensor of a GGUF file onto the device: norms as f32, matrices and the
+    /// embedding table as `storage` says.
+    pub(crate) fn from_gguf(
+        dev: &dyn Device,
+        file: &GgufFile,
+        config: &LlamaConfig,
+        storage: WeightStorage,
+    ) -> Result<Self> {
+        if let WeightStorage::Convert(dtype) = storage {
+            check_float(dtype)?;
+        }
+        Self::build(config, config.tied_embeddings, |t: Tensor| {
+            let info = gguf_info(file, config, t)?;
+            let native = match storage {
+                WeightStorage::Native if !t.is_vector() => {
+                    info.ty.dtype().filter(|&d| dev.supports_weight_dtype(d))
+                }
+                _ => None,
+            };
+            if let Some(dtype) = native {
+                let [rows, cols] = t.shape(config);
+                let buf = dev.alloc(dtype, rows * cols)?;
+                dev.write(&buf, 0, file.tensor_data(&info.name)?)?;
+                return Ok(buf);
+            }
+            let data = file.tensor_f32(&info.name)?;
+            let ty = if t.is_vector() {
+                DType::F32
+            } else {
+                storage.host_dtype()
+            };
+            upload_checked(dev, config, t, &data, ty)
+        })
+    }
+
+    /// Builds the weights from one loader per tensor.
+    fn build(
+        config: &LlamaConfig,
+        tied: bool,
+        mut load: impl FnMut(Tensor) -> Result<Buffer>,
+    ) -> Result<Self> {
         let embedding = load(Tensor::Embedding)?;
         let mut layers = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
@@ -257,8 +315,42 @@ impl Weights {
     }
 }
 
-/// Reads tensor `t` from a GGUF file, dequantized to f32, after checking its dimensions.
-pub(crate) fn gguf_tensor(file: &GgufFile, config: &LlamaConfig, t: Tensor) -> Result<Vec<f32>> {
+/// Fails unless `dtype` is a float type (the types f32 host weights convert to).
+fn check_float(dtype: DType) -> Result<()> {
+    if dtype.is_float() {
+        Ok(())
+    } else {
+        Err(LlamaError::Weights(format!(
+            "weight dtype must be f32, f16 or bf16, got {dtype:?}"
+        )))
+    }
+}
+
+/// Uploads f32 `data` of tensor `t` as `dtype` after checking its size.
+fn upload_checked(
+    dev: &dyn Device,
+    config: &LlamaConfig,
+    t: Tensor,
+    data: &[f32],
+    dtype: DType,
+) -> Result<Buffer> {
+    let [rows, cols] = t.shape(config);
+    if data.len() != rows * cols {
+        return Err(LlamaError::Weights(format!(
+            "{} has {} values, expected {rows} x {cols}",
+            t.gguf_name(),
+            data.len()
+        )));
+    }
+    Ok(dev.upload_f32(data, dtype)?)
+}
+
+/// The info of tensor `t` in a GGUF file, after checking its dimensions.
+fn gguf_info<'f>(
+    file: &'f GgufFile,
+    config: &LlamaConfig,
+    t: Tensor,
+) -> Result<&'f crate::gguf::TensorInfo> {
     let name = t.gguf_name();
     let info = file
         .tensor(&name)
@@ -276,5 +368,5 @@ pub(crate) fn gguf_tensor(file: &GgufFile, config: &LlamaConfig, t: Tensor) -> R
             info.dims
         )));
     }
-    Ok(file.tensor_f32(&name)?)
+    Ok(info)
 }

@@ -93,7 +93,7 @@ pub fn load(run: &RunArgs) -> Result<Loaded> {
     let path = resolve_model(run.model.as_deref())?;
     let t_load = Instant::now();
     let dev = open_device(run.backend, run.threads)?;
-    let inner = LoadedModel::open(&path, dev.clone(), run.weights.dtype())?;
+    let inner = LoadedModel::open(&path, dev.clone(), run.weights.storage())?;
     Ok(Loaded {
         inner,
         dev,

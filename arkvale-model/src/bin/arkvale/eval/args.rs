@@ -93,7 +93,9 @@ pub struct CommonArgs {
     /// Worker threads of the CPU backend [default: all cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Storage type of the weight matrices (dequantized on load).
+    /// Storage type of the weight matrices (`native`: the file's own types where the backend
+    /// has kernels for them; the default stays the exact f32, which the recorded evaluation
+    /// results used).
     #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
     pub weights: WeightDtype,
     /// Never draw progress bars.

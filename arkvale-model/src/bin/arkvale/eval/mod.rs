@@ -339,7 +339,7 @@ pub fn load(c: &CommonArgs) -> Result<LoadedModel> {
     }
     let path = resolve_model(c.model.as_deref())?;
     let dev = open_device(c.backend, c.threads)?;
-    LoadedModel::open(&path, dev, c.weights.dtype())
+    LoadedModel::open(&path, dev, c.weights.storage())
         .with_context(|| format!("cannot load the model {}", path.display()))
 }
 

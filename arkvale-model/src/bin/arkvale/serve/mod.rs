@@ -70,7 +70,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     }
     let path = resolve_model(args.model.as_deref())?;
     let dev = open_device(args.backend, args.threads)?;
-    let loaded = Arc::new(LoadedModel::open(&path, dev, args.weights.dtype())?);
+    let loaded = Arc::new(LoadedModel::open(&path, dev, args.weights.storage())?);
     let ctx = loaded.model.config().context_length;
     let max_prompt = args.max_prompt_tokens.unwrap_or(ctx - 1).min(ctx - 1);
     let eos = if args.ignore_eos {

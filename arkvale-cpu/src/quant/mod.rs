@@ -1,0 +1,113 @@
+//! `out[m, n] = x[m, k] · Wᵀ` with `W` block-quantized ([`QuantType`]), kept as stored.
+//!
+//! * **Decode** (`m <= DECODE_MAX_ROWS`): the `m` activation rows are quantized once per call
+//!   to 8 bits per 32 values ([`arkvale_core::quant::q8`]); each weight row is then unpacked
+//!   one sub-block at a time and dotted with every activation row by integer multiply-adds
+//!   (`dot`: AVX2 where the CPU has it, detected at run time, else the scalar reference
+//!   [`arkvale_core::quant::vec_dot`]). Weights are read once per call in their stored size.
+//! * **Prefill** (larger `m`): blocks of `W` rows are dequantized into an f32 tile (at most
+//!   256 KiB, so it stays in L2) and multiplied by the single-threaded `gemm` kernel, as the
+//!   f16/bf16 path of `matmul` does. Here the result equals dequantize-then-matmul.
+//!
+//! Both split `W`'s rows into blocks, one task per block on the device pool.
+
+mod dot;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use arkvale_core::quant::{self, Q8Block, QuantType, SUB_LEN};
+use gemm::Parallelism;
+
+use crate::matmul::{OutPtr, TILE_ELEMS, gemm_block};
+use crate::par::Par;
+
+pub(crate) use dot::Kernel;
+
+/// Up to this many rows of `x`, the matmul uses quantized activations and integer dots.
+pub(crate) const DECODE_MAX_ROWS: usize = 8;
+
+/// `out[..m * n] = x[..m * k] · w[..n rows]ᵀ` for quantized `w` of type `ty`. The caller has
+/// checked that `k` is a multiple of `ty.block_len()`, that `w` holds at least `n` rows of
+/// `k` values and that `x` / `out` hold `m * k` / `m * n` values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    par: Par,
+    kernel: Kernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    ty: QuantType,
+    w: &[u8],
+    out: &mut [f32],
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out[..m * n].fill(0.0);
+        return;
+    }
+    let row_bytes = k / ty.block_len() * ty.block_bytes();
+    let (x, w, out) = (&x[..m * k], &w[..n * row_bytes], &mut out[..m * n]);
+    let ptr = OutPtr(out.as_mut_ptr());
+    if m <= DECODE_MAX_ROWS {
+        let subs = k / SUB_LEN;
+        let mut acts = vec![Q8Block::default(); m * subs];
+        for (xi, ai) in x.chunks_exact(k).zip(acts.chunks_exact_mut(subs)) {
+            // Lengths agree by construction (k = 32 * subs).
+            let _ = quant::quantize_q8(xi, ai);
+        }
+        let acts = &acts;
+        let block = n.div_ceil(par.threads() * 4).clamp(16, 512);
+        let blocks: Vec<usize> = (0..n.div_ceil(block)).collect();
+        par.for_each(blocks, move |b| {
+            let ptr = ptr;
+            let mut col = [0f32; DECODE_MAX_ROWS];
+            for j in b * block..((b + 1) * block).min(n) {
+                let row = &w[j * row_bytes..(j + 1) * row_bytes];
+                kernel.dots(ty, row, acts, subs, &mut col[..m]);
+                for (i, v) in col[..m].iter().enumerate() {
+                    // SAFETY: (i, j) is inside the m x n output and in this task's block of
+                    // columns, which no other task writes.
+                    unsafe { *ptr.0.add(i * n + j) = *v };
+                }
+            }
+        });
+        return;
+    }
+    let block = (TILE_ELEMS / k).clamp(8, 512).min(n);
+    let block = block.min(n.div_ceil(par.threads() * 4).max(8));
+    let blocks: Vec<usize> = (0..n.div_ceil(block)).collect();
+    par.for_each(blocks, move |b| {
+        let ptr = ptr;
+        let (j0, j1) = (b * block, ((b + 1) * block).min(n));
+        let mut tile = vec![0f32; (j1 - j0) * k];
+        kernel.dequantize(ty, &w[j0 * row_bytes..j1 * row_bytes], &mut tile);
+        // SAFETY: the destination is columns j0..j1 of the m x n output (row stride n): in
+        // bounds, and no other task writes those columns; `tile` is (j1 - j0) x k.
+        unsafe { gemm_block(m, j1 - j0, k, x, &tile, ptr.0.add(j0), n, Parallelism::None) };
+    });
+}
+
+/// Dequantizes rows `ids` of a `[vocab, dim]` quantized table into `out` (`ids.len() * dim`
+/// values); ids and `dim` (a multiple of the block length) checked by the caller.
+pub(crate) fn embedding(
+    par: Par,
+    kernel: Kernel,
+    dim: usize,
+    ty: QuantType,
+    table: &[u8],
+    ids: &[u32],
+    out: &mut [f32],
+) {
+    let row_bytes = dim / ty.block_len() * ty.block_bytes();
+    let items: Vec<_> = ids.iter().zip(out.chunks_exact_mut(dim)).collect();
+    par.for_each(items, |(&id, o)| {
+        let at = id as usize * row_bytes;
+        kernel.dequantize(ty, &table[at..at + row_bytes], o);
+    });
+}
+
+#[cfg(test)]
+mod tests;
