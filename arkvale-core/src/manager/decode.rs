@@ -17,9 +17,19 @@ use crate::{
 pub(crate) struct LayerMass {
     /// `[pages][hg * gqa]` f32, written by `decode_attention`.
     buf: Option<Buffer>,
-    /// The attention's rows, the (sequence, group) of each row, and the page-list length;
-    /// `None` once read (or before the first write).
-    pending: Option<(Vec<AttnRow>, Vec<(SeqId, usize)>, usize)>,
+    /// What the entries belong to; `None` once read (or before the first write).
+    pending: Option<PendingMass>,
+}
+
+/// What the page log-sum-exps of one decode attention belong to.
+#[derive(Debug)]
+struct PendingMass {
+    /// The attention's rows.
+    rows: Vec<AttnRow>,
+    /// The (sequence, group) of each row.
+    owners: Vec<(SeqId, usize)>,
+    /// Length of the attention's page list.
+    pages_len: usize,
 }
 
 /// Where one (row, group)'s candidates sit in the step's ranking.
@@ -240,7 +250,11 @@ impl CacheManager {
                 .iter()
                 .map(|r| (seqs[r.q_row as usize], r.group as usize))
                 .collect();
-            lm.pending = Some((rows.clone(), owners, attn_pages.len()));
+            lm.pending = Some(PendingMass {
+                rows: rows.clone(),
+                owners,
+                pages_len: attn_pages.len(),
+            });
         }
         self.res.stats.time.attention += started.elapsed();
         self.res.stats.decode_layer_steps += n as u64;
@@ -324,7 +338,14 @@ impl CacheManager {
     /// (sequence, group) tables gets mass 0. Sequences removed since are skipped.
     fn apply_pending_mass(&mut self, layer: usize) -> Result<()> {
         let lm = &mut self.res.pending_mass[layer];
-        let (Some((rows, owners, pages_len)), Some(buf)) = (lm.pending.take(), lm.buf.as_ref())
+        let (
+            Some(PendingMass {
+                rows,
+                owners,
+                pages_len,
+            }),
+            Some(buf),
+        ) = (lm.pending.take(), lm.buf.as_ref())
         else {
             return Ok(());
         };
