@@ -10,13 +10,27 @@
 # prompt, and `arkvale eval plot DIR` redraws the plots and tables of a sweep stopped part-way. The real text of fidelity, digest-recall, recalls and the
 # real-text NIAH run is the GNU GPL v3 (gpl-3.0.txt beside this script, ~8k tokens).
 set -euo pipefail
-cargo build --release -p arkvale-model
+cargo build --release -p arkvale-model --features cli --bin arkvale
 bin="${CARGO_TARGET_DIR:-target}/release/arkvale"
 out=docs/results/eval
 text=$out/gpl-3.0.txt
-"$bin" eval passkey --out "$out/passkey"
-"$bin" eval niah --contexts 4096 --out "$out/niah"
-"$bin" eval niah --contexts 4096 --haystack-file "$text" --variants single,multikey --out "$out/niah-text"
-"$bin" eval fidelity --text-file "$text" --out "$out/fidelity"
+# Round 1 (the paper's rules on the built-in filler and the GPL text): `--preset paper` and
+# `--haystack filler` keep these runs what they were before the defaults changed.
+paper=(--preset paper)
+"$bin" eval passkey "${paper[@]}" --haystack filler --out "$out/passkey"
+"$bin" eval niah "${paper[@]}" --haystack filler --contexts 4096 --out "$out/niah"
+"$bin" eval niah "${paper[@]}" --contexts 4096 --haystack-file "$text" --variants single,multikey --out "$out/niah-text"
+"$bin" eval fidelity "${paper[@]}" --text-file "$text" --out "$out/fidelity"
 "$bin" eval digest-recall --text-file "$text" --out "$out/digest-recall"
-"$bin" eval recalls --text-file "$text" --out "$out/recalls"
+"$bin" eval recalls "${paper[@]}" --text-file "$text" --out "$out/recalls"
+
+# Round 2 (real prose: the built-in public-domain novels of arkvale-model/data/haystack/):
+# the recommended preset (the default) beside the paper's rules and the ablation between them.
+prose=arkvale-model/data/haystack/persuasion.txt
+ablation="full,arkvale,arkvale:preset=paper,arkvale:preset=paper+victims=attention+prefill=attention"
+ablation="$ablation,arkvale:preset=paper+victims=attention+prefill=attention+groups=kv+agg=max,streaming"
+"$bin" eval fidelity --text-file "$prose" --prefill 4096 --decode 256 --policies "$ablation" \
+    --budgets 512,1024,2048 --out "$out/fidelity-real"
+"$bin" eval passkey --contexts 4096 --depths 0.1,0.3,0.5,0.7,0.9 --haystack moby-dick \
+    --policies "full,arkvale,arkvale:preset=paper,arkvale:preset=paper+victims=attention+prefill=attention,streaming" \
+    --budgets 512 --out "$out/passkey-real"
