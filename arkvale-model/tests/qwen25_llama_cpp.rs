@@ -23,14 +23,16 @@ use serde_json::Value;
 /// Largest |our logit − llama.cpp's logit| accepted on llama.cpp's top-5 next-token logits.
 /// The two forward passes are not the same arithmetic: we dequantize the Q4_K/Q6_K weights to
 /// f32 and multiply in f32, llama.cpp quantizes the activations to 8 bits (Q8_K) and multiplies
-/// in integers, and stores K/V in f16. Over 24 layers that moves the logits by a few tenths at
-/// most (the measured maximum is printed); a real mistake — a missing bias, a wrong RoPE
+/// in integers, and stores K/V in f16. Over 24 layers that moves the logits by at most 0.14 on
+/// the fixture (measured; printed per prompt); a real mistake — a missing bias, a wrong RoPE
 /// style or base — moves them by several units and changes the top-1.
-const LOGIT_TOL: f32 = 1.0;
+const LOGIT_TOL: f32 = 0.5;
 
 /// Below this top-1/top-2 margin (in llama.cpp's logits) a greedy step is a near tie, on which
-/// two correct implementations with different rounding may pick different tokens; the greedy
-/// continuation is compared up to the first such step.
+/// two correct implementations with different rounding may pick different tokens: the greedy
+/// continuations must agree up to their first difference, and that difference (if any) must
+/// be at a near tie. (The first next token must agree whatever its margin; on the fixture the
+/// smallest is 0.13, on `code`, three times our largest logit difference there.)
 const TIE_MARGIN: f64 = 0.25;
 
 /// The Qwen2.5 GGUF, or `None` after a skip line.
@@ -137,7 +139,10 @@ fn qwen25_encodes_every_fixture_text_exactly_as_llama_cpp() {
     let cases = cases(&fx);
     let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
     for want in ["english", "code", "prose", "unicode", "chat"] {
-        assert!(names.contains(&want), "fixture lacks prompt {want}: {names:?}");
+        assert!(
+            names.contains(&want),
+            "fixture lacks prompt {want}: {names:?}"
+        );
     }
     let mut failures = Vec::new();
     for c in &cases {
@@ -166,7 +171,10 @@ fn qwen25_encodes_every_fixture_text_exactly_as_llama_cpp() {
         );
     }
     assert!(failures.is_empty(), "{failures:#?}");
-    eprintln!("{} fixture texts encode to llama.cpp's ids exactly", cases.len());
+    eprintln!(
+        "{} fixture texts encode to llama.cpp's ids exactly",
+        cases.len()
+    );
 }
 
 #[test]
@@ -180,7 +188,14 @@ fn qwen25_forward_pass_agrees_with_llama_cpp() {
     eprintln!("loaded {:?} in {:.2?}", model.config().shape(), t.elapsed());
     let c = model.config();
     assert_eq!(
-        (c.arch.as_str(), c.layers, c.d_model, c.q_heads, c.kv_heads, c.head_dim),
+        (
+            c.arch.as_str(),
+            c.layers,
+            c.d_model,
+            c.q_heads,
+            c.kv_heads,
+            c.head_dim
+        ),
         ("qwen2", 24, 896, 14, 2, 64)
     );
     assert!(c.qkv_bias);
@@ -209,7 +224,7 @@ fn qwen25_forward_pass_agrees_with_llama_cpp() {
             .map(|(&i, &w)| (f64::from(logits[i as usize]) - w).abs())
             .fold(0f64, f64::max);
 
-        // Greedy continuation, compared up to the first near tie in llama.cpp's logits.
+        // Greedy continuation; it may leave llama.cpp's only at a near tie.
         let mut greedy = vec![argmax(&logits)];
         while greedy.len() < case.greedy.len() {
             let l = model
@@ -217,11 +232,7 @@ fn qwen25_forward_pass_agrees_with_llama_cpp() {
                 .unwrap();
             greedy.push(argmax(&l));
         }
-        let decisive = case
-            .margins
-            .iter()
-            .position(|&m| m < TIE_MARGIN)
-            .unwrap_or(case.greedy.len());
+        let diverge = greedy.iter().zip(&case.greedy).position(|(a, b)| a != b);
         eprintln!(
             "{}: {} tokens prefilled in {prefill:.2?}; top5 {got_top5:?} (llama.cpp {:?}), \
              max |dlogit| {max_diff:.3}; greedy {greedy:?} (llama.cpp {:?}, margins {:?})",
@@ -243,12 +254,13 @@ fn qwen25_forward_pass_agrees_with_llama_cpp() {
                 case.name
             ));
         }
-        if greedy[..decisive] != case.greedy[..decisive] {
+        if let Some(i) = diverge
+            && case.margins[i] >= TIE_MARGIN
+        {
             failures.push(format!(
-                "{}: greedy {:?} vs llama.cpp's {:?} over the first {decisive} decisive steps",
-                case.name,
-                &greedy[..decisive],
-                &case.greedy[..decisive]
+                "{}: greedy {greedy:?} vs llama.cpp's {:?}: step {i} differs although \
+                 llama.cpp's top-1/top-2 margin there is {}",
+                case.name, case.greedy, case.margins[i]
             ));
         }
     }
