@@ -139,10 +139,10 @@ pub fn takes_part(
     in_page && causal && kept
 }
 
-/// The softmax of one (row, query head) over its participating tokens, in f64:
-/// `(page index in the page list, token, probability)` per participant.
+/// The scaled logits of one (row, query head) over its participating tokens, in f64:
+/// `(page index in the page list, token, scale * q . k)` per participant, in page order.
 #[allow(clippy::too_many_arguments)]
-fn softmax_row(
+fn row_logits(
     layout: &KvLayout,
     pool: &[f32],
     q: &[f32],
@@ -172,6 +172,23 @@ fn softmax_row(
             }
         }
     }
+    logits
+}
+
+/// The softmax of one (row, query head) over its participating tokens, in f64:
+/// `(page index in the page list, token, probability)` per participant.
+#[allow(clippy::too_many_arguments)]
+fn softmax_row(
+    layout: &KvLayout,
+    pool: &[f32],
+    q: &[f32],
+    row: &AttnRow,
+    pages: &[AttnPage],
+    mask: Option<&[u8]>,
+    scale: f32,
+    j: usize,
+) -> Vec<(usize, usize, f64)> {
+    let logits = row_logits(layout, pool, q, row, pages, mask, scale, j);
     let max = logits.iter().map(|l| l.2).fold(f64::NEG_INFINITY, f64::max);
     let total: f64 = logits.iter().map(|l| (l.2 - max).exp()).sum();
     logits
@@ -228,33 +245,18 @@ pub fn page_lse(
     scale: f32,
     lse: &mut [f32],
 ) {
-    let (d, hg, gqa) = (layout.head_dim, layout.heads_per_group, layout.gqa);
-    let gh = hg * gqa;
+    let gh = layout.heads_per_group * layout.gqa;
     for row in rows {
         for j in 0..gh {
-            let head = row.group as usize * gh + j;
-            let qv = &q[(row.q_row as usize * layout.q_heads() + head) * d..][..d];
-            let h = j / gqa;
+            let logits = row_logits(layout, pool, q, row, pages, mask, scale, j);
             let first = row.page_start as usize;
-            for (pi, page) in pages
-                .iter()
-                .enumerate()
-                .skip(first)
-                .take(row.page_count as usize)
-            {
-                let logits: Vec<f64> = (0..layout.page_size)
-                    .filter(|&i| takes_part(layout, row, page, h, i, mask))
-                    .map(|i| {
-                        let kv = &pool[layout.k_offset(page.slot as usize, h, i)..][..d];
-                        let dot: f64 = qv.iter().zip(kv).map(|(&a, &b)| a as f64 * b as f64).sum();
-                        scale as f64 * dot
-                    })
-                    .collect();
-                let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            for pi in first..first + row.page_count as usize {
+                let page: Vec<f64> = logits.iter().filter(|l| l.0 == pi).map(|l| l.2).collect();
+                let max = page.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 lse[pi * gh + j] = if max == f64::NEG_INFINITY {
                     f32::NEG_INFINITY
                 } else {
-                    (max + logits.iter().map(|s| (s - max).exp()).sum::<f64>().ln()) as f32
+                    (max + page.iter().map(|s| (s - max).exp()).sum::<f64>().ln()) as f32
                 };
             }
         }
