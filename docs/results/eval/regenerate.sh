@@ -31,6 +31,8 @@ ablation="full,arkvale,arkvale:preset=paper,arkvale:preset=paper+victims=attenti
 ablation="$ablation,arkvale:preset=paper+victims=attention+prefill=attention+groups=kv+agg=max,streaming"
 "$bin" eval fidelity --text-file "$prose" --prefill 4096 --decode 256 --policies "$ablation" \
     --budgets 512,1024,2048 --out "$out/fidelity-real"
+"$bin" eval fidelity --text-file "$text" --prefill 4096 --decode 256 \
+    --policies "full,arkvale,arkvale:preset=paper" --budgets 512,1024,2048 --out "$out/fidelity-gpl-round2"
 "$bin" eval passkey --contexts 4096 --depths 0.1,0.3,0.5,0.7,0.9 --haystack moby-dick \
     --policies "full,arkvale,arkvale:preset=paper,arkvale:preset=paper+victims=attention+prefill=attention,streaming" \
     --budgets 512 --out "$out/passkey-real"
