@@ -215,7 +215,7 @@ impl Preset {
                 c.prefill_keep = PrefillKeep::Attention;
             }
         }
-        c.prefill_chunk_tokens = c.prefill_chunk_tokens.div_ceil(c.page_size) * c.page_size;
+        c.round_prefill_chunk();
     }
 }
 
@@ -267,10 +267,7 @@ pub fn apply_overrides(c: &mut CacheConfig, overrides: &str, kv_heads: usize) ->
                     c.sink_pages = (c.sink_pages * old / c.page_size).max(1);
                     c.window_pages = (c.window_pages * old / c.page_size).max(2);
                 }
-                if c.page_size > 0 {
-                    c.prefill_chunk_tokens =
-                        c.prefill_chunk_tokens.div_ceil(c.page_size) * c.page_size;
-                }
+                c.round_prefill_chunk();
             }
             other => {
                 return Err(Error::config(format!(
@@ -468,6 +465,15 @@ impl CacheConfig {
             )));
         }
         Ok(budget)
+    }
+
+    /// Rounds the prefill chunk up to whole pages (after the page size changed); a zero page
+    /// size, which [`CacheConfig::resolve`] rejects, leaves it as it is.
+    pub fn round_prefill_chunk(&mut self) {
+        if self.page_size > 0 {
+            self.prefill_chunk_tokens =
+                self.prefill_chunk_tokens.div_ceil(self.page_size) * self.page_size;
+        }
     }
 
     /// KV heads per head group.

@@ -364,13 +364,12 @@ pub(crate) fn partials<T: KvElem>(
         }
     }
     if let Some(lse) = lse {
+        // Page ranges do not overlap when log-sum-exps are wanted, so a block that covers
+        // pages holds one row: its entries are the first `gh` of each page's.
         for (task, o) in tasks.iter().zip(&outs) {
             let nq = blocks[task.block].rows.len() * gh;
             for (pn, pi) in task.pages.clone().enumerate() {
-                for (ri, _) in blocks[task.block].rows.clone().enumerate() {
-                    let src = &o.lse[pn * nq + ri * gh..pn * nq + (ri + 1) * gh];
-                    lse[pi * gh..(pi + 1) * gh].copy_from_slice(src);
-                }
+                lse[pi * gh..(pi + 1) * gh].copy_from_slice(&o.lse[pn * nq..pn * nq + gh]);
             }
         }
     }

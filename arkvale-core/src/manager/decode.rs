@@ -21,15 +21,14 @@ pub(crate) struct LayerMass {
     pending: Option<PendingMass>,
 }
 
-/// What the page log-sum-exps of one decode attention belong to.
+/// What the page log-sum-exps of one decode attention belong to: its rows (row `r` of the
+/// step reads query row `r.q_row` of `seqs[r.q_row]`, group `r.group`) and its batch.
 #[derive(Debug)]
 struct PendingMass {
     /// The attention's rows.
     rows: Vec<AttnRow>,
-    /// The (sequence, group) of each row.
-    owners: Vec<(SeqId, usize)>,
-    /// Length of the attention's page list.
-    pages_len: usize,
+    /// The step's batch.
+    seqs: Vec<SeqId>,
 }
 
 /// Where one (row, group)'s candidates sit in the step's ranking.
@@ -245,17 +244,6 @@ impl CacheManager {
             out,
             if feedback { lm.buf.as_ref() } else { None },
         )?;
-        if feedback {
-            let owners = rows
-                .iter()
-                .map(|r| (seqs[r.q_row as usize], r.group as usize))
-                .collect();
-            lm.pending = Some(PendingMass {
-                rows: rows.clone(),
-                owners,
-                pages_len: attn_pages.len(),
-            });
-        }
         self.res.stats.time.attention += started.elapsed();
         self.res.stats.decode_layer_steps += n as u64;
 
@@ -282,6 +270,13 @@ impl CacheManager {
                 self.apply_drops(id, layer, &dropped)?;
             }
             self.res.stats.time.other += started.elapsed();
+        }
+        if feedback {
+            // Read at the layer's next step (`apply_pending_mass`).
+            self.res.pending_mass[layer].pending = Some(PendingMass {
+                rows,
+                seqs: seqs.to_vec(),
+            });
         }
         Ok(())
     }
@@ -338,25 +333,23 @@ impl CacheManager {
     /// (sequence, group) tables gets mass 0. Sequences removed since are skipped.
     fn apply_pending_mass(&mut self, layer: usize) -> Result<()> {
         let lm = &mut self.res.pending_mass[layer];
-        let (
-            Some(PendingMass {
-                rows,
-                owners,
-                pages_len,
-            }),
-            Some(buf),
-        ) = (lm.pending.take(), lm.buf.as_ref())
+        let (Some(PendingMass { rows, seqs }), Some(buf)) = (lm.pending.take(), lm.buf.as_ref())
         else {
             return Ok(());
         };
         let gh = self.res.layout.heads_per_group * self.res.layout.gqa;
+        let pages_len = rows
+            .iter()
+            .map(|r| (r.page_start + r.page_count) as usize)
+            .max()
+            .unwrap_or(0);
         let lse = self.res.dev.download_f32_range(buf, 0, pages_len * gh)?;
         let mass = crate::mass::page_mass(&lse, &rows, gh, pages_len);
-        for (row, (id, g)) in rows.iter().zip(owners) {
-            let Some(seq) = self.seqs.get_mut(&id) else {
+        for row in &rows {
+            let Some(seq) = self.seqs.get_mut(&seqs[row.q_row as usize]) else {
                 continue;
             };
-            let table = &mut seq.layers[layer].groups[g];
+            let table = &mut seq.layers[layer].groups[row.group as usize];
             for page in &mut table.pages {
                 page.mass = 0.0;
             }

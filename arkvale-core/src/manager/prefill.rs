@@ -58,7 +58,6 @@ impl CacheManager {
         let plan = self.plan(layer);
         let budget = self.budget;
         let p = budget.page_size;
-        let groups = self.config.head_groups;
 
         let start = self.append_chunk(&plan, layer, seq, k, v, n)?;
 
@@ -68,31 +67,10 @@ impl CacheManager {
         let masked = plan.token_rule.is_some();
         let ls = &self.seqs[&seq].layers[layer];
         let len = ls.len;
-        let mut rows = Vec::with_capacity(n * groups);
-        let mut pages = Vec::new();
-        let mut evicted: Vec<(usize, usize, BackupId)> = Vec::new();
-        for (g, table) in ls.groups.iter().enumerate() {
-            let page_start = pages.len() as u32;
-            for (i, entry) in table.pages.iter().enumerate() {
-                match (entry.slot, entry.backup) {
-                    (Some(slot), _) => pages.push(attn_page(slot, i, p, len)),
-                    (None, Some(b)) => evicted.push((g, i, b)),
-                    (None, None) => {
-                        return Err(Error::InvalidRequest(format!(
-                            "page {i} is neither resident nor backed up"
-                        )));
-                    }
-                }
-            }
-            let page_count = pages.len() as u32 - page_start;
-            rows.extend((0..n).map(|i| AttnRow {
-                q_row: i as u32,
-                group: g as u32,
-                pos: (start + i) as u32,
-                page_start,
-                page_count,
-            }));
-        }
+        // Every group has a resident page (the chunk's last page), so every group gets rows.
+        let (resident, evicted) = split_residency(ls)?;
+        let (ranges, pages) = group_pages(&resident, p, len);
+        let rows = chunk_rows(&ranges, n, start);
         let scale = self.scale;
         let layout = self.res.layout;
         let mask = if masked {
@@ -244,15 +222,17 @@ impl CacheManager {
         let p = self.budget.page_size;
         let layout = self.res.layout;
         let gh = layout.heads_per_group * layout.gqa;
-        let (rows, attn_pages) = group_rows(pages, p, len, |g, page_start, page_count| {
-            [AttnRow {
+        let (ranges, attn_pages) = group_pages(pages, p, len);
+        let rows: Vec<AttnRow> = ranges
+            .iter()
+            .map(|r| AttnRow {
                 q_row: q_row as u32,
-                group: g as u32,
+                group: r.group as u32,
                 pos: (len - 1) as u32,
-                page_start,
-                page_count,
-            }]
-        });
+                page_start: r.start,
+                page_count: r.count,
+            })
+            .collect();
         let dev = self.res.dev.clone();
         let row_len = layout.q_heads() * layout.head_dim;
         super::grow(
@@ -446,15 +426,8 @@ impl CacheManager {
     ) -> Result<()> {
         let p = self.budget.page_size;
         self.staged(evicted, |cm, staged| {
-            let (rows, pages) = group_rows(staged, p, len, |g, page_start, page_count| {
-                (0..n).map(move |r| AttnRow {
-                    q_row: r as u32,
-                    group: g as u32,
-                    pos: (start + r) as u32,
-                    page_start,
-                    page_count,
-                })
-            });
+            let (ranges, pages) = group_pages(staged, p, len);
+            let rows = chunk_rows(&ranges, n, start);
             let mask = if masked { cm.res.masks.as_ref() } else { None };
             cm.res.dev.prefill_attention(
                 &cm.res.layout,
@@ -633,27 +606,56 @@ fn split_residency(
     Ok((resident, evicted))
 }
 
-/// The attention rows and page list of `pages` (`(group, page index, slot)`, grouped by
-/// group) in a layer of `len` tokens: each run of one group becomes a page range, and
-/// `rows_for(group, page_start, page_count)` gives the rows that read it.
-fn group_rows<I: IntoIterator<Item = AttnRow>>(
+/// One group's run of a page list.
+struct GroupRange {
+    /// Head group.
+    group: usize,
+    /// First page of the run.
+    start: u32,
+    /// Pages in the run.
+    count: u32,
+}
+
+/// The page list of `pages` (`(group, page index, slot)`, grouped by group) in a layer of
+/// `len` tokens, and the range each group's run occupies in it.
+fn group_pages(
     pages: &[(usize, usize, u32)],
     p: usize,
     len: usize,
-    rows_for: impl Fn(usize, u32, u32) -> I,
-) -> (Vec<AttnRow>, Vec<AttnPage>) {
-    let (mut rows, mut out) = (Vec::new(), Vec::new());
+) -> (Vec<GroupRange>, Vec<AttnPage>) {
+    let (mut ranges, mut out) = (Vec::new(), Vec::new());
     let mut i = 0;
     while i < pages.len() {
-        let g = pages[i].0;
-        let page_start = out.len() as u32;
-        while i < pages.len() && pages[i].0 == g {
+        let group = pages[i].0;
+        let start = out.len() as u32;
+        while i < pages.len() && pages[i].0 == group {
             out.push(attn_page(pages[i].2, pages[i].1, p, len));
             i += 1;
         }
-        rows.extend(rows_for(g, page_start, out.len() as u32 - page_start));
+        ranges.push(GroupRange {
+            group,
+            start,
+            count: out.len() as u32 - start,
+        });
     }
-    (rows, out)
+    (ranges, out)
+}
+
+/// The rows of a prefill chunk of `n` queries at positions `start..start + n`, for every
+/// group's page range (group by group, query rows in order).
+fn chunk_rows(ranges: &[GroupRange], n: usize, start: usize) -> Vec<AttnRow> {
+    ranges
+        .iter()
+        .flat_map(|r| {
+            (0..n).map(move |i| AttnRow {
+                q_row: i as u32,
+                group: r.group as u32,
+                pos: (start + i) as u32,
+                page_start: r.start,
+                page_count: r.count,
+            })
+        })
+        .collect()
 }
 
 /// The attention view of page `index` of a (layer, group) holding `len` tokens.

@@ -26,8 +26,9 @@ pub(crate) use dot::Kernel;
 /// Up to this many rows of `x`, the matmul uses quantized activations and integer dots.
 pub(crate) const DECODE_MAX_ROWS: usize = 8;
 
-/// `out[..m * n] = x[..m * k] · w[..n rows]ᵀ` for quantized `w` of type `ty`. The caller has
-/// checked that `k` is a multiple of `ty.block_len()`, that `w` holds at least `n` rows of
+/// `out[..m * n] = x[..m * k] · w[..n rows]ᵀ` for quantized `w` of type `ty`. The caller
+/// (`crate::matmul::matmul`, which handles empty products) has checked that `m`, `n`, `k` are
+/// positive, that `k` is a multiple of `ty.block_len()`, that `w` holds at least `n` rows of
 /// `k` values and that `x` / `out` hold `m * k` / `m * n` values.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(
@@ -41,13 +42,6 @@ pub(crate) fn matmul(
     w: &[u8],
     out: &mut [f32],
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        out[..m * n].fill(0.0);
-        return;
-    }
     let row_bytes = k / ty.block_len() * ty.block_bytes();
     let (x, w, out) = (&x[..m * k], &w[..n * row_bytes], &mut out[..m * n]);
     let ptr = OutPtr(out.as_mut_ptr());

@@ -79,8 +79,7 @@ impl SelectionArgs {
         if let Some(w) = self.window {
             base.window_pages = w;
         }
-        base.prefill_chunk_tokens =
-            base.prefill_chunk_tokens.div_ceil(base.page_size) * base.page_size;
+        base.round_prefill_chunk();
         Ok(base)
     }
 }
