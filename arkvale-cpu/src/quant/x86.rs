@@ -6,18 +6,52 @@
 //! per-half scales as one f32 vector and the optional `min`. A sub-block times a [`Q8Block`]
 //! is then `vpmaddubsw` (|q| times the activations carrying q's sign, exact: at most
 //! 2 x 128 x 127 per 16-bit lane) and `vpmaddwd` into eight 32-bit sums, converted to f32 and
-//! multiply-added with `scale * d_act` into one accumulator per activation row. Dequantizing
+//! multiply-added with `scale * d_act` into one accumulator per activation row. The types
+//! whose integers are non-negative (those with a `min`) skip the sign transfer. Every kernel
+//! is instantiated per type (`const T`, an index into [`QuantType::ALL`]) so the layout
+//! decoding is resolved at compile time, and f16 scales are widened by F16C. Dequantizing
 //! uses the same unpacking and a multiply then an add (no FMA), so it is bit-identical to the
 //! scalar reference.
 
 use std::arch::x86_64::*;
 
-use arkvale_core::quant::unpack::{f16_at, k_scales_mins};
+use arkvale_core::quant::unpack::k_scales_mins;
 use arkvale_core::quant::{self, Q8Block, QuantType, SUB_LEN};
 
 /// Whether these kernels run on this CPU.
 pub(super) fn available() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// The little-endian f16 at `b[i..i + 2]`, widened (exactly) by F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// The type of kernel instantiation `T` (an index into [`QuantType::ALL`]).
+const fn type_of<const T: usize>() -> QuantType {
+    QuantType::ALL[T]
+}
+
+/// Calls `$f::<T>($args)` with `T` the index of `$ty` in [`QuantType::ALL`].
+macro_rules! by_type {
+    ($ty:expr, $f:ident ( $($arg:expr),* )) => {
+        match $ty {
+            QuantType::Q4_0 => $f::<0>($($arg),*),
+            QuantType::Q4_1 => $f::<1>($($arg),*),
+            QuantType::Q5_0 => $f::<2>($($arg),*),
+            QuantType::Q5_1 => $f::<3>($($arg),*),
+            QuantType::Q8_0 => $f::<4>($($arg),*),
+            QuantType::Q4_K => $f::<5>($($arg),*),
+            QuantType::Q5_K => $f::<6>($($arg),*),
+            QuantType::Q6_K => $f::<7>($($arg),*),
+        }
+    };
 }
 
 /// One unpacked sub-block: `q` (32 x i8), the scale of each half broadcast over the four
@@ -29,11 +63,8 @@ struct Sub {
     min: f32,
 }
 
-/// Most sub-blocks in one block (the K-quants' 256 values).
-const MAX_SUBS: usize = 8;
-
 /// The 32 values of 16 bytes of nibbles: low nibbles are values 0..16, high nibbles 16..32.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn nibbles16(qs: &[u8]) -> __m256i {
     assert!(qs.len() >= 16);
@@ -47,7 +78,7 @@ fn nibbles16(qs: &[u8]) -> __m256i {
 }
 
 /// Byte `i` is `0x10` where bit `i` of `qh` is set, else 0.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn fifth_bits(qh: u32) -> __m256i {
     let v = _mm256_set1_epi32(qh as i32);
@@ -62,7 +93,7 @@ fn fifth_bits(qh: u32) -> __m256i {
 }
 
 /// 32 bytes at `b[at..]`.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn load32(b: &[u8], at: usize) -> __m256i {
     let s = &b[at..at + 32];
@@ -71,7 +102,7 @@ fn load32(b: &[u8], at: usize) -> __m256i {
 }
 
 /// The low (`high == false`) or high nibbles of 32 bytes.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn nibbles32(v: __m256i, high: bool) -> __m256i {
     let v = if high { _mm256_srli_epi16::<4>(v) } else { v };
@@ -79,7 +110,7 @@ fn nibbles32(v: __m256i, high: bool) -> __m256i {
 }
 
 /// A sub-block with one scale for all 32 values.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn flat(q: __m256i, d: f32, min: f32) -> Sub {
     Sub {
@@ -89,83 +120,115 @@ fn flat(q: __m256i, d: f32, min: f32) -> Sub {
     }
 }
 
-/// Unpacks one block of `ty` (`b` holds at least one block) into `out`; returns the number of
-/// sub-blocks.
-#[target_feature(enable = "avx2,fma")]
+/// What the sub-blocks of one block share: its f16 scale and min (or `dmin`) widened, and
+/// the K-quants' 6-bit sub-block scales and mins (zero for the other types).
+#[derive(Clone, Copy)]
+struct Header {
+    d: f32,
+    m: f32,
+    sc: [u8; 8],
+    mn: [u8; 8],
+}
+
+/// The [`Header`] of one block of type `T` (`b` holds at least one block).
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn unpack(ty: QuantType, b: &[u8], out: &mut [Sub; MAX_SUBS]) -> usize {
+fn header<const T: usize>(b: &[u8]) -> Header {
+    let ty = type_of::<T>();
     let b = &b[..ty.block_bytes()];
+    let plain = |d, m| Header {
+        d,
+        m,
+        sc: [0; 8],
+        mn: [0; 8],
+    };
     match ty {
-        QuantType::Q4_0 => {
-            let q = _mm256_sub_epi8(nibbles16(&b[2..18]), _mm256_set1_epi8(8));
-            out[0] = flat(q, f16_at(b, 0), 0.0);
-        }
-        QuantType::Q4_1 => out[0] = flat(nibbles16(&b[4..20]), f16_at(b, 0), f16_at(b, 2)),
-        QuantType::Q5_0 | QuantType::Q5_1 => {
-            let h = if ty == QuantType::Q5_0 { 2 } else { 4 };
-            let qh = u32::from_le_bytes([b[h], b[h + 1], b[h + 2], b[h + 3]]);
-            let q = _mm256_or_si256(nibbles16(&b[h + 4..h + 20]), fifth_bits(qh));
-            out[0] = if ty == QuantType::Q5_0 {
-                flat(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), f16_at(b, 0), 0.0)
-            } else {
-                flat(q, f16_at(b, 0), f16_at(b, 2))
-            };
-        }
-        QuantType::Q8_0 => out[0] = flat(load32(b, 2), f16_at(b, 0), 0.0),
+        QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => plain(f16_at(b, 0), 0.0),
+        QuantType::Q4_1 | QuantType::Q5_1 => plain(f16_at(b, 0), f16_at(b, 2)),
         QuantType::Q4_K | QuantType::Q5_K => {
             let (sc, mn) = k_scales_mins(&b[4..16]);
-            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-            let (qs, qh) = if ty == QuantType::Q4_K {
-                (16, None)
-            } else {
-                (48, Some(load32(b, 16)))
-            };
-            for (s, o) in out.iter_mut().enumerate() {
-                let mut q = nibbles32(load32(b, qs + 32 * (s / 2)), s % 2 == 1);
-                if let Some(qh) = qh {
-                    let bit = _mm256_set1_epi8((1u8 << s) as i8);
-                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
-                    q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
-                }
-                *o = flat(q, d * sc[s] as f32, -(dmin * mn[s] as f32));
+            Header {
+                d: f16_at(b, 0),
+                m: f16_at(b, 2),
+                sc,
+                mn,
             }
         }
+        QuantType::Q6_K => plain(f16_at(b, 208), 0.0),
+    }
+}
+
+/// Sub-block `s` (`< type_of::<T>().subs()`) of one block of type `T` with header `h`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn sub<const T: usize>(b: &[u8], s: usize, h: &Header) -> Sub {
+    let ty = type_of::<T>();
+    let b = &b[..ty.block_bytes()];
+    match ty {
+        QuantType::Q4_0 => flat(
+            _mm256_sub_epi8(nibbles16(&b[2..18]), _mm256_set1_epi8(8)),
+            h.d,
+            0.0,
+        ),
+        QuantType::Q4_1 => flat(nibbles16(&b[4..20]), h.d, h.m),
+        QuantType::Q5_0 | QuantType::Q5_1 => {
+            let at = if ty == QuantType::Q5_0 { 2 } else { 4 };
+            let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+            let q = _mm256_or_si256(nibbles16(&b[at + 4..at + 20]), fifth_bits(qh));
+            if ty == QuantType::Q5_0 {
+                flat(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), h.d, 0.0)
+            } else {
+                flat(q, h.d, h.m)
+            }
+        }
+        QuantType::Q8_0 => flat(load32(b, 2), h.d, 0.0),
+        QuantType::Q4_K | QuantType::Q5_K => {
+            let qs = if ty == QuantType::Q4_K { 16 } else { 48 };
+            let mut q = nibbles32(load32(b, qs + 32 * (s / 2)), s % 2 == 1);
+            if ty == QuantType::Q5_K {
+                let bit = _mm256_set1_epi8((1u8 << s) as i8);
+                let set = _mm256_cmpeq_epi8(_mm256_and_si256(load32(b, 16), bit), bit);
+                q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+            }
+            flat(q, h.d * h.sc[s] as f32, -(h.m * h.mn[s] as f32))
+        }
         QuantType::Q6_K => {
-            let d = f16_at(b, 208);
-            for (s, o) in out.iter_mut().enumerate() {
-                let (h, r) = (s / 4, s % 4);
-                let low = nibbles32(load32(b, 64 * h + 32 * (r % 2)), r >= 2);
-                let shift = _mm_cvtsi32_si128(2 * r as i32);
-                let high = _mm256_and_si256(
-                    _mm256_srl_epi16(load32(b, 128 + 32 * h), shift),
-                    _mm256_set1_epi8(3),
-                );
-                let q = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
-                let sc = |i: usize| d * (b[192 + 8 * h + 2 * r + i] as i8) as f32;
-                let (s0, s1) = (sc(0), sc(1));
-                *o = Sub {
-                    q: _mm256_sub_epi8(q, _mm256_set1_epi8(32)),
-                    scale: _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1),
-                    min: 0.0,
-                };
+            let (half, r) = (s / 4, s % 4);
+            let low = nibbles32(load32(b, 64 * half + 32 * (r % 2)), r >= 2);
+            let shift = _mm_cvtsi32_si128(2 * r as i32);
+            let high = _mm256_and_si256(
+                _mm256_srl_epi16(load32(b, 128 + 32 * half), shift),
+                _mm256_set1_epi8(3),
+            );
+            let q = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
+            let sc = |i: usize| h.d * (b[192 + 8 * half + 2 * r + i] as i8) as f32;
+            let (s0, s1) = (sc(0), sc(1));
+            Sub {
+                q: _mm256_sub_epi8(q, _mm256_set1_epi8(32)),
+                scale: _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1),
+                min: 0.0,
             }
         }
     }
-    ty.subs()
 }
 
-/// The eight 32-bit sums of `q · a` (lanes 0..4: values 0..16, lanes 4..8: values 16..32).
-#[target_feature(enable = "avx2,fma")]
+/// The eight 32-bit sums of `q · a` (lanes 0..4: values 0..16, lanes 4..8: values 16..32);
+/// `UNSIGNED`: every `q` is known to be `>= 0`, so no sign transfer is needed.
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn sub_dot(q: __m256i, a: &Q8Block) -> __m256 {
+fn sub_dot<const UNSIGNED: bool>(q: __m256i, a: &Q8Block) -> __m256 {
     // SAFETY: `a.qs` holds 32 bytes.
     let av = unsafe { _mm256_loadu_si256(a.qs.as_ptr().cast()) };
-    let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(av, q));
+    let p16 = if UNSIGNED {
+        _mm256_maddubs_epi16(q, av)
+    } else {
+        _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(av, q))
+    };
     _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
 }
 
 /// Sum of the eight lanes.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
@@ -173,41 +236,84 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
-/// See [`super::Kernel::dots`]; `M` activation rows at once.
-#[target_feature(enable = "avx2,fma")]
-fn dots_m<const M: usize>(ty: QuantType, row: &[u8], acts: &[Q8Block], subs: usize) -> [f32; M] {
-    let mut acc = [_mm256_setzero_ps(); M];
-    let mut mins = [0f32; M];
-    let mut unpacked = [Sub {
-        q: _mm256_setzero_si256(),
-        scale: _mm256_setzero_ps(),
-        min: 0.0,
-    }; MAX_SUBS];
-    let per = ty.subs();
-    for (bi, block) in row.chunks_exact(ty.block_bytes()).enumerate() {
-        let n = unpack(ty, block, &mut unpacked);
-        for (s, sub) in unpacked[..n].iter().enumerate() {
-            let j = bi * per + s;
-            for i in 0..M {
-                let a = &acts[i * subs + j];
-                let sums = sub_dot(sub.q, a);
-                let scale = _mm256_mul_ps(sub.scale, _mm256_set1_ps(a.d));
-                acc[i] = _mm256_fmadd_ps(sums, scale, acc[i]);
-                if ty.has_min() {
-                    mins[i] += sub.min * a.d * a.sum as f32;
-                }
+/// Running sums of [`dots_m`]: one vector accumulator and one `min` term per activation row.
+#[derive(Clone, Copy)]
+struct Acc<const M: usize> {
+    v: [__m256; M],
+    min: [f32; M],
+}
+
+/// Adds block `block` (the `bi`-th of its row, type `T`) times the activation rows to the
+/// sums: its even sub-blocks to `even`, its odd ones to `odd`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn accumulate<const M: usize, const T: usize>(
+    block: &[u8],
+    bi: usize,
+    acts: &[Q8Block],
+    subs: usize,
+    even: &mut Acc<M>,
+    odd: &mut Acc<M>,
+) {
+    let ty = type_of::<T>();
+    let h = header::<T>(block);
+    for s in 0..ty.subs() {
+        let sub = sub::<T>(block, s, &h);
+        let acc = if s % 2 == 0 { &mut *even } else { &mut *odd };
+        let j = bi * ty.subs() + s;
+        for i in 0..M {
+            let a = &acts[i * subs + j];
+            // The types with a min store non-negative integers.
+            let sums = if ty.has_min() {
+                sub_dot::<true>(sub.q, a)
+            } else {
+                sub_dot::<false>(sub.q, a)
+            };
+            let scale = _mm256_mul_ps(sub.scale, _mm256_set1_ps(a.d));
+            acc.v[i] = _mm256_fmadd_ps(sums, scale, acc.v[i]);
+            if ty.has_min() {
+                acc.min[i] += sub.min * a.d * a.sum as f32;
             }
         }
     }
+}
+
+/// See [`super::Kernel::dots`]; `M` activation rows at once, weights of type `T`. Even and
+/// odd sub-blocks go to two independent accumulators, so consecutive multiply-adds do not
+/// wait on each other.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dots_m<const M: usize, const T: usize>(row: &[u8], acts: &[Q8Block], subs: usize) -> [f32; M] {
+    let bytes = type_of::<T>().block_bytes();
+    let zero = Acc {
+        v: [_mm256_setzero_ps(); M],
+        min: [0f32; M],
+    };
+    let (mut even, mut odd) = (zero, zero);
+    let mut pairs = row.chunks_exact(2 * bytes);
+    for (p, pair) in pairs.by_ref().enumerate() {
+        accumulate::<M, T>(&pair[..bytes], 2 * p, acts, subs, &mut even, &mut odd);
+        accumulate::<M, T>(&pair[bytes..], 2 * p + 1, acts, subs, &mut odd, &mut even);
+    }
+    let last = pairs.remainder();
+    if !last.is_empty() {
+        let bi = row.len() / bytes - 1;
+        accumulate::<M, T>(last, bi, acts, subs, &mut even, &mut odd);
+    }
     let mut out = [0f32; M];
     for i in 0..M {
-        out[i] = hsum(acc[i]) + mins[i];
+        out[i] = hsum(_mm256_add_ps(even.v[i], odd.v[i])) + (even.min[i] + odd.min[i]);
     }
     out
 }
 
 /// See [`super::Kernel::dots`] (only called where [`available`]).
 pub(super) fn dots(ty: QuantType, row: &[u8], acts: &[Q8Block], subs: usize, out: &mut [f32]) {
+    by_type!(ty, dots_typed(row, acts, subs, out))
+}
+
+/// [`dots`] for weights of type `T`.
+fn dots_typed<const T: usize>(row: &[u8], acts: &[Q8Block], subs: usize, out: &mut [f32]) {
+    let ty = type_of::<T>();
     let blocks = subs * SUB_LEN / ty.block_len();
     let row = &row[..blocks * ty.block_bytes()];
     let acts = &acts[..out.len() * subs];
@@ -215,14 +321,14 @@ pub(super) fn dots(ty: QuantType, row: &[u8], acts: &[Q8Block], subs: usize, out
         ($($m:literal)*) => {
             match out.len() {
                 $($m => {
-                    // SAFETY: `Kernel::Avx2` exists only where the CPU has AVX2 and FMA.
-                    let r = unsafe { dots_m::<$m>(ty, row, acts, subs) };
+                    // SAFETY: `Kernel::Avx2` exists only where the CPU has AVX2, FMA, F16C.
+                    let r = unsafe { dots_m::<$m, T>(row, acts, subs) };
                     out.copy_from_slice(&r);
                 })*
                 _ => {
                     for (o, a) in out.iter_mut().zip(acts.chunks_exact(subs)) {
                         // SAFETY: as above.
-                        *o = unsafe { dots_m::<1>(ty, row, a, subs) }[0];
+                        *o = unsafe { dots_m::<1, T>(row, a, subs) }[0];
                     }
                 }
             }
@@ -233,15 +339,12 @@ pub(super) fn dots(ty: QuantType, row: &[u8], acts: &[Q8Block], subs: usize, out
 
 /// Dequantizes one block into `out` (`ty.block_len()` values): `scale * q`, then `+ min` for
 /// the types with one, in f32 as the reference does.
-#[target_feature(enable = "avx2,fma")]
-fn dequantize_block(ty: QuantType, block: &[u8], out: &mut [f32]) {
-    let mut unpacked = [Sub {
-        q: _mm256_setzero_si256(),
-        scale: _mm256_setzero_ps(),
-        min: 0.0,
-    }; MAX_SUBS];
-    let n = unpack(ty, block, &mut unpacked);
-    for (sub, o) in unpacked[..n].iter().zip(out.chunks_exact_mut(SUB_LEN)) {
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequantize_block<const T: usize>(block: &[u8], out: &mut [f32]) {
+    let ty = type_of::<T>();
+    let h = header::<T>(block);
+    for (s, o) in out.chunks_exact_mut(SUB_LEN).enumerate().take(ty.subs()) {
+        let sub = sub::<T>(block, s, &h);
         let mut q = [0i8; SUB_LEN];
         // SAFETY: `q` holds 32 bytes.
         unsafe { _mm256_storeu_si256(q.as_mut_ptr().cast(), sub.q) };
@@ -265,6 +368,12 @@ fn dequantize_block(ty: QuantType, block: &[u8], out: &mut [f32]) {
 
 /// See [`super::Kernel::dequantize`] (only called where [`available`]).
 pub(super) fn dequantize(ty: QuantType, data: &[u8], out: &mut [f32]) {
+    by_type!(ty, dequantize_typed(data, out))
+}
+
+/// [`dequantize`] for type `T`.
+fn dequantize_typed<const T: usize>(data: &[u8], out: &mut [f32]) {
+    let ty = type_of::<T>();
     if quant::check_len(ty, data, out.len()).is_err() {
         out.fill(f32::NAN);
         return;
@@ -273,7 +382,7 @@ pub(super) fn dequantize(ty: QuantType, data: &[u8], out: &mut [f32]) {
         .chunks_exact(ty.block_bytes())
         .zip(out.chunks_exact_mut(ty.block_len()))
     {
-        // SAFETY: only called where the CPU has AVX2 and FMA.
-        unsafe { dequantize_block(ty, block, o) };
+        // SAFETY: only called where the CPU has AVX2, FMA and F16C.
+        unsafe { dequantize_block::<T>(block, o) };
     }
 }

@@ -64,9 +64,9 @@ pub struct ServeArgs {
     /// Worker threads of the CPU backend [default: all cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Storage type of the weight matrices (as `arkvale generate`: `f32` by default, `native`
-    /// keeps the file's quantized types where the backend has kernels for them).
-    #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
+    /// Storage type of the weight matrices (as `arkvale generate`: `native` by default, the
+    /// file's quantized types where the backend has kernels for them; `f32` is exact).
+    #[arg(long, value_enum, default_value_t = WeightDtype::Native)]
     pub weights: WeightDtype,
 }
 
