@@ -189,10 +189,29 @@ struct Tiles {
     s: Vec<f32>,
 }
 
+/// Runs one task (see [`run_task_body`]), compiled for AVX2 + FMA + F16C where the CPU has
+/// them (the same code: wider vectors for the dot products, widening and multiply-adds).
+fn run_task<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want: Want) -> TaskOut {
+    #[cfg(target_arch = "x86_64")]
+    if crate::elem::has_avx2_fma_f16c() {
+        // SAFETY: the CPU has the features `run_task_avx2` is compiled for.
+        return unsafe { run_task_avx2(pb, blk, task, want) };
+    }
+    run_task_body(pb, blk, task, want)
+}
+
+/// [`run_task_body`] compiled with AVX2, FMA and F16C enabled.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn run_task_avx2<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want: Want) -> TaskOut {
+    run_task_body(pb, blk, task, want)
+}
+
 /// Runs one task: for each page of the chunk (a slot is read front to back) and each KV head,
 /// widens the head's keys/values once and folds them into every query head of the block that
 /// shares that KV head.
-fn run_task<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want: Want) -> TaskOut {
+#[inline(always)]
+fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want: Want) -> TaskOut {
     let values = want.values;
     let l = pb.l;
     let (d, p, gqa, hg) = (l.head_dim, l.page_size, l.gqa, l.heads_per_group);
@@ -267,7 +286,7 @@ fn run_task<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want: Want
 /// the page's log-sum-exp of the scaled scores (`-inf` when no token takes part), which the
 /// fold computes anyway: `m + ln Σ e^(s - m)`.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn fold_page(
     qv: &[f32],
     tiles: &mut Tiles,

@@ -18,8 +18,10 @@ use super::{QuantError, QuantType, SUB_LEN, check_len, unpack};
 pub struct Q8Block {
     /// The scale (`max |x| / 127`).
     pub d: f32,
-    /// `sum qs` (for the `min` term of the types with an offset).
+    /// `sum qs`.
     pub sum: i32,
+    /// `d * sum` (the `min` term of the types with an offset is `min * ds`).
+    pub ds: f32,
     /// The quantized values, in `-127..=127`.
     pub qs: [i8; SUB_LEN],
 }
@@ -29,6 +31,7 @@ impl Default for Q8Block {
         Q8Block {
             d: 0.0,
             sum: 0,
+            ds: 0.0,
             qs: [0; SUB_LEN],
         }
     }
@@ -54,6 +57,7 @@ pub fn quantize_q8(x: &[f32], out: &mut [Q8Block]) -> Result<(), QuantError> {
         }
         o.d = d;
         o.sum = sum;
+        o.ds = d * sum as f32;
     }
     Ok(())
 }
@@ -61,7 +65,7 @@ pub fn quantize_q8(x: &[f32], out: &mut [Q8Block]) -> Result<(), QuantError> {
 /// `sum_i w[i] * a[i]` for one row `w` of `a.len() * 32` values of `ty` and activations `a`.
 ///
 /// Per sub-block `j` (32 values): `a_j.d * (scale0 * (q·a)[0..16] + scale1 * (q·a)[16..32])`,
-/// plus `min * a_j.d * a_j.sum` for the types with an offset, accumulated in f32 in sub-block
+/// plus `min * a_j.ds` (`ds = d * sum`) for the types with an offset, accumulated in f32 in sub-block
 /// order. The integer dot products are exact, so a kernel may only differ by f32 rounding.
 pub fn vec_dot(ty: QuantType, w: &[u8], a: &[Q8Block]) -> Result<f32, QuantError> {
     check_len(ty, w, a.len() * SUB_LEN)?;
@@ -75,7 +79,7 @@ pub fn vec_dot(ty: QuantType, w: &[u8], a: &[Q8Block]) -> Result<f32, QuantError
             }
             acc += act.d * (sb.scale[0] * halves[0] as f32 + sb.scale[1] * halves[1] as f32);
             if ty.has_min() {
-                acc += sb.min * act.d * act.sum as f32;
+                acc += sb.min * act.ds;
             }
         }
     }

@@ -118,6 +118,7 @@ proptest! {
         quantize_q8(&x, &mut a).unwrap();
         for (xs, b) in x.chunks(32).zip(&a) {
             prop_assert_eq!(b.sum, b.qs.iter().map(|&q| q as i32).sum::<i32>());
+            prop_assert_eq!(b.ds, b.d * b.sum as f32);
             for (&v, &q) in xs.iter().zip(&b.qs) {
                 prop_assert!((v - b.d * q as f32).abs() <= b.d * 0.5001 + 1e-6);
             }

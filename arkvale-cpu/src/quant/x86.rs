@@ -33,6 +33,15 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
+/// The two little-endian f16 at `b[0..4]`, widened by one F16C conversion.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f16_pair_at(b: &[u8]) -> (f32, f32) {
+    let bits = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
 /// The type of kernel instantiation `T` (an index into [`QuantType::ALL`]).
 const fn type_of<const T: usize>() -> QuantType {
     QuantType::ALL[T]
@@ -144,15 +153,14 @@ fn header<const T: usize>(b: &[u8]) -> Header {
     };
     match ty {
         QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => plain(f16_at(b, 0), 0.0),
-        QuantType::Q4_1 | QuantType::Q5_1 => plain(f16_at(b, 0), f16_at(b, 2)),
+        QuantType::Q4_1 | QuantType::Q5_1 => {
+            let (d, m) = f16_pair_at(b);
+            plain(d, m)
+        }
         QuantType::Q4_K | QuantType::Q5_K => {
             let (sc, mn) = k_scales_mins(&b[4..16]);
-            Header {
-                d: f16_at(b, 0),
-                m: f16_at(b, 2),
-                sc,
-                mn,
-            }
+            let (d, m) = f16_pair_at(b);
+            Header { d, m, sc, mn }
         }
         QuantType::Q6_K => plain(f16_at(b, 208), 0.0),
     }
@@ -272,7 +280,7 @@ fn accumulate<const M: usize, const T: usize>(
             let scale = _mm256_mul_ps(sub.scale, _mm256_set1_ps(a.d));
             acc.v[i] = _mm256_fmadd_ps(sums, scale, acc.v[i]);
             if ty.has_min() {
-                acc.min[i] += sub.min * a.d * a.sum as f32;
+                acc.min[i] = sub.min.mul_add(a.ds, acc.min[i]);
             }
         }
     }

@@ -1,6 +1,8 @@
 //! `arkvale bench throughput`: the paper's throughput experiment (Fig. 9b) on any model — the
 //! largest batch each policy holds under a KV memory cap, its decode tokens/s, as a table,
 //! `results.json` and a PNG plot. The method is in `arkvale_model::throughput`.
+//! `arkvale bench speed`: single-sequence prefill and decode tokens/s per context length and
+//! policy (the side of `bench/llama_cpp.sh` that runs this engine), see [`speed`].
 
 use std::path::PathBuf;
 
@@ -8,7 +10,8 @@ use anyhow::{Context, Result, bail};
 use arkvale_core::SnapshotOptions;
 use arkvale_core::policy::Residency;
 use arkvale_model::eval::passkey::FILLER;
-use arkvale_model::eval::runner::prefill_once;
+use arkvale_model::eval::haystacks;
+use arkvale_model::eval::runner::{Sweep, check_context, fork, greedy, prefill_once};
 use arkvale_model::memory::{STAGING_SLACK, sequence_slots};
 use arkvale_model::throughput::{ThroughputOptions, ThroughputRow, markdown, run_variant};
 use clap::{Args, Subcommand};
@@ -32,6 +35,46 @@ pub enum BenchTask {
     /// Fig. 9b). Each sequence is a fork of one prefilled prompt (filler text) of --context
     /// tokens; batch sizes follow the serving engine's admission rule.
     Throughput(ThroughputArgs),
+    /// Single-sequence speed: for each context length, one prompt of that many tokens is
+    /// prefilled (timed, `full` cache) and each policy then greedily decodes --generate
+    /// tokens from it (timed). The prompt is the built-in *Persuasion* text, or the token ids
+    /// of --prompt-ids (as `bench/llama_cpp.sh` passes, so both engines see the same tokens).
+    Speed(SpeedArgs),
+}
+
+/// Options of `arkvale bench speed`.
+#[derive(Debug, Args)]
+pub struct SpeedArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Prompt lengths in tokens, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1024,4096,8192",
+        value_name = "TOKENS"
+    )]
+    pub contexts: Vec<usize>,
+    /// Decode steps timed per policy (greedy).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub generate: usize,
+    /// Policies, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "full,arkvale")]
+    pub policies: Vec<String>,
+    /// Budgets of the budgeted policies, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "512,2048",
+        value_name = "TOKENS"
+    )]
+    pub budgets: Vec<usize>,
+    /// A file of prompt token ids (decimal, separated by whitespace or commas); each context
+    /// uses its first ids [default: the *Persuasion* text, tokenized].
+    #[arg(long, value_name = "FILE")]
+    pub prompt_ids: Option<PathBuf>,
+    #[command(flatten)]
+    pub cache: CacheShape,
 }
 
 /// Options of `arkvale bench throughput`.
@@ -76,6 +119,7 @@ pub struct ThroughputArgs {
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.task {
         BenchTask::Throughput(t) => throughput(t),
+        BenchTask::Speed(t) => speed(t),
     }
 }
 
@@ -240,4 +284,122 @@ fn throughput_series(rows: &[ThroughputRow]) -> Vec<plot::Series> {
             (name.to_string(), pts)
         })
         .collect()
+}
+
+/// Reads whitespace- or comma-separated decimal token ids.
+fn read_ids(path: &std::path::Path) -> Result<Vec<u32>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the prompt ids {}", path.display()))?;
+    text.split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .with_context(|| format!("{}: '{t}' is not a token id", path.display()))
+        })
+        .collect()
+}
+
+fn speed(a: SpeedArgs) -> Result<()> {
+    if a.contexts.is_empty() || a.contexts.contains(&0) || a.generate == 0 {
+        bail!("--contexts must be positive and --generate at least 1");
+    }
+    let m = load(&a.common)?;
+    let longest = *a.contexts.iter().max().expect("non-empty");
+    check_context(&m.model, longest, a.generate)?;
+    let ids = match &a.prompt_ids {
+        Some(path) => read_ids(path)?,
+        None => m
+            .tokenizer
+            .encode(haystacks::PERSUASION, false, false)
+            .context("cannot tokenize the Persuasion text")?,
+    };
+    let vocab = m.model.config().vocab;
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+        bail!("prompt token id {bad} is outside the model's vocabulary of {vocab}");
+    }
+    if ids.len() < longest {
+        bail!("the prompt has {} tokens, {longest} needed", ids.len());
+    }
+    let base = base_config(&a.cache, m.model.shape().kv_heads)?;
+    let sweep = Sweep::new(base, &a.policies, &a.budgets)?;
+    sweep.validate(&m.model)?;
+    let threads = a.common.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    });
+    let mut rows: Vec<SpeedRow> = Vec::new();
+    for &context in &a.contexts {
+        let prompt = &ids[..context];
+        eprintln!("[arkvale] {context} tokens: prefilling (full cache)");
+        let pre = prefill_once(&m.model, &sweep.base, prompt, SnapshotOptions::default())?;
+        for v in &sweep.variants {
+            let (mut cache, seq) = fork(&m.model, &sweep, v, &pre.snapshot, a.generate)?;
+            let t = std::time::Instant::now();
+            let tokens = greedy(&m.model, &mut cache, seq, &pre.logits, a.generate, None)?;
+            let seconds = t.elapsed().as_secs_f64();
+            // The first token comes from the prefill's logits; `generate - 1` steps ran.
+            let steps = tokens.len().saturating_sub(1).max(1);
+            let row = SpeedRow {
+                context,
+                variant: v.label(),
+                prefill_tokens_per_s: context as f64 / pre.seconds,
+                decode_tokens_per_s: steps as f64 / seconds,
+                tokens,
+            };
+            eprintln!(
+                "[arkvale] {context} tokens, {}: prefill {:.1} tokens/s, decode {:.1} tokens/s",
+                row.variant, row.prefill_tokens_per_s, row.decode_tokens_per_s
+            );
+            rows.push(row);
+        }
+    }
+    let mut table = format!(
+        "| context | policy | prefill tokens/s | decode tokens/s |\n|---|---|---|---|\n"
+    );
+    for r in &rows {
+        table += &format!(
+            "| {} | {} | {:.1} | {:.1} |\n",
+            r.context, r.variant, r.prefill_tokens_per_s, r.decode_tokens_per_s
+        );
+    }
+    println!("{table}");
+    let out = a
+        .common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("bench-out/speed"));
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("cannot create the output directory {}", out.display()))?;
+    let records: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "context": r.context, "policy": r.variant,
+                "prefill_tokens_per_s": r.prefill_tokens_per_s,
+                "decode_tokens_per_s": r.decode_tokens_per_s, "tokens": r.tokens,
+            })
+        })
+        .collect();
+    let results = json!({
+        "experiment": "speed",
+        "model": m.path.display().to_string(),
+        "weights": format!("{:?}", a.common.weights),
+        "threads": threads, "generate": a.generate,
+        "kv_dtype": format!("{:?}", sweep.base.kv_dtype),
+        "page_size": sweep.base.page_size,
+        "records": records,
+    });
+    let json_path = out.join("results.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    eprintln!("[arkvale] wrote {}", json_path.display());
+    Ok(())
+}
+
+/// One (context, policy) measurement of [`speed`].
+struct SpeedRow {
+    context: usize,
+    variant: String,
+    prefill_tokens_per_s: f64,
+    decode_tokens_per_s: f64,
+    tokens: Vec<u32>,
 }
