@@ -28,7 +28,7 @@ use std::ops::Range;
 
 use arkvale_core::{AttnPage, AttnRow, KvLayout};
 
-use crate::elem::{KvElem, axpy, dot, load, scale as scale_by};
+use crate::elem::{KvElem, axpy, dot, exp_shifted, load, scale as scale_by};
 use crate::par::Par;
 use crate::scatter::{chunks_mut, group_by_target};
 
@@ -325,10 +325,12 @@ fn fold_page(
     if alpha != 1.0 {
         scale_by(acc, alpha);
     }
+    // Weights e^(s - m); masked tokens (and any below e^-87 of the maximum) get exactly 0
+    // and are skipped.
+    exp_shifted(&mut tiles.s[..nr], m);
     let mut page_sum = 0f32;
-    for (i, &si) in tiles.s[..nr].iter().enumerate() {
-        if si != f32::NEG_INFINITY {
-            let e = (si - m).exp();
+    for (i, &e) in tiles.s[..nr].iter().enumerate() {
+        if e != 0.0 {
             page_sum += e;
             if values {
                 axpy(acc, e, &tiles.v[i * d..(i + 1) * d]);

@@ -135,6 +135,49 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `s[i] = e^(s[i] - m)` for every `i`, and 0 where `s[i] - m < -87` (which includes
+/// `s[i] = -inf`: masked tokens; the exact value there is below 1.2e-38), eight lanes at a
+/// time so that the compiler vectorizes it (no libm call per element). `e^x` is `2^n e^r`
+/// with `n = round(x / ln 2)` and the degree-6 Taylor polynomial of `e^r` on
+/// `|r| <= ln(2) / 2`: relative error below 4e-7, about 3 ulp (measured in the tests).
+#[inline(always)]
+pub(crate) fn exp_shifted(s: &mut [f32], m: f32) {
+    const LANES: usize = 8;
+    let mut chunks = s.chunks_exact_mut(LANES);
+    for c in chunks.by_ref() {
+        let c: &mut [f32; LANES] = c.try_into().unwrap();
+        for v in c.iter_mut() {
+            *v = exp_lane(*v - m);
+        }
+    }
+    for v in chunks.into_remainder() {
+        *v = exp_lane(*v - m);
+    }
+}
+
+/// `e^x` for `x <= 0` as [`exp_shifted`] describes (branch-free, so it vectorizes).
+#[inline(always)]
+fn exp_lane(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n * LN2_HI is exact for |n| < 2^10.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5 * 2^23: adding it rounds to an integer (to nearest even) held in the low mantissa.
+    const SHIFTER: f32 = 12_582_912.0;
+    let under = x < -87.0;
+    let xc = x.max(-87.0);
+    let t = xc * LOG2E + SHIFTER;
+    let n = t - SHIFTER;
+    let ni = (t.to_bits() as i32).wrapping_sub(SHIFTER.to_bits() as i32);
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
+    if under { 0.0 } else { p * scale }
+}
+
 /// `acc += w * x`, elementwise.
 #[inline(always)]
 pub(crate) fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
@@ -188,6 +231,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn exp_shifted_is_within_4e_7_of_exp() {
+        let m = 3.5f32;
+        let mut xs: Vec<f32> = (0..20_000).map(|i| m - i as f32 * 0.0045).collect();
+        xs.extend([f32::NEG_INFINITY, m - 87.5, m - 86.9, m]);
+        let mut got = xs.clone();
+        exp_shifted(&mut got, m);
+        let mut worst = 0f64;
+        for (&x, &g) in xs.iter().zip(&got) {
+            let want = ((x - m) as f64).exp();
+            if x - m < -87.0 {
+                assert_eq!(g, 0.0, "{x}");
+            } else {
+                worst = worst.max(((g as f64 - want) / want).abs());
+            }
+        }
+        eprintln!("exp_shifted: largest relative error {worst:.2e}");
+        assert!(worst < 4e-7, "largest relative error {worst:.2e}");
     }
 
     #[test]

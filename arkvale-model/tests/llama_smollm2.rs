@@ -268,9 +268,18 @@ fn smollm2_native_quantized_weights() {
             common(&ng, &want_numpy),
             common(&fg, &want_numpy),
         );
-        assert!(worst <= NATIVE_LOGIT_TOL, "{name}: native vs f32 logits: {worst}");
-        assert_eq!(ng[0], want_llama[0], "{name}: native first greedy token vs llama.cpp");
-        assert_eq!(ng[0], want_numpy[0], "{name}: native first greedy token vs numpy");
+        assert!(
+            worst <= NATIVE_LOGIT_TOL,
+            "{name}: native vs f32 logits: {worst}"
+        );
+        assert_eq!(
+            ng[0], want_llama[0],
+            "{name}: native first greedy token vs llama.cpp"
+        );
+        assert_eq!(
+            ng[0], want_numpy[0],
+            "{name}: native first greedy token vs numpy"
+        );
     }
 }
 

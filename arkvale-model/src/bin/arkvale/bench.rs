@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use arkvale_core::SnapshotOptions;
 use arkvale_core::policy::Residency;
-use arkvale_model::eval::passkey::FILLER;
 use arkvale_model::eval::haystacks;
+use arkvale_model::eval::passkey::FILLER;
 use arkvale_model::eval::runner::{Sweep, check_context, fork, greedy, prefill_once};
 use arkvale_model::memory::{STAGING_SLACK, sequence_slots};
 use arkvale_model::throughput::{ThroughputOptions, ThroughputRow, markdown, run_variant};
@@ -323,9 +323,10 @@ fn speed(a: SpeedArgs) -> Result<()> {
     let base = base_config(&a.cache, m.model.shape().kv_heads)?;
     let sweep = Sweep::new(base, &a.policies, &a.budgets)?;
     sweep.validate(&m.model)?;
-    let threads = a.common.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    });
+    let threads = a
+        .common
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut rows: Vec<SpeedRow> = Vec::new();
     for &context in &a.contexts {
         let prompt = &ids[..context];
@@ -352,9 +353,8 @@ fn speed(a: SpeedArgs) -> Result<()> {
             rows.push(row);
         }
     }
-    let mut table = format!(
-        "| context | policy | prefill tokens/s | decode tokens/s |\n|---|---|---|---|\n"
-    );
+    let mut table =
+        format!("| context | policy | prefill tokens/s | decode tokens/s |\n|---|---|---|---|\n");
     for r in &rows {
         table += &format!(
             "| {} | {} | {:.1} | {:.1} |\n",
