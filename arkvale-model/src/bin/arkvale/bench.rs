@@ -15,7 +15,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::eval::args::{CacheShape, CommonArgs};
-use crate::eval::{base_config, load, plot};
+use crate::eval::{load, plot};
 
 /// Options of `arkvale bench`.
 #[derive(Debug, Args)]
@@ -92,7 +92,7 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
             a.generate
         );
     }
-    let mut base = base_config(&a.cache, m.model.shape().kv_heads)?;
+    let mut base = a.cache.config(m.model.shape().kv_heads)?;
     if a.prefill_chunk == 0 || a.prefill_chunk % base.page_size != 0 {
         bail!(
             "--prefill-chunk must be a non-zero multiple of the page size ({})",
