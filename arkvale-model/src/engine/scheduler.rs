@@ -1,5 +1,6 @@
 //! The engine thread: intake, admission, chunked prefill and batched decode (see the module
-//! docs of `engine`).
+//! docs of `engine`). What happens to one sequence — its prefill chunks, the choice of its
+//! tokens, when it stops — is [`crate::generation`]'s, as for `arkvale generate`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -32,6 +32,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! [`LlamaModel::prefill_logits`] and [`LlamaModel::decode_logits`] leave the logits on the
+//! device as a [`Logits`], so that greedy decoding downloads only the chosen ids
+//! ([`Logits::argmax`]); [`crate::generation`] builds on them.
+//!
 //! # The computation
 //!
 //! Per layer: RMSNorm → Q, K, V projections → RoPE on Q and K → cache attention
