@@ -50,7 +50,9 @@ pub use device::{
 };
 pub use dtype::{DType, KvDtype};
 pub use error::{Error, Result};
-pub use manager::{CacheManager, PageInfo, PrefillSnapshot, SeqId, SnapshotOptions};
+pub use manager::{
+    CacheManager, PREFILL_STAGING_SLOTS, PageInfo, PrefillSnapshot, SeqId, SnapshotOptions,
+};
 pub use policy::{Policy, policy_by_name, policy_from_spec};
 pub use quant::QuantType;
 pub use shape::ModelShape;

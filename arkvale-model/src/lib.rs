@@ -18,13 +18,16 @@
 //! in model files (Jinja, with `minijinja`) into prompt text. [`loaded`] opens either kind of
 //! model path (GGUF file or Hugging Face directory) into a [`loaded::LoadedModel`] with one
 //! [`text::TextTokenizer`]; [`sampling`] draws next tokens (greedy, temperature, top-k,
-//! top-p, seeded) and [`stop`] ends generation at stop strings.
+//! top-p, seeded) and [`stop`] ends generation at stop strings. [`generation`] is the one
+//! generation step machine (chunked prefill, token choice on the device for greedy decoding,
+//! stop conditions) that the CLI and the batching [`engine`] both drive.
 
 #![warn(missing_docs)]
 
 pub mod chat;
 pub mod engine;
 pub mod eval;
+pub mod generation;
 pub mod gguf;
 pub mod hf;
 pub mod llama;

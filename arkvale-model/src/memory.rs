@@ -8,16 +8,17 @@
 //! `--dense-layers` leading layers of the budgeted ones) needs `P` slots; a budgeted layer
 //! (`arkvale`, `streaming`) needs at most `min(P, B + C + 1)` — the `B` budget pages, the `C`
 //! pages of a prefill chunk appended before eviction, and the open page. On top come
-//! [`STAGING_SLACK`] slots that prefill borrows to stream evicted pages back. The device pool
+//! [`STAGING_SLACK`] slots: the [`PREFILL_STAGING_SLOTS`] that prefill borrows to stream
+//! evicted pages back, and as many again as a margin. The device pool
 //! is that many slots, and at least `B + 1` (what the cache manager requires); the host tier
 //! (allocated lazily, only for backups of budgeted layers) is sized for every page of every
 //! layer.
 
-use arkvale_core::{CacheConfig, ModelShape, policy::Residency};
+use arkvale_core::{CacheConfig, ModelShape, PREFILL_STAGING_SLOTS, policy::Residency};
 
 /// Slots kept free for the pages prefill streams back from host backups (the cache manager
-/// borrows up to 8) plus a margin.
-pub const STAGING_SLACK: usize = 16;
+/// borrows up to [`PREFILL_STAGING_SLOTS`]) plus as many again as a margin.
+pub const STAGING_SLACK: usize = 2 * PREFILL_STAGING_SLOTS;
 
 /// Device and host byte budgets for one sequence of `total_tokens` under `config`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

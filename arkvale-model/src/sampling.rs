@@ -90,6 +90,11 @@ impl Sampler {
         })
     }
 
+    /// The parameters it draws with.
+    pub fn params(&self) -> SamplingParams {
+        self.params
+    }
+
     /// The next token for `logits` (one value per vocabulary entry). Errors on empty logits
     /// or a NaN among them (a broken forward pass, not something to sample from).
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32, String> {
@@ -158,15 +163,18 @@ impl Sampler {
     }
 }
 
-/// The index of the largest value, the lowest index among equals (`logits` non-empty).
+/// The index of the largest value, the lowest index among equals; NaN ranks below every
+/// number and a slice of NaN only gives 0 (`logits` non-empty). This is the rule of
+/// [`arkvale_core::Device::argmax`], so greedy choices made on the host and on the device
+/// agree.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
+    let mut best: Option<usize> = None;
     for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
-            best = i;
+        if !v.is_nan() && best.is_none_or(|b| *v > logits[b]) {
+            best = Some(i);
         }
     }
-    best as u32
+    best.unwrap_or(0) as u32
 }
 
 #[cfg(test)]
@@ -195,6 +203,23 @@ mod tests {
         assert_eq!(s.sample(&logits()).unwrap(), 1);
         assert_eq!(argmax(&[3.0, 1.0, 3.0]), 0);
         assert_eq!(s.sample(&[-5.0, -4.0, -6.0]).unwrap(), 1);
+    }
+
+    #[test]
+    fn argmax_follows_the_device_rule_for_nan() {
+        // The rule of `Device::argmax` (see `arkvale_core::reference::argmax`).
+        let rows: [&[f32]; 4] = [
+            &[f32::NAN, 2.0, 2.0],
+            &[f32::NAN, f32::NAN],
+            &[-1.0, f32::NAN, -0.5],
+            &[f32::NEG_INFINITY, f32::NAN],
+        ];
+        for row in rows {
+            let mut want = [9u32];
+            arkvale_core::reference::argmax(1, row.len(), row, &mut want);
+            assert_eq!(argmax(row), want[0], "{row:?}");
+        }
+        assert_eq!(argmax(&[f32::NAN, 2.0, 2.0]), 1);
     }
 
     #[test]

@@ -123,13 +123,10 @@ pub fn run_variant(
     cache.take_stats();
     let first = argmax(first_logits);
     let mut tokens = vec![first; batch];
-    let vocab = model.vocab();
     let started = Instant::now();
     for _ in 0..opts.generate {
-        let logits = model.decode(&mut cache, &seqs, &tokens)?;
-        for (i, t) in tokens.iter_mut().enumerate() {
-            *t = argmax(&logits[i * vocab..(i + 1) * vocab]);
-        }
+        // Greedy on the device: only the ids come back.
+        tokens = model.decode_logits(&mut cache, &seqs, &tokens)?.argmax()?;
     }
     row.decode_seconds = started.elapsed().as_secs_f64();
     row.tokens_per_s = (batch * opts.generate) as f64 / row.decode_seconds.max(1e-9);

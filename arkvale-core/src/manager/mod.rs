@@ -69,6 +69,7 @@ use crate::{
 };
 
 pub use fork::{PrefillSnapshot, SnapshotOptions};
+pub use prefill::PREFILL_STAGING_SLOTS;
 use table::{GroupTable, LayerPlan, LayerState, Sequence, TokenState};
 
 /// Identifies a sequence in a [`CacheManager`].

@@ -10,8 +10,10 @@ use crate::{
     Result, TopkSegment,
 };
 
-/// Slots borrowed from the pool to stream evicted pages back during prefill attention.
-const STAGING_SLOTS: usize = 8;
+/// The most slots prefill borrows from the pool at a time to stream evicted pages back for
+/// its attention (freed again before the chunk returns). A pool sized for its sequences needs
+/// this many slots spare while a prompt is prefilled.
+pub const PREFILL_STAGING_SLOTS: usize = 8;
 
 impl CacheManager {
     /// Prefills one chunk of a prompt in layer `layer` of sequence `seq`: appends `k`/`v`
@@ -283,7 +285,7 @@ impl CacheManager {
         let staging = self
             .res
             .slots
-            .alloc_many(STAGING_SLOTS.min(evicted.len()))?;
+            .alloc_many(PREFILL_STAGING_SLOTS.min(evicted.len()))?;
         let result = (|| {
             for batch in evicted.chunks(staging.len()) {
                 let copies: Vec<(u32, BackupId)> =

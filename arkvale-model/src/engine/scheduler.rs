@@ -1,5 +1,6 @@
 //! The engine thread: intake, admission, chunked prefill and batched decode (see the module
-//! docs of `engine`).
+//! docs of `engine`). What happens to one sequence — its prefill chunks, the choice of its
+//! tokens, when it stops — is [`crate::generation`]'s, as for `arkvale generate`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -10,17 +11,16 @@ use arkvale_core::{CacheManager, SeqId};
 use crossbeam_channel::Receiver;
 
 use super::{Event, FinishReason, Shared, Submitted};
+use crate::generation::{Generation, Limits, Prefill, Step, StopReason, choose_tokens};
 use crate::loaded::LoadedModel;
 use crate::memory::STAGING_SLACK;
 use crate::sampling::Sampler;
-use crate::stop::{StopMatcher, StopStep};
-use crate::text::TextDecodeStream;
 
 /// Where an admitted sequence is.
 enum Phase {
-    /// `done` prompt tokens prefilled so far.
-    Prefill { done: usize },
-    /// Waiting to feed back `next`, the last sampled token.
+    /// Its prompt is going in, a chunk per step.
+    Prefill(Prefill),
+    /// Waiting to feed back `next`, the last chosen token.
     Decode { next: u32 },
 }
 
@@ -30,9 +30,7 @@ struct Running<'m> {
     sub: Submitted,
     phase: Phase,
     sampler: Sampler,
-    stream: TextDecodeStream<'m>,
-    stop: StopMatcher,
-    generated: usize,
+    generation: Generation<'m>,
 }
 
 /// The engine's state, borrowing the model for the decode streams' lifetime.
@@ -123,10 +121,18 @@ impl<'m> Scheduler<'m> {
             let Some(sub) = self.queue.pop_front() else {
                 break;
             };
-            let checked = Sampler::new(sub.request.params, sub.request.seed).and_then(|sampler| {
-                StopMatcher::new(sub.request.stop.clone()).map(|stop| (sampler, stop))
+            let req = &sub.request;
+            let limits = Limits {
+                eos: req.eos,
+                max_tokens: req.max_tokens,
+                held: req.prompt.len(),
+                context_length: self.model.model.config().context_length,
+            };
+            let checked = Sampler::new(req.params, req.seed).and_then(|sampler| {
+                Generation::new(&self.model.tokenizer, req.stop.clone(), limits)
+                    .map(|generation| (sampler, generation))
             });
-            let (sampler, stop) = match checked {
+            let (sampler, generation) = match checked {
                 Ok(parts) => parts,
                 Err(e) => {
                     {
@@ -140,14 +146,13 @@ impl<'m> Scheduler<'m> {
                 }
             };
             self.reserved += sub.slots;
+            let seq = self.cache.add_sequence();
             self.running.push(Running {
-                seq: self.cache.add_sequence(),
+                seq,
+                phase: Phase::Prefill(Prefill::new(&self.cache, seq, sub.request.prompt.len())),
                 sub,
-                phase: Phase::Prefill { done: 0 },
                 sampler,
-                stream: self.model.tokenizer.decode_stream_continuing(true),
-                stop,
-                generated: 0,
+                generation,
             });
             // Moved from the queue to the running set in one step of the counters.
             let mut m = self.shared.metrics.lock();
@@ -162,35 +167,31 @@ impl<'m> Scheduler<'m> {
         let Some(i) = self
             .running
             .iter()
-            .position(|r| matches!(r.phase, Phase::Prefill { .. }))
+            .position(|r| matches!(r.phase, Phase::Prefill(_)))
         else {
             return;
         };
-        let r = &self.running[i];
-        let Phase::Prefill { done } = r.phase else {
+        let r = &mut self.running[i];
+        let Phase::Prefill(prefill) = &mut r.phase else {
             return;
         };
-        let prompt = &r.sub.request.prompt;
-        let chunk = if self.cache.policy().token_rule().is_some() {
-            prompt.len()
-        } else {
-            self.cache.config().prefill_chunk_tokens.max(1)
-        };
-        let end = (done + chunk).min(prompt.len());
+        let before = prefill.done();
         let started = Instant::now();
-        let result = self
-            .model
-            .model
-            .prefill(&mut self.cache, r.seq, &prompt[done..end]);
+        let result = prefill.step(&self.model.model, &mut self.cache, &r.sub.request.prompt);
         {
             let mut m = self.shared.metrics.lock();
             m.prefill_seconds += started.elapsed().as_secs_f64();
-            m.prefilled_tokens += (end - done) as u64;
+            m.prefilled_tokens += (prefill.done() - before) as u64;
         }
-        match result {
-            Err(e) => self.fail(i, format!("prefill failed: {e}")),
-            Ok(logits) if end == prompt.len() => self.sample_and_accept(i, &logits),
-            Ok(_) => self.running[i].phase = Phase::Prefill { done: end },
+        let chosen = match result {
+            Err(e) => return self.fail(i, format!("prefill failed: {e}")),
+            Ok(None) => return,
+            Ok(Some(logits)) => choose_tokens(&logits, &mut [&mut r.sampler]),
+        };
+        match chosen.map(|mut c| c.remove(0)) {
+            Ok(Ok(token)) => self.accept(i, token),
+            Ok(Err(e)) => self.fail(i, format!("sampling failed: {e}")),
+            Err(e) => self.fail(i, format!("sampling failed: {e}")),
         }
     }
 
@@ -207,12 +208,25 @@ impl<'m> Scheduler<'m> {
             .iter()
             .map(|&i| match self.running[i].phase {
                 Phase::Decode { next } => next,
-                Phase::Prefill { .. } => unreachable!("filtered to decoding sequences"),
+                Phase::Prefill(_) => unreachable!("filtered to decoding sequences"),
             })
             .collect();
         let recalls_before = self.cache.stats().recalls;
         let started = Instant::now();
-        let result = self.model.model.decode(&mut self.cache, &seqs, &tokens);
+        let chosen = self
+            .model
+            .model
+            .decode_logits(&mut self.cache, &seqs, &tokens)
+            .and_then(|logits| {
+                // The batch's samplers, in the order of `batch`.
+                let mut samplers: Vec<&mut Sampler> = self
+                    .running
+                    .iter_mut()
+                    .filter(|r| matches!(r.phase, Phase::Decode { .. }))
+                    .map(|r| &mut r.sampler)
+                    .collect();
+                choose_tokens(&logits, &mut samplers)
+            });
         {
             let mut m = self.shared.metrics.lock();
             m.decode_seconds += started.elapsed().as_secs_f64();
@@ -220,87 +234,60 @@ impl<'m> Scheduler<'m> {
             m.recalls += self.cache.stats().recalls - recalls_before;
             m.max_batch_seen = m.max_batch_seen.max(batch.len());
         }
-        let vocab = self.model.model.vocab();
-        match result {
+        match chosen {
             Err(e) => {
                 for &i in batch.iter().rev() {
                     self.fail(i, format!("decode failed: {e}"));
                 }
             }
-            Ok(logits) => {
+            Ok(chosen) => {
                 // Back to front so that retiring a sequence keeps the earlier indices valid.
-                for (row, &i) in batch.iter().enumerate().rev() {
-                    self.sample_and_accept(i, &logits[row * vocab..(row + 1) * vocab]);
+                for (&i, token) in batch.iter().zip(chosen).rev() {
+                    match token {
+                        Ok(token) => self.accept(i, token),
+                        Err(e) => self.fail(i, format!("sampling failed: {e}")),
+                    }
                 }
             }
         }
     }
 
-    /// Draws the next token of sequence `i` from `logits`, sends its text, and finishes the
-    /// request or queues the token for the next decode step.
-    fn sample_and_accept(&mut self, i: usize, logits: &[f32]) {
-        let ctx = self.model.model.config().context_length;
+    /// Gives sequence `i` its chosen `token`, sends its text, and finishes the request or
+    /// queues the token for the next decode step.
+    fn accept(&mut self, i: usize, token: u32) {
         let r = &mut self.running[i];
-        let token = match r.sampler.sample(logits) {
-            Ok(t) => t,
-            Err(e) => return self.fail(i, format!("sampling failed: {e}")),
+        let step = match r.generation.accept(token) {
+            Ok(step) => step,
+            Err(e) => return self.fail(i, e.to_string()),
         };
-        let req = &r.sub.request;
-        if Some(token) == req.eos {
-            return self.finish(i, FinishReason::Stop, String::new(), Vec::new(), true);
-        }
-        r.generated += 1;
-        self.shared.metrics.lock().generated_tokens += 1;
-        let piece = match r.stream.push(token) {
-            Ok(p) => p,
-            Err(e) => return self.fail(i, format!("cannot decode token {token}: {e}")),
-        };
-        match r.stop.push(&piece) {
-            StopStep::Stopped { text, .. } => {
-                self.finish(i, FinishReason::Stop, text, vec![token], false);
-            }
-            StopStep::Emit(text) => {
-                let held = req.prompt.len() + r.generated;
-                if r.generated >= req.max_tokens || held >= ctx {
-                    return self.finish(i, FinishReason::Length, text, vec![token], true);
-                }
+        match step {
+            Step::Continue { token, text } => {
+                self.shared.metrics.lock().generated_tokens += 1;
                 r.phase = Phase::Decode { next: token };
                 let _ = r.sub.events.send(Event::Text {
                     text,
                     tokens: vec![token],
                 });
             }
+            Step::Finished {
+                reason,
+                token,
+                text,
+            } => {
+                if token.is_some() {
+                    self.shared.metrics.lock().generated_tokens += 1;
+                }
+                let reason = match reason {
+                    StopReason::Eos | StopReason::StopString => FinishReason::Stop,
+                    StopReason::MaxTokens | StopReason::ContextLength => FinishReason::Length,
+                };
+                self.finish(i, reason, text, token.into_iter().collect());
+            }
         }
     }
 
-    /// Sends the last `text` and `tokens` (with `flush`, plus whatever the decoder and the
-    /// stop matcher still hold — not after a stop string) and `Done`, then retires
-    /// sequence `i`.
-    fn finish(
-        &mut self,
-        i: usize,
-        mut reason: FinishReason,
-        mut text: String,
-        tokens: Vec<u32>,
-        flush: bool,
-    ) {
-        let r = &mut self.running[i];
-        if flush {
-            let stream = std::mem::replace(
-                &mut r.stream,
-                self.model.tokenizer.decode_stream_continuing(true),
-            );
-            match r.stop.push(&stream.finish()) {
-                StopStep::Emit(t) => {
-                    text.push_str(&t);
-                    text.push_str(&r.stop.finish());
-                }
-                StopStep::Stopped { text: t, .. } => {
-                    text.push_str(&t);
-                    reason = FinishReason::Stop;
-                }
-            }
-        }
+    /// Retires sequence `i`, then sends the last `text` and `tokens` (if any) and `Done`.
+    fn finish(&mut self, i: usize, reason: FinishReason, text: String, tokens: Vec<u32>) {
         // Retired (and counted) before the last events go out: a client that has its whole
         // answer sees the request finished in the metrics.
         let r = self.retire(i, false);
@@ -310,7 +297,7 @@ impl<'m> Scheduler<'m> {
         let _ = r.sub.events.send(Event::Done {
             reason,
             prompt_tokens: r.sub.request.prompt.len(),
-            completion_tokens: r.generated,
+            completion_tokens: r.generation.generated(),
         });
     }
 

@@ -87,13 +87,4 @@ impl EvalTokenizer for crate::tokenizer::Tokenizer {
     }
 }
 
-/// Index of the largest value (ties: the first).
-pub fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in x.iter().enumerate() {
-        if *v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+pub use crate::sampling::argmax;

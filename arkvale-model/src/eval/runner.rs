@@ -238,8 +238,8 @@ pub fn greedy(
         if i + 1 == n {
             break;
         }
-        let logits = model.decode(cache, &[seq], &[next])?;
-        next = argmax(&logits);
+        // Greedy on the device (the rule of `argmax`): only the id comes back.
+        next = model.decode_logits(cache, &[seq], &[next])?.argmax()?[0];
     }
     Ok(out)
 }

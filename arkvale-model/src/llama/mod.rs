@@ -32,6 +32,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! [`LlamaModel::prefill_logits`] and [`LlamaModel::decode_logits`] leave the logits on the
+//! device as a [`Logits`], so that greedy decoding downloads only the chosen ids
+//! ([`Logits::argmax`]); [`crate::generation`] builds on them.
+//!
 //! # The computation
 //!
 //! Per layer: RMSNorm → Q, K, V projections → RoPE on Q and K → cache attention
@@ -65,12 +69,16 @@ mod weights;
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use arkvale_core::{DType, Device, ModelShape, RopeScaling, RopeStyle, rope_inv_freq};
 
 pub use config::{LlamaConfig, SUPPORTED_ARCHITECTURES};
+pub use forward::Logits;
 pub use weights::{HostLayer, LlamaHostWeights, WeightStorage};
 
 use crate::gguf::{GgufError, GgufFile};
+use forward::Scratch;
 use weights::{Tensor, Weights};
 
 /// Everything that can go wrong while loading or running a Llama-family model.
@@ -105,6 +113,9 @@ pub struct LlamaModel {
     weight_dtype: DType,
     inv_freq: Vec<f32>,
     rope_style: RopeStyle,
+    /// Activation buffers of recent forward calls, most recent first, reused by calls of the
+    /// same token count (see `forward`).
+    scratch: Mutex<Vec<Scratch>>,
 }
 
 impl std::fmt::Debug for LlamaModel {
@@ -203,6 +214,7 @@ impl LlamaModel {
             weight_dtype,
             inv_freq,
             rope_style: RopeStyle::Interleaved,
+            scratch: Mutex::new(Vec::new()),
         })
     }
 

@@ -3,10 +3,14 @@
 
 use std::path::PathBuf;
 
-use arkvale_core::{DigestKind, policy::POLICY_NAMES};
+use anyhow::Result;
+use arkvale_core::{AttentionMode, CacheConfig, DigestKind, KvDtype, policy::POLICY_NAMES};
 use arkvale_model::llama::WeightStorage;
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Prompt tokens per prefill chunk of every command (a multiple of every page size).
+pub const PREFILL_CHUNK: usize = 512;
 
 /// The environment variable naming the default model file.
 pub const MODEL_ENV: &str = "ARKVALE_MODEL";
@@ -163,7 +167,8 @@ pub struct RunArgs {
     pub no_progress: bool,
 }
 
-/// The KV-cache options shared by `generate` and `chat` (and the budget of `info`).
+/// The KV-cache options of `generate`, `chat` and `serve`: a policy and its budget on top of
+/// the [`CacheShape`].
 #[derive(Debug, Args, Clone)]
 pub struct CacheArgs {
     /// Eviction policy.
@@ -172,24 +177,63 @@ pub struct CacheArgs {
     /// Resident KV tokens per (layer, head group); a multiple of --page-size.
     #[arg(long, default_value_t = 2048, value_name = "TOKENS")]
     pub budget: usize,
+    /// Page geometry, digest, top-k, dense layers, attention mode and KV type.
+    #[command(flatten)]
+    pub shape: CacheShape,
+}
+
+impl CacheArgs {
+    /// The cache configuration of these options: [`CacheShape::config`] with `--budget`.
+    pub fn config(&self, kv_heads: usize) -> Result<CacheConfig> {
+        let mut config = self.shape.config(kv_heads)?;
+        config.budget_tokens = self.budget;
+        Ok(config)
+    }
+}
+
+/// The cache options every command that builds a KV cache shares (`generate`, `chat`,
+/// `serve`, `eval`, `bench`): everything but the policy and its budget.
+#[derive(Debug, Args, Clone)]
+pub struct CacheShape {
     /// Page geometry and ArkVale's selection rules.
     #[command(flatten)]
     pub selection: crate::selection::SelectionArgs,
-    /// Page digest used to estimate importance.
-    #[arg(long, default_value = "cuboid-mean", value_parser = PossibleValuesParser::new(DigestKind::ALL.map(DigestKind::name)))]
-    pub digest: String,
-    /// Tokens that take part in each attention (top-k) [default: min(1280, budget / 2)].
-    #[arg(long, value_name = "TOKENS")]
-    pub topk: Option<usize>,
     /// Leading layers that keep every page.
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub dense_layers: usize,
-    /// Which pages decode attends once a sequence exceeds its budget.
+    /// Page digest ArkVale estimates page importance with.
+    #[arg(long, default_value = "cuboid-mean", value_parser = PossibleValuesParser::new(DigestKind::ALL.map(DigestKind::name)))]
+    pub digest: String,
+    /// Tokens that take part in each ArkVale attention (top-k) [default: min(1280, budget /
+    /// 2)].
+    #[arg(long, value_name = "TOKENS")]
+    pub topk: Option<usize>,
+    /// Which pages ArkVale's decode attends once a sequence exceeds its budget.
     #[arg(long, value_enum, default_value_t = Attention::Resident)]
     pub attention: Attention,
     /// Storage type of the KV cache and its host backups.
     #[arg(long, value_enum, default_value_t = KvType::F16)]
     pub kv_dtype: KvType,
+}
+
+impl CacheShape {
+    /// The one place the command line becomes a [`CacheConfig`], for a model with `kv_heads`
+    /// KV heads: these options on the defaults, prompts prefilled in chunks of
+    /// [`PREFILL_CHUNK`] tokens (rounded up to whole pages), then the preset and the
+    /// selection options (`--page-size` checked there). The budget keeps its default, and the
+    /// byte budgets are set later.
+    pub fn config(&self, kv_heads: usize) -> Result<CacheConfig> {
+        let base = CacheConfig {
+            topk_tokens: self.topk,
+            dense_layers: self.dense_layers,
+            digest: DigestKind::parse(&self.digest)?,
+            attention: self.attention.mode(),
+            kv_dtype: self.kv_dtype.dtype(),
+            prefill_chunk_tokens: PREFILL_CHUNK,
+            ..Default::default()
+        };
+        self.selection.apply(base, kv_heads)
+    }
 }
 
 /// Options of `arkvale info`.
@@ -227,6 +271,16 @@ pub enum Attention {
     Resident,
     /// Only sinks + top-k + window.
     Sparse,
+}
+
+impl Attention {
+    /// The core's attention mode.
+    pub fn mode(self) -> AttentionMode {
+        match self {
+            Attention::Resident => AttentionMode::Resident,
+            Attention::Sparse => AttentionMode::Sparse,
+        }
+    }
 }
 
 /// `--backend`.
@@ -277,6 +331,17 @@ pub enum KvType {
     Bf16,
 }
 
+impl KvType {
+    /// The core KV type.
+    pub fn dtype(self) -> KvDtype {
+        match self {
+            KvType::F32 => KvDtype::F32,
+            KvType::F16 => KvDtype::F16,
+            KvType::Bf16 => KvDtype::BF16,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,17 +366,17 @@ mod tests {
         assert_eq!(g.run.temperature, 0.0);
         assert_eq!((g.run.top_k, g.run.top_p, g.run.seed), (0, 1.0, None));
         assert_eq!(g.run.cache.policy, "arkvale");
-        let sel = &g.run.cache.selection;
+        let sel = &g.run.cache.shape.selection;
         assert_eq!((g.run.cache.budget, sel.page_size), (2048, None));
         assert_eq!(sel.preset, "recommended");
-        assert_eq!(g.run.cache.digest, "cuboid-mean");
+        assert_eq!(g.run.cache.shape.digest, "cuboid-mean");
         assert_eq!(
-            (sel.sinks, sel.window, g.run.cache.dense_layers),
+            (sel.sinks, sel.window, g.run.cache.shape.dense_layers),
             (None, None, 2)
         );
         assert!(sel.head_groups.is_none() && sel.victims.is_none() && sel.prefill_keep.is_none());
-        assert_eq!(g.run.cache.attention, Attention::Resident);
-        assert_eq!(g.run.cache.kv_dtype, KvType::F16);
+        assert_eq!(g.run.cache.shape.attention, Attention::Resident);
+        assert_eq!(g.run.cache.shape.kv_dtype, KvType::F16);
         assert_eq!(g.run.weights, WeightDtype::Native);
         assert_eq!(g.run.backend, Backend::Cpu);
         assert!(!g.json && !g.chat && !g.run.ignore_eos && g.run.model.is_none());
@@ -379,14 +444,14 @@ mod tests {
         );
         assert_eq!((g.run.temperature, g.run.top_p), (0.7, 0.9));
         assert_eq!(g.run.cache.policy, "quest");
-        let sel = &g.run.cache.selection;
+        let sel = &g.run.cache.shape.selection;
         assert_eq!(
-            (g.run.cache.budget, sel.page_size, g.run.cache.topk),
+            (g.run.cache.budget, sel.page_size, g.run.cache.shape.topk),
             (512, Some(16), Some(128))
         );
-        assert_eq!(g.run.cache.digest, "sphere-max");
+        assert_eq!(g.run.cache.shape.digest, "sphere-max");
         assert_eq!(
-            (sel.sinks, sel.window, g.run.cache.dense_layers),
+            (sel.sinks, sel.window, g.run.cache.shape.dense_layers),
             (Some(2), Some(3), 0)
         );
         assert_eq!(sel.preset, "paper");
@@ -394,8 +459,8 @@ mod tests {
         assert_eq!(sel.score_agg.as_deref(), Some("max"));
         assert_eq!(sel.victims.as_deref(), Some("attention"));
         assert_eq!(sel.prefill_keep.as_deref(), Some("digest"));
-        assert_eq!(g.run.cache.attention, Attention::Sparse);
-        assert_eq!(g.run.cache.kv_dtype, KvType::Bf16);
+        assert_eq!(g.run.cache.shape.attention, Attention::Sparse);
+        assert_eq!(g.run.cache.shape.kv_dtype, KvType::Bf16);
         assert_eq!((g.run.threads, g.run.weights), (Some(2), WeightDtype::F16));
         assert!(g.json && g.run.ignore_eos);
     }

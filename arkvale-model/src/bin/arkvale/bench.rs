@@ -17,8 +17,9 @@ use arkvale_model::throughput::{ThroughputOptions, ThroughputRow, markdown, run_
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::eval::args::{CacheShape, CommonArgs};
-use crate::eval::{base_config, load, plot};
+use crate::args::CacheShape;
+use crate::eval::args::CommonArgs;
+use crate::eval::{load, plot};
 
 /// Options of `arkvale bench`.
 #[derive(Debug, Args)]
@@ -136,7 +137,7 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
             a.generate
         );
     }
-    let mut base = base_config(&a.cache, m.model.shape().kv_heads)?;
+    let mut base = a.cache.config(m.model.shape().kv_heads)?;
     if a.prefill_chunk == 0 || a.prefill_chunk % base.page_size != 0 {
         bail!(
             "--prefill-chunk must be a non-zero multiple of the page size ({})",
@@ -320,7 +321,7 @@ fn speed(a: SpeedArgs) -> Result<()> {
     if ids.len() < longest {
         bail!("the prompt has {} tokens, {longest} needed", ids.len());
     }
-    let base = base_config(&a.cache, m.model.shape().kv_heads)?;
+    let base = a.cache.config(m.model.shape().kv_heads)?;
     let sweep = Sweep::new(base, &a.policies, &a.budgets)?;
     sweep.validate(&m.model)?;
     let threads = a

@@ -6,24 +6,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use arkvale_core::{
-    AttentionMode, CacheConfig, CacheManager, Device, DigestKind, KvDtype, SeqId, policy_by_name,
-};
+use arkvale_core::{CacheConfig, CacheManager, Device, SeqId, policy_by_name};
 use arkvale_model::chat::Message;
-use arkvale_model::llama::LlamaModel;
+use arkvale_model::generation::{self, Generation, Limits, Prefill, run_sequence};
+use arkvale_model::llama::{LlamaModel, Logits};
 use arkvale_model::loaded::LoadedModel;
 use arkvale_model::sampling::{Sampler, SamplingParams};
-use arkvale_model::stop::{StopMatcher, StopStep};
+use arkvale_model::stop::StopMatcher;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::args::{Attention, CacheArgs, GenerateArgs, KvType, RunArgs};
+use crate::args::{CacheArgs, GenerateArgs, PREFILL_CHUNK, RunArgs};
 use crate::backend::open_device;
 use crate::model_path::resolve_model;
 use arkvale_model::memory::size_cache;
-
-/// Prompt tokens per prefill chunk (a multiple of every page size).
-const PREFILL_CHUNK: usize = 512;
 
 /// Prompts at least this long get a progress bar (when stderr is a terminal).
 pub const PROGRESS_MIN_TOKENS: usize = 2 * PREFILL_CHUNK;
@@ -31,11 +27,9 @@ pub const PROGRESS_MIN_TOKENS: usize = 2 * PREFILL_CHUNK;
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    Eos,
-    /// A `--stop` string appeared in the output.
-    StopString,
-    MaxTokens,
-    ContextLength,
+    /// The generation ended by itself (EOS, a `--stop` string, `--max-tokens`, the context
+    /// length).
+    Ended(generation::StopReason),
     /// stdout was closed (e.g. piped into `head`).
     OutputClosed,
 }
@@ -44,10 +38,7 @@ impl StopReason {
     /// The name in the statistics.
     pub fn name(self) -> &'static str {
         match self {
-            StopReason::Eos => "eos",
-            StopReason::StopString => "stop_string",
-            StopReason::MaxTokens => "max_tokens",
-            StopReason::ContextLength => "context_length",
+            StopReason::Ended(r) => r.name(),
             StopReason::OutputClosed => "output_closed",
         }
     }
@@ -108,7 +99,7 @@ impl Loaded {
         c: &CacheArgs,
         total_tokens: usize,
     ) -> Result<(CacheManager, CacheConfig)> {
-        let mut config = cache_config(c, self.model.shape().kv_heads)?;
+        let mut config = c.config(self.model.shape().kv_heads)?;
         let policy = policy_by_name(&c.policy, &config)?;
         let sizing = size_cache(
             &self.model.shape(),
@@ -138,17 +129,17 @@ pub struct Decoded {
     pub time: Duration,
 }
 
-/// Samples from `logits`, feeds tokens back through `model.decode` and streams the text to
-/// stdout (unless `quiet`), until EOS, a stop string of `stops`, `max_tokens` or the context
-/// length (`held` tokens are already in the sequence). The last sampled token is not fed
-/// back. With a stop string, `tokens` ends with the token that completed it and `text` ends
-/// before it.
+/// Generates from the prompt's last `logits` with the library's step machine
+/// ([`run_sequence`]), streaming the text to stdout (unless `quiet`), until EOS, a stop string
+/// of `stops`, `max_tokens` or the context length (`held` tokens are already in the sequence).
+/// The last generated token is not fed back. With a stop string, `tokens` ends with the token
+/// that completed it and `text` ends before it.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_loop(
     loaded: &Loaded,
     cache: &mut CacheManager,
     seq: SeqId,
-    mut logits: Vec<f32>,
+    logits: Logits<'_>,
     sampler: &mut Sampler,
     eos: Option<u32>,
     stops: &[String],
@@ -156,70 +147,41 @@ pub fn decode_loop(
     held: usize,
     quiet: bool,
 ) -> Result<Decoded> {
-    let mut stop_matcher = StopMatcher::new(stops.to_vec()).map_err(anyhow::Error::msg)?;
-    let ctx = loaded.model.config().context_length;
-    let mut out = std::io::stdout().lock();
-    let mut stream = loaded.tokenizer.decode_stream_continuing(true);
-    let mut tokens: Vec<u32> = Vec::new();
-    let mut text = String::new();
-    let mut stop = StopReason::MaxTokens;
-    let mut steps = 0usize;
-    let t_decode = Instant::now();
-    while tokens.len() < max_tokens {
-        let next = sampler.sample(&logits).map_err(anyhow::Error::msg)?;
-        if Some(next) == eos {
-            stop = StopReason::Eos;
-            break;
-        }
-        tokens.push(next);
-        let piece = stream
-            .push(next)
-            .context("cannot decode a generated token")?;
-        let (piece, stopped) = match stop_matcher.push(&piece) {
-            StopStep::Emit(t) => (t, false),
-            StopStep::Stopped { text, .. } => (text, true),
-        };
-        text.push_str(&piece);
-        if !quiet && !piece.is_empty() && !emit(&mut out, &piece)? {
-            stop = StopReason::OutputClosed;
-            break;
-        }
-        if stopped {
-            stop = StopReason::StopString;
-            break;
-        }
-        if tokens.len() == max_tokens {
-            break;
-        }
-        if held + tokens.len() >= ctx {
-            stop = StopReason::ContextLength;
-            break;
-        }
-        logits = loaded.model.decode(cache, &[seq], &[next])?;
-        steps += 1;
-    }
-    let time = t_decode.elapsed();
-    let tail = if stop == StopReason::StopString {
-        String::new()
-    } else {
-        match stop_matcher.push(&stream.finish()) {
-            StopStep::Emit(t) => t + &stop_matcher.finish(),
-            StopStep::Stopped { text, .. } => {
-                stop = StopReason::StopString;
-                text
-            }
-        }
+    let limits = Limits {
+        eos,
+        max_tokens,
+        held,
+        context_length: loaded.model.config().context_length,
     };
-    text.push_str(&tail);
-    if !quiet && stop != StopReason::OutputClosed && !emit(&mut out, &format!("{tail}\n"))? {
-        stop = StopReason::OutputClosed;
-    }
+    let generation =
+        Generation::new(&loaded.tokenizer, stops.to_vec(), limits).map_err(anyhow::Error::msg)?;
+    let mut out = std::io::stdout().lock();
+    let t_decode = Instant::now();
+    let g = run_sequence(
+        &loaded.model,
+        cache,
+        seq,
+        logits,
+        sampler,
+        generation,
+        |text, last| -> Result<bool> {
+            if quiet {
+                Ok(true)
+            } else if last {
+                emit(&mut out, &format!("{text}\n"))
+            } else if text.is_empty() {
+                Ok(true)
+            } else {
+                emit(&mut out, text)
+            }
+        },
+    )?;
     Ok(Decoded {
-        tokens,
-        text,
-        stop,
-        steps,
-        time,
+        tokens: g.tokens,
+        text: g.text,
+        stop: g.stop.map_or(StopReason::OutputClosed, StopReason::Ended),
+        steps: g.steps,
+        time: t_decode.elapsed(),
     })
 }
 
@@ -415,48 +377,16 @@ fn read_prompt(args: &GenerateArgs) -> Result<String> {
     Ok(prompt)
 }
 
-/// The cache configuration of the command-line options (byte budgets are set later).
-pub fn cache_config(c: &CacheArgs, kv_heads: usize) -> Result<CacheConfig> {
-    let base = CacheConfig {
-        budget_tokens: c.budget,
-        topk_tokens: c.topk,
-        dense_layers: c.dense_layers,
-        digest: DigestKind::parse(&c.digest)?,
-        attention: match c.attention {
-            Attention::Resident => AttentionMode::Resident,
-            Attention::Sparse => AttentionMode::Sparse,
-        },
-        kv_dtype: kv_dtype(c.kv_dtype),
-        prefill_chunk_tokens: PREFILL_CHUNK,
-        ..Default::default()
-    };
-    c.selection.apply(base, kv_heads)
-}
-
-/// The core KV type of `--kv-dtype`.
-pub fn kv_dtype(k: KvType) -> KvDtype {
-    match k {
-        KvType::F32 => KvDtype::F32,
-        KvType::F16 => KvDtype::F16,
-        KvType::Bf16 => KvDtype::BF16,
-    }
-}
-
-/// Prefills `ids` in chunks of the cache's `prefill_chunk_tokens` (the same chunks the model
-/// would make), advancing a progress bar on stderr. Token-level policies (H2O, TOVA) choose
-/// their tokens on a call's last chunk, so for them the prompt goes in one call.
-pub fn prefill(
-    model: &LlamaModel,
+/// Prefills `ids` with the library's [`Prefill`] (chunks of the cache's
+/// `prefill_chunk_tokens`, or the whole prompt for token-level policies), advancing a
+/// progress bar on stderr. Returns the last token's logits, on the device.
+pub fn prefill<'m>(
+    model: &'m LlamaModel,
     cache: &mut CacheManager,
     seq: SeqId,
     ids: &[u32],
     show_progress: bool,
-) -> Result<Vec<f32>> {
-    let chunk = if cache.policy().token_rule().is_some() {
-        ids.len()
-    } else {
-        cache.config().prefill_chunk_tokens
-    };
+) -> Result<Logits<'m>> {
     let bar = if show_progress {
         let bar =
             ProgressBar::with_draw_target(Some(ids.len() as u64), ProgressDrawTarget::stderr());
@@ -469,17 +399,20 @@ pub fn prefill(
     } else {
         None
     };
-    let mut logits = Vec::new();
-    for piece in ids.chunks(chunk) {
-        logits = model.prefill(cache, seq, piece)?;
+    let mut prefill = Prefill::new(cache, seq, ids.len());
+    loop {
+        let before = prefill.done();
+        let logits = prefill.step(model, cache, ids)?;
         if let Some(bar) = &bar {
-            bar.inc(piece.len() as u64);
+            bar.inc((prefill.done() - before) as u64);
+        }
+        if let Some(logits) = logits {
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            return Ok(logits);
         }
     }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    Ok(logits)
 }
 
 /// A seed from the clock, for runs without `--seed`.

@@ -12,7 +12,7 @@ use arkvale_model::text::TextTokenizer;
 use arkvale_model::tokenizer::Tokenizer;
 
 use crate::args::InfoArgs;
-use crate::generate::{human_bytes, kv_dtype};
+use crate::generate::human_bytes;
 use crate::model_path::resolve_model;
 use arkvale_model::memory::{budget_kv_bytes, full_kv_bytes};
 
@@ -139,7 +139,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         page_size: args.page_size,
         budget_tokens: args.budget,
         dense_layers: args.dense_layers,
-        kv_dtype: kv_dtype(args.kv_dtype),
+        kv_dtype: args.kv_dtype.dtype(),
         ..Default::default()
     };
     let shape = c.shape();

@@ -2,11 +2,11 @@
 
 use std::path::PathBuf;
 
-use arkvale_core::DigestKind;
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Subcommand};
 
-use crate::args::{Attention, Backend, KvType, WeightDtype};
+pub use crate::args::CacheShape;
+use crate::args::{Backend, WeightDtype};
 
 /// The policies' exact rules, shown by `arkvale eval <task> --help`.
 pub const POLICY_RULES: &str = "\
@@ -123,29 +123,6 @@ pub struct SweepArgs {
     pub budgets: Vec<usize>,
     #[command(flatten)]
     pub cache: CacheShape,
-}
-
-/// Page geometry and ArkVale settings shared by every policy of a sweep.
-#[derive(Debug, Args, Clone)]
-pub struct CacheShape {
-    /// Page geometry and ArkVale's selection rules.
-    #[command(flatten)]
-    pub selection: crate::selection::SelectionArgs,
-    /// Leading layers that keep every page.
-    #[arg(long, default_value_t = 2, value_name = "N")]
-    pub dense_layers: usize,
-    /// ArkVale's page digest.
-    #[arg(long, default_value = "cuboid-mean", value_parser = PossibleValuesParser::new(DigestKind::ALL.map(DigestKind::name)))]
-    pub digest: String,
-    /// ArkVale's top-k in tokens [default: min(1280, budget / 2)].
-    #[arg(long, value_name = "TOKENS")]
-    pub topk: Option<usize>,
-    /// Which pages ArkVale's decode attends once a sequence exceeds its budget.
-    #[arg(long, value_enum, default_value_t = Attention::Resident)]
-    pub attention: Attention,
-    /// Storage type of the KV cache and its host backups.
-    #[arg(long, value_enum, default_value_t = KvType::F16)]
-    pub kv_dtype: KvType,
 }
 
 /// `arkvale eval passkey`.

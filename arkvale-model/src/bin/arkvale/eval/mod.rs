@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use arkvale_core::{AttentionMode, CacheConfig, DigestKind};
+use arkvale_core::DigestKind;
 use arkvale_model::eval::{
     self, EvalTokenizer, Progress, Record, Results, Sweep, digest_recall, fidelity, niah, passkey,
     recalls,
@@ -21,14 +21,9 @@ use arkvale_model::text::TextTokenizer;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use self::args::{CacheShape, CommonArgs, EvalArgs, EvalTask, SweepArgs, parse_depths};
-use crate::args::Attention;
+use self::args::{CommonArgs, EvalArgs, EvalTask, SweepArgs, parse_depths};
 use crate::backend::open_device;
-use crate::generate::kv_dtype;
 use crate::model_path::resolve_model;
-
-/// Prompt tokens per prefill chunk (as `arkvale generate`).
-const PREFILL_CHUNK: usize = 512;
 
 /// Runs `arkvale eval <task>`.
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -165,7 +160,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let m = load(&a.common)?;
             let tok = Tok(&m.tokenizer);
             let sweep = Sweep {
-                base: base_config(&a.cache, m.model.shape().kv_heads)?,
+                base: a.cache.config(m.model.shape().kv_heads)?,
                 variants: Vec::new(),
             };
             let text = eval::runner::text_tokens(&tok, &a.text_file, a.prefill + a.decode)?;
@@ -343,27 +338,10 @@ pub fn load(c: &CommonArgs) -> Result<LoadedModel> {
         .with_context(|| format!("cannot load the model {}", path.display()))
 }
 
-/// The cache configuration of the shared cache options (shared with `arkvale bench`).
-pub fn base_config(c: &CacheShape, kv_heads: usize) -> Result<CacheConfig> {
-    let base = CacheConfig {
-        topk_tokens: c.topk,
-        dense_layers: c.dense_layers,
-        digest: DigestKind::parse(&c.digest)?,
-        attention: match c.attention {
-            Attention::Resident => AttentionMode::Resident,
-            Attention::Sparse => AttentionMode::Sparse,
-        },
-        kv_dtype: kv_dtype(c.kv_dtype),
-        prefill_chunk_tokens: PREFILL_CHUNK,
-        ..Default::default()
-    };
-    c.selection.apply(base, kv_heads)
-}
-
 fn sweep(s: &SweepArgs, kv_heads: usize) -> Result<Sweep> {
     let policies: Vec<String> = s.policies.iter().map(|p| p.trim().to_string()).collect();
     Ok(Sweep::new(
-        base_config(&s.cache, kv_heads)?,
+        s.cache.config(kv_heads)?,
         &policies,
         &s.budgets,
     )?)

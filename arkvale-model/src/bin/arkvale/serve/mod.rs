@@ -42,7 +42,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 
 use crate::backend::open_device;
-use crate::generate::{cache_config, clock_seed};
+use crate::generate::clock_seed;
 use crate::model_path::resolve_model;
 use api::{ApiError, Prompt, parse_request};
 use args::ServeArgs;
@@ -81,7 +81,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let engine = Engine::spawn(
         loaded.clone(),
         EngineConfig {
-            cache: cache_config(&args.cache, loaded.model.shape().kv_heads)?,
+            cache: args.cache.config(loaded.model.shape().kv_heads)?,
             policy: args.cache.policy.clone(),
             kv_bytes: args.kv_memory_mib << 20,
             host_bytes: args.host_memory_mib << 20,
