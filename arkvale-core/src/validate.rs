@@ -60,23 +60,31 @@ pub fn slots(l: &KvLayout, pool_len: usize) -> usize {
 
 /// Checks one slot index.
 pub fn slot(l: &KvLayout, pool_len: usize, slot: u32, what: &str) -> Result<()> {
+    slot_lazy(l, pool_len, slot, &|| what.to_string())
+}
+
+/// [`slot`] with the description made only on failure (these checks run for every page of
+/// every op, so formatting it eagerly would cost more than the checks).
+fn slot_lazy(l: &KvLayout, pool_len: usize, slot: u32, what: &dyn Fn() -> String) -> Result<()> {
     if (slot as usize) < slots(l, pool_len) {
         Ok(())
     } else {
         Err(Error::shape(format!(
-            "{what}: slot {slot} outside a pool of {} slots",
+            "{}: slot {slot} outside a pool of {} slots",
+            what(),
             slots(l, pool_len)
         )))
     }
 }
 
-/// Checks a head group index.
-fn group(l: &KvLayout, group: u32, what: &str) -> Result<()> {
+/// Checks a head group index (`what` describes the item, made only on failure).
+fn group(l: &KvLayout, group: u32, what: &dyn Fn() -> String) -> Result<()> {
     if (group as usize) < l.groups {
         Ok(())
     } else {
         Err(Error::shape(format!(
-            "{what}: group {group} of {} groups",
+            "{}: group {group} of {} groups",
+            what(),
             l.groups
         )))
     }
@@ -92,17 +100,18 @@ pub fn append(
 ) -> Result<()> {
     let row = l.kv_heads() * l.head_dim;
     for (n, d) in dests.iter().enumerate() {
-        let what = format!("append_kv dest {n} {d:?}");
+        let what = || format!("append_kv dest {n} {d:?}");
         group(l, d.group, &what)?;
-        slot(l, pool_len, d.slot, &what)?;
+        slot_lazy(l, pool_len, d.slot, &what)?;
         if d.pos as usize >= l.page_size {
             return Err(Error::shape(format!(
-                "{what}: position beyond page size {}",
+                "{}: position beyond page size {}",
+                what(),
                 l.page_size
             )));
         }
         fits(end_of(d.token as usize, row), k_len.min(v_len), || {
-            format!("{what}: k/v")
+            format!("{}: k/v", what())
         })?;
     }
     Ok(())
@@ -118,16 +127,17 @@ pub fn summarize(
 ) -> Result<()> {
     let per = l.heads_per_group * kind.len(l.head_dim);
     for (n, j) in jobs.iter().enumerate() {
-        let what = format!("summarize job {n} {j:?}");
-        slot(l, pool_len, j.slot, &what)?;
+        let what = || format!("summarize job {n} {j:?}");
+        slot_lazy(l, pool_len, j.slot, &what)?;
         if j.len == 0 || j.len as usize > l.page_size {
             return Err(Error::shape(format!(
-                "{what}: len must be in 1..={}",
+                "{}: len must be in 1..={}",
+                what(),
                 l.page_size
             )));
         }
         fits(end_of(j.digest as usize, per), digests_len, || {
-            format!("{what}: digests")
+            format!("{}: digests", what())
         })?;
     }
     Ok(())
@@ -146,13 +156,13 @@ pub fn estimate(
     let q_row = l.q_heads() * l.head_dim;
     fits(jobs.len(), scores_len, || "estimate: scores".into())?;
     for (n, j) in jobs.iter().enumerate() {
-        let what = format!("estimate job {n} {j:?}");
+        let what = || format!("estimate job {n} {j:?}");
         group(l, j.group, &what)?;
         fits(end_of(j.digest as usize, per), digests_len, || {
-            format!("{what}: digests")
+            format!("{}: digests", what())
         })?;
         fits(end_of(j.q_row as usize, q_row), q_len, || {
-            format!("{what}: q")
+            format!("{}: q", what())
         })?;
     }
     Ok(())
@@ -186,26 +196,27 @@ pub fn attention(
 ) -> Result<()> {
     let q_row = l.q_heads() * l.head_dim;
     for (n, r) in rows.iter().enumerate() {
-        let what = format!("attention row {n} {r:?}");
+        let what = || format!("attention row {n} {r:?}");
         group(l, r.group, &what)?;
         fits(end_of(r.q_row as usize, q_row), q_len.min(out_len), || {
-            format!("{what}: q/out")
+            format!("{}: q/out", what())
         })?;
         let end = r.page_start as usize + r.page_count as usize;
-        fits(end, pages.len(), || format!("{what}: page list"))?;
+        fits(end, pages.len(), || format!("{}: page list", what()))?;
     }
     for (n, pg) in pages.iter().enumerate() {
-        let what = format!("attention page {n} {pg:?}");
-        slot(l, pool_len, pg.slot, &what)?;
+        let what = || format!("attention page {n} {pg:?}");
+        slot_lazy(l, pool_len, pg.slot, &what)?;
         if pg.len as usize > l.page_size {
             return Err(Error::shape(format!(
-                "{what}: len beyond page size {}",
+                "{}: len beyond page size {}",
+                what(),
                 l.page_size
             )));
         }
         if let Some(m) = mask_len {
             fits(end_of(pg.slot as usize, l.tokens_per_slot()), m, || {
-                format!("{what}: mask")
+                format!("{}: mask", what())
             })?;
         }
     }
@@ -250,7 +261,7 @@ pub fn state(
     let heads = l.q_heads();
     for (n, r) in rows.iter().enumerate() {
         let what = || format!("attention state for row {n} {r:?}");
-        group(l, r.group, &what())?;
+        group(l, r.group, &what)?;
         fits(
             end_of(r.q_row as usize, heads * l.head_dim),
             acc_len,

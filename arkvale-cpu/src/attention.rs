@@ -260,17 +260,14 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
                 let Some(nr) = reach(row) else { continue };
                 for jj in 0..gqa {
                     let t = ri * gh + h * gqa + jj;
-                    let lse = fold_page(
-                        &qs[t * d..(t + 1) * d],
-                        &mut tiles,
-                        nr,
-                        keep,
-                        pb.scale,
-                        values,
-                        &mut out,
-                        t,
-                        d,
-                    );
+                    let qv = &qs[t * d..(t + 1) * d];
+                    let (sc, v) = (pb.scale, values);
+                    // The common head sizes get a copy with the row's accumulator in registers.
+                    let lse = match d {
+                        64 => fold_page_fixed::<64>(qv, &mut tiles, nr, keep, sc, v, &mut out, t),
+                        128 => fold_page_fixed::<128>(qv, &mut tiles, nr, keep, sc, v, &mut out, t),
+                        _ => fold_page(qv, &mut tiles, nr, keep, sc, v, &mut out, t, d),
+                    };
                     if want.lse {
                         out.lse[pn * nq + t] = lse;
                     }
@@ -336,6 +333,72 @@ fn fold_page(
                 axpy(acc, e, &tiles.v[i * d..(i + 1) * d]);
             }
         }
+    }
+    out.l[t] += page_sum;
+    out.m[t] = m;
+    m + page_sum.ln()
+}
+
+/// [`fold_page`] for head size `D`: the same operations in the same order, with the query
+/// and the running output of entry `t` held in fixed-size arrays (registers) across the page
+/// instead of being re-read from memory for every token.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn fold_page_fixed<const D: usize>(
+    qv: &[f32],
+    tiles: &mut Tiles,
+    nr: usize,
+    keep: Option<&[u8]>,
+    scale: f32,
+    values: bool,
+    out: &mut TaskOut,
+    t: usize,
+) -> f32 {
+    let q: &[f32; D] = qv.try_into().expect("query of D values");
+    let s = &mut tiles.s[..nr];
+    for (si, k) in s.iter_mut().zip(tiles.k.chunks_exact(D)) {
+        let k: &[f32; D] = k.try_into().expect("key of D values");
+        *si = dot(q, k);
+    }
+    let mut page_max = f32::NEG_INFINITY;
+    for (i, si) in s.iter_mut().enumerate() {
+        *si = if keep.is_none_or(|k| k[i] != 0) {
+            *si * scale
+        } else {
+            f32::NEG_INFINITY
+        };
+        page_max = page_max.max(*si);
+    }
+    if page_max == f32::NEG_INFINITY {
+        return f32::NEG_INFINITY;
+    }
+    let m = out.m[t].max(page_max);
+    let alpha = (out.m[t] - m).exp();
+    out.l[t] *= alpha;
+    exp_shifted(s, m);
+    let mut page_sum = 0f32;
+    if values {
+        let slot: &mut [f32; D] = (&mut out.acc[t * D..(t + 1) * D])
+            .try_into()
+            .expect("accumulator of D values");
+        let mut acc = *slot;
+        if alpha != 1.0 {
+            for a in acc.iter_mut() {
+                *a *= alpha;
+            }
+        }
+        for (&e, v) in s.iter().zip(tiles.v.chunks_exact(D)) {
+            if e != 0.0 {
+                page_sum += e;
+                let v: &[f32; D] = v.try_into().expect("value of D values");
+                for (a, &x) in acc.iter_mut().zip(v) {
+                    *a += e * x;
+                }
+            }
+        }
+        *slot = acc;
+    } else {
+        page_sum = s.iter().sum();
     }
     out.l[t] += page_sum;
     out.m[t] = m;
