@@ -331,7 +331,7 @@ impl CacheManager {
     /// Turns the page log-sum-exps of layer `layer`'s last decode attention into the masses
     /// of the pages it read ([`crate::mass::page_mass`]); every other page of those
     /// (sequence, group) tables gets mass 0. Sequences removed since are skipped.
-    fn apply_pending_mass(&mut self, layer: usize) -> Result<()> {
+    pub(super) fn apply_pending_mass(&mut self, layer: usize) -> Result<()> {
         let lm = &mut self.res.pending_mass[layer];
         let (Some(PendingMass { rows, seqs }), Some(buf)) = (lm.pending.take(), lm.buf.as_ref())
         else {

@@ -57,6 +57,11 @@ impl CacheManager {
         self.check_rows("k", k, n, hkv)?;
         self.check_rows("v", v, n, hkv)?;
         self.check_rows("out", out, n, h)?;
+        // The layer's last decode step may have left masses to apply (attention feedback):
+        // apply them now, before this chunk changes the sequence's page tables, so that they
+        // describe the tables they were measured on and cannot later overwrite the masses this
+        // prefill sets (a chat turn prefilled after decode steps).
+        self.apply_pending_mass(layer)?;
         let plan = self.plan(layer);
         let budget = self.budget;
         let p = budget.page_size;
