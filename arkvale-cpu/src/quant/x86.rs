@@ -307,11 +307,7 @@ fn dots_m<const M: usize, const T: usize>(row: &[u8], acts: &[Q8Block], subs: us
         let bi = row.len() / bytes - 1;
         accumulate::<M, T>(last, bi, acts, subs, &mut even, &mut odd);
     }
-    let mut out = [0f32; M];
-    for i in 0..M {
-        out[i] = hsum(_mm256_add_ps(even.v[i], odd.v[i])) + (even.min[i] + odd.min[i]);
-    }
-    out
+    std::array::from_fn(|i| hsum(_mm256_add_ps(even.v[i], odd.v[i])) + (even.min[i] + odd.min[i]))
 }
 
 /// See [`super::Kernel::dots`] (only called where [`available`]).

@@ -355,7 +355,8 @@ fn speed(a: SpeedArgs) -> Result<()> {
         }
     }
     let mut table =
-        format!("| context | policy | prefill tokens/s | decode tokens/s |\n|---|---|---|---|\n");
+        "| context | policy | prefill tokens/s | decode tokens/s |\n|---|---|---|---|\n"
+            .to_string();
     for r in &rows {
         table += &format!(
             "| {} | {} | {:.1} | {:.1} |\n",
