@@ -9,15 +9,18 @@
 //! attention — so the sequence grows by one token per iteration (a few percent over a run,
 //! equally for both policies). After criterion's report, a summary table prints the ratios.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arkvale_core::{
     Buffer, CacheConfig, CacheManager, DType, Device, DeviceExt, KvDtype, ModelShape, SeqId,
     policy_by_name,
 };
 use arkvale_cpu::CpuDevice;
+use common::median_time;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const SHAPE: ModelShape = ModelShape {
@@ -97,19 +100,6 @@ fn step(s: &mut Setup) {
         .decode_layer(0, &[s.seq], &s.q, &s.k, &s.v, &s.out)
         .expect("decode");
     black_box(&s.out);
-}
-
-fn median_time(mut f: impl FnMut(), reps: usize) -> Duration {
-    f();
-    let mut t: Vec<Duration> = (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed()
-        })
-        .collect();
-    t.sort();
-    t[reps / 2]
 }
 
 fn bench(c: &mut Criterion) {

@@ -8,13 +8,16 @@
 //! After criterion's report a summary prints, per shape and type, the time per call, the
 //! weight bytes streamed per second, and the speed-up over f32 weights measured in the same run.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arkvale_core::quant::QuantType;
 use arkvale_core::{Buffer, DType, Device, DeviceExt, MatmulDims};
 use arkvale_cpu::CpuDevice;
+use common::median_time;
 use criterion::{Criterion, criterion_group, criterion_main};
 use half::f16;
 
@@ -66,19 +69,6 @@ fn random_weights(dev: &Arc<dyn Device>, dtype: DType, n: usize, k: usize) -> Bu
             dev.upload_f32(&values, dtype).expect("upload")
         }
     }
-}
-
-fn median_time(mut f: impl FnMut(), reps: usize) -> Duration {
-    f();
-    let mut t: Vec<Duration> = (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed()
-        })
-        .collect();
-    t.sort();
-    t[reps / 2]
 }
 
 fn bench(c: &mut Criterion) {

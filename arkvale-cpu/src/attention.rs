@@ -278,6 +278,22 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
     out
 }
 
+/// Scales the raw scores `s` by `scale`, sets the tokens `keep` drops to `-inf`, and returns
+/// the page maximum (`-inf` when no token takes part).
+#[inline(always)]
+fn mask_scale_max(s: &mut [f32], keep: Option<&[u8]>, scale: f32) -> f32 {
+    let mut page_max = f32::NEG_INFINITY;
+    for (i, si) in s.iter_mut().enumerate() {
+        *si = if keep.is_none_or(|k| k[i] != 0) {
+            *si * scale
+        } else {
+            f32::NEG_INFINITY
+        };
+        page_max = page_max.max(*si);
+    }
+    page_max
+}
+
 /// Folds the first `nr` tokens of the tiles (those kept by `keep`) into entry `t` of `out`
 /// for query `qv`: scores, the page maximum, one rescale, then the weighted values. Returns
 /// the page's log-sum-exp of the scaled scores (`-inf` when no token takes part), which the
@@ -299,15 +315,7 @@ fn fold_page(
     for (i, si) in s.iter_mut().enumerate() {
         *si = dot(qv, &tiles.k[i * d..(i + 1) * d]);
     }
-    let mut page_max = f32::NEG_INFINITY;
-    for (i, si) in s.iter_mut().enumerate() {
-        *si = if keep.is_none_or(|k| k[i] != 0) {
-            *si * scale
-        } else {
-            f32::NEG_INFINITY
-        };
-        page_max = page_max.max(*si);
-    }
+    let page_max = mask_scale_max(s, keep, scale);
     if page_max == f32::NEG_INFINITY {
         return f32::NEG_INFINITY; // no participant in this page
     }
@@ -360,17 +368,9 @@ fn fold_page_fixed<const D: usize>(
         let k: &[f32; D] = k.try_into().expect("key of D values");
         *si = dot(q, k);
     }
-    let mut page_max = f32::NEG_INFINITY;
-    for (i, si) in s.iter_mut().enumerate() {
-        *si = if keep.is_none_or(|k| k[i] != 0) {
-            *si * scale
-        } else {
-            f32::NEG_INFINITY
-        };
-        page_max = page_max.max(*si);
-    }
+    let page_max = mask_scale_max(s, keep, scale);
     if page_max == f32::NEG_INFINITY {
-        return f32::NEG_INFINITY;
+        return f32::NEG_INFINITY; // no participant in this page
     }
     let m = out.m[t].max(page_max);
     let alpha = (out.m[t] - m).exp();

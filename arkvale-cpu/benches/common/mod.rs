@@ -1,0 +1,17 @@
+//! Helpers the CPU backend's benches share.
+
+use std::time::{Duration, Instant};
+
+/// The median of `reps` timed calls of `f` (after one untimed warm-up call).
+pub fn median_time(mut f: impl FnMut(), reps: usize) -> Duration {
+    f();
+    let mut t: Vec<Duration> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    t.sort();
+    t[reps / 2]
+}
