@@ -258,6 +258,7 @@ impl Weights {
                 let [rows, cols] = t.shape(config);
                 let buf = dev.alloc(dtype, rows * cols)?;
                 dev.write(&buf, 0, file.tensor_data(&info.name)?)?;
+                file.release_tensor_pages(&info.name);
                 return Ok(buf);
             }
             let data = file.tensor_f32(&info.name)?;
