@@ -36,3 +36,10 @@ ablation="$ablation,arkvale:preset=paper+victims=attention+prefill=attention+gro
 "$bin" eval passkey --contexts 4096 --depths 0.1,0.3,0.5,0.7,0.9 --haystack moby-dick \
     --policies "full,arkvale,arkvale:preset=paper,arkvale:preset=paper+victims=attention+prefill=attention,streaming" \
     --budgets 512 --out "$out/passkey-real"
+
+# Qwen2.5-Coder-0.5B-Instruct, 32k context (`cargo xtask fetch-model qwen2.5-coder-0.5b`):
+# passkey at 8k on Persuasion, every policy at four budgets, weights kept as stored (native).
+qwen=models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf
+"$bin" eval passkey --model "$qwen" --weights native --contexts 8192 --depths 5 \
+    --haystack persuasion --policies full,arkvale,arkvale:preset=paper,streaming,h2o,tova \
+    --budgets 256,512,1024,2048 --out "$out/passkey-real-qwen-sweep"
