@@ -20,7 +20,7 @@ use arkvale_core::{
     policy_by_name,
 };
 use arkvale_cpu::CpuDevice;
-use common::median_time;
+use common::{median_time, xorshift};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const SHAPE: ModelShape = ModelShape {
@@ -43,12 +43,7 @@ struct Setup {
 
 fn rand_vec(state: &mut u64, n: usize) -> Vec<f32> {
     (0..n)
-        .map(|_| {
-            *state ^= *state << 13;
-            *state ^= *state >> 7;
-            *state ^= *state << 17;
-            (*state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
+        .map(|_| (xorshift(state) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0)
         .collect()
 }
 

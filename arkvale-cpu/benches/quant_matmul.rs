@@ -17,7 +17,7 @@ use std::time::Duration;
 use arkvale_core::quant::QuantType;
 use arkvale_core::{Buffer, DType, Device, DeviceExt, MatmulDims};
 use arkvale_cpu::CpuDevice;
-use common::median_time;
+use common::{median_time, xorshift};
 use criterion::{Criterion, criterion_group, criterion_main};
 use half::f16;
 
@@ -29,13 +29,6 @@ const SHAPES: [(&str, usize, usize); 4] = [
     ("qwen2.5 mlp down", 896, 4864),
 ];
 const ROWS: [usize; 2] = [1, 4];
-
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
 
 /// Offsets of the f16 scales of one block of `ty` (patched so values stay finite).
 fn scale_offsets(ty: QuantType) -> &'static [usize] {

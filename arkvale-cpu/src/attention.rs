@@ -278,10 +278,20 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
     out
 }
 
-/// Scales the raw scores `s` by `scale`, sets the tokens `keep` drops to `-inf`, and returns
-/// the page maximum (`-inf` when no token takes part).
+/// Starts folding one page into entry `t` of `out`, given the page's raw scores `s`: scales
+/// them, sets the tokens `keep` drops to `-inf`, moves the running maximum to `m` (rescaling
+/// the running sum by `alpha = e^(old m - m)`, 0 before the first participant) and turns the
+/// scores into weights `e^(s - m)` (exactly 0 for masked tokens and any below e^-87 of the
+/// maximum, which the folds skip). Returns `(m, alpha)`; the caller rescales its running
+/// output by `alpha`. `None` (nothing changed) when no token of the page takes part.
 #[inline(always)]
-fn mask_scale_max(s: &mut [f32], keep: Option<&[u8]>, scale: f32) -> f32 {
+fn open_page(
+    s: &mut [f32],
+    keep: Option<&[u8]>,
+    scale: f32,
+    out: &mut TaskOut,
+    t: usize,
+) -> Option<(f32, f32)> {
     let mut page_max = f32::NEG_INFINITY;
     for (i, si) in s.iter_mut().enumerate() {
         *si = if keep.is_none_or(|k| k[i] != 0) {
@@ -291,7 +301,23 @@ fn mask_scale_max(s: &mut [f32], keep: Option<&[u8]>, scale: f32) -> f32 {
         };
         page_max = page_max.max(*si);
     }
-    page_max
+    if page_max == f32::NEG_INFINITY {
+        return None;
+    }
+    let m = out.m[t].max(page_max);
+    let alpha = (out.m[t] - m).exp();
+    out.l[t] *= alpha;
+    exp_shifted(s, m);
+    Some((m, alpha))
+}
+
+/// Ends folding one page into entry `t`: adds the page's weight sum and stores the maximum;
+/// returns the page's log-sum-exp of the scaled scores, `m + ln Σ e^(s - m)`.
+#[inline(always)]
+fn close_page(out: &mut TaskOut, t: usize, m: f32, page_sum: f32) -> f32 {
+    out.l[t] += page_sum;
+    out.m[t] = m;
+    m + page_sum.ln()
 }
 
 /// Folds the first `nr` tokens of the tiles (those kept by `keep`) into entry `t` of `out`
@@ -315,13 +341,9 @@ fn fold_page(
     for (i, si) in s.iter_mut().enumerate() {
         *si = dot(qv, &tiles.k[i * d..(i + 1) * d]);
     }
-    let page_max = mask_scale_max(s, keep, scale);
-    if page_max == f32::NEG_INFINITY {
+    let Some((m, alpha)) = open_page(s, keep, scale, out, t) else {
         return f32::NEG_INFINITY; // no participant in this page
-    }
-    let m = out.m[t].max(page_max);
-    let alpha = (out.m[t] - m).exp(); // 0 before the first participant
-    out.l[t] *= alpha;
+    };
     let acc = if values {
         &mut out.acc[t * d..(t + 1) * d]
     } else {
@@ -330,11 +352,8 @@ fn fold_page(
     if alpha != 1.0 {
         scale_by(acc, alpha);
     }
-    // Weights e^(s - m); masked tokens (and any below e^-87 of the maximum) get exactly 0
-    // and are skipped.
-    exp_shifted(&mut tiles.s[..nr], m);
     let mut page_sum = 0f32;
-    for (i, &e) in tiles.s[..nr].iter().enumerate() {
+    for (i, &e) in s.iter().enumerate() {
         if e != 0.0 {
             page_sum += e;
             if values {
@@ -342,9 +361,7 @@ fn fold_page(
             }
         }
     }
-    out.l[t] += page_sum;
-    out.m[t] = m;
-    m + page_sum.ln()
+    close_page(out, t, m, page_sum)
 }
 
 /// [`fold_page`] for head size `D`: the same operations in the same order, with the query
@@ -368,14 +385,9 @@ fn fold_page_fixed<const D: usize>(
         let k: &[f32; D] = k.try_into().expect("key of D values");
         *si = dot(q, k);
     }
-    let page_max = mask_scale_max(s, keep, scale);
-    if page_max == f32::NEG_INFINITY {
-        return f32::NEG_INFINITY; // no participant in this page
-    }
-    let m = out.m[t].max(page_max);
-    let alpha = (out.m[t] - m).exp();
-    out.l[t] *= alpha;
-    exp_shifted(s, m);
+    let Some((m, alpha)) = open_page(s, keep, scale, out, t) else {
+        return f32::NEG_INFINITY;
+    };
     let mut page_sum = 0f32;
     if values {
         let slot: &mut [f32; D] = (&mut out.acc[t * D..(t + 1) * D])
@@ -400,9 +412,7 @@ fn fold_page_fixed<const D: usize>(
     } else {
         page_sum = s.iter().sum();
     }
-    out.l[t] += page_sum;
-    out.m[t] = m;
-    m + page_sum.ln()
+    close_page(out, t, m, page_sum)
 }
 
 /// The softmax partials of every row over all its pages: tasks in parallel, then the chunks of

@@ -144,8 +144,6 @@ impl LoadedModel {
             path: path_buf.clone(),
             source,
         })?;
-        // The weights now live in device buffers; the mapped file's pages need not stay resident.
-        file.release_resident_pages();
         Ok(LoadedModel {
             tokenizer: TextTokenizer::Gguf(tokenizer),
             template,

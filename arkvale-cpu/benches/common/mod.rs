@@ -15,3 +15,11 @@ pub fn median_time(mut f: impl FnMut(), reps: usize) -> Duration {
     t.sort();
     t[reps / 2]
 }
+
+/// The next value of a xorshift64 generator (`state` must not be 0).
+pub fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}

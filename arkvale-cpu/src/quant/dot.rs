@@ -17,7 +17,7 @@ impl Kernel {
     /// The fastest implementation this CPU runs.
     pub(crate) fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
-        if super::x86::available() {
+        if crate::elem::has_avx2_fma_f16c() {
             return Kernel::Avx2;
         }
         Kernel::Scalar

@@ -18,13 +18,6 @@ use std::arch::x86_64::*;
 use arkvale_core::quant::unpack::k_scales_mins;
 use arkvale_core::quant::{self, Q8Block, QuantType, SUB_LEN};
 
-/// Whether these kernels run on this CPU.
-pub(super) fn available() -> bool {
-    is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-}
-
 /// The little-endian f16 at `b[i..i + 2]`, widened (exactly) by F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]

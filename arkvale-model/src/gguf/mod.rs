@@ -241,31 +241,21 @@ impl GgufFile {
         &self.bytes
     }
 
-    /// Drops this process's resident copies of the memory-mapped file's pages (`madvise`
-    /// `MADV_DONTNEED`), once a loader has copied what it needs onto a device: the mapping
-    /// stays valid and a later read faults its pages back in from the page cache, unchanged.
-    /// Without it, a model loaded onto the CPU would count its weights twice in the process's
-    /// resident memory (the mapped file and the device buffers). Advisory: does nothing for
-    /// in-memory files or off Unix, and ignores a failing call.
-    pub fn release_resident_pages(&self) {
-        #[cfg(unix)]
-        if let Backing::Mmap(map) = &self.bytes {
-            // SAFETY: the map is a read-only shared mapping of a file that must not change
-            // while mapped (see `open`); after MADV_DONTNEED its pages read back the same
-            // bytes from the file, so no borrow of the mapping can observe a change.
-            let _ = unsafe { map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
-        }
-    }
-
-    /// [`GgufFile::release_resident_pages`] for the pages holding tensor `name` only (and the
-    /// partial pages at its ends), so that a loader can release each tensor as soon as it is
-    /// copied and the process never holds the whole file twice.
+    /// Drops this process's resident copies of the memory-mapped pages holding tensor `name`
+    /// (and the partial pages at its ends; `madvise` `MADV_DONTNEED`) once a loader has copied
+    /// it onto a device, so that the process never holds the weights twice (the mapped file
+    /// and the device buffers). The mapping stays valid: a later read faults the pages back in
+    /// from the page cache, unchanged. Advisory: does nothing for in-memory files or off Unix,
+    /// and ignores a failing call.
     pub fn release_tensor_pages(&self, name: &str) {
         #[cfg(unix)]
         if let (Backing::Mmap(map), Some(t)) = (&self.bytes, self.tensor(name)) {
             let data = self.data_of(t);
             let offset = data.as_ptr() as usize - map.as_ptr() as usize;
-            // SAFETY: as in `release_resident_pages` (memmap2 aligns the range to pages).
+            // SAFETY: the map is a read-only shared mapping of a file that must not change
+            // while mapped (see `open`); after MADV_DONTNEED its pages read back the same
+            // bytes from the file, so no borrow of the mapping can observe a change (memmap2
+            // aligns the range to pages).
             let _ = unsafe {
                 map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, data.len())
             };

@@ -262,6 +262,7 @@ impl Weights {
                 return Ok(buf);
             }
             let data = file.tensor_f32(&info.name)?;
+            file.release_tensor_pages(&info.name);
             let ty = if t.is_vector() {
                 DType::F32
             } else {
