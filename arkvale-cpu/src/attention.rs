@@ -28,7 +28,8 @@ use std::ops::Range;
 
 use arkvale_core::{AttnPage, AttnRow, KvLayout};
 
-use crate::elem::{KvElem, axpy, dot, exp_shifted, load, scale as scale_by};
+use crate::attn_tile::{KEY_PAD, scores, transpose, weighted_values};
+use crate::elem::{KvElem, dot, exp_neg, exp_shifted, load, max_lanes, sum_lanes};
 use crate::par::Par;
 use crate::scatter::{chunks_mut, group_by_target};
 
@@ -162,14 +163,24 @@ fn tasks(blocks: &[Block], threads: usize) -> Vec<Task> {
     out
 }
 
-/// Partials of one task: `m`, `l` per (row of the block, query head of the group), `acc`
-/// `d` values each (when values are wanted); entry `row_in_block * gh + j`. With page
-/// log-sum-exps wanted, `lse[(page - task start) * entries + entry]`.
+/// Partials of one task: `m`, `l` per (query head of the group, row of the block, query
+/// head of that KV head), `acc` `d` values each (when values are wanted); entry
+/// `h * rows * gqa + row_in_block * gqa + jj` (see [`TaskOut::entry`]), so that the entries
+/// of one KV head are contiguous. With page log-sum-exps wanted, `lse[(page - task start) *
+/// entries + entry]`.
 struct TaskOut {
     m: Vec<f32>,
     l: Vec<f32>,
     acc: Vec<f32>,
     lse: Vec<f32>,
+}
+
+impl TaskOut {
+    /// The entry of query head `j` of the group (`h * gqa + jj`) for row `ri` of a block of
+    /// `rows` rows.
+    fn entry(rows: usize, gqa: usize, ri: usize, j: usize) -> usize {
+        (j / gqa) * rows * gqa + ri * gqa + j % gqa
+    }
 }
 
 /// What a pass over the keys produces besides `(max, sum)`.
@@ -181,16 +192,19 @@ pub(crate) struct Want {
     pub lse: bool,
 }
 
-/// Scratch tiles of one task: one page of one KV head's keys and values widened to f32, and
-/// the scores of one query head against it.
+/// Scratch tiles of one task: one page of one KV head's keys (row-major and transposed) and
+/// values widened to f32, the scores (then weights) of the KV head's queries against it, and
+/// each query's rescale factor for the page.
 struct Tiles {
     k: Vec<f32>,
+    kt: Vec<f32>,
     v: Vec<f32>,
     s: Vec<f32>,
+    alpha: Vec<f32>,
 }
 
 /// Runs one task (see [`run_task_body`]), compiled for AVX2 + FMA + F16C where the CPU has
-/// them (the same code: wider vectors for the dot products, widening and multiply-adds).
+/// them (the same code: wider vectors for widening, masking and the exponentials).
 fn run_task<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want: Want) -> TaskOut {
     #[cfg(target_arch = "x86_64")]
     if crate::elem::has_avx2_fma_f16c() {
@@ -208,20 +222,33 @@ fn run_task_avx2<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
 }
 
 /// Runs one task: for each page of the chunk (a slot is read front to back) and each KV head,
-/// widens the head's keys/values once and folds them into every query head of the block that
-/// shares that KV head.
+/// widens the head's keys (transposed) and values once, scores every query of the block that
+/// shares that KV head against them in one tile product, folds each query's scores into its
+/// running softmax (one rescale per page) and adds the weighted values in a second tile
+/// product (see [`crate::attn_tile`]).
 #[inline(always)]
 fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want: Want) -> TaskOut {
     let values = want.values;
     let l = pb.l;
     let (d, p, gqa, hg) = (l.head_dim, l.page_size, l.gqa, l.heads_per_group);
-    let gh = hg * gqa;
-    let nq = blk.rows.len() * gh;
-    // The block's queries of the group: entry t = row_in_block * gh + j.
+    let rows = &pb.rows[blk.rows.clone()];
+    // Queries per KV head (the block's rows × the head's query heads), and in all.
+    let ne = rows.len() * gqa;
+    let nq = hg * ne;
+    // The block's queries of the group, KV head by KV head: entry `h * ne + ri * gqa + jj`.
     let mut qs = vec![0f32; nq * d];
-    for (ri, row) in pb.rows[blk.rows.clone()].iter().enumerate() {
-        let src = (row.q_row as usize * l.q_heads() + blk.group * gh) * d;
-        qs[ri * gh * d..(ri + 1) * gh * d].copy_from_slice(&pb.q[src..src + gh * d]);
+    for (ri, row) in rows.iter().enumerate() {
+        for h in 0..hg {
+            let src = (row.q_row as usize * l.q_heads() + (blk.group * hg + h) * gqa) * d;
+            let dst = (h * ne + ri * gqa) * d;
+            // The score scale is applied to the queries once instead of to every score.
+            for (x, &y) in qs[dst..dst + gqa * d]
+                .iter_mut()
+                .zip(&pb.q[src..src + gqa * d])
+            {
+                *x = y * pb.scale;
+            }
+        }
     }
     let mut out = TaskOut {
         m: vec![f32::NEG_INFINITY; nq],
@@ -229,10 +256,13 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
         acc: vec![0f32; if values { nq * d } else { 0 }],
         lse: vec![f32::NEG_INFINITY; if want.lse { task.pages.len() * nq } else { 0 }],
     };
+    let np = p.next_multiple_of(KEY_PAD);
     let mut tiles = Tiles {
         k: vec![0f32; p * d],
+        kt: vec![0f32; d * np],
         v: vec![0f32; p * d],
-        s: vec![0f32; p],
+        s: vec![0f32; ne * np],
+        alpha: vec![1f32; ne],
     };
     for (pn, page) in pb.pages[task.pages.clone()].iter().enumerate() {
         let n = page.len as usize;
@@ -242,13 +272,14 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
                 .checked_sub(page.base_pos)
                 .map(|r| n.min(r as usize + 1))
         };
-        if n == 0 || pb.rows[blk.rows.clone()].iter().all(|r| reach(r).is_none()) {
+        if n == 0 || rows.iter().all(|r| reach(r).is_none()) {
             continue;
         }
         let slot = page.slot as usize;
         for h in 0..hg {
             let ko = l.k_offset(slot, h, 0);
             load(&pb.pool[ko..ko + n * d], &mut tiles.k[..n * d]);
+            transpose(&tiles.k, n, d, &mut tiles.kt, np);
             if values {
                 let vo = l.v_offset(slot, h, 0);
                 load(&pb.pool[vo..vo + n * d], &mut tiles.v[..n * d]);
@@ -256,163 +287,90 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
             let keep = pb
                 .mask
                 .map(|m| &m[(slot * hg + h) * p..(slot * hg + h + 1) * p]);
-            for (ri, row) in pb.rows[blk.rows.clone()].iter().enumerate() {
-                let Some(nr) = reach(row) else { continue };
+            scores(
+                &qs[h * ne * d..(h + 1) * ne * d],
+                ne,
+                d,
+                &tiles.kt,
+                np,
+                &mut tiles.s,
+            );
+            // Softmax bookkeeping per query; the scores become weights, 0 past each row's
+            // reach (so the value product can run to the longest reach of the block).
+            let mut nk = 0;
+            for (ri, row) in rows.iter().enumerate() {
+                let nr = reach(row).unwrap_or(0);
                 for jj in 0..gqa {
-                    let t = ri * gh + h * gqa + jj;
-                    let qv = &qs[t * d..(t + 1) * d];
-                    let (sc, v) = (pb.scale, values);
-                    // The common head sizes get a copy with the row's accumulator in registers.
-                    let lse = match d {
-                        64 => fold_page_fixed::<64>(qv, &mut tiles, nr, keep, sc, v, &mut out, t),
-                        128 => fold_page_fixed::<128>(qv, &mut tiles, nr, keep, sc, v, &mut out, t),
-                        _ => fold_page(qv, &mut tiles, nr, keep, sc, v, &mut out, t, d),
+                    let e = ri * gqa + jj;
+                    let t = h * ne + e;
+                    let s = &mut tiles.s[e * np..(e + 1) * np];
+                    let (alpha, lse) = match fold_scores(s, nr, keep, &mut out, t, want.lse) {
+                        Some(folded) => {
+                            nk = nk.max(nr);
+                            folded
+                        }
+                        None => (1.0, f32::NEG_INFINITY), // no participant: entry unchanged
                     };
+                    tiles.alpha[e] = alpha;
                     if want.lse {
                         out.lse[pn * nq + t] = lse;
                     }
                 }
+            }
+            if values && nk > 0 {
+                let acc = &mut out.acc[h * ne * d..(h + 1) * ne * d];
+                weighted_values(&tiles.s, np, nk, &tiles.v, d, &tiles.alpha, acc);
             }
         }
     }
     out
 }
 
-/// Starts folding one page into entry `t` of `out`, given the page's raw scores `s`: scales
-/// them, sets the tokens `keep` drops to `-inf`, moves the running maximum to `m` (rescaling
-/// the running sum by `alpha = e^(old m - m)`, 0 before the first participant) and turns the
-/// scores into weights `e^(s - m)` (exactly 0 for masked tokens and any below e^-87 of the
-/// maximum, which the folds skip). Returns `(m, alpha)`; the caller rescales its running
-/// output by `alpha`. `None` (nothing changed) when no token of the page takes part.
+/// Folds one page's scores `s` (already scaled; the first `nr` tokens may take part) into
+/// entry `t` of `out`: drops the tokens `keep` masks, moves the running maximum to `m`
+/// (rescaling the running sum by `alpha = e^(old m - m)`, 0 before the first participant),
+/// turns the scores into weights `e^(s - m)` (exactly 0 for masked tokens, those past `nr`
+/// and any below e^-87 of the maximum) and adds their sum. Returns `alpha`, by which the
+/// caller rescales its running output, and (when `lse` is wanted, else `-inf`) the page's
+/// log-sum-exp `m + ln Σ e^(s - m)`. `None`, with `s` zeroed and `out` unchanged, when no
+/// token of the page takes part.
 #[inline(always)]
-fn open_page(
+fn fold_scores(
     s: &mut [f32],
+    nr: usize,
     keep: Option<&[u8]>,
-    scale: f32,
     out: &mut TaskOut,
     t: usize,
+    lse: bool,
 ) -> Option<(f32, f32)> {
-    let mut page_max = f32::NEG_INFINITY;
-    for (i, si) in s.iter_mut().enumerate() {
-        *si = if keep.is_none_or(|k| k[i] != 0) {
-            *si * scale
-        } else {
-            f32::NEG_INFINITY
-        };
-        page_max = page_max.max(*si);
+    if let Some(keep) = keep {
+        for (si, &k) in s[..nr].iter_mut().zip(keep) {
+            if k == 0 {
+                *si = f32::NEG_INFINITY;
+            }
+        }
     }
+    s[nr..].fill(0.0);
+    let page_max = max_lanes(&s[..nr]);
     if page_max == f32::NEG_INFINITY {
+        s[..nr].fill(0.0);
         return None;
     }
-    let m = out.m[t].max(page_max);
-    let alpha = (out.m[t] - m).exp();
-    out.l[t] *= alpha;
-    exp_shifted(s, m);
-    Some((m, alpha))
-}
-
-/// Ends folding one page into entry `t`: adds the page's weight sum and stores the maximum;
-/// returns the page's log-sum-exp of the scaled scores, `m + ln Σ e^(s - m)`.
-#[inline(always)]
-fn close_page(out: &mut TaskOut, t: usize, m: f32, page_sum: f32) -> f32 {
-    out.l[t] += page_sum;
+    let old = out.m[t];
+    let m = old.max(page_max);
+    let alpha = if m == old { 1.0 } else { exp_neg(old - m) };
+    exp_shifted(&mut s[..nr], m);
+    let page_sum = sum_lanes(&s[..nr]);
+    out.l[t] = out.l[t] * alpha + page_sum;
     out.m[t] = m;
-    m + page_sum.ln()
-}
-
-/// Folds the first `nr` tokens of the tiles (those kept by `keep`) into entry `t` of `out`
-/// for query `qv`: scores, the page maximum, one rescale, then the weighted values. Returns
-/// the page's log-sum-exp of the scaled scores (`-inf` when no token takes part), which the
-/// fold computes anyway: `m + ln Σ e^(s - m)`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn fold_page(
-    qv: &[f32],
-    tiles: &mut Tiles,
-    nr: usize,
-    keep: Option<&[u8]>,
-    scale: f32,
-    values: bool,
-    out: &mut TaskOut,
-    t: usize,
-    d: usize,
-) -> f32 {
-    let s = &mut tiles.s[..nr];
-    for (i, si) in s.iter_mut().enumerate() {
-        *si = dot(qv, &tiles.k[i * d..(i + 1) * d]);
-    }
-    let Some((m, alpha)) = open_page(s, keep, scale, out, t) else {
-        return f32::NEG_INFINITY; // no participant in this page
-    };
-    let acc = if values {
-        &mut out.acc[t * d..(t + 1) * d]
-    } else {
-        &mut [][..]
-    };
-    if alpha != 1.0 {
-        scale_by(acc, alpha);
-    }
-    let mut page_sum = 0f32;
-    for (i, &e) in s.iter().enumerate() {
-        if e != 0.0 {
-            page_sum += e;
-            if values {
-                axpy(acc, e, &tiles.v[i * d..(i + 1) * d]);
-            }
-        }
-    }
-    close_page(out, t, m, page_sum)
-}
-
-/// [`fold_page`] for head size `D`: the same operations in the same order, with the query
-/// and the running output of entry `t` held in fixed-size arrays (registers) across the page
-/// instead of being re-read from memory for every token.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn fold_page_fixed<const D: usize>(
-    qv: &[f32],
-    tiles: &mut Tiles,
-    nr: usize,
-    keep: Option<&[u8]>,
-    scale: f32,
-    values: bool,
-    out: &mut TaskOut,
-    t: usize,
-) -> f32 {
-    let q: &[f32; D] = qv.try_into().expect("query of D values");
-    let s = &mut tiles.s[..nr];
-    for (si, k) in s.iter_mut().zip(tiles.k.chunks_exact(D)) {
-        let k: &[f32; D] = k.try_into().expect("key of D values");
-        *si = dot(q, k);
-    }
-    let Some((m, alpha)) = open_page(s, keep, scale, out, t) else {
-        return f32::NEG_INFINITY;
-    };
-    let mut page_sum = 0f32;
-    if values {
-        let slot: &mut [f32; D] = (&mut out.acc[t * D..(t + 1) * D])
-            .try_into()
-            .expect("accumulator of D values");
-        let mut acc = *slot;
-        if alpha != 1.0 {
-            for a in acc.iter_mut() {
-                *a *= alpha;
-            }
-        }
-        for (&e, v) in s.iter().zip(tiles.v.chunks_exact(D)) {
-            if e != 0.0 {
-                page_sum += e;
-                let v: &[f32; D] = v.try_into().expect("value of D values");
-                for (a, &x) in acc.iter_mut().zip(v) {
-                    *a += e * x;
-                }
-            }
-        }
-        *slot = acc;
-    } else {
-        page_sum = s.iter().sum();
-    }
-    close_page(out, t, m, page_sum)
+    Some((
+        alpha,
+        if lse {
+            m + page_sum.ln()
+        } else {
+            f32::NEG_INFINITY
+        },
+    ))
 }
 
 /// The softmax partials of every row over all its pages: tasks in parallel, then the chunks of
@@ -447,7 +405,7 @@ pub(crate) fn partials<T: KvElem>(
         let blk = &blocks[task.block];
         for (ri, r) in blk.rows.clone().enumerate() {
             for j in 0..gh {
-                let (t, e) = (ri * gh + j, r * gh + j);
+                let (t, e) = (TaskOut::entry(blk.rows.len(), l.gqa, ri, j), r * gh + j);
                 let (acc, accb) = if values {
                     (&mut res.acc[e * d..(e + 1) * d], &o.acc[t * d..(t + 1) * d])
                 } else {
@@ -459,7 +417,7 @@ pub(crate) fn partials<T: KvElem>(
     }
     if let Some(lse) = lse {
         // Page ranges do not overlap when log-sum-exps are wanted, so a block that covers
-        // pages holds one row: its entries are the first `gh` of each page's.
+        // pages holds one row: its entries are the first `gh` of each page's, in head order.
         for (task, o) in tasks.iter().zip(&outs) {
             let nq = blocks[task.block].rows.len() * gh;
             for (pn, pi) in task.pages.clone().enumerate() {

@@ -17,11 +17,12 @@
 //!
 //! Modules, one job each: `buffer` (storage and arenas), `elem` (storage types, small f32
 //! kernels), `scatter` (disjoint parallel writes), `par` (pool or inline), `append`,
-//! `digest_ops` (summarize, estimate, top-k), `attention`, `matmul` (the `gemm`-based dense
-//! matmul with f16/bf16 weights widened per tile), `quant` (matmul and embedding with
-//! block-quantized weights kept as stored: AVX2 integer dots for decode, dequantized tiles for
-//! prefill), `dense` (RMSNorm, RoPE, SiLU-gating, add,
-//! embedding, argmax kernels) and `dense_ops` (their checks and dispatch), `event` and `copy_worker` (the
+//! `digest_ops` (summarize, estimate, top-k), `attention` (work decomposition and online
+//! softmax), `attn_tile` (its score and weighted-value tile products), `matmul` (the
+//! `gemm`-based dense matmul with f16/bf16 weights widened per tile), `quant` (matmul and
+//! embedding with block-quantized weights kept as stored: AVX2 integer dots for decode,
+//! dequantized tiles for prefill), `dense` (RMSNorm, RoPE, SiLU-gating, add, embedding, argmax
+//! kernels) and `dense_ops` (their checks and dispatch), `event` and `copy_worker` (the
 //! asynchronous copy queue), `dispatch` (from typed storage to generic kernels) and `device`
 //! (the [`Device`](arkvale_core::Device) implementation).
 
@@ -29,6 +30,7 @@
 
 mod append;
 mod attention;
+mod attn_tile;
 mod buffer;
 mod copy_worker;
 mod dense;

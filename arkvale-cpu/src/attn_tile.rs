@@ -1,0 +1,362 @@
+//! The two small matrix products of paged attention on one page tile: the scores
+//! `S = Q · Kᵀ` of a block of queries against a page's keys, and the weighted values
+//! `O = α ⊙ O + W · V`. Each has an AVX2 + FMA path, chosen at run time, and a portable path
+//! that is its reference (the tests compare them on random tiles; they differ only in the
+//! order of the f32 additions).
+//!
+//! The scores read a **transposed** key tile (`kt[c * np + i]` = component `c` of key `i`,
+//! `np` keys per row padded to [`KEY_PAD`]), so that the vector kernel broadcasts one query
+//! component and multiplies it into sixteen keys at once, for four queries at a time: no
+//! horizontal sums, and each key component is loaded once per four queries.
+
+/// The key count of a transposed key tile is padded to a multiple of this.
+pub(crate) const KEY_PAD: usize = 16;
+
+/// `kt[c * np + i] = k[i * d + c]` for every key `i < n` and component `c < d`; the padding
+/// columns `n..np` are left as they are.
+pub(crate) fn transpose(k: &[f32], n: usize, d: usize, kt: &mut [f32], np: usize) {
+    assert!(k.len() >= n * d && kt.len() >= d * np && n <= np);
+    #[cfg(target_arch = "x86_64")]
+    if crate::elem::has_avx2_fma_f16c() && d % 8 == 0 {
+        // SAFETY: the CPU has AVX2; the lengths were checked above.
+        unsafe { transpose_avx(k, n, d, kt, np) };
+        return;
+    }
+    transpose_portable(k, 0, n, d, kt, np);
+}
+
+/// [`transpose`] of keys `from..n`, one element at a time.
+fn transpose_portable(k: &[f32], from: usize, n: usize, d: usize, kt: &mut [f32], np: usize) {
+    for i in from..n {
+        for (c, &x) in k[i * d..(i + 1) * d].iter().enumerate() {
+            kt[c * np + i] = x;
+        }
+    }
+}
+
+/// `s[e * np + i] = Σ_c q[e * d + c] · kt[c * np + i]` for every query `e < ne` and key
+/// `i < np` (`np` a multiple of [`KEY_PAD`]).
+pub(crate) fn scores(q: &[f32], ne: usize, d: usize, kt: &[f32], np: usize, s: &mut [f32]) {
+    assert!(np % KEY_PAD == 0 && q.len() >= ne * d && kt.len() >= d * np && s.len() >= ne * np);
+    #[cfg(target_arch = "x86_64")]
+    if crate::elem::has_avx2_fma_f16c() {
+        // SAFETY: the CPU has AVX2 and FMA; the lengths were checked above.
+        unsafe { scores_avx2(q, ne, d, kt, np, s) };
+        return;
+    }
+    scores_portable(q, 0, ne, d, kt, np, s);
+}
+
+/// [`scores`] of queries `from..ne`, one query and key at a time.
+fn scores_portable(
+    q: &[f32],
+    from: usize,
+    ne: usize,
+    d: usize,
+    kt: &[f32],
+    np: usize,
+    s: &mut [f32],
+) {
+    for e in from..ne {
+        let row = &mut s[e * np..(e + 1) * np];
+        row.fill(0.0);
+        for (c, &x) in q[e * d..(e + 1) * d].iter().enumerate() {
+            for (si, &k) in row.iter_mut().zip(&kt[c * np..(c + 1) * np]) {
+                *si += x * k;
+            }
+        }
+    }
+}
+
+/// For every query `e < alpha.len()`: `acc[e] = alpha[e] · acc[e] + Σ_{i < nk} w[e * np + i] ·
+/// v[i]`, where `acc[e]` and `v[i]` are the `d` values at `e * d` and `i * d`.
+pub(crate) fn weighted_values(
+    w: &[f32],
+    np: usize,
+    nk: usize,
+    v: &[f32],
+    d: usize,
+    alpha: &[f32],
+    acc: &mut [f32],
+) {
+    let ne = alpha.len();
+    assert!(nk <= np && w.len() >= ne * np && v.len() >= nk * d && acc.len() >= ne * d);
+    #[cfg(target_arch = "x86_64")]
+    if crate::elem::has_avx2_fma_f16c() && d % 32 == 0 {
+        // SAFETY: the CPU has AVX2 and FMA; the lengths were checked above.
+        unsafe { weighted_values_avx2(w, np, nk, v, d, alpha, acc) };
+        return;
+    }
+    weighted_values_portable(w, np, nk, v, d, alpha, 0, acc);
+}
+
+/// [`weighted_values`] of queries `from..alpha.len()`, one query and value at a time.
+#[allow(clippy::too_many_arguments)]
+fn weighted_values_portable(
+    w: &[f32],
+    np: usize,
+    nk: usize,
+    v: &[f32],
+    d: usize,
+    alpha: &[f32],
+    from: usize,
+    acc: &mut [f32],
+) {
+    for (e, &a) in alpha.iter().enumerate().skip(from) {
+        let out = &mut acc[e * d..(e + 1) * d];
+        if a != 1.0 {
+            out.iter_mut().for_each(|x| *x *= a);
+        }
+        for (i, &wi) in w[e * np..e * np + nk].iter().enumerate() {
+            if wi != 0.0 {
+                for (x, &y) in out.iter_mut().zip(&v[i * d..(i + 1) * d]) {
+                    *x += wi * y;
+                }
+            }
+        }
+    }
+}
+
+/// [`transpose`] with AVX: eight keys × eight components at a time by the usual three rounds
+/// of shuffles (`d % 8 == 0`); the keys past the last multiple of eight one by one.
+///
+/// # Safety
+/// The CPU has AVX2, `k.len() >= n * d`, `kt.len() >= d * np`, `n <= np`, `d % 8 == 0`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose_avx(k: &[f32], n: usize, d: usize, kt: &mut [f32], np: usize) {
+    use std::arch::x86_64::*;
+    let (kp, ktp) = (k.as_ptr(), kt.as_mut_ptr());
+    let full = n / 8 * 8;
+    for i0 in (0..full).step_by(8) {
+        for c0 in (0..d).step_by(8) {
+            // SAFETY: rows i0..i0+8 < n and components c0..c0+8 <= d are inside `k`; the
+            // stores go to rows c0..c0+8 < d, keys i0..i0+8 <= np of `kt`.
+            unsafe {
+                let r = |j: usize| _mm256_loadu_ps(kp.add((i0 + j) * d + c0));
+                let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
+                let (r4, r5, r6, r7) = (r(4), r(5), r(6), r(7));
+                let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+                let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+                let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+                let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let dst = |j: usize| ktp.add((c0 + j) * np + i0);
+                _mm256_storeu_ps(dst(0), _mm256_permute2f128_ps::<0x20>(u0, u4));
+                _mm256_storeu_ps(dst(1), _mm256_permute2f128_ps::<0x20>(u1, u5));
+                _mm256_storeu_ps(dst(2), _mm256_permute2f128_ps::<0x20>(u2, u6));
+                _mm256_storeu_ps(dst(3), _mm256_permute2f128_ps::<0x20>(u3, u7));
+                _mm256_storeu_ps(dst(4), _mm256_permute2f128_ps::<0x31>(u0, u4));
+                _mm256_storeu_ps(dst(5), _mm256_permute2f128_ps::<0x31>(u1, u5));
+                _mm256_storeu_ps(dst(6), _mm256_permute2f128_ps::<0x31>(u2, u6));
+                _mm256_storeu_ps(dst(7), _mm256_permute2f128_ps::<0x31>(u3, u7));
+            }
+        }
+    }
+    transpose_portable(k, full, n, d, kt, np);
+}
+
+/// [`scores`] with AVX2 + FMA: four queries × sixteen keys per pass (eight accumulators), a
+/// remaining query alone.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the lengths are those [`scores`] checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scores_avx2(q: &[f32], ne: usize, d: usize, kt: &[f32], np: usize, s: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (qp, kp, sp) = (q.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
+    let quads = ne / 4 * 4;
+    for e in (0..quads).step_by(4) {
+        for i0 in (0..np).step_by(KEY_PAD) {
+            let mut a = [[_mm256_setzero_ps(); 2]; 4];
+            for c in 0..d {
+                // SAFETY: c < d, i0 + 16 <= np, e + 4 <= ne: inside `q` and `kt`.
+                unsafe {
+                    let k0 = _mm256_loadu_ps(kp.add(c * np + i0));
+                    let k1 = _mm256_loadu_ps(kp.add(c * np + i0 + 8));
+                    for (r, ar) in a.iter_mut().enumerate() {
+                        let b = _mm256_broadcast_ss(&*qp.add((e + r) * d + c));
+                        ar[0] = _mm256_fmadd_ps(b, k0, ar[0]);
+                        ar[1] = _mm256_fmadd_ps(b, k1, ar[1]);
+                    }
+                }
+            }
+            for (r, ar) in a.iter().enumerate() {
+                // SAFETY: e + r < ne and i0 + 16 <= np: inside `s`.
+                unsafe {
+                    _mm256_storeu_ps(sp.add((e + r) * np + i0), ar[0]);
+                    _mm256_storeu_ps(sp.add((e + r) * np + i0 + 8), ar[1]);
+                }
+            }
+        }
+    }
+    for e in quads..ne {
+        for i0 in (0..np).step_by(KEY_PAD) {
+            let mut a = [_mm256_setzero_ps(); 2];
+            for c in 0..d {
+                // SAFETY: as above, for one query.
+                unsafe {
+                    let b = _mm256_broadcast_ss(&*qp.add(e * d + c));
+                    a[0] = _mm256_fmadd_ps(b, _mm256_loadu_ps(kp.add(c * np + i0)), a[0]);
+                    a[1] = _mm256_fmadd_ps(b, _mm256_loadu_ps(kp.add(c * np + i0 + 8)), a[1]);
+                }
+            }
+            // SAFETY: e < ne and i0 + 16 <= np: inside `s`.
+            unsafe {
+                _mm256_storeu_ps(sp.add(e * np + i0), a[0]);
+                _mm256_storeu_ps(sp.add(e * np + i0 + 8), a[1]);
+            }
+        }
+    }
+}
+
+/// [`weighted_values`] with AVX2 + FMA: two queries × 32 output values per pass (eight
+/// accumulators, each value vector loaded once for both queries); an odd last query with the
+/// portable loop (`d % 32 == 0`).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the lengths are those [`weighted_values`] checks; `d % 32 == 0`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_values_avx2(
+    w: &[f32],
+    np: usize,
+    nk: usize,
+    v: &[f32],
+    d: usize,
+    alpha: &[f32],
+    acc: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let ne = alpha.len();
+    let pairs = ne / 2 * 2;
+    let (wp, vp, ap) = (w.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
+    for e in (0..pairs).step_by(2) {
+        for c0 in (0..d).step_by(32) {
+            // SAFETY: e + 1 < ne, c0 + 32 <= d, i < nk: inside `acc`, `w` and `v`.
+            unsafe {
+                let (a0, a1) = (_mm256_set1_ps(alpha[e]), _mm256_set1_ps(alpha[e + 1]));
+                let o0 = ap.add(e * d + c0);
+                let o1 = ap.add((e + 1) * d + c0);
+                let mut x0 = [_mm256_setzero_ps(); 4];
+                let mut x1 = [_mm256_setzero_ps(); 4];
+                for j in 0..4 {
+                    x0[j] = _mm256_mul_ps(a0, _mm256_loadu_ps(o0.add(8 * j)));
+                    x1[j] = _mm256_mul_ps(a1, _mm256_loadu_ps(o1.add(8 * j)));
+                }
+                for i in 0..nk {
+                    let w0 = _mm256_broadcast_ss(&*wp.add(e * np + i));
+                    let w1 = _mm256_broadcast_ss(&*wp.add((e + 1) * np + i));
+                    let vi = vp.add(i * d + c0);
+                    for j in 0..4 {
+                        let vj = _mm256_loadu_ps(vi.add(8 * j));
+                        x0[j] = _mm256_fmadd_ps(w0, vj, x0[j]);
+                        x1[j] = _mm256_fmadd_ps(w1, vj, x1[j]);
+                    }
+                }
+                for j in 0..4 {
+                    _mm256_storeu_ps(o0.add(8 * j), x0[j]);
+                    _mm256_storeu_ps(o1.add(8 * j), x1[j]);
+                }
+            }
+        }
+    }
+    weighted_values_portable(w, np, nk, v, d, alpha, pairs, acc);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() <= 1e-5 * (1.0 + a.abs().max(b.abs()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The dispatched kernels (AVX2 where the CPU has it) equal the portable ones on
+        /// random tiles: the transpose exactly, the products within f32 rounding (relative
+        /// 1e-5: only the order of the additions differs). Outputs start poisoned (NaN) where
+        /// the kernel must write.
+        #[test]
+        fn vector_kernels_equal_the_portable_ones(
+            ne in 1usize..13,
+            n in 1usize..=64,
+            d in proptest::sample::select(vec![8usize, 24, 32, 64, 128]),
+            nk_frac in 0.0f64..=1.0,
+            seed in any::<u64>(),
+        ) {
+            let np = n.next_multiple_of(KEY_PAD);
+            let mut state = seed | 1;
+            let mut rnd = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            };
+            let k: Vec<f32> = (0..n * d).map(|_| rnd()).collect();
+            let mut kt = vec![f32::NAN; d * np];
+            let mut kt_ref = vec![0.0f32; d * np];
+            transpose(&k, n, d, &mut kt, np);
+            transpose_portable(&k, 0, n, d, &mut kt_ref, np);
+            for c in 0..d {
+                for i in 0..n {
+                    prop_assert_eq!(kt[c * np + i].to_bits(), kt_ref[c * np + i].to_bits());
+                }
+            }
+            let q: Vec<f32> = (0..ne * d).map(|_| rnd()).collect();
+            let mut s = vec![f32::NAN; ne * np];
+            let mut s_ref = vec![f32::NAN; ne * np];
+            scores(&q, ne, d, &kt_ref, np, &mut s);
+            scores_portable(&q, 0, ne, d, &kt_ref, np, &mut s_ref);
+            for (a, b) in s.iter().zip(&s_ref) {
+                prop_assert!(close(*a, *b), "score {a} vs {b}");
+            }
+            let nk = ((n as f64 * nk_frac) as usize).min(n);
+            let w: Vec<f32> = (0..ne * np).map(|_| rnd().abs()).collect();
+            let alpha: Vec<f32> = (0..ne).map(|e| if e % 3 == 0 { 1.0 } else { rnd().abs() }).collect();
+            let acc0: Vec<f32> = (0..ne * d).map(|_| rnd()).collect();
+            let (mut acc, mut acc_ref) = (acc0.clone(), acc0);
+            weighted_values(&w, np, nk, &k, d, &alpha, &mut acc);
+            weighted_values_portable(&w, np, nk, &k, d, &alpha, 0, &mut acc_ref);
+            for (a, b) in acc.iter().zip(&acc_ref) {
+                prop_assert!(close(*a, *b), "value {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn portable_products_are_the_definitions() {
+        // Two queries, three keys of two components.
+        let k = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let np = KEY_PAD;
+        let mut kt = vec![0.0; 2 * np];
+        transpose_portable(&k, 0, 3, 2, &mut kt, np);
+        assert_eq!(&kt[..3], &[1.0, 3.0, 5.0]);
+        assert_eq!(&kt[np..np + 3], &[2.0, 4.0, 6.0]);
+        let q = [1.0, -1.0, 0.5, 2.0];
+        let mut s = vec![f32::NAN; 2 * np];
+        scores_portable(&q, 0, 2, 2, &kt, np, &mut s);
+        assert_eq!(&s[..3], &[-1.0, -1.0, -1.0]);
+        assert_eq!(&s[np..np + 3], &[4.5, 9.5, 14.5]);
+        let mut w = vec![0.0; 2 * np];
+        w[..3].copy_from_slice(&[1.0, 0.0, 2.0]);
+        w[np..np + 3].copy_from_slice(&[0.5, 0.5, 0.0]);
+        let mut acc = vec![10.0, 20.0, 1.0, 1.0];
+        weighted_values_portable(&w, np, 3, &k, 2, &[0.5, 1.0], 0, &mut acc);
+        assert_eq!(
+            acc,
+            vec![5.0 + 1.0 + 10.0, 10.0 + 2.0 + 12.0, 1.0 + 2.0, 1.0 + 3.0]
+        );
+    }
+}
