@@ -44,20 +44,12 @@ pub(crate) fn scores(q: &[f32], ne: usize, d: usize, kt: &[f32], np: usize, s: &
         unsafe { scores_avx2(q, ne, d, kt, np, s) };
         return;
     }
-    scores_portable(q, 0, ne, d, kt, np, s);
+    scores_portable(q, ne, d, kt, np, s);
 }
 
-/// [`scores`] of queries `from..ne`, one query and key at a time.
-fn scores_portable(
-    q: &[f32],
-    from: usize,
-    ne: usize,
-    d: usize,
-    kt: &[f32],
-    np: usize,
-    s: &mut [f32],
-) {
-    for e in from..ne {
+/// [`scores`], one query and key at a time.
+fn scores_portable(q: &[f32], ne: usize, d: usize, kt: &[f32], np: usize, s: &mut [f32]) {
+    for e in 0..ne {
         let row = &mut s[e * np..(e + 1) * np];
         row.fill(0.0);
         for (c, &x) in q[e * d..(e + 1) * d].iter().enumerate() {
@@ -87,11 +79,10 @@ pub(crate) fn weighted_values(
         unsafe { weighted_values_avx2(w, np, nk, v, d, alpha, acc) };
         return;
     }
-    weighted_values_portable(w, np, nk, v, d, alpha, 0, acc);
+    weighted_values_portable(w, np, nk, v, d, alpha, acc);
 }
 
-/// [`weighted_values`] of queries `from..alpha.len()`, one query and value at a time.
-#[allow(clippy::too_many_arguments)]
+/// [`weighted_values`], one query and value at a time.
 fn weighted_values_portable(
     w: &[f32],
     np: usize,
@@ -99,10 +90,9 @@ fn weighted_values_portable(
     v: &[f32],
     d: usize,
     alpha: &[f32],
-    from: usize,
     acc: &mut [f32],
 ) {
-    for (e, &a) in alpha.iter().enumerate().skip(from) {
+    for (e, &a) in alpha.iter().enumerate() {
         let out = &mut acc[e * d..(e + 1) * d];
         if a != 1.0 {
             out.iter_mut().for_each(|x| *x *= a);
@@ -219,8 +209,8 @@ unsafe fn scores_avx2(q: &[f32], ne: usize, d: usize, kt: &[f32], np: usize, s: 
 }
 
 /// [`weighted_values`] with AVX2 + FMA: two queries × 32 output values per pass (eight
-/// accumulators, each value vector loaded once for both queries); an odd last query with the
-/// portable loop (`d % 32 == 0`).
+/// accumulators, each value vector loaded once for both queries), an odd last query alone
+/// (`d % 32 == 0`).
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; the lengths are those [`weighted_values`] checks; `d % 32 == 0`.
@@ -269,7 +259,29 @@ unsafe fn weighted_values_avx2(
             }
         }
     }
-    weighted_values_portable(w, np, nk, v, d, alpha, pairs, acc);
+    for (e, &alpha_e) in alpha.iter().enumerate().skip(pairs) {
+        for c0 in (0..d).step_by(32) {
+            // SAFETY: e < ne, c0 + 32 <= d, i < nk: inside `acc`, `w` and `v`.
+            unsafe {
+                let a0 = _mm256_set1_ps(alpha_e);
+                let o0 = ap.add(e * d + c0);
+                let mut x0 = [_mm256_setzero_ps(); 4];
+                for (j, x) in x0.iter_mut().enumerate() {
+                    *x = _mm256_mul_ps(a0, _mm256_loadu_ps(o0.add(8 * j)));
+                }
+                for i in 0..nk {
+                    let w0 = _mm256_broadcast_ss(&*wp.add(e * np + i));
+                    let vi = vp.add(i * d + c0);
+                    for (j, x) in x0.iter_mut().enumerate() {
+                        *x = _mm256_fmadd_ps(w0, _mm256_loadu_ps(vi.add(8 * j)), *x);
+                    }
+                }
+                for (j, x) in x0.iter().enumerate() {
+                    _mm256_storeu_ps(o0.add(8 * j), *x);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -318,7 +330,7 @@ mod tests {
             let mut s = vec![f32::NAN; ne * np];
             let mut s_ref = vec![f32::NAN; ne * np];
             scores(&q, ne, d, &kt_ref, np, &mut s);
-            scores_portable(&q, 0, ne, d, &kt_ref, np, &mut s_ref);
+            scores_portable(&q, ne, d, &kt_ref, np, &mut s_ref);
             for (a, b) in s.iter().zip(&s_ref) {
                 prop_assert!(close(*a, *b), "score {a} vs {b}");
             }
@@ -328,7 +340,7 @@ mod tests {
             let acc0: Vec<f32> = (0..ne * d).map(|_| rnd()).collect();
             let (mut acc, mut acc_ref) = (acc0.clone(), acc0);
             weighted_values(&w, np, nk, &k, d, &alpha, &mut acc);
-            weighted_values_portable(&w, np, nk, &k, d, &alpha, 0, &mut acc_ref);
+            weighted_values_portable(&w, np, nk, &k, d, &alpha, &mut acc_ref);
             for (a, b) in acc.iter().zip(&acc_ref) {
                 prop_assert!(close(*a, *b), "value {a} vs {b}");
             }
@@ -346,14 +358,14 @@ mod tests {
         assert_eq!(&kt[np..np + 3], &[2.0, 4.0, 6.0]);
         let q = [1.0, -1.0, 0.5, 2.0];
         let mut s = vec![f32::NAN; 2 * np];
-        scores_portable(&q, 0, 2, 2, &kt, np, &mut s);
+        scores_portable(&q, 2, 2, &kt, np, &mut s);
         assert_eq!(&s[..3], &[-1.0, -1.0, -1.0]);
         assert_eq!(&s[np..np + 3], &[4.5, 9.5, 14.5]);
         let mut w = vec![0.0; 2 * np];
         w[..3].copy_from_slice(&[1.0, 0.0, 2.0]);
         w[np..np + 3].copy_from_slice(&[0.5, 0.5, 0.0]);
         let mut acc = vec![10.0, 20.0, 1.0, 1.0];
-        weighted_values_portable(&w, np, 3, &k, 2, &[0.5, 1.0], 0, &mut acc);
+        weighted_values_portable(&w, np, 3, &k, 2, &[0.5, 1.0], &mut acc);
         assert_eq!(
             acc,
             vec![5.0 + 1.0 + 10.0, 10.0 + 2.0 + 12.0, 1.0 + 2.0, 1.0 + 3.0]

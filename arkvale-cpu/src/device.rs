@@ -42,7 +42,9 @@ static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 ///   every copy observes the compute issued before it.
 /// * **Asynchronous copies.** [`Device::backup_pages`] / [`Device::recall_pages`] validate their
 ///   descriptors, queue a job on the copy thread and return its [`CpuEvent`] at once; the
-///   caller computes meanwhile. Because compute has no queue of its own here,
+///   caller computes meanwhile. (A recall, which the cache waits for right away, runs at once
+///   on the calling thread instead when no earlier copy is still queued: same order, no
+///   thread hand-off; its event is returned complete.) Because compute has no queue of its own here,
 ///   [`Device::wait_on_device`] ("later compute waits for the event") **blocks the calling
 ///   thread** until the event completed. [`Device::synchronize`] waits for every queued copy.
 ///   Each pool remembers its slots that in-flight copies move, until the caller has seen the
@@ -379,7 +381,9 @@ impl Device for CpuDevice {
         Ok(Event(event))
     }
 
-    /// Validates the copies, then queues them on the copy thread (see the module doc).
+    /// Validates the copies, then runs them at once on the calling thread when the copy queue
+    /// is idle (the cache waits for a recall right away, so a hand-off would only add
+    /// latency), else queues them behind the earlier copies (see the module doc).
     fn recall_pages(
         &self,
         layout: &KvLayout,
@@ -393,7 +397,7 @@ impl Device for CpuDevice {
         let slots = slot_ranges(layout, copies.iter().map(|c| c.0));
         self.access(&pool_s, slots.clone(), true, "recall_pages")?;
         let storage = pool_s.clone();
-        let event = self.copies.submit(Box::new(move || {
+        let event = self.copies.run_or_submit(Box::new(move || {
             let src = host_s.data.read_recursive();
             let mut dst = storage.data.write();
             for &(pool_byte, host_byte, n) in &plan {

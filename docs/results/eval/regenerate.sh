@@ -43,3 +43,8 @@ qwen=models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf
 "$bin" eval passkey --model "$qwen" --weights native --contexts 8192 --depths 5 \
     --haystack persuasion --policies full,arkvale,arkvale:preset=paper,streaming,h2o,tova \
     --budgets 256,512,1024,2048 --out "$out/passkey-real-qwen-sweep"
+# The same at 16k (H2O and TOVA left out: their prefill computes every token's attention
+# weights, which at 16k costs more than the rest of the run together).
+"$bin" eval passkey --model "$qwen" --weights native --contexts 16384 --depths 5 \
+    --haystack persuasion --policies full,arkvale,arkvale:preset=paper,streaming \
+    --budgets 256,512,1024,2048 --out "$out/passkey-real-qwen-16k"

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use arkvale_core::{CacheConfig, CacheManager, Device, SeqId, policy_by_name};
+use arkvale_core::{CacheConfig, CacheManager, Device, PhaseTimes, SeqId, policy_by_name};
 use arkvale_model::chat::Message;
 use arkvale_model::generation::{self, Generation, Limits, Prefill, run_sequence};
 use arkvale_model::llama::{LlamaModel, Logits};
@@ -278,6 +278,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let prefill_time = t_prefill.elapsed();
 
     // Decode.
+    let phases_before = cache.stats().time;
     let d = decode_loop(
         &loaded,
         &mut cache,
@@ -333,6 +334,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 "prefill_streamed_pages": stats.prefill_streamed,
                 "bytes_h2d": stats.bytes_h2d,
                 "bytes_d2h": stats.bytes_d2h,
+                "decode_phase_seconds": phase_seconds(&phases_before, &stats.time),
                 "seed": seed,
             }
         });
@@ -340,6 +342,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let _ = emit(&mut out, &format!("{obj}\n"))?;
     }
     Ok(())
+}
+
+/// The cache's host time per phase during decode (`after - before`), in seconds.
+fn phase_seconds(before: &PhaseTimes, after: &PhaseTimes) -> serde_json::Value {
+    let secs = |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64();
+    json!({
+        "estimate": secs(after.estimate, before.estimate),
+        "select": secs(after.select, before.select),
+        "recall": secs(after.recall, before.recall),
+        "attention": secs(after.attention, before.attention),
+        "other": secs(after.other, before.other),
+    })
 }
 
 /// Writes `s` to stdout and flushes; `Ok(false)` when stdout was closed by the reader.
