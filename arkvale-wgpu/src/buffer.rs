@@ -193,24 +193,4 @@ pub(crate) fn host<'a>(dev: u64, host: &'a HostBuffer, what: &str) -> Result<&'a
     }
 }
 
-/// Fails if `out` is one of `inputs`.
-pub(crate) fn not_aliased(out: &GpuBuffer, inputs: &[&GpuBuffer], what: &str) -> Result<()> {
-    if inputs.iter().any(|i| i.id == out.id) {
-        return Err(Error::shape(format!(
-            "{what}: the output buffer is also an input"
-        )));
-    }
-    Ok(())
-}
-
-/// Fails unless `offset + len <= have` (no overflow).
-pub(crate) fn check_range(offset: usize, len: usize, have: usize, what: &str) -> Result<()> {
-    match offset.checked_add(len) {
-        Some(end) if end <= have => Ok(()),
-        _ => Err(Error::shape(format!(
-            "{what}: range {offset}+{len} outside {have} elements"
-        ))),
-    }
-}
-
 pub(crate) use arkvale_core::validate::at_least;
