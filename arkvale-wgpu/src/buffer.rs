@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 use crate::BACKEND;
 
-/// Ids of buffers made so far (aliasing checks compare them).
+/// Ids of buffers made so far (copies and the in-place ops compare them to spot one buffer).
 static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A device buffer: storage of whole words (16-bit and byte elements packed). A buffer larger
