@@ -43,21 +43,39 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::dense::{MatmulDims, Rope};
 use crate::{DType, DigestKind, KvDtype, Result, ScoreAgg};
+
+/// Ids of the buffers made so far in this process (see [`Buffer::id`]).
+static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// An owned handle to a device buffer of `len` elements of `dtype`.
 pub struct Buffer {
     inner: Box<dyn Any + Send + Sync>,
     len: usize,
     dtype: DType,
+    id: u64,
 }
 
 impl Buffer {
-    /// Wraps a backend's storage. Only backends call this.
+    /// Wraps a backend's storage. Only backends call this, each time with storage of its own:
+    /// a handle owns its storage, so no two handles may wrap the same memory (the handle's
+    /// [`Buffer::id`] is then the identity of that memory).
     pub fn new(inner: Box<dyn Any + Send + Sync>, len: usize, dtype: DType) -> Self {
-        Buffer { inner, len, dtype }
+        Buffer {
+            inner,
+            len,
+            dtype,
+            id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+    /// The identity of the buffer's storage: unique among the buffers made in this process
+    /// (on any device), so two handles with one id are the same buffer. The aliasing check
+    /// [`crate::validate::not_aliased`] compares it.
+    pub fn id(&self) -> u64 {
+        self.id
     }
     /// Elements in the buffer.
     pub fn len(&self) -> usize {

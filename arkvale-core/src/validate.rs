@@ -276,6 +276,40 @@ pub fn state(
     Ok(())
 }
 
+/// Checks that elements `offset .. offset + len` lie inside a buffer of `size` elements
+/// (the units are the caller's: elements, or bytes of host memory), without overflow.
+pub fn range(offset: usize, len: usize, size: usize, what: &str) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::shape(format!(
+            "{what}: range {offset}..{offset}+{len} outside a buffer of {size}"
+        ))),
+    }
+}
+
+/// Fails with [`Error::Shape`] if the output buffer `out` is also one of `inputs` (an
+/// operation cannot read and write one buffer at once); compares [`Buffer::id`]s.
+pub fn not_aliased(out: &Buffer, inputs: &[&Buffer], what: &str) -> Result<()> {
+    if inputs.iter().any(|i| i.id() == out.id()) {
+        return Err(Error::shape(format!(
+            "{what}: the output buffer must not also be an input"
+        )));
+    }
+    Ok(())
+}
+
+/// Fails with [`Error::Shape`] if two of an operation's `outputs` are the same buffer.
+pub fn distinct_outputs(outputs: &[&Buffer], what: &str) -> Result<()> {
+    for (n, o) in outputs.iter().enumerate() {
+        if outputs[..n].iter().any(|p| p.id() == o.id()) {
+            return Err(Error::shape(format!(
+                "{what}: two outputs are the same buffer"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `a * b`, or a shape error naming `what` on overflow.
 pub fn product(a: usize, b: usize, what: &str) -> Result<usize> {
     a.checked_mul(b)
@@ -403,5 +437,49 @@ mod tests {
             page_count: u32::MAX,
         };
         assert!(attention(&l(), slot, 100, 100, &[row], &[], None).is_err());
+    }
+
+    #[test]
+    fn range_checks_the_end_without_overflow() {
+        assert!(range(0, 0, 0, "t").is_ok());
+        assert!(range(2, 3, 5, "t").is_ok(), "ending exactly at the end");
+        assert!(range(5, 0, 5, "t").is_ok(), "empty range at the end");
+        let err = range(2, 4, 5, "write").unwrap_err();
+        assert!(matches!(err, Error::Shape(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("write: range 2..2+4 outside a buffer of 5"),
+            "{err}"
+        );
+        assert!(range(6, 0, 5, "t").is_err(), "offset past the end");
+        assert!(
+            range(usize::MAX, 1, usize::MAX, "t").is_err(),
+            "offset + len overflows"
+        );
+        assert!(
+            range(1, usize::MAX, usize::MAX, "t").is_err(),
+            "offset + len overflows"
+        );
+    }
+
+    fn buf(len: usize) -> Buffer {
+        Buffer::new(Box::new(vec![0f32; len]), len, crate::DType::F32)
+    }
+
+    #[test]
+    fn aliasing_compares_buffer_identity() {
+        let (a, b, c) = (buf(4), buf(4), buf(4));
+        assert_ne!(a.id(), b.id());
+        assert!(not_aliased(&a, &[&b, &c], "op").is_ok());
+        assert!(not_aliased(&a, &[], "op").is_ok());
+        let err = not_aliased(&b, &[&a, &b], "matmul").unwrap_err();
+        assert!(matches!(err, Error::Shape(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("matmul: the output buffer must not also be an input"),
+            "{err}"
+        );
+        assert!(distinct_outputs(&[&a, &b, &c], "op").is_ok());
+        assert!(distinct_outputs(&[&a, &b, &a], "op").is_err());
     }
 }

@@ -330,24 +330,3 @@ pub(crate) fn host_storage<'a>(
         )),
     }
 }
-
-/// Fails with [`Error::Shape`] if the output storage is also one of the inputs (an operation
-/// cannot read and write one buffer at once).
-pub(crate) fn not_aliased(out: &Arc<Storage>, inputs: &[&Arc<Storage>], what: &str) -> Result<()> {
-    if inputs.iter().any(|i| Arc::ptr_eq(out, i)) {
-        return Err(Error::shape(format!(
-            "{what}: the output buffer must not also be an input"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks that elements `offset .. offset + len` lie inside a buffer of `size` elements.
-pub(crate) fn check_range(offset: usize, len: usize, size: usize, what: &str) -> Result<()> {
-    match offset.checked_add(len) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(Error::shape(format!(
-            "{what}: elements {offset}..{offset}+{len} outside a buffer of {size}"
-        ))),
-    }
-}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arkvale_core::{Buffer, DType, Error, MatmulDims, Result, Rope};
 
-use crate::buffer::{Data, Storage, not_aliased};
+use crate::buffer::{Data, Storage};
 use crate::dense;
 use crate::device::CpuDevice;
 use crate::dispatch::{f32s, f32s_mut};
@@ -68,7 +68,7 @@ impl CpuDevice {
         let x_s = self.typed(x, DType::F32, "matmul: x")?;
         let w_s = weight_table(self, w, k, "matmul: weights")?;
         let o_s = self.typed(out, DType::F32, "matmul: out")?;
-        not_aliased(o_s, &[x_s, w_s], "matmul")?;
+        validate::not_aliased(out, &[x, w], "matmul")?;
         at_least(x, product(m, k, "matmul: x")?, "matmul: x [m, k]")?;
         at_least(
             w,
@@ -99,7 +99,7 @@ impl CpuDevice {
         let x_s = self.typed(x, DType::F32, "rmsnorm: x")?;
         let w_s = self.typed(weight, DType::F32, "rmsnorm: weight")?;
         let o_s = self.typed(out, DType::F32, "rmsnorm: out")?;
-        not_aliased(o_s, &[x_s, w_s], "rmsnorm")?;
+        validate::not_aliased(out, &[x, weight], "rmsnorm")?;
         let len = validate::rmsnorm(rows, dim, eps, x, weight, out)?;
         if len == 0 {
             return Ok(());
@@ -137,7 +137,7 @@ impl CpuDevice {
         let g_s = self.typed(gate, DType::F32, "silu_mul: gate")?;
         let u_s = self.typed(up, DType::F32, "silu_mul: up")?;
         let o_s = self.typed(out, DType::F32, "silu_mul: out")?;
-        not_aliased(o_s, &[g_s, u_s], "silu_mul")?;
+        validate::not_aliased(out, &[gate, up], "silu_mul")?;
         at_least(gate, len, "silu_mul: gate")?;
         at_least(up, len, "silu_mul: up")?;
         at_least(out, len, "silu_mul: out")?;
@@ -212,7 +212,7 @@ impl CpuDevice {
         }
         let t_s = weight_table(self, table, dim, "embedding: table")?;
         let o_s = self.typed(out, DType::F32, "embedding: out")?;
-        not_aliased(o_s, &[t_s], "embedding")?;
+        validate::not_aliased(out, &[table], "embedding")?;
         let vocab = table.len() / dim;
         if let Some((t, id)) = ids
             .iter()

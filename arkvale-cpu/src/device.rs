@@ -17,7 +17,7 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::BACKEND;
 use crate::attention::{self, StateMut};
-use crate::buffer::{self, Arena, CopyDir, Data, Storage, check_range, not_aliased};
+use crate::buffer::{self, Arena, CopyDir, Data, Storage};
 use crate::copy_worker::CopyWorker;
 use crate::digest_ops;
 use crate::dispatch::{
@@ -217,22 +217,18 @@ impl CpuDevice {
         pool: &'a Buffer,
         q: &'a Buffer,
         mask: Option<&'a Buffer>,
-        outputs: &[&Arc<Storage>],
+        outputs: &[&Buffer],
     ) -> Result<AttnInputs<'a>> {
         let pool_s = self.kv_pool(layout, pool, what)?;
         let q_s = self.typed(q, DType::F32, &format!("{what}: q"))?;
         let mask_s = mask
             .map(|m| self.typed(m, DType::U8, &format!("{what}: mask")))
             .transpose()?;
-        let mut inputs = vec![pool_s, q_s];
-        inputs.extend(mask_s);
+        let mut inputs = vec![pool, q];
+        inputs.extend(mask);
         for (n, o) in outputs.iter().enumerate() {
-            not_aliased(o, &inputs, what)?;
-            if outputs[..n].iter().any(|p| Arc::ptr_eq(p, o)) {
-                return Err(Error::shape(format!(
-                    "{what}: two outputs are the same buffer"
-                )));
-            }
+            validate::not_aliased(o, &inputs, what)?;
+            validate::distinct_outputs(&outputs[..=n], what)?;
         }
         Ok(AttnInputs {
             pool: pool_s.data.read_recursive(),
@@ -254,7 +250,7 @@ impl Device for CpuDevice {
     fn write(&self, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()> {
         let s = self.storage(buf, "write")?;
         let (start, len) = byte_span(buf.dtype(), offset, data.len(), "write")?;
-        check_range(offset, len, buf.len(), "write")?;
+        validate::range(offset, len, buf.len(), "write")?;
         self.access(s, std::iter::once(offset..offset + len), true, "write")?;
         let mut g = s.data.write();
         g.bytes_mut()[start..start + data.len()].copy_from_slice(data);
@@ -264,7 +260,7 @@ impl Device for CpuDevice {
     fn read(&self, buf: &Buffer, offset: usize, out: &mut [u8]) -> Result<()> {
         let s = self.storage(buf, "read")?;
         let (start, len) = byte_span(buf.dtype(), offset, out.len(), "read")?;
-        check_range(offset, len, buf.len(), "read")?;
+        validate::range(offset, len, buf.len(), "read")?;
         self.access(s, std::iter::once(offset..offset + len), false, "read")?;
         let g = s.data.read_recursive();
         out.copy_from_slice(&g.bytes()[start..start + out.len()]);
@@ -290,8 +286,8 @@ impl Device for CpuDevice {
                 dst.dtype()
             )));
         }
-        check_range(src_off, len, src.len(), "copy: src")?;
-        check_range(dst_off, len, dst.len(), "copy: dst")?;
+        validate::range(src_off, len, src.len(), "copy: src")?;
+        validate::range(dst_off, len, dst.len(), "copy: dst")?;
         self.access(
             s,
             std::iter::once(src_off..src_off + len),
@@ -318,7 +314,7 @@ impl Device for CpuDevice {
 
     fn fill_f32(&self, buf: &Buffer, offset: usize, len: usize, value: f32) -> Result<()> {
         let s = self.typed(buf, DType::F32, "fill_f32")?;
-        check_range(offset, len, buf.len(), "fill_f32")?;
+        validate::range(offset, len, buf.len(), "fill_f32")?;
         self.access(s, std::iter::once(offset..offset + len), true, "fill_f32")?;
         let mut g = s.data.write();
         f32s_mut(&mut g)?[offset..offset + len].fill(value);
@@ -342,14 +338,14 @@ impl Device for CpuDevice {
 
     fn host_write(&self, host: &HostBuffer, offset: usize, data: &[u8]) -> Result<()> {
         let s = buffer::host_storage(self.id, host, "host_write")?;
-        check_range(offset, data.len(), host.bytes(), "host_write (bytes)")?;
+        validate::range(offset, data.len(), host.bytes(), "host_write (bytes)")?;
         s.data.write()[offset..offset + data.len()].copy_from_slice(data);
         Ok(())
     }
 
     fn host_read(&self, host: &HostBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
         let s = buffer::host_storage(self.id, host, "host_read")?;
-        check_range(offset, out.len(), host.bytes(), "host_read (bytes)")?;
+        validate::range(offset, out.len(), host.bytes(), "host_read (bytes)")?;
         out.copy_from_slice(&s.data.read_recursive()[offset..offset + out.len()]);
         Ok(())
     }
@@ -438,7 +434,7 @@ impl Device for CpuDevice {
         let pool_s = self.kv_pool(layout, pool, "append_kv")?;
         let k_s = self.typed(k, DType::F32, "append_kv: k")?;
         let v_s = self.typed(v, DType::F32, "append_kv: v")?;
-        not_aliased(pool_s, &[k_s, v_s], "append_kv")?;
+        validate::not_aliased(pool, &[k, v], "append_kv")?;
         validate::append(layout, pool.len(), k.len(), v.len(), dests)?;
         self.slots_access(
             layout,
@@ -470,7 +466,7 @@ impl Device for CpuDevice {
     ) -> Result<()> {
         let pool_s = self.kv_pool(layout, pool, "summarize")?;
         let dg_s = self.typed(digests, DType::F32, "summarize: digests")?;
-        not_aliased(dg_s, &[pool_s], "summarize")?;
+        validate::not_aliased(digests, &[pool], "summarize")?;
         validate::summarize(layout, kind, pool.len(), jobs, digests.len())?;
         self.slots_access(
             layout,
@@ -505,7 +501,7 @@ impl Device for CpuDevice {
         let dg_s = self.typed(digests, DType::F32, "estimate: digests")?;
         let q_s = self.typed(q, DType::F32, "estimate: q")?;
         let sc_s = self.typed(scores, DType::F32, "estimate: scores")?;
-        not_aliased(sc_s, &[dg_s, q_s], "estimate")?;
+        validate::not_aliased(scores, &[digests, q], "estimate")?;
         validate::estimate(layout, kind, digests.len(), q.len(), jobs, scores.len())?;
         let (dg, qg) = (dg_s.data.read_recursive(), q_s.data.read_recursive());
         let mut sg = sc_s.data.write();
@@ -549,8 +545,8 @@ impl Device for CpuDevice {
         let lse_s = page_lse
             .map(|b| self.typed(b, DType::F32, "decode_attention: page_lse"))
             .transpose()?;
-        let mut outputs = vec![out_s];
-        outputs.extend(lse_s);
+        let mut outputs = vec![out];
+        outputs.extend(page_lse);
         let inp = self.attn_inputs(what, layout, pool, q, mask, &outputs)?;
         let mask_v = inp.mask()?;
         validate::attention(
@@ -602,7 +598,14 @@ impl Device for CpuDevice {
         let acc_s = self.typed(&state.acc, DType::F32, "prefill_attention: state.acc")?;
         let max_s = self.typed(&state.max, DType::F32, "prefill_attention: state.max")?;
         let sum_s = self.typed(&state.sum, DType::F32, "prefill_attention: state.sum")?;
-        let inp = self.attn_inputs(what, layout, pool, q, mask, &[acc_s, max_s, sum_s])?;
+        let inp = self.attn_inputs(
+            what,
+            layout,
+            pool,
+            q,
+            mask,
+            &[&state.acc, &state.max, &state.sum],
+        )?;
         let mask_v = inp.mask()?;
         validate::attention(
             layout,
@@ -653,7 +656,7 @@ impl Device for CpuDevice {
         let sum_s = self.typed(&state.sum, DType::F32, "attention_finalize: state.sum")?;
         self.typed(&state.max, DType::F32, "attention_finalize: state.max")?;
         let out_s = self.typed(out, DType::F32, "attention_finalize: out")?;
-        not_aliased(out_s, &[acc_s, sum_s], "attention_finalize")?;
+        validate::not_aliased(out, &[&state.acc, &state.sum], "attention_finalize")?;
         validate::state(
             layout,
             rows,
@@ -683,7 +686,7 @@ impl Device for CpuDevice {
     ) -> Result<()> {
         let what = "attention_weights";
         let w_s = self.typed(weights, DType::F32, "attention_weights: weights")?;
-        let inp = self.attn_inputs(what, layout, pool, q, mask, &[w_s])?;
+        let inp = self.attn_inputs(what, layout, pool, q, mask, &[weights])?;
         let mask_v = inp.mask()?;
         validate::attention(
             layout,
@@ -695,7 +698,7 @@ impl Device for CpuDevice {
             mask_v.map(<[u8]>::len),
         )?;
         self.slots_access(layout, pool, pages.iter().map(|p| p.slot), false, what)?;
-        check_range(
+        validate::range(
             0,
             pages.len().saturating_mul(layout.tokens_per_slot()),
             weights.len(),
@@ -812,7 +815,7 @@ fn page_copy_plan(
             validate::slot(layout, pool_len, slot, what)?;
             let host = usize::try_from(host)
                 .map_err(|_| Error::shape(format!("{what}: host offset {host}")))?;
-            check_range(
+            validate::range(
                 host,
                 n,
                 host_bytes,

@@ -467,24 +467,6 @@ fn same(a: &CudaBuf, b: &CudaBuf) -> bool {
     std::ptr::eq(a, b)
 }
 
-fn not_aliased(out: &CudaBuf, inputs: &[&CudaBuf], what: &str) -> Result<()> {
-    if inputs.iter().any(|i| same(out, i)) {
-        return Err(Error::shape(format!(
-            "{what}: the output buffer must not also be an input"
-        )));
-    }
-    Ok(())
-}
-
-fn check_range(offset: usize, len: usize, size: usize, what: &str) -> Result<()> {
-    match offset.checked_add(len) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(Error::shape(format!(
-            "{what}: elements {offset}..{offset}+{len} outside a buffer of {size}"
-        ))),
-    }
-}
-
 fn u32_bytes(v: &[u32]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
@@ -504,7 +486,7 @@ fn page_copy_plan(
         validate::slot(layout, pool_len, slot, what)?;
         let host = usize::try_from(host)
             .map_err(|_| Error::shape(format!("{what}: host offset {host}")))?;
-        check_range(
+        validate::range(
             host,
             n,
             host_bytes,
@@ -612,7 +594,7 @@ impl CudaDevice {
         pool: &'a Buffer,
         q: &'a Buffer,
         mask: Option<&'a Buffer>,
-        outputs: &[&CudaBuf],
+        outputs: &[&Buffer],
         out_len: usize,
         rows: &[AttnRow],
         pages: &[AttnPage],
@@ -622,15 +604,11 @@ impl CudaDevice {
         let mask_s = mask
             .map(|m| self.typed(m, DType::U8, &format!("{what}: mask")))
             .transpose()?;
-        let mut inputs = vec![pool_s, q_s];
-        inputs.extend(mask_s);
+        let mut inputs = vec![pool, q];
+        inputs.extend(mask);
         for (n, o) in outputs.iter().enumerate() {
-            not_aliased(o, &inputs, what)?;
-            if outputs[..n].iter().any(|p| same(p, o)) {
-                return Err(Error::shape(format!(
-                    "{what}: two outputs are the same buffer"
-                )));
-            }
+            validate::not_aliased(o, &inputs, what)?;
+            validate::distinct_outputs(&outputs[..=n], what)?;
         }
         validate::attention(
             layout,
@@ -688,7 +666,7 @@ impl Device for CudaDevice {
                 buf.dtype()
             )));
         }
-        check_range(offset, data.len() / size, buf.len(), "write")?;
+        validate::range(offset, data.len() / size, buf.len(), "write")?;
         if data.is_empty() {
             return Ok(());
         }
@@ -710,7 +688,7 @@ impl Device for CudaDevice {
                 buf.dtype()
             )));
         }
-        check_range(offset, out.len() / size, buf.len(), "read")?;
+        validate::range(offset, out.len() / size, buf.len(), "read")?;
         if out.is_empty() {
             return Ok(());
         }
@@ -740,8 +718,8 @@ impl Device for CudaDevice {
                 dst.dtype()
             )));
         }
-        check_range(src_off, len, src.len(), "copy: src")?;
-        check_range(dst_off, len, dst.len(), "copy: dst")?;
+        validate::range(src_off, len, src.len(), "copy: src")?;
+        validate::range(dst_off, len, dst.len(), "copy: dst")?;
         if len == 0 {
             return Ok(());
         }
@@ -771,7 +749,7 @@ impl Device for CudaDevice {
     fn fill_f32(&self, buf: &Buffer, offset: usize, len: usize, value: f32) -> Result<()> {
         self.ctx.bind()?;
         let b = self.typed(buf, DType::F32, "fill_f32")?;
-        check_range(offset, len, buf.len(), "fill_f32")?;
+        validate::range(offset, len, buf.len(), "fill_f32")?;
         if len == 0 {
             return Ok(());
         }
@@ -797,7 +775,7 @@ impl Device for CudaDevice {
 
     fn host_write(&self, host: &HostBuffer, offset: usize, data: &[u8]) -> Result<()> {
         let h = self.host(host, "host_write")?;
-        check_range(offset, data.len(), host.bytes(), "host_write (bytes)")?;
+        validate::range(offset, data.len(), host.bytes(), "host_write (bytes)")?;
         if !data.is_empty() {
             // SAFETY: the range lies inside the pinned allocation; the caller does not run a
             // copy over these bytes meanwhile (the contract's event rules).
@@ -810,7 +788,7 @@ impl Device for CudaDevice {
 
     fn host_read(&self, host: &HostBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
         let h = self.host(host, "host_read")?;
-        check_range(offset, out.len(), host.bytes(), "host_read (bytes)")?;
+        validate::range(offset, out.len(), host.bytes(), "host_read (bytes)")?;
         if !out.is_empty() {
             // SAFETY: as in host_write.
             unsafe {
@@ -915,7 +893,7 @@ impl Device for CudaDevice {
         let p = self.kv_pool(layout, pool, "append_kv")?;
         let ks = self.typed(k, DType::F32, "append_kv: k")?;
         let vs = self.typed(v, DType::F32, "append_kv: v")?;
-        not_aliased(p, &[ks, vs], "append_kv")?;
+        validate::not_aliased(pool, &[k, v], "append_kv")?;
         validate::append(layout, pool.len(), k.len(), v.len(), dests)?;
         if dests.is_empty() {
             return Ok(());
@@ -956,7 +934,7 @@ impl Device for CudaDevice {
         self.ctx.bind()?;
         let p = self.kv_pool(layout, pool, "summarize")?;
         let dg = self.typed(digests, DType::F32, "summarize: digests")?;
-        not_aliased(dg, &[p], "summarize")?;
+        validate::not_aliased(digests, &[pool], "summarize")?;
         validate::summarize(layout, kind, pool.len(), jobs, digests.len())?;
         if jobs.is_empty() {
             return Ok(());
@@ -1000,7 +978,7 @@ impl Device for CudaDevice {
         let dg = self.typed(digests, DType::F32, "estimate: digests")?;
         let qs = self.typed(q, DType::F32, "estimate: q")?;
         let sc = self.typed(scores, DType::F32, "estimate: scores")?;
-        not_aliased(sc, &[dg, qs], "estimate")?;
+        validate::not_aliased(scores, &[digests, q], "estimate")?;
         validate::estimate(layout, kind, digests.len(), q.len(), jobs, scores.len())?;
         if jobs.is_empty() {
             return Ok(());
@@ -1079,8 +1057,8 @@ impl Device for CudaDevice {
         let lse = page_lse
             .map(|b| self.typed(b, DType::F32, "decode_attention: page_lse"))
             .transpose()?;
-        let mut outputs = vec![o];
-        outputs.extend(lse);
+        let mut outputs = vec![out];
+        outputs.extend(page_lse);
         let (p, qs, m) = self.attn_checks(
             what,
             layout,
@@ -1136,7 +1114,7 @@ impl Device for CudaDevice {
             pool,
             q,
             mask,
-            &[acc, max, sum],
+            &[&state.acc, &state.max, &state.sum],
             q.len(),
             rows,
             pages,
@@ -1178,7 +1156,7 @@ impl Device for CudaDevice {
         let sum = self.typed(&state.sum, DType::F32, "attention_finalize: state.sum")?;
         self.typed(&state.max, DType::F32, "attention_finalize: state.max")?;
         let o = self.typed(out, DType::F32, "attention_finalize: out")?;
-        not_aliased(o, &[acc, sum], "attention_finalize")?;
+        validate::not_aliased(out, &[&state.acc, &state.sum], "attention_finalize")?;
         validate::state(
             layout,
             rows,
@@ -1227,9 +1205,18 @@ impl Device for CudaDevice {
         self.ctx.bind()?;
         let what = "attention_weights";
         let w = self.typed(weights, DType::F32, "attention_weights: weights")?;
-        let (p, qs, m) =
-            self.attn_checks(what, layout, pool, q, mask, &[w], q.len(), rows, pages)?;
-        check_range(
+        let (p, qs, m) = self.attn_checks(
+            what,
+            layout,
+            pool,
+            q,
+            mask,
+            &[weights],
+            q.len(),
+            rows,
+            pages,
+        )?;
+        validate::range(
             0,
             pages.len().saturating_mul(layout.tokens_per_slot()),
             weights.len(),
@@ -1279,7 +1266,7 @@ impl Device for CudaDevice {
         let xs = self.typed(x, DType::F32, "matmul: x")?;
         let ws = self.float_table(w, "matmul: weights")?;
         let os = self.typed(out, DType::F32, "matmul: out")?;
-        not_aliased(os, &[xs, ws], "matmul")?;
+        validate::not_aliased(out, &[x, w], "matmul")?;
         at_least(x, product(m, k, "matmul: x")?, "matmul: x [m, k]")?;
         at_least(
             w,
@@ -1379,7 +1366,7 @@ impl Device for CudaDevice {
         let xs = self.typed(x, DType::F32, "rmsnorm: x")?;
         let ws = self.typed(weight, DType::F32, "rmsnorm: weight")?;
         let os = self.typed(out, DType::F32, "rmsnorm: out")?;
-        not_aliased(os, &[xs, ws], "rmsnorm")?;
+        validate::not_aliased(out, &[x, weight], "rmsnorm")?;
         let len = validate::rmsnorm(rows, dim, eps, x, weight, out)?;
         if len == 0 {
             return Ok(());
@@ -1435,7 +1422,7 @@ impl Device for CudaDevice {
         let gs = self.typed(gate, DType::F32, "silu_mul: gate")?;
         let us = self.typed(up, DType::F32, "silu_mul: up")?;
         let os = self.typed(out, DType::F32, "silu_mul: out")?;
-        not_aliased(os, &[gs, us], "silu_mul")?;
+        validate::not_aliased(out, &[gate, up], "silu_mul")?;
         at_least(gate, len, "silu_mul: gate")?;
         at_least(up, len, "silu_mul: up")?;
         at_least(out, len, "silu_mul: out")?;
@@ -1505,7 +1492,7 @@ impl Device for CudaDevice {
         self.ctx.bind()?;
         let ts = self.float_table(table, "embedding: table")?;
         let os = self.typed(out, DType::F32, "embedding: out")?;
-        not_aliased(os, &[ts], "embedding")?;
+        validate::not_aliased(out, &[table], "embedding")?;
         if dim == 0 {
             return Err(Error::shape("embedding: rows of 0 values"));
         }

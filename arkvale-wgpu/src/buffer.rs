@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 
 use crate::BACKEND;
 
-/// Ids of buffers made so far (aliasing checks compare them).
+/// Ids of buffers made so far (copies and the in-place ops compare them to spot one buffer).
 static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A device buffer: storage of whole words (16-bit and byte elements packed). A buffer larger
@@ -190,26 +190,6 @@ pub(crate) fn host<'a>(dev: u64, host: &'a HostBuffer, what: &str) -> Result<&'a
             BACKEND,
             format!("{what}: host buffer was not made by a WgpuDevice"),
         )),
-    }
-}
-
-/// Fails if `out` is one of `inputs`.
-pub(crate) fn not_aliased(out: &GpuBuffer, inputs: &[&GpuBuffer], what: &str) -> Result<()> {
-    if inputs.iter().any(|i| i.id == out.id) {
-        return Err(Error::shape(format!(
-            "{what}: the output buffer is also an input"
-        )));
-    }
-    Ok(())
-}
-
-/// Fails unless `offset + len <= have` (no overflow).
-pub(crate) fn check_range(offset: usize, len: usize, have: usize, what: &str) -> Result<()> {
-    match offset.checked_add(len) {
-        Some(end) if end <= have => Ok(()),
-        _ => Err(Error::shape(format!(
-            "{what}: range {offset}+{len} outside {have} elements"
-        ))),
     }
 }
 

@@ -5,7 +5,7 @@
 use arkvale_core::{Buffer, DType, Error, MatmulDims, Result, Rope, RopeStyle};
 
 use crate::BACKEND;
-use crate::buffer::{self, GpuBuffer, at_least, not_aliased};
+use crate::buffer::{self, GpuBuffer, at_least};
 use crate::context::Binding;
 use crate::device::WgpuDevice;
 use crate::kernels::Kernel;
@@ -56,7 +56,7 @@ impl WgpuDevice {
         let xb = self.typed(x, DType::F32, "matmul: x")?;
         let wb = buffer::float(self.id, w, "matmul: weights")?;
         let ob = self.typed(out, DType::F32, "matmul: out")?;
-        not_aliased(ob, &[xb, wb], "matmul")?;
+        validate::not_aliased(out, &[x, w], "matmul")?;
         at_least(x, product(m, k, "matmul: x")?, "matmul: x [m, k]")?;
         at_least(
             w,
@@ -159,7 +159,7 @@ impl WgpuDevice {
         let xb = self.typed(x, DType::F32, "rmsnorm: x")?;
         let wb = self.typed(weight, DType::F32, "rmsnorm: weight")?;
         let ob = self.typed(out, DType::F32, "rmsnorm: out")?;
-        not_aliased(ob, &[xb, wb], "rmsnorm")?;
+        validate::not_aliased(out, &[x, weight], "rmsnorm")?;
         let len = validate::rmsnorm(rows, dim, eps, x, weight, out)?;
         if len == 0 {
             return Ok(());
@@ -223,7 +223,7 @@ impl WgpuDevice {
         let gb = self.typed(gate, DType::F32, "silu_mul: gate")?;
         let ub = self.typed(up, DType::F32, "silu_mul: up")?;
         let ob = self.typed(out, DType::F32, "silu_mul: out")?;
-        not_aliased(ob, &[gb, ub], "silu_mul")?;
+        validate::not_aliased(out, &[gate, up], "silu_mul")?;
         at_least(gate, len, "silu_mul: gate")?;
         at_least(up, len, "silu_mul: up")?;
         at_least(out, len, "silu_mul: out")?;
@@ -316,7 +316,7 @@ impl WgpuDevice {
     ) -> Result<()> {
         let tb = buffer::float(self.id, table, "embedding: table")?;
         let ob = self.typed(out, DType::F32, "embedding: out")?;
-        not_aliased(ob, &[tb], "embedding")?;
+        validate::not_aliased(out, &[table], "embedding")?;
         if dim == 0 {
             return Err(Error::shape("embedding: dim must be non-zero"));
         }

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use wgpu::util::DeviceExt as _;
 
 use crate::BACKEND;
-use crate::buffer::{self, GpuBuffer, HostMem, check_range};
+use crate::buffer::{self, GpuBuffer, HostMem};
 use crate::context::{AdapterReport, Binding, Gpu};
 use crate::event::WgpuEvent;
 use crate::kernels::Kernel;
@@ -260,7 +260,7 @@ fn page_copy_plan(
             validate::slot(layout, pool_len, slot, what)?;
             let host = usize::try_from(host)
                 .map_err(|_| Error::shape(format!("{what}: host offset {host}")))?;
-            check_range(
+            validate::range(
                 host,
                 n,
                 host_bytes,
@@ -323,7 +323,7 @@ impl Device for WgpuDevice {
                 buf.dtype()
             )));
         }
-        check_range(offset, data.len() / size, buf.len(), "write")?;
+        validate::range(offset, data.len() / size, buf.len(), "write")?;
         if data.is_empty() {
             return Ok(());
         }
@@ -361,7 +361,7 @@ impl Device for WgpuDevice {
                 buf.dtype()
             )));
         }
-        check_range(offset, out.len() / size, buf.len(), "read")?;
+        validate::range(offset, out.len() / size, buf.len(), "read")?;
         self.read_bytes(g, (offset * size) as u64, out)
     }
 
@@ -382,8 +382,8 @@ impl Device for WgpuDevice {
                 dst.dtype()
             )));
         }
-        check_range(src_off, len, src.len(), "copy: src")?;
-        check_range(dst_off, len, dst.len(), "copy: dst")?;
+        validate::range(src_off, len, src.len(), "copy: src")?;
+        validate::range(dst_off, len, dst.len(), "copy: dst")?;
         if len == 0 {
             return Ok(());
         }
@@ -433,7 +433,7 @@ impl Device for WgpuDevice {
 
     fn fill_f32(&self, buf: &Buffer, offset: usize, len: usize, value: f32) -> Result<()> {
         let g = self.typed(buf, DType::F32, "fill_f32")?;
-        check_range(offset, len, buf.len(), "fill_f32")?;
+        validate::range(offset, len, buf.len(), "fill_f32")?;
         if len == 0 {
             return Ok(());
         }
@@ -466,14 +466,14 @@ impl Device for WgpuDevice {
 
     fn host_write(&self, host: &HostBuffer, offset: usize, data: &[u8]) -> Result<()> {
         let h = buffer::host(self.id, host, "host_write")?;
-        check_range(offset, data.len(), host.bytes(), "host_write (bytes)")?;
+        validate::range(offset, data.len(), host.bytes(), "host_write (bytes)")?;
         h.data.lock()[offset..offset + data.len()].copy_from_slice(data);
         Ok(())
     }
 
     fn host_read(&self, host: &HostBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
         let h = buffer::host(self.id, host, "host_read")?;
-        check_range(offset, out.len(), host.bytes(), "host_read (bytes)")?;
+        validate::range(offset, out.len(), host.bytes(), "host_read (bytes)")?;
         out.copy_from_slice(&h.data.lock()[offset..offset + out.len()]);
         Ok(())
     }

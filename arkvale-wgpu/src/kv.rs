@@ -12,7 +12,7 @@ use arkvale_core::{
 };
 
 use crate::BACKEND;
-use crate::buffer::{GpuBuffer, at_least, check_range, not_aliased};
+use crate::buffer::{GpuBuffer, at_least};
 use crate::context::Binding;
 use crate::device::{WgpuDevice, slot_align};
 use crate::kernels::Kernel;
@@ -122,7 +122,7 @@ impl WgpuDevice {
         let p = self.kv_pool(l, pool, "append_kv")?;
         let kb = self.typed(k, DType::F32, "append_kv: k")?;
         let vb = self.typed(v, DType::F32, "append_kv: v")?;
-        not_aliased(p, &[kb, vb], "append_kv")?;
+        validate::not_aliased(pool, &[k, v], "append_kv")?;
         validate::append(l, pool.len(), k.len(), v.len(), dests)?;
         if dests.is_empty() {
             return Ok(());
@@ -164,7 +164,7 @@ impl WgpuDevice {
     ) -> Result<()> {
         let p = self.kv_pool(l, pool, "summarize")?;
         let dg = self.typed(digests, DType::F32, "summarize: digests")?;
-        not_aliased(dg, &[p], "summarize")?;
+        validate::not_aliased(digests, &[pool], "summarize")?;
         validate::summarize(l, kind, pool.len(), jobs, digests.len())?;
         if jobs.is_empty() {
             return Ok(());
@@ -221,7 +221,7 @@ impl WgpuDevice {
         let dg = self.typed(digests, DType::F32, "estimate: digests")?;
         let qb = self.typed(q, DType::F32, "estimate: q")?;
         let sc = self.typed(scores, DType::F32, "estimate: scores")?;
-        not_aliased(sc, &[dg, qb], "estimate")?;
+        validate::not_aliased(scores, &[digests, q], "estimate")?;
         validate::estimate(l, kind, digests.len(), q.len(), jobs, scores.len())?;
         if jobs.is_empty() {
             return Ok(());
@@ -339,7 +339,7 @@ impl WgpuDevice {
         out_len: usize,
         rows: &[AttnRow],
         pages: &[AttnPage],
-        outputs: &[&GpuBuffer],
+        outputs: &[&Buffer],
     ) -> Result<(&'a GpuBuffer, &'a GpuBuffer, Option<&'a GpuBuffer>)> {
         if l.head_dim > 256 {
             return Err(Error::shape(format!(
@@ -352,15 +352,11 @@ impl WgpuDevice {
         let mb = mask
             .map(|m| self.typed(m, DType::U8, &format!("{what}: mask")))
             .transpose()?;
-        let mut inputs = vec![p, qb];
-        inputs.extend(mb);
+        let mut inputs = vec![pool, q];
+        inputs.extend(mask);
         for (n, o) in outputs.iter().enumerate() {
-            not_aliased(o, &inputs, what)?;
-            if outputs[..n].iter().any(|x| x.id == o.id) {
-                return Err(Error::shape(format!(
-                    "{what}: two outputs are the same buffer"
-                )));
-            }
+            validate::not_aliased(o, &inputs, what)?;
+            validate::distinct_outputs(&outputs[..=n], what)?;
         }
         validate::attention(
             l,
@@ -392,8 +388,8 @@ impl WgpuDevice {
         let lb = page_lse
             .map(|b| self.typed(b, DType::F32, "decode_attention: page_lse"))
             .transpose()?;
-        let mut outputs = vec![ob];
-        outputs.extend(lb);
+        let mut outputs = vec![out];
+        outputs.extend(page_lse);
         let (p, qb, mb) =
             self.attn_inputs(what, l, pool, q, mask, out.len(), rows, pages, &outputs)?;
         if let Some(b) = page_lse {
@@ -517,8 +513,17 @@ impl WgpuDevice {
         let acc = self.typed(&state.acc, DType::F32, "prefill_attention: state.acc")?;
         let mx = self.typed(&state.max, DType::F32, "prefill_attention: state.max")?;
         let sm = self.typed(&state.sum, DType::F32, "prefill_attention: state.sum")?;
-        let (p, qb, mb) =
-            self.attn_inputs(what, l, pool, q, mask, q.len(), rows, pages, &[acc, mx, sm])?;
+        let (p, qb, mb) = self.attn_inputs(
+            what,
+            l,
+            pool,
+            q,
+            mask,
+            q.len(),
+            rows,
+            pages,
+            &[&state.acc, &state.max, &state.sum],
+        )?;
         validate::state(l, rows, state.acc.len(), state.max.len(), state.sum.len())?;
         if rows.is_empty() {
             return Ok(());
@@ -557,7 +562,7 @@ impl WgpuDevice {
         let sm = self.typed(&state.sum, DType::F32, "attention_finalize: state.sum")?;
         self.typed(&state.max, DType::F32, "attention_finalize: state.max")?;
         let ob = self.typed(out, DType::F32, "attention_finalize: out")?;
-        not_aliased(ob, &[acc, sm], "attention_finalize")?;
+        validate::not_aliased(out, &[&state.acc, &state.sum], "attention_finalize")?;
         validate::state(l, rows, state.acc.len(), state.max.len(), state.sum.len())?;
         validate::state(l, rows, out.len(), usize::MAX, usize::MAX)?;
         if rows.is_empty() {
@@ -602,9 +607,10 @@ impl WgpuDevice {
     ) -> Result<()> {
         let what = "attention_weights";
         let wb = self.typed(weights, DType::F32, "attention_weights: weights")?;
-        let (p, qb, mb) = self.attn_inputs(what, l, pool, q, mask, q.len(), rows, pages, &[wb])?;
+        let (p, qb, mb) =
+            self.attn_inputs(what, l, pool, q, mask, q.len(), rows, pages, &[weights])?;
         let n = pages.len().saturating_mul(l.tokens_per_slot());
-        check_range(0, n, weights.len(), "attention_weights: weights")?;
+        validate::range(0, n, weights.len(), "attention_weights: weights")?;
         at_least(weights, n, "attention_weights: weights")?;
         if rows.is_empty() || pages.is_empty() {
             return Ok(());
