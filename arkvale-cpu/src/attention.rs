@@ -28,7 +28,7 @@ use std::ops::Range;
 
 use arkvale_core::{AttnPage, AttnRow, KvLayout};
 
-use crate::attn_tile::{KEY_PAD, scores, transpose, weighted_values};
+use crate::attn_tile::{KEY_PAD, TRANSPOSE_FROM, scores, scores_rows, transpose, weighted_values};
 use crate::elem::{KvElem, dot, exp_neg, exp_shifted, load, max_lanes, sum_lanes};
 use crate::par::Par;
 use crate::scatter::{chunks_mut, group_by_target};
@@ -222,10 +222,11 @@ fn run_task_avx2<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
 }
 
 /// Runs one task: for each page of the chunk (a slot is read front to back) and each KV head,
-/// widens the head's keys (transposed) and values once, scores every query of the block that
-/// shares that KV head against them in one tile product, folds each query's scores into its
-/// running softmax (one rescale per page) and adds the weighted values in a second tile
-/// product (see [`crate::attn_tile`]).
+/// widens the head's keys and values once (the keys also transposed when at least
+/// [`TRANSPOSE_FROM`] queries share them), scores every query of the block that shares that
+/// KV head against them in one tile product, folds each query's scores into its running
+/// softmax (one rescale per page) and adds the weighted values in a second tile product (see
+/// [`crate::attn_tile`]).
 #[inline(always)]
 fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want: Want) -> TaskOut {
     let values = want.values;
@@ -279,7 +280,13 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
         for h in 0..hg {
             let ko = l.k_offset(slot, h, 0);
             load(&pb.pool[ko..ko + n * d], &mut tiles.k[..n * d]);
-            transpose(&tiles.k, n, d, &mut tiles.kt, np);
+            let qh = &qs[h * ne * d..(h + 1) * ne * d];
+            if ne >= TRANSPOSE_FROM {
+                transpose(&tiles.k, n, d, &mut tiles.kt, np);
+                scores(qh, ne, d, &tiles.kt, np, &mut tiles.s);
+            } else {
+                scores_rows(qh, ne, d, &tiles.k, n, np, &mut tiles.s);
+            }
             if values {
                 let vo = l.v_offset(slot, h, 0);
                 load(&pb.pool[vo..vo + n * d], &mut tiles.v[..n * d]);
@@ -287,14 +294,6 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
             let keep = pb
                 .mask
                 .map(|m| &m[(slot * hg + h) * p..(slot * hg + h + 1) * p]);
-            scores(
-                &qs[h * ne * d..(h + 1) * ne * d],
-                ne,
-                d,
-                &tiles.kt,
-                np,
-                &mut tiles.s,
-            );
             // Softmax bookkeeping per query; the scores become weights, 0 past each row's
             // reach (so the value product can run to the longest reach of the block).
             let mut nk = 0;

@@ -60,6 +60,80 @@ fn scores_portable(q: &[f32], ne: usize, d: usize, kt: &[f32], np: usize, s: &mu
     }
 }
 
+/// Fewest queries per KV head for which [`scores`] on a transposed tile beats
+/// [`scores_rows`] on the row-major one (the transpose pays off from four queries on).
+pub(crate) const TRANSPOSE_FROM: usize = 4;
+
+/// `s[e * np + i] = Σ_c q[e * d + c] · k[i * d + c]` for every query `e < ne` and key
+/// `i < n`, from a **row-major** key tile (no transpose): for few queries per KV head
+/// (decode), where transposing the tile would cost more than it saves. Entries `n..np` of
+/// each row are left as they are.
+pub(crate) fn scores_rows(
+    q: &[f32],
+    ne: usize,
+    d: usize,
+    k: &[f32],
+    n: usize,
+    np: usize,
+    s: &mut [f32],
+) {
+    assert!(n <= np && q.len() >= ne * d && k.len() >= n * d && s.len() >= ne * np);
+    #[cfg(target_arch = "x86_64")]
+    if crate::elem::has_avx2_fma_f16c() && d % 8 == 0 && ne <= 3 {
+        // SAFETY: the CPU has AVX2 and FMA; the lengths were checked above.
+        unsafe { scores_rows_avx2(q, ne, d, k, n, np, s) };
+        return;
+    }
+    for e in 0..ne {
+        let qe = &q[e * d..(e + 1) * d];
+        for i in 0..n {
+            s[e * np + i] = crate::elem::dot(qe, &k[i * d..(i + 1) * d]);
+        }
+    }
+}
+
+/// [`scores_rows`] with AVX2 + FMA for up to three queries: each key row is loaded once, eight
+/// components at a time, into one accumulator per query, then each accumulator is summed
+/// across its lanes.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the lengths are those [`scores_rows`] checks; `d % 8 == 0`,
+/// `ne <= 3`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scores_rows_avx2(
+    q: &[f32],
+    ne: usize,
+    d: usize,
+    k: &[f32],
+    n: usize,
+    np: usize,
+    s: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (qp, kp) = (q.as_ptr(), k.as_ptr());
+    for i in 0..n {
+        let mut a = [_mm256_setzero_ps(); 3];
+        for c in (0..d).step_by(8) {
+            // SAFETY: i < n, c + 8 <= d, e < ne: inside `k` and `q`.
+            unsafe {
+                let kv = _mm256_loadu_ps(kp.add(i * d + c));
+                for (e, ae) in a.iter_mut().enumerate().take(ne) {
+                    *ae = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(e * d + c)), kv, *ae);
+                }
+            }
+        }
+        for (e, ae) in a.iter().enumerate().take(ne) {
+            let lo = _mm256_castps256_ps128(*ae);
+            let hi = _mm256_extractf128_ps::<1>(*ae);
+            let x = _mm_add_ps(lo, hi);
+            let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+            let x = _mm_add_ss(x, _mm_shuffle_ps::<0x55>(x, x));
+            s[e * np + i] = _mm_cvtss_f32(x);
+        }
+    }
+}
+
 /// For every query `e < alpha.len()`: `acc[e] = alpha[e] · acc[e] + Σ_{i < nk} w[e * np + i] ·
 /// v[i]`, where `acc[e]` and `v[i]` are the `d` values at `e * d` and `i * d`.
 pub(crate) fn weighted_values(
@@ -333,6 +407,16 @@ mod tests {
             scores_portable(&q, ne, d, &kt_ref, np, &mut s_ref);
             for (a, b) in s.iter().zip(&s_ref) {
                 prop_assert!(close(*a, *b), "score {a} vs {b}");
+            }
+            if ne < TRANSPOSE_FROM {
+                let mut s_rows = vec![f32::NAN; ne * np];
+                scores_rows(&q, ne, d, &k, n, np, &mut s_rows);
+                for e in 0..ne {
+                    for i in 0..n {
+                        let (a, b) = (s_rows[e * np + i], s_ref[e * np + i]);
+                        prop_assert!(close(a, b), "row-major score {a} vs {b}");
+                    }
+                }
             }
             let nk = ((n as f64 * nk_frac) as usize).min(n);
             let w: Vec<f32> = (0..ne * np).map(|_| rnd().abs()).collect();
