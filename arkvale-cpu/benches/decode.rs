@@ -20,7 +20,7 @@ use arkvale_core::{
     policy_by_name,
 };
 use arkvale_cpu::CpuDevice;
-use common::{median_time, xorshift};
+use common::{median_time, rand_vec};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const SHAPE: ModelShape = ModelShape {
@@ -39,12 +39,6 @@ struct Setup {
     k: Buffer,
     v: Buffer,
     out: Buffer,
-}
-
-fn rand_vec(state: &mut u64, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| (xorshift(state) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0)
-        .collect()
 }
 
 fn setup(dev: &Arc<dyn Device>, policy: &str, context: usize) -> Setup {

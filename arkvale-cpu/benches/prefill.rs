@@ -16,7 +16,7 @@ use arkvale_core::{
     AttnPage, AttnRow, AttnState, Buffer, DType, Device, DeviceExt, KvDtype, KvLayout,
 };
 use arkvale_cpu::CpuDevice;
-use common::{median_time, xorshift};
+use common::{median_time, rand_vec};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const CONTEXT: usize = 4096;
@@ -35,12 +35,6 @@ struct Setup {
     pages: Vec<AttnPage>,
     state: AttnState,
     flops: f64,
-}
-
-fn rand_vec(state: &mut u64, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| (xorshift(state) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0)
-        .collect()
 }
 
 fn setup(dev: &Arc<dyn Device>, kv_heads: usize, gqa: usize) -> Setup {

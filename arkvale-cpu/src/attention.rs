@@ -29,7 +29,7 @@ use std::ops::Range;
 use arkvale_core::{AttnPage, AttnRow, KvLayout};
 
 use crate::attn_tile::{KEY_PAD, TRANSPOSE_FROM, scores, scores_rows, transpose, weighted_values};
-use crate::elem::{KvElem, dot, exp_neg, exp_shifted, load, max_lanes, sum_lanes};
+use crate::elem::{KvElem, dot, exp_lane, exp_shifted, load, max_lanes, sum_lanes};
 use crate::par::Par;
 use crate::scatter::{chunks_mut, group_by_target};
 
@@ -357,7 +357,7 @@ fn fold_scores(
     }
     let old = out.m[t];
     let m = old.max(page_max);
-    let alpha = if m == old { 1.0 } else { exp_neg(old - m) };
+    let alpha = if m == old { 1.0 } else { exp_lane(old - m) };
     exp_shifted(&mut s[..nr], m);
     let page_sum = sum_lanes(&s[..nr]);
     out.l[t] = out.l[t] * alpha + page_sum;

@@ -235,48 +235,54 @@ unsafe fn transpose_avx(k: &[f32], n: usize, d: usize, kt: &mut [f32], np: usize
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn scores_avx2(q: &[f32], ne: usize, d: usize, kt: &[f32], np: usize, s: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let (qp, kp, sp) = (q.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
     let quads = ne / 4 * 4;
     for e in (0..quads).step_by(4) {
-        for i0 in (0..np).step_by(KEY_PAD) {
-            let mut a = [[_mm256_setzero_ps(); 2]; 4];
-            for c in 0..d {
-                // SAFETY: c < d, i0 + 16 <= np, e + 4 <= ne: inside `q` and `kt`.
-                unsafe {
-                    let k0 = _mm256_loadu_ps(kp.add(c * np + i0));
-                    let k1 = _mm256_loadu_ps(kp.add(c * np + i0 + 8));
-                    for (r, ar) in a.iter_mut().enumerate() {
-                        let b = _mm256_broadcast_ss(&*qp.add((e + r) * d + c));
-                        ar[0] = _mm256_fmadd_ps(b, k0, ar[0]);
-                        ar[1] = _mm256_fmadd_ps(b, k1, ar[1]);
-                    }
-                }
-            }
-            for (r, ar) in a.iter().enumerate() {
-                // SAFETY: e + r < ne and i0 + 16 <= np: inside `s`.
-                unsafe {
-                    _mm256_storeu_ps(sp.add((e + r) * np + i0), ar[0]);
-                    _mm256_storeu_ps(sp.add((e + r) * np + i0 + 8), ar[1]);
+        // SAFETY: e + 4 <= ne; the caller's lengths.
+        unsafe { scores_pass::<4>(q, e, d, kt, np, s) };
+    }
+    for e in quads..ne {
+        // SAFETY: e + 1 <= ne; the caller's lengths.
+        unsafe { scores_pass::<1>(q, e, d, kt, np, s) };
+    }
+}
+
+/// Scores of queries `e..e + Q` against all `np` keys, sixteen keys at a time (`2 Q`
+/// accumulators; each key vector loaded once for the `Q` queries).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `e + Q <= ne` and the lengths [`scores`] checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn scores_pass<const Q: usize>(
+    q: &[f32],
+    e: usize,
+    d: usize,
+    kt: &[f32],
+    np: usize,
+    s: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (qp, kp, sp) = (q.as_ptr(), kt.as_ptr(), s.as_mut_ptr());
+    for i0 in (0..np).step_by(KEY_PAD) {
+        let mut a = [[_mm256_setzero_ps(); 2]; Q];
+        for c in 0..d {
+            // SAFETY: c < d, i0 + 16 <= np, e + Q <= ne: inside `q` and `kt`.
+            unsafe {
+                let k0 = _mm256_loadu_ps(kp.add(c * np + i0));
+                let k1 = _mm256_loadu_ps(kp.add(c * np + i0 + 8));
+                for (r, ar) in a.iter_mut().enumerate() {
+                    let b = _mm256_broadcast_ss(&*qp.add((e + r) * d + c));
+                    ar[0] = _mm256_fmadd_ps(b, k0, ar[0]);
+                    ar[1] = _mm256_fmadd_ps(b, k1, ar[1]);
                 }
             }
         }
-    }
-    for e in quads..ne {
-        for i0 in (0..np).step_by(KEY_PAD) {
-            let mut a = [_mm256_setzero_ps(); 2];
-            for c in 0..d {
-                // SAFETY: as above, for one query.
-                unsafe {
-                    let b = _mm256_broadcast_ss(&*qp.add(e * d + c));
-                    a[0] = _mm256_fmadd_ps(b, _mm256_loadu_ps(kp.add(c * np + i0)), a[0]);
-                    a[1] = _mm256_fmadd_ps(b, _mm256_loadu_ps(kp.add(c * np + i0 + 8)), a[1]);
-                }
-            }
-            // SAFETY: e < ne and i0 + 16 <= np: inside `s`.
+        for (r, ar) in a.iter().enumerate() {
+            // SAFETY: e + r < ne and i0 + 16 <= np: inside `s`.
             unsafe {
-                _mm256_storeu_ps(sp.add(e * np + i0), a[0]);
-                _mm256_storeu_ps(sp.add(e * np + i0 + 8), a[1]);
+                _mm256_storeu_ps(sp.add((e + r) * np + i0), ar[0]);
+                _mm256_storeu_ps(sp.add((e + r) * np + i0 + 8), ar[1]);
             }
         }
     }
@@ -299,59 +305,64 @@ unsafe fn weighted_values_avx2(
     alpha: &[f32],
     acc: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
-    let ne = alpha.len();
-    let pairs = ne / 2 * 2;
-    let (wp, vp, ap) = (w.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
+    let pairs = alpha.len() / 2 * 2;
     for e in (0..pairs).step_by(2) {
-        for c0 in (0..d).step_by(32) {
-            // SAFETY: e + 1 < ne, c0 + 32 <= d, i < nk: inside `acc`, `w` and `v`.
-            unsafe {
-                let (a0, a1) = (_mm256_set1_ps(alpha[e]), _mm256_set1_ps(alpha[e + 1]));
-                let o0 = ap.add(e * d + c0);
-                let o1 = ap.add((e + 1) * d + c0);
-                let mut x0 = [_mm256_setzero_ps(); 4];
-                let mut x1 = [_mm256_setzero_ps(); 4];
-                for j in 0..4 {
-                    x0[j] = _mm256_mul_ps(a0, _mm256_loadu_ps(o0.add(8 * j)));
-                    x1[j] = _mm256_mul_ps(a1, _mm256_loadu_ps(o1.add(8 * j)));
-                }
-                for i in 0..nk {
-                    let w0 = _mm256_broadcast_ss(&*wp.add(e * np + i));
-                    let w1 = _mm256_broadcast_ss(&*wp.add((e + 1) * np + i));
-                    let vi = vp.add(i * d + c0);
-                    for j in 0..4 {
-                        let vj = _mm256_loadu_ps(vi.add(8 * j));
-                        x0[j] = _mm256_fmadd_ps(w0, vj, x0[j]);
-                        x1[j] = _mm256_fmadd_ps(w1, vj, x1[j]);
-                    }
-                }
-                for j in 0..4 {
-                    _mm256_storeu_ps(o0.add(8 * j), x0[j]);
-                    _mm256_storeu_ps(o1.add(8 * j), x1[j]);
+        // SAFETY: e + 2 <= ne; the caller's lengths.
+        unsafe { values_pass::<2>(w, np, nk, v, d, alpha, e, acc) };
+    }
+    if pairs < alpha.len() {
+        // SAFETY: e + 1 <= ne; the caller's lengths.
+        unsafe { values_pass::<1>(w, np, nk, v, d, alpha, pairs, acc) };
+    }
+}
+
+/// Weighted values of queries `e..e + Q`, 32 outputs at a time (`4 Q` accumulators; each
+/// value vector loaded once for the `Q` queries).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `e + Q <= alpha.len()`, `d % 32 == 0` and the lengths
+/// [`weighted_values`] checks.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn values_pass<const Q: usize>(
+    w: &[f32],
+    np: usize,
+    nk: usize,
+    v: &[f32],
+    d: usize,
+    alpha: &[f32],
+    e: usize,
+    acc: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (wp, vp, ap) = (w.as_ptr(), v.as_ptr(), acc.as_mut_ptr());
+    for c0 in (0..d).step_by(32) {
+        // SAFETY: e + Q <= ne, c0 + 32 <= d, i < nk: inside `acc`, `w` and `v`.
+        unsafe {
+            let mut x = [[_mm256_setzero_ps(); 4]; Q];
+            for (r, xr) in x.iter_mut().enumerate() {
+                let a = _mm256_set1_ps(alpha[e + r]);
+                let o = ap.add((e + r) * d + c0);
+                for (j, xj) in xr.iter_mut().enumerate() {
+                    *xj = _mm256_mul_ps(a, _mm256_loadu_ps(o.add(8 * j)));
                 }
             }
-        }
-    }
-    for (e, &alpha_e) in alpha.iter().enumerate().skip(pairs) {
-        for c0 in (0..d).step_by(32) {
-            // SAFETY: e < ne, c0 + 32 <= d, i < nk: inside `acc`, `w` and `v`.
-            unsafe {
-                let a0 = _mm256_set1_ps(alpha_e);
-                let o0 = ap.add(e * d + c0);
-                let mut x0 = [_mm256_setzero_ps(); 4];
-                for (j, x) in x0.iter_mut().enumerate() {
-                    *x = _mm256_mul_ps(a0, _mm256_loadu_ps(o0.add(8 * j)));
-                }
-                for i in 0..nk {
-                    let w0 = _mm256_broadcast_ss(&*wp.add(e * np + i));
-                    let vi = vp.add(i * d + c0);
-                    for (j, x) in x0.iter_mut().enumerate() {
-                        *x = _mm256_fmadd_ps(w0, _mm256_loadu_ps(vi.add(8 * j)), *x);
+            for i in 0..nk {
+                let vi = vp.add(i * d + c0);
+                let vs = [0, 1, 2, 3].map(|j| _mm256_loadu_ps(vi.add(8 * j)));
+                for (r, xr) in x.iter_mut().enumerate() {
+                    let wr = _mm256_broadcast_ss(&*wp.add((e + r) * np + i));
+                    for (xj, vj) in xr.iter_mut().zip(vs) {
+                        *xj = _mm256_fmadd_ps(wr, vj, *xj);
                     }
                 }
-                for (j, x) in x0.iter().enumerate() {
-                    _mm256_storeu_ps(o0.add(8 * j), *x);
+            }
+            for (r, xr) in x.iter().enumerate() {
+                let o = ap.add((e + r) * d + c0);
+                for (j, xj) in xr.iter().enumerate() {
+                    _mm256_storeu_ps(o.add(8 * j), *xj);
                 }
             }
         }
