@@ -1,13 +1,20 @@
-//! Decode attention of one layer over a long context: `full` vs `arkvale` (2048-token budget),
-//! and the attention's achieved bandwidth against a plain memcpy of the same bytes, all in
-//! the same run. Shapes follow the issue: 32 query heads, 8 KV heads, head dim 128, f16
-//! storage, batch 1, contexts of 8k and 32k tokens.
+//! Decode attention over a long context: `full` vs `arkvale`, and the attention's achieved
+//! bandwidth against a plain memcpy of the same bytes on the same threads, all in the same
+//! run. Two cases:
 //!
-//! The context is loaded with `CacheManager::load_layer` (random post-RoPE keys with a
-//! per-page offset so attention is not uniform), then each iteration runs one real
-//! `decode_layer` — append, digest/backup when a page fills, estimate, top-k, recalls,
-//! attention — so the sequence grows by one token per iteration (a few percent over a run,
-//! equally for both policies). After criterion's report, a summary table prints the ratios.
+//! - `decode_layer_{8,32}k`: one layer of 32 query heads, 8 KV heads, head dim 128, pages of
+//!   32, one head group per layer, every core; budget 2048;
+//! - `smollm2_all_layers_8k`: SmolLM2-135M's cache geometry as `arkvale generate` runs it —
+//!   30 layers of 9 query / 3 KV heads × 64, pages of 16, one head group per KV head, one
+//!   thread — so the KV pool (188 MB at 8k) is far larger than the caches and its slots of
+//!   4 KiB are spread over memory as a real prompt's chunked prefill leaves them; budget 512.
+//!
+//! f16 storage and batch 1 in both. The context is loaded with `CacheManager::load_layer`
+//! (random post-RoPE keys with a per-page offset so attention is not uniform), then each
+//! iteration runs one real `decode_layer` per layer — append, digest/backup when a page
+//! fills, estimate, top-k, recalls, attention — so the sequence grows by one token per
+//! iteration (a few percent over a run, equally for both policies). After criterion's
+//! report, a summary table prints the ratios.
 
 mod common;
 
@@ -23,28 +30,66 @@ use arkvale_cpu::CpuDevice;
 use common::{median_time, rand_vec};
 use criterion::{Criterion, criterion_group, criterion_main};
 
-const SHAPE: ModelShape = ModelShape {
-    layers: 1,
-    q_heads: 32,
-    kv_heads: 8,
-    head_dim: 128,
-};
-const CONTEXTS: [usize; 2] = [8192, 32768];
-const BUDGET: usize = 2048;
+/// One benchmarked geometry.
+struct Case {
+    name: &'static str,
+    shape: ModelShape,
+    page_size: usize,
+    /// Head groups per layer (`kv_heads`: one per KV head).
+    head_groups: usize,
+    budget: usize,
+    /// CPU worker threads (`None`: every core).
+    threads: Option<usize>,
+    contexts: &'static [usize],
+}
+
+const CASES: [Case; 2] = [
+    Case {
+        name: "decode_layer",
+        shape: ModelShape {
+            layers: 1,
+            q_heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+        },
+        page_size: 32,
+        head_groups: 1,
+        budget: 2048,
+        threads: None,
+        contexts: &[8192, 32768],
+    },
+    Case {
+        name: "smollm2_all_layers",
+        shape: ModelShape {
+            layers: 30,
+            q_heads: 9,
+            kv_heads: 3,
+            head_dim: 64,
+        },
+        page_size: 16,
+        head_groups: 3,
+        budget: 512,
+        threads: Some(1),
+        contexts: &[8192],
+    },
+];
 
 struct Setup {
     cache: CacheManager,
     seq: SeqId,
+    layers: usize,
     q: Buffer,
     k: Buffer,
     v: Buffer,
     out: Buffer,
 }
 
-fn setup(dev: &Arc<dyn Device>, policy: &str, context: usize) -> Setup {
+fn setup(dev: &Arc<dyn Device>, case: &Case, policy: &str, context: usize) -> Setup {
+    let shape = case.shape;
     let config = CacheConfig {
-        page_size: 32,
-        budget_tokens: BUDGET,
+        page_size: case.page_size,
+        head_groups: case.head_groups,
+        budget_tokens: case.budget,
         dense_layers: 0,
         kv_dtype: KvDtype::F16,
         device_bytes: 1 << 30,
@@ -53,20 +98,21 @@ fn setup(dev: &Arc<dyn Device>, policy: &str, context: usize) -> Setup {
         ..CacheConfig::default()
     };
     let policy = policy_by_name(policy, &config).expect("policy");
-    let mut cache = CacheManager::new(dev.clone(), SHAPE, config, policy).expect("cache");
+    let mut cache = CacheManager::new(dev.clone(), shape, config, policy).expect("cache");
     let seq = cache.add_sequence();
-    let row = SHAPE.kv_heads * SHAPE.head_dim;
+    let row = shape.kv_heads * shape.head_dim;
     let mut state = 0x2545_F491_4F6C_DD1D_u64;
-    let mut k = rand_vec(&mut state, context * row);
-    let v = rand_vec(&mut state, context * row);
-    // A per-page offset makes some pages matter more than others, as in real models.
-    for (t, key) in k.chunks_mut(row).enumerate() {
-        let bias = ((t / 32) as f32 * 0.37).sin();
-        key.iter_mut().for_each(|x| *x += bias);
-    }
-    let qv = rand_vec(&mut state, SHAPE.q_heads * SHAPE.head_dim);
+    let qv = rand_vec(&mut state, shape.q_heads * shape.head_dim);
     let q = dev.upload_f32(&qv, DType::F32).expect("q");
-    cache.load_layer(0, seq, &k, &v, &q).expect("load");
+    for layer in 0..shape.layers {
+        let mut k = rand_vec(&mut state, context * row);
+        let v = rand_vec(&mut state, context * row);
+        for (t, key) in k.chunks_mut(row).enumerate() {
+            let bias = ((t / 32) as f32 * 0.37 + layer as f32).sin();
+            key.iter_mut().for_each(|x| *x += bias);
+        }
+        cache.load_layer(layer, seq, &k, &v, &q).expect("load");
+    }
     let k1 = dev
         .upload_f32(&rand_vec(&mut state, row), DType::F32)
         .expect("k");
@@ -77,6 +123,7 @@ fn setup(dev: &Arc<dyn Device>, policy: &str, context: usize) -> Setup {
     Setup {
         cache,
         seq,
+        layers: shape.layers,
         q,
         k: k1,
         v: v1,
@@ -84,48 +131,62 @@ fn setup(dev: &Arc<dyn Device>, policy: &str, context: usize) -> Setup {
     }
 }
 
+/// One decode step: every layer once.
 fn step(s: &mut Setup) {
-    s.cache
-        .decode_layer(0, &[s.seq], &s.q, &s.k, &s.v, &s.out)
-        .expect("decode");
+    for layer in 0..s.layers {
+        s.cache
+            .decode_layer(layer, &[s.seq], &s.q, &s.k, &s.v, &s.out)
+            .expect("decode");
+    }
     black_box(&s.out);
 }
 
 fn bench(c: &mut Criterion) {
-    let dev: Arc<dyn Device> = Arc::new(CpuDevice::new(None).expect("cpu device"));
     let mut rows = Vec::new();
-    for context in CONTEXTS {
-        let mut full = setup(&dev, "full", context);
-        let mut ark = setup(&dev, "arkvale", context);
-        let mut group = c.benchmark_group(format!("decode_layer_{}k", context / 1024));
-        group
-            .sample_size(20)
-            .measurement_time(Duration::from_secs(4));
-        group.bench_function("full", |b| b.iter(|| step(&mut full)));
-        group.bench_function("arkvale_2048", |b| b.iter(|| step(&mut ark)));
-        let bytes = context * SHAPE.kv_bytes_per_token_layer(2);
-        let src = vec![1u8; bytes];
-        let mut dst = vec![0u8; bytes];
-        group.bench_function("memcpy_kv_bytes", |b| {
-            b.iter(|| {
-                dst.copy_from_slice(black_box(&src));
-                black_box(&dst);
-            })
-        });
-        group.finish();
-        let t_full = median_time(|| step(&mut full), 15);
-        let t_ark = median_time(|| step(&mut ark), 15);
-        let t_copy = median_time(|| dst.copy_from_slice(black_box(&src)), 15);
-        rows.push((context, t_full, t_ark, t_copy, bytes));
+    for case in &CASES {
+        let dev: Arc<dyn Device> = Arc::new(CpuDevice::new(case.threads).expect("cpu device"));
+        for &context in case.contexts {
+            let mut full = setup(&dev, case, "full", context);
+            let mut ark = setup(&dev, case, "arkvale", context);
+            let mut group = c.benchmark_group(format!("{}_{}k", case.name, context / 1024));
+            group
+                .sample_size(20)
+                .measurement_time(Duration::from_secs(4));
+            let ark_name = format!("arkvale_{}", case.budget);
+            group.bench_function("full", |b| b.iter(|| step(&mut full)));
+            group.bench_function(&ark_name, |b| b.iter(|| step(&mut ark)));
+            let bytes = context * case.shape.kv_bytes_per_token_layer(2) * case.shape.layers;
+            let src = vec![1u8; bytes];
+            let mut dst = vec![0u8; bytes];
+            group.bench_function("memcpy_kv_bytes", |b| {
+                b.iter(|| {
+                    dst.copy_from_slice(black_box(&src));
+                    black_box(&dst);
+                })
+            });
+            group.finish();
+            let t_full = median_time(|| step(&mut full), 15);
+            let t_ark = median_time(|| step(&mut ark), 15);
+            let t_copy = median_time(|| dst.copy_from_slice(black_box(&src)), 15);
+            rows.push((
+                case.name,
+                case.budget,
+                context,
+                t_full,
+                t_ark,
+                t_copy,
+                bytes,
+            ));
+        }
     }
     println!(
-        "\n| context | full | arkvale (2048) | full / arkvale | full attn GB/s | memcpy GB/s | attn / memcpy |"
+        "\n| case | context | full | arkvale | full / arkvale | full attn GB/s | memcpy GB/s | attn / memcpy |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    for (ctx, tf, ta, tc, bytes) in rows {
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, budget, ctx, tf, ta, tc, bytes) in rows {
         let gbs = |t: Duration| bytes as f64 / t.as_secs_f64() / 1e9;
         println!(
-            "| {ctx} | {tf:.2?} | {ta:.2?} | {:.2}x | {:.1} | {:.1} | {:.2} |",
+            "| {name} | {ctx} | {tf:.2?} | {ta:.2?} (budget {budget}) | {:.2}x | {:.1} | {:.1} | {:.2} |",
             tf.as_secs_f64() / ta.as_secs_f64(),
             gbs(tf),
             gbs(tc),

@@ -8,11 +8,13 @@
 //! most [`ROW_BLOCK`] rows. A **task** is one block × one **chunk** of the block's pages
 //! (flash-decoding's split of the key sequence); chunks are made small enough that there are a
 //! few tasks per thread. A task walks its pages slot by slot (each slot is read front to back,
-//! which keeps the memory streams sequential), and for each KV head of the group widens the
-//! page's keys (and values) once into an f32 tile, scores every query head of the block that
-//! shares that KV head against the tile (a `rows × gqa × p` score tile, never a full score
-//! matrix), and folds it into running softmax partials `(max, sum, acc)` with one rescale per
-//! page. The tasks of a block are then merged in chunk order by online-softmax rescaling:
+//! which keeps the memory streams sequential, and the next page's slot is prefetched while
+//! one is computed), and for each KV head of the group scores every query head of the block
+//! that shares that KV head against the page's keys (a `rows × gqa × p` score tile, never a
+//! full score matrix), and folds it into running softmax partials `(max, sum, acc)` with one
+//! rescale per page. With many queries per KV head (prefill) the page's keys and values are
+//! first widened once into f32 tiles (the keys transposed); with few (decode) the kernels
+//! read them from the pool as stored, widening in registers. The tasks of a block are then merged in chunk order by online-softmax rescaling:
 //!
 //! ```text
 //! m = max(m_a, m_b);  sum = sum_a e^(m_a - m) + sum_b e^(m_b - m);  acc likewise
@@ -29,7 +31,7 @@ use std::ops::Range;
 use arkvale_core::{AttnPage, AttnRow, KvLayout};
 
 use crate::attn_tile::{KEY_PAD, TRANSPOSE_FROM, scores, scores_rows, transpose, weighted_values};
-use crate::elem::{KvElem, dot, exp_lane, exp_shifted, load, max_lanes, sum_lanes};
+use crate::elem::{KvElem, dot, exp_lane, exp_shifted, load, max_lanes, prefetch, sum_lanes};
 use crate::par::Par;
 use crate::scatter::{chunks_mut, group_by_target};
 
@@ -193,7 +195,7 @@ pub(crate) struct Want {
 }
 
 /// Scratch tiles of one task: one page of one KV head's keys (row-major and transposed) and
-/// values widened to f32, the scores (then weights) of the KV head's queries against it, and
+/// values widened to f32 (prefill only), the scores (then weights) of the KV head's queries against it, and
 /// each query's rescale factor for the page.
 struct Tiles {
     k: Vec<f32>,
@@ -221,9 +223,9 @@ fn run_task_avx2<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
     run_task_body(pb, blk, task, want)
 }
 
-/// Runs one task: for each page of the chunk (a slot is read front to back) and each KV head,
-/// widens the head's keys and values once (the keys also transposed when at least
-/// [`TRANSPOSE_FROM`] queries share them), scores every query of the block that shares that
+/// Runs one task: for each page of the chunk (a slot is read front to back; the next one is
+/// prefetched) and each KV head, widens the head's keys (transposed) and values once when at
+/// least [`TRANSPOSE_FROM`] queries share them (else the kernels read them as stored), scores every query of the block that shares that
 /// KV head against them in one tile product, folds each query's scores into its running
 /// softmax (one rescale per page) and adds the weighted values in a second tile product (see
 /// [`crate::attn_tile`]).
@@ -265,7 +267,13 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
         s: vec![0f32; ne * np],
         alpha: vec![1f32; ne],
     };
-    for (pn, page) in pb.pages[task.pages.clone()].iter().enumerate() {
+    let task_pages = &pb.pages[task.pages.clone()];
+    let slot_elems = l.slot_elems();
+    for (pn, page) in task_pages.iter().enumerate() {
+        if let Some(next) = task_pages.get(pn + 1) {
+            let at = next.slot as usize * slot_elems;
+            prefetch(&pb.pool[at..at + slot_elems]);
+        }
         let n = page.len as usize;
         // Tokens of this page each row may see (causality: base_pos + i <= pos).
         let reach = |row: &AttnRow| {
@@ -279,17 +287,21 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
         let slot = page.slot as usize;
         for h in 0..hg {
             let ko = l.k_offset(slot, h, 0);
-            load(&pb.pool[ko..ko + n * d], &mut tiles.k[..n * d]);
+            let vo = l.v_offset(slot, h, 0);
+            let (keys, vals) = (&pb.pool[ko..ko + n * d], &pb.pool[vo..vo + n * d]);
             let qh = &qs[h * ne * d..(h + 1) * ne * d];
-            if ne >= TRANSPOSE_FROM {
+            // Many queries per KV head (prefill): widen the page once (keys transposed) and
+            // let every query reuse it. Few (decode): read the pool as stored.
+            let tiled = ne >= TRANSPOSE_FROM;
+            if tiled {
+                load(keys, &mut tiles.k[..n * d]);
                 transpose(&tiles.k, n, d, &mut tiles.kt, np);
                 scores(qh, ne, d, &tiles.kt, np, &mut tiles.s);
+                if values {
+                    load(vals, &mut tiles.v[..n * d]);
+                }
             } else {
-                scores_rows(qh, ne, d, &tiles.k, n, np, &mut tiles.s);
-            }
-            if values {
-                let vo = l.v_offset(slot, h, 0);
-                load(&pb.pool[vo..vo + n * d], &mut tiles.v[..n * d]);
+                scores_rows(qh, ne, d, keys, n, np, &mut tiles.s);
             }
             let keep = pb
                 .mask
@@ -318,7 +330,11 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
             }
             if values && nk > 0 {
                 let acc = &mut out.acc[h * ne * d..(h + 1) * ne * d];
-                weighted_values(&tiles.s, np, nk, &tiles.v, d, &tiles.alpha, acc);
+                if tiled {
+                    weighted_values(&tiles.s, np, nk, &tiles.v, d, &tiles.alpha, acc);
+                } else {
+                    weighted_values(&tiles.s, np, nk, vals, d, &tiles.alpha, acc);
+                }
             }
         }
     }

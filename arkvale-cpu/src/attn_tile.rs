@@ -9,6 +9,8 @@
 //! component and multiplies it into sixteen keys at once, for four queries at a time: no
 //! horizontal sums, and each key component is loaded once per four queries.
 
+use crate::elem::KvElem;
+
 /// The key count of a transposed key tile is padded to a multiple of this.
 pub(crate) const KEY_PAD: usize = 16;
 
@@ -66,13 +68,14 @@ pub(crate) const TRANSPOSE_FROM: usize = 4;
 
 /// `s[e * np + i] = Σ_c q[e * d + c] · k[i * d + c]` for every query `e < ne` and key
 /// `i < n`, from a **row-major** key tile (no transpose): for few queries per KV head
-/// (decode), where transposing the tile would cost more than it saves. Entries `n..np` of
-/// each row are left as they are.
-pub(crate) fn scores_rows(
+/// (decode), where transposing the tile would cost more than it saves. The keys are read as
+/// stored (f32, f16 or bf16; the vector path widens them in registers, so decode reads a
+/// page's keys straight from the pool). Entries `n..np` of each row are left as they are.
+pub(crate) fn scores_rows<T: KvElem>(
     q: &[f32],
     ne: usize,
     d: usize,
-    k: &[f32],
+    k: &[T],
     n: usize,
     np: usize,
     s: &mut [f32],
@@ -80,32 +83,44 @@ pub(crate) fn scores_rows(
     assert!(n <= np && q.len() >= ne * d && k.len() >= n * d && s.len() >= ne * np);
     #[cfg(target_arch = "x86_64")]
     if crate::elem::has_avx2_fma_f16c() && d % 8 == 0 && ne <= 3 {
-        // SAFETY: the CPU has AVX2 and FMA; the lengths were checked above.
+        // SAFETY: the CPU has AVX2, FMA and F16C; the lengths were checked above.
         unsafe { scores_rows_avx2(q, ne, d, k, n, np, s) };
         return;
     }
-    for e in 0..ne {
-        let qe = &q[e * d..(e + 1) * d];
+    with_row_buffer(d, |row| {
         for i in 0..n {
-            s[e * np + i] = crate::elem::dot(qe, &k[i * d..(i + 1) * d]);
+            T::load(&k[i * d..(i + 1) * d], row);
+            for e in 0..ne {
+                s[e * np + i] = crate::elem::dot(&q[e * d..(e + 1) * d], row);
+            }
         }
+    });
+}
+
+/// Runs `f` on a scratch row of `d` f32 (on the stack for the usual head sizes).
+fn with_row_buffer(d: usize, f: impl FnOnce(&mut [f32])) {
+    const STACK: usize = 256;
+    if d <= STACK {
+        f(&mut [0f32; STACK][..d]);
+    } else {
+        f(&mut vec![0f32; d]);
     }
 }
 
-/// [`scores_rows`] with AVX2 + FMA for up to three queries: each key row is loaded once, eight
-/// components at a time, into one accumulator per query, then each accumulator is summed
-/// across its lanes.
+/// [`scores_rows`] with AVX2 + FMA for up to three queries: each key row is loaded (and
+/// widened) once, eight components at a time, into one accumulator per query, then each
+/// accumulator is summed across its lanes.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; the lengths are those [`scores_rows`] checks; `d % 8 == 0`,
-/// `ne <= 3`.
+/// The CPU has AVX2, FMA and F16C; the lengths are those [`scores_rows`] checks;
+/// `d % 8 == 0`, `ne <= 3`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn scores_rows_avx2(
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_rows_avx2<T: KvElem>(
     q: &[f32],
     ne: usize,
     d: usize,
-    k: &[f32],
+    k: &[T],
     n: usize,
     np: usize,
     s: &mut [f32],
@@ -117,7 +132,7 @@ unsafe fn scores_rows_avx2(
         for c in (0..d).step_by(8) {
             // SAFETY: i < n, c + 8 <= d, e < ne: inside `k` and `q`.
             unsafe {
-                let kv = _mm256_loadu_ps(kp.add(i * d + c));
+                let kv = T::load8(kp.add(i * d + c));
                 for (e, ae) in a.iter_mut().enumerate().take(ne) {
                     *ae = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(e * d + c)), kv, *ae);
                 }
@@ -135,12 +150,13 @@ unsafe fn scores_rows_avx2(
 }
 
 /// For every query `e < alpha.len()`: `acc[e] = alpha[e] · acc[e] + Σ_{i < nk} w[e * np + i] ·
-/// v[i]`, where `acc[e]` and `v[i]` are the `d` values at `e * d` and `i * d`.
-pub(crate) fn weighted_values(
+/// v[i]`, where `acc[e]` and `v[i]` are the `d` values at `e * d` and `i * d`. The values
+/// are read as stored (see [`scores_rows`]).
+pub(crate) fn weighted_values<T: KvElem>(
     w: &[f32],
     np: usize,
     nk: usize,
-    v: &[f32],
+    v: &[T],
     d: usize,
     alpha: &[f32],
     acc: &mut [f32],
@@ -149,14 +165,33 @@ pub(crate) fn weighted_values(
     assert!(nk <= np && w.len() >= ne * np && v.len() >= nk * d && acc.len() >= ne * d);
     #[cfg(target_arch = "x86_64")]
     if crate::elem::has_avx2_fma_f16c() && d % 32 == 0 {
-        // SAFETY: the CPU has AVX2 and FMA; the lengths were checked above.
+        // SAFETY: the CPU has AVX2, FMA and F16C; the lengths were checked above.
         unsafe { weighted_values_avx2(w, np, nk, v, d, alpha, acc) };
         return;
     }
-    weighted_values_portable(w, np, nk, v, d, alpha, acc);
+    with_row_buffer(d, |row| {
+        for (e, &a) in alpha.iter().enumerate() {
+            if a != 1.0 {
+                acc[e * d..(e + 1) * d].iter_mut().for_each(|x| *x *= a);
+            }
+        }
+        for i in 0..nk {
+            T::load(&v[i * d..(i + 1) * d], row);
+            for e in 0..ne {
+                let wi = w[e * np + i];
+                if wi != 0.0 {
+                    for (x, &y) in acc[e * d..(e + 1) * d].iter_mut().zip(row.iter()) {
+                        *x += wi * y;
+                    }
+                }
+            }
+        }
+    });
 }
 
-/// [`weighted_values`], one query and value at a time.
+/// [`weighted_values`] on f32 values, one query and value at a time: the definition the
+/// vector paths are tested against.
+#[cfg(test)]
 fn weighted_values_portable(
     w: &[f32],
     np: usize,
@@ -293,14 +328,15 @@ unsafe fn scores_pass<const Q: usize>(
 /// (`d % 32 == 0`).
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; the lengths are those [`weighted_values`] checks; `d % 32 == 0`.
+/// The CPU has AVX2, FMA and F16C; the lengths are those [`weighted_values`] checks;
+/// `d % 32 == 0`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_values_avx2(
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_values_avx2<T: KvElem>(
     w: &[f32],
     np: usize,
     nk: usize,
-    v: &[f32],
+    v: &[T],
     d: usize,
     alpha: &[f32],
     acc: &mut [f32],
@@ -308,11 +344,11 @@ unsafe fn weighted_values_avx2(
     let pairs = alpha.len() / 2 * 2;
     for e in (0..pairs).step_by(2) {
         // SAFETY: e + 2 <= ne; the caller's lengths.
-        unsafe { values_pass::<2>(w, np, nk, v, d, alpha, e, acc) };
+        unsafe { values_pass::<T, 2>(w, np, nk, v, d, alpha, e, acc) };
     }
     if pairs < alpha.len() {
         // SAFETY: e + 1 <= ne; the caller's lengths.
-        unsafe { values_pass::<1>(w, np, nk, v, d, alpha, pairs, acc) };
+        unsafe { values_pass::<T, 1>(w, np, nk, v, d, alpha, pairs, acc) };
     }
 }
 
@@ -320,17 +356,17 @@ unsafe fn weighted_values_avx2(
 /// value vector loaded once for the `Q` queries).
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `e + Q <= alpha.len()`, `d % 32 == 0` and the lengths
+/// The CPU has AVX2, FMA and F16C; `e + Q <= alpha.len()`, `d % 32 == 0` and the lengths
 /// [`weighted_values`] checks.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
-unsafe fn values_pass<const Q: usize>(
+unsafe fn values_pass<T: KvElem, const Q: usize>(
     w: &[f32],
     np: usize,
     nk: usize,
-    v: &[f32],
+    v: &[T],
     d: usize,
     alpha: &[f32],
     e: usize,
@@ -351,7 +387,7 @@ unsafe fn values_pass<const Q: usize>(
             }
             for i in 0..nk {
                 let vi = vp.add(i * d + c0);
-                let vs = [0, 1, 2, 3].map(|j| _mm256_loadu_ps(vi.add(8 * j)));
+                let vs = [0, 1, 2, 3].map(|j| T::load8(vi.add(8 * j)));
                 for (r, xr) in x.iter_mut().enumerate() {
                     let wr = _mm256_broadcast_ss(&*wp.add((e + r) * np + i));
                     for (xj, vj) in xr.iter_mut().zip(vs) {
@@ -376,6 +412,55 @@ mod tests {
 
     fn close(a: f32, b: f32) -> bool {
         (a - b).abs() <= 1e-5 * (1.0 + a.abs().max(b.abs()))
+    }
+
+    /// One random tile of the property test: queries, keys (also used as values), weights,
+    /// rescale factors and a starting output.
+    struct Tile<'a> {
+        q: &'a [f32],
+        ne: usize,
+        d: usize,
+        k: &'a [f32],
+        n: usize,
+        np: usize,
+        w: &'a [f32],
+        nk: usize,
+        alpha: &'a [f32],
+        acc: &'a [f32],
+    }
+
+    /// The row-major scores and the weighted values reading keys and values stored as `T`
+    /// (decode's direct pool reads) equal the portable products of the widened copies
+    /// (widening is exact, so the same f32 tolerance). Outputs start poisoned.
+    fn narrow_reads_equal_the_widened_ones<T: KvElem + Default>(
+        t: &Tile<'_>,
+    ) -> Result<(), TestCaseError> {
+        let (ne, d, n, np) = (t.ne, t.d, t.n, t.np);
+        let mut narrow = vec![T::default(); t.k.len()];
+        T::store(t.k, &mut narrow);
+        let mut wide = vec![0f32; t.k.len()];
+        T::load(&narrow, &mut wide);
+        if ne < TRANSPOSE_FROM {
+            let mut kt = vec![0f32; d * np];
+            transpose_portable(&wide, 0, n, d, &mut kt, np);
+            let mut s_ref = vec![f32::NAN; ne * np];
+            scores_portable(t.q, ne, d, &kt, np, &mut s_ref);
+            let mut s = vec![f32::NAN; ne * np];
+            scores_rows(t.q, ne, d, &narrow, n, np, &mut s);
+            for e in 0..ne {
+                for i in 0..n {
+                    let (a, b) = (s[e * np + i], s_ref[e * np + i]);
+                    prop_assert!(close(a, b), "narrow-key score {a} vs {b}");
+                }
+            }
+        }
+        let (mut acc, mut acc_ref) = (t.acc.to_vec(), t.acc.to_vec());
+        weighted_values(t.w, np, t.nk, &narrow, d, t.alpha, &mut acc);
+        weighted_values_portable(t.w, np, t.nk, &wide, d, t.alpha, &mut acc_ref);
+        for (a, b) in acc.iter().zip(&acc_ref) {
+            prop_assert!(close(*a, *b), "narrow value {a} vs {b}");
+        }
+        Ok(())
     }
 
     proptest! {
@@ -439,6 +524,9 @@ mod tests {
             for (a, b) in acc.iter().zip(&acc_ref) {
                 prop_assert!(close(*a, *b), "value {a} vs {b}");
             }
+            let tile = Tile { q: &q, ne, d, k: &k, n, np, w: &w, nk, alpha: &alpha, acc: &acc_ref };
+            narrow_reads_equal_the_widened_ones::<half::f16>(&tile)?;
+            narrow_reads_equal_the_widened_ones::<half::bf16>(&tile)?;
         }
     }
 

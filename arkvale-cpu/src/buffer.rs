@@ -120,9 +120,10 @@ impl Data {
 
 /// Allocates `len` zeroed elements, reporting an impossible allocation as an error.
 fn zeroed_vec<T: bytemuck::Zeroable + Clone>(len: usize) -> Result<Vec<T>> {
-    let mut v = Vec::new();
+    let mut v: Vec<T> = Vec::new();
     v.try_reserve_exact(len)
         .map_err(|e| Error::device(BACKEND, format!("cannot allocate {len} elements: {e}")))?;
+    crate::huge_pages::advise(v.as_mut_ptr().cast(), len * std::mem::size_of::<T>());
     v.resize(len, T::zeroed());
     Ok(v)
 }

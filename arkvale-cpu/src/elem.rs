@@ -11,6 +11,13 @@ pub(crate) trait KvElem: bytemuck::Pod + Send + Sync {
     fn load(src: &[Self], dst: &mut [f32]);
     /// Rounds `src` into `dst` (same length; round to nearest even).
     fn store(src: &[f32], dst: &mut [Self]);
+    /// The eight elements at `p` widened to f32 (exact, as [`KvElem::load`]): how the AVX2
+    /// tile kernels read keys and values straight from the pool.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C; eight elements are readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
 
 impl KvElem for f32 {
@@ -20,6 +27,13 @@ impl KvElem for f32 {
     }
     fn store(src: &[f32], dst: &mut [Self]) {
         dst.copy_from_slice(src);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
     }
 }
 
@@ -39,6 +53,14 @@ impl KvElem for f16 {
     fn store(src: &[f32], dst: &mut [Self]) {
         dst.convert_from_f32_slice(src);
     }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm256_cvtph_ps};
+        // SAFETY: the caller's contract (eight f16 are 16 bytes).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>())) }
+    }
 }
 
 impl KvElem for bf16 {
@@ -51,6 +73,20 @@ impl KvElem for bf16 {
     }
     fn store(src: &[f32], dst: &mut [Self]) {
         dst.convert_from_f32_slice(src);
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::{
+            __m128i, _mm_loadu_si128, _mm256_castsi256_ps, _mm256_cvtepu16_epi32, _mm256_slli_epi32,
+        };
+        // SAFETY: the caller's contract (eight bf16 are 16 bytes); bf16 is the upper half
+        // of an f32, so widening is a zero extension and a shift.
+        unsafe {
+            let h = _mm_loadu_si128(p.cast::<__m128i>());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
     }
 }
 
@@ -98,6 +134,27 @@ fn f16_bits_to_f32(h: u16) -> f32 {
     let inf_nan = em | 0x7f80_0000;
     let mag = if em >= 0x0f80_0000 { inf_nan } else { scaled };
     f32::from_bits(mag | sign)
+}
+
+/// Asks the CPU to start loading `data` into its caches (one hint per 64-byte line), so that
+/// a later pass over it finds it there instead of waiting on memory: attention prefetches the
+/// next page's slot while it computes on the current one (a slot is one 4 KiB run, which the
+/// hardware prefetchers do not cross into). Only a hint; nothing where the target has none.
+#[inline(always)]
+pub(crate) fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let bytes = std::mem::size_of_val(data);
+        let base = data.as_ptr().cast::<i8>();
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: `off < bytes`, so the address lies inside `data`; a prefetch reads
+            // nothing architecturally and cannot fault.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(off)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 /// Widens `src` into `dst` (same length).
