@@ -107,6 +107,28 @@ pub fn topk_indices(scores: &[f32], k: usize) -> Vec<u32> {
     idx
 }
 
+/// [`rank_cmp`] as one integer: `rank_key(sa, a) < rank_key(sb, b)` exactly when
+/// `rank_cmp(sa, a, sb, b)` is `Less` (equal keys, equal ranks). Backends sort these plain
+/// `u64`s instead of calling a comparator: the high half orders the scores descending (both
+/// zeros equal, NaN after `-inf`), the low half is the index.
+pub fn rank_key(score: f32, index: u32) -> u64 {
+    let high = if score.is_nan() {
+        u32::MAX
+    } else {
+        // `+ 0.0` turns -0.0 into +0.0. An f32's bits ordered as a signed-magnitude number:
+        // flipping every bit of a negative and only the sign of a positive gives an unsigned
+        // ascending order; the complement of that is descending (-inf maps below u32::MAX).
+        let bits = (score + 0.0).to_bits();
+        let ascending = if bits >> 31 == 1 {
+            !bits
+        } else {
+            bits | 1 << 31
+        };
+        !ascending
+    };
+    (u64::from(high) << 32) | u64::from(index)
+}
+
 /// The total order of the top-k rule: higher score first, NaN last, then lower index first.
 pub fn rank_cmp(sa: f32, a: u32, sb: f32, b: u32) -> std::cmp::Ordering {
     let key = |s: f32| if s.is_nan() { f32::NEG_INFINITY } else { s };
@@ -175,6 +197,32 @@ mod tests {
             let mut dg = vec![0f32; kind.len(3)];
             summarize(kind, &k, 3, &mut dg);
             assert!((score(kind, &q, &dg) - truth).abs() < 1e-6, "{kind:?}");
+        }
+    }
+
+    proptest! {
+        /// Ordering by [`rank_key`] is exactly [`rank_cmp`], on scores drawn with many
+        /// ties, both zeros, infinities and NaN.
+        #[test]
+        fn rank_keys_order_as_rank_cmp(
+            picks in proptest::collection::vec(0usize..12, 1..64),
+            extra in any::<f32>(),
+        ) {
+            let pool = [
+                0.0, -0.0, 1.5, -1.5, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, f32::MIN,
+                f32::MAX, f32::MIN_POSITIVE, -f32::MIN_POSITIVE * 0.5, extra,
+            ];
+            let scores: Vec<f32> = picks.iter().map(|&i| pool[i]).collect();
+            for (a, &sa) in scores.iter().enumerate() {
+                for (b, &sb) in scores.iter().enumerate() {
+                    let (a, b) = (a as u32, b as u32);
+                    prop_assert_eq!(
+                        rank_key(sa, a).cmp(&rank_key(sb, b)),
+                        rank_cmp(sa, a, sb, b),
+                        "{} #{} vs {} #{}", sa, a, sb, b
+                    );
+                }
+            }
         }
     }
 

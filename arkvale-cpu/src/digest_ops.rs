@@ -7,9 +7,7 @@
 //! [`arkvale_core::digest::score`] summed over eight lanes: equal to the reference within f32
 //! rounding. Top-k follows the reference's total order exactly.
 
-use std::cmp::Ordering;
-
-use arkvale_core::digest::{rank_cmp, summarize as digest_of};
+use arkvale_core::digest::{rank_key, summarize as digest_of};
 use arkvale_core::{DigestKind, EstimateJob, KvLayout, ScoreAgg, SummarizeJob, TopkSegment};
 
 use crate::elem::{KvElem, dot, load};
@@ -57,6 +55,7 @@ pub(crate) fn summarize<T: KvElem>(
 
 /// The estimated importance of a page for query `q` given its digest: the formulas of
 /// [`arkvale_core::digest::score`], with the sums over the head dimension in eight lanes.
+#[inline(always)]
 pub(crate) fn score(kind: DigestKind, q: &[f32], digest: &[f32]) -> f32 {
     const LANES: usize = 8;
     let d = q.len();
@@ -95,31 +94,70 @@ pub(crate) fn estimate(
     jobs: &[EstimateJob],
     scores: &mut [f32],
 ) {
-    let (d, hg, gqa) = (l.head_dim, l.heads_per_group, l.gqa);
-    let dl = kind.len(d);
-    let q_heads = l.q_heads();
+    let est = Estimate {
+        l,
+        kind,
+        agg,
+        digests,
+        q,
+    };
     let items: Vec<_> = scores[..jobs.len()].iter_mut().zip(jobs).collect();
-    par.for_each(items, |(out, job)| {
+    par.for_each(items, |(out, job)| *out = est.job(job));
+}
+
+/// The inputs every score of one [`estimate`] call shares.
+struct Estimate<'a> {
+    l: &'a KvLayout,
+    kind: DigestKind,
+    agg: ScoreAgg,
+    digests: &'a [f32],
+    q: &'a [f32],
+}
+
+impl Estimate<'_> {
+    /// One job's score, compiled for AVX2 + FMA where the CPU has them (the same code: the
+    /// lane loops of [`score`] become vector instructions).
+    fn job(&self, job: &EstimateJob) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if crate::elem::has_avx2_fma_f16c() {
+            // SAFETY: the CPU has the features `job_avx2` is compiled for.
+            return unsafe { self.job_avx2(job) };
+        }
+        self.job_body(job)
+    }
+
+    /// [`Estimate::job_body`] compiled with AVX2 and FMA enabled.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn job_avx2(&self, job: &EstimateJob) -> f32 {
+        self.job_body(job)
+    }
+
+    #[inline(always)]
+    fn job_body(&self, job: &EstimateJob) -> f32 {
+        let l = self.l;
+        let (d, hg, gqa) = (l.head_dim, l.heads_per_group, l.gqa);
+        let dl = self.kind.len(d);
         let mut sum = 0f32;
         let mut max = f32::NEG_INFINITY;
         for j in 0..hg * gqa {
             let head = job.group as usize * hg * gqa + j;
-            let qv = &q[(job.q_row as usize * q_heads + head) * d..][..d];
+            let qv = &self.q[(job.q_row as usize * l.q_heads() + head) * d..][..d];
             let at = (job.digest as usize * hg + j / gqa) * dl;
-            let s = score(kind, qv, &digests[at..at + dl]);
+            let s = score(self.kind, qv, &self.digests[at..at + dl]);
             sum += s;
             max = max.max(s);
         }
-        *out = match agg {
+        match self.agg {
             ScoreAgg::Mean => sum / (hg * gqa) as f32,
             ScoreAgg::Max => max,
-        };
-    });
+        }
+    }
 }
 
 /// Writes each segment's best `k` indices into `out`, segments back to back (validated), in parallel
-/// over segments. Selection by [`rank_cmp`], a total order, so a partial selection followed
-/// by a sort gives exactly the reference's answer.
+/// over segments. Selection by [`rank_key`], the reference's total order as plain integers,
+/// so a partial selection followed by a sort gives exactly the reference's answer.
 pub(crate) fn topk(par: Par, scores: &[f32], segments: &[TopkSegment], out: &mut [u32]) {
     // Consecutive output ranges, one per segment.
     let total: usize = segments.iter().map(|s| s.k as usize).sum();
@@ -136,15 +174,15 @@ pub(crate) fn topk(par: Par, scores: &[f32], segments: &[TopkSegment], out: &mut
             return;
         }
         let s = &scores[seg.start as usize..seg.start as usize + seg.len as usize];
-        let cmp =
-            |a: &u32, b: &u32| -> Ordering { rank_cmp(s[*a as usize], *a, s[*b as usize], *b) };
-        let mut idx: Vec<u32> = (0..seg.len).collect();
-        if k < idx.len() {
-            idx.select_nth_unstable_by(k - 1, cmp);
-            idx.truncate(k);
+        let mut keys: Vec<u64> = (0..seg.len).map(|i| rank_key(s[i as usize], i)).collect();
+        if k < keys.len() {
+            keys.select_nth_unstable(k - 1);
+            keys.truncate(k);
         }
-        idx.sort_unstable_by(cmp);
-        dst.copy_from_slice(&idx);
+        keys.sort_unstable();
+        for (o, key) in dst.iter_mut().zip(&keys) {
+            *o = *key as u32; // the low half: the index
+        }
     });
 }
 
