@@ -2,8 +2,8 @@
 //!
 //! Real models on the ArkVale cache. This crate will own everything between a model file and
 //! generated text: the Llama-family architectures (Llama 2/3, Mistral, Qwen2, SmolLM2) loaded
-//! from GGUF and safetensors, the tokenizer and chat templates, sampling and generation, the
-//! evaluation harness, and the `arkvale` CLI. It drives a `Device` through arkvale-core's cache
+//! from GGUF and safetensors, the tokenizer and chat templates, sampling and generation, and
+//! the evaluation harness (the `arkvale` CLI is the arkvale-cli crate). It drives a `Device` through arkvale-core's cache
 //! manager and must not decide eviction itself (policies live in core) nor contain kernels
 //! (arithmetic lives in the backends).
 //!
@@ -20,7 +20,7 @@
 //! [`text::TextTokenizer`]; [`sampling`] draws next tokens (greedy, temperature, top-k,
 //! top-p, seeded) and [`stop`] ends generation at stop strings. [`generation`] is the one
 //! generation step machine (chunked prefill, token choice on the device for greedy decoding,
-//! stop conditions) that the CLI and the batching [`engine`] both drive.
+//! stop conditions) that the `arkvale` CLI and the batching [`engine`] both drive.
 
 #![warn(missing_docs)]
 

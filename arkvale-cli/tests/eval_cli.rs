@@ -7,6 +7,7 @@
 //! prints a skip line and passes. The real text of fidelity, digest-recall and recalls is the
 //! repository's README.
 
+#[path = "../../arkvale-model/tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,7 @@
 //! when the model is absent: `$ARKVALE_MODEL`, else `$ARKVALE_SMOLLM2_GGUF`, else
 //! `models/SmolLM2-135M-Instruct.Q4_1.gguf` at the workspace root).
 
+#[path = "../../arkvale-model/tests/common/mod.rs"]
 mod common;
 
 use common::{fixture, model_path};

@@ -7,6 +7,7 @@
 //! only come after what it checks. Needs the SmolLM2 model
 //! (skipped without it).
 
+#[path = "../../arkvale-model/tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader};

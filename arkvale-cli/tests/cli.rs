@@ -6,6 +6,7 @@
 //! `models/SmolLM2-135M-Instruct.Q4_1.gguf` at the workspace root; without it the model test
 //! prints a skip line and passes.
 
+#[path = "../../arkvale-model/tests/common/mod.rs"]
 mod common;
 
 use common::{fixture, model_path};

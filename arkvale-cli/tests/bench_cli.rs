@@ -1,6 +1,7 @@
 //! `arkvale bench throughput` and `arkvale bench speed` end to end on SmolLM2 at a tiny size
 //! (skipped without the model): tables, results.json records, the plot, input errors.
 
+#[path = "../../arkvale-model/tests/common/mod.rs"]
 mod common;
 
 use std::process::{Command, Stdio};

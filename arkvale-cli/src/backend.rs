@@ -1,9 +1,9 @@
 //! `--backend`: opening the compute device by name. Backends other than `cpu` are cargo
-//! features of arkvale-model; a binary built without one says how to get it.
+//! features of arkvale-cli; a binary built without one says how to get it.
 
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use arkvale_core::Device;
 use arkvale_cpu::CpuDevice;
 
@@ -78,9 +78,10 @@ pub fn describe(backend: Backend) -> Result<String> {
 }
 
 /// The error for a backend this binary was built without.
+#[cfg(not(all(feature = "cuda", feature = "wgpu")))]
 fn not_built(name: &str) -> Result<Arc<dyn Device>> {
-    bail!(
+    anyhow::bail!(
         "this arkvale binary was built without the `{name}` backend; rebuild with \
-         `cargo run --release -p arkvale-model --features {name} -- ...`"
+         `cargo run --release -p arkvale-cli --features {name} -- ...`"
     )
 }
