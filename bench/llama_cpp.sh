@@ -23,7 +23,7 @@ THREADS=${THREADS:-1}
 GENERATE=${GENERATE:-32}
 BUDGETS=${BUDGETS:-512,2048}
 VENV=${LLAMA_VENV:-target/llama-cpp-venv}
-HAYSTACK=arkvale-model/data/haystack/persuasion.txt
+HAYSTACK=arkvale-eval/data/haystack/persuasion.txt
 
 [ -f "$MODEL" ] || { echo "no model at $MODEL (cargo xtask fetch-model)" >&2; exit 1; }
 if ! "$VENV/bin/python" -c "import llama_cpp, numpy" 2>/dev/null; then

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use arkvale_core::SnapshotOptions;
 use arkvale_core::policy::Residency;
-use arkvale_model::eval::haystacks;
-use arkvale_model::eval::passkey::FILLER;
-use arkvale_model::eval::runner::{Sweep, check_context, fork, greedy, prefill_once};
+use arkvale_eval::haystacks;
+use arkvale_eval::passkey::FILLER;
+use arkvale_eval::runner::{Sweep, check_context, fork, greedy, prefill_once};
+use arkvale_eval::throughput::{ThroughputOptions, ThroughputRow, markdown, run_variant};
 use arkvale_model::memory::{STAGING_SLACK, sequence_slots};
-use arkvale_model::throughput::{ThroughputOptions, ThroughputRow, markdown, run_variant};
 use clap::{Args, Subcommand};
 use serde_json::json;
 

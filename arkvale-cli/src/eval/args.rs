@@ -147,7 +147,7 @@ pub struct PasskeyArgs {
     /// The text the needles hide in: a built-in public-domain novel (`persuasion`,
     /// `moby-dick`) or the paper's repetitive `filler` ("The grass is green. ..."), which
     /// flatters digest selection (every filler page looks alike).
-    #[arg(long, default_value = "persuasion", value_parser = PossibleValuesParser::new(arkvale_model::eval::haystacks::NAMES))]
+    #[arg(long, default_value = "persuasion", value_parser = PossibleValuesParser::new(arkvale_eval::haystacks::NAMES))]
     pub haystack: String,
     /// A text file as the haystack instead (overrides --haystack).
     #[arg(long, value_name = "FILE")]
@@ -195,7 +195,7 @@ pub struct NiahArgs {
     /// The text the needles hide in: a built-in public-domain novel (`persuasion`,
     /// `moby-dick`) or the paper's repetitive `filler` ("The grass is green. ..."), which
     /// flatters digest selection (every filler page looks alike).
-    #[arg(long, default_value = "persuasion", value_parser = PossibleValuesParser::new(arkvale_model::eval::haystacks::NAMES))]
+    #[arg(long, default_value = "persuasion", value_parser = PossibleValuesParser::new(arkvale_eval::haystacks::NAMES))]
     pub haystack: String,
     /// A text file as the haystack instead (overrides --haystack).
     #[arg(long, value_name = "FILE")]
@@ -296,7 +296,7 @@ pub fn parse_depths(s: &str) -> Result<Vec<f64>, String> {
         if n == 0 {
             return Err("--depths: the count must be at least 1".into());
         }
-        return Ok(arkvale_model::eval::passkey::even_depths(n));
+        return Ok(arkvale_eval::passkey::even_depths(n));
     }
     s.split(',')
         .map(|x| {

@@ -1,6 +1,6 @@
 //! `arkvale eval`: the accuracy experiments of the ArkVale paper (passkey, NIAH, fidelity,
 //! digest recall, recalls) on any model, written as results.json / CSV / markdown / PNG.
-//! The experiments themselves live in `arkvale_model::eval`; this is the command-line glue:
+//! The experiments themselves live in `arkvale_eval`; this is the command-line glue:
 //! options, model loading, progress bars, files and plots.
 
 pub mod args;
@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use arkvale_core::DigestKind;
-use arkvale_model::eval::{
-    self, EvalTokenizer, Progress, Record, Results, Sweep, digest_recall, fidelity, niah, passkey,
+use arkvale_eval::{
+    EvalTokenizer, Progress, Record, Results, Sweep, digest_recall, fidelity, niah, passkey,
     recalls,
 };
 use arkvale_model::loaded::LoadedModel;
@@ -34,9 +34,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let tok = Tok(&m.tokenizer);
             let sweep = sweep(&a.sweep, m.model.shape().kv_heads)?;
             let haystack = haystack(&tok, &a.haystack, a.haystack_file.as_deref())?;
-            let render = |text: &str| -> eval::Result<Vec<u32>> {
+            let render = |text: &str| -> arkvale_eval::Result<Vec<u32>> {
                 m.chat_tokens(&[arkvale_model::chat::Message::new("user", text)])
-                    .map_err(|e| eval::EvalError::Input(e.to_string()))
+                    .map_err(|e| arkvale_eval::EvalError::Input(e.to_string()))
             };
             if a.chat {
                 m.chat_template()?;
@@ -108,7 +108,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let m = load(&a.common)?;
             let tok = Tok(&m.tokenizer);
             let sweep = sweep(&a.sweep, m.model.shape().kv_heads)?;
-            let text = eval::runner::text_tokens(&tok, &a.text_file, a.prefill + a.decode)?;
+            let text = arkvale_eval::runner::text_tokens(&tok, &a.text_file, a.prefill + a.decode)?;
             let opts = fidelity::FidelityOptions {
                 prefill: a.prefill,
                 decode: a.decode,
@@ -131,7 +131,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         EvalTask::DigestRecall(a) => {
             let m = load(&a.common)?;
             let tok = Tok(&m.tokenizer);
-            let text = eval::runner::text_tokens(&tok, &a.text_file, a.context)?;
+            let text = arkvale_eval::runner::text_tokens(&tok, &a.text_file, a.context)?;
             let opts = digest_recall::DigestRecallOptions {
                 context: a.context,
                 page_size: a.page_size,
@@ -163,7 +163,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 base: a.cache.config(m.model.shape().kv_heads)?,
                 variants: Vec::new(),
             };
-            let text = eval::runner::text_tokens(&tok, &a.text_file, a.prefill + a.decode)?;
+            let text = arkvale_eval::runner::text_tokens(&tok, &a.text_file, a.prefill + a.decode)?;
             let opts = recalls::RecallsOptions {
                 prefill: a.prefill,
                 decode: a.decode,
@@ -312,15 +312,15 @@ fn replot(dir: &Path) -> Result<()> {
 struct Tok<'a>(&'a TextTokenizer);
 
 impl EvalTokenizer for Tok<'_> {
-    fn encode_text(&self, text: &str) -> eval::Result<Vec<u32>> {
+    fn encode_text(&self, text: &str) -> arkvale_eval::Result<Vec<u32>> {
         self.0
             .encode(text, false, false)
-            .map_err(|e| eval::EvalError::Tokenizer(e.to_string()))
+            .map_err(|e| arkvale_eval::EvalError::Tokenizer(e.to_string()))
     }
-    fn decode_text(&self, ids: &[u32]) -> eval::Result<String> {
+    fn decode_text(&self, ids: &[u32]) -> arkvale_eval::Result<String> {
         self.0
             .decode(ids, true)
-            .map_err(|e| eval::EvalError::Tokenizer(e.to_string()))
+            .map_err(|e| arkvale_eval::EvalError::Tokenizer(e.to_string()))
     }
     fn eos(&self) -> Option<u32> {
         self.0.eos_id()
@@ -360,7 +360,7 @@ fn cache_meta(s: &Sweep) -> serde_json::Value {
 
 /// The haystack of `--haystack NAME` / `--haystack-file FILE` (the file wins).
 fn haystack(tok: &Tok<'_>, name: &str, file: Option<&Path>) -> Result<passkey::Haystack> {
-    Ok(match (file, eval::haystacks::by_name(name)) {
+    Ok(match (file, arkvale_eval::haystacks::by_name(name)) {
         (Some(f), _) => {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read the haystack file {}", f.display()))?;
@@ -516,7 +516,7 @@ fn bar_saving(c: &CommonArgs, dir: PathBuf, title: &'static str) -> Bar {
         let res = Results {
             meta: serde_json::Map::from_iter([("partial".to_string(), json!(true))]),
             records: records.to_vec(),
-            tables: vec![eval::report::accuracy_table(title, records)],
+            tables: vec![arkvale_eval::report::accuracy_table(title, records)],
         };
         if let Err(e) = res.write(&dir) {
             eprintln!("warning: cannot save partial results: {e}");

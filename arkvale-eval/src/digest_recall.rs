@@ -15,13 +15,13 @@
 //!   their exact max `q·k`.
 
 use arkvale_core::{DigestKind, SnapshotOptions, digest};
+use arkvale_model::llama::LlamaModel;
 use serde_json::json;
 
-use super::report::{Record, Results, Table};
-use super::rng::Rng;
-use super::runner::{self, Progress};
-use super::{EvalError, Result};
-use crate::llama::LlamaModel;
+use crate::report::{Record, Results, Table};
+use crate::rng::Rng;
+use crate::runner::{self, Progress};
+use crate::{EvalError, Result};
 
 /// Options of the digest-recall task.
 #[derive(Debug, Clone)]

@@ -7,12 +7,12 @@
 //! (layer, head group) step (`recalls_per_layer_step`).
 
 use arkvale_core::SnapshotOptions;
+use arkvale_model::llama::LlamaModel;
 use serde_json::json;
 
-use super::report::{Record, Results, Table};
-use super::runner::{self, Progress, Sweep, Variant};
-use super::{EvalError, Result};
-use crate::llama::LlamaModel;
+use crate::report::{Record, Results, Table};
+use crate::runner::{self, Progress, Sweep, Variant};
+use crate::{EvalError, Result};
 
 /// Options of the recalls task.
 #[derive(Debug, Clone)]

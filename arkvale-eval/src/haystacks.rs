@@ -1,14 +1,14 @@
 //! The real-prose haystacks built into the library (public-domain novels; provenance, license
-//! and the recipe that regenerates them in `arkvale-model/data/haystack/README.md`).
+//! and the recipe that regenerates them in `arkvale-eval/data/haystack/README.md`).
 //!
 //! Passkey and NIAH prompts hide their needles in one of these by default: a result that holds
-//! on the repetitive built-in filler ([`super::passkey::FILLER`]) need not hold on real text,
+//! on the repetitive built-in filler ([`crate::passkey::FILLER`]) need not hold on real text,
 //! where every page's keys differ.
 
 /// Jane Austen, *Persuasion* (1818), the whole novel (~108k words-ish tokens): the default.
-pub const PERSUASION: &str = include_str!("../../data/haystack/persuasion.txt");
+pub const PERSUASION: &str = include_str!("../data/haystack/persuasion.txt");
 /// Herman Melville, *Moby-Dick* (1851), chapters 1–35.
-pub const MOBY_DICK: &str = include_str!("../../data/haystack/moby_dick.txt");
+pub const MOBY_DICK: &str = include_str!("../data/haystack/moby_dick.txt");
 
 /// The names of the built-in haystacks, `filler` included, as the CLI accepts them.
 pub const NAMES: [&str; 3] = ["persuasion", "moby-dick", "filler"];

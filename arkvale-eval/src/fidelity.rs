@@ -4,12 +4,12 @@
 //! `KL(full || policy)`, and the policy's perplexity on the true tokens.
 
 use arkvale_core::SnapshotOptions;
+use arkvale_model::llama::LlamaModel;
 use serde_json::json;
 
-use super::report::{Record, Results, Table};
-use super::runner::{self, Progress, Sweep, Variant};
-use super::{Result, argmax};
-use crate::llama::LlamaModel;
+use crate::report::{Record, Results, Table};
+use crate::runner::{self, Progress, Sweep, Variant};
+use crate::{Result, argmax};
 
 /// Options of the fidelity task.
 #[derive(Debug, Clone)]
@@ -33,12 +33,12 @@ pub fn run(
 ) -> Result<Results> {
     let (n, m) = (opts.prefill, opts.decode);
     if n == 0 || m == 0 || opts.samples == 0 {
-        return Err(super::EvalError::Input(
+        return Err(crate::EvalError::Input(
             "--prefill, --decode and --samples must be at least 1".into(),
         ));
     }
     if text.len() < n + m {
-        return Err(super::EvalError::Input(format!(
+        return Err(crate::EvalError::Input(format!(
             "the text has {} tokens; --prefill {n} + --decode {m} need {}",
             text.len(),
             n + m
@@ -120,7 +120,7 @@ pub fn run(
                     ("recalls".into(), json!(cache.stats().recalls)),
                     (
                         "decode_s".into(),
-                        json!(super::passkey::round3(t.elapsed().as_secs_f64())),
+                        json!(crate::passkey::round3(t.elapsed().as_secs_f64())),
                     ),
                 ]),
             });

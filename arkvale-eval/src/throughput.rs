@@ -5,7 +5,7 @@
 //! # Method
 //!
 //! * The batch size of a policy is what the serving engine would admit
-//!   ([`crate::engine::Admission`]: every sequence reserves the slots it can ever need for
+//!   ([`arkvale_model::engine::Admission`]: every sequence reserves the slots it can ever need for
 //!   `context + generate` tokens, prefill chunk included), capped by `max_batch`.
 //! * The context is one real prompt prefilled once with a `full` cache and recorded
 //!   ([`arkvale_core::CacheManager::begin_snapshot`]); each of the batch's sequences is a fork
@@ -18,10 +18,10 @@
 use std::time::Instant;
 
 use arkvale_core::{CacheConfig, CacheManager, PrefillSnapshot, SeqId, policy_by_name};
+use arkvale_model::engine::Admission;
+use arkvale_model::llama::{LlamaError, LlamaModel, Result};
 
-use crate::engine::Admission;
-use crate::eval::argmax;
-use crate::llama::{LlamaError, LlamaModel, Result};
+use crate::argmax;
 
 /// One policy × budget of the experiment.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,7 +109,7 @@ pub fn run_variant(
     c.device_bytes = opts.kv_bytes;
     // Host backups of every page of every sequence (allocated only as used).
     c.host_bytes = batch
-        * crate::memory::full_kv_bytes(&model.shape(), &c, opts.context + opts.generate)
+        * arkvale_model::memory::full_kv_bytes(&model.shape(), &c, opts.context + opts.generate)
         + (16 << 20);
     let mut cache = CacheManager::new(
         model.device().clone(),

@@ -12,12 +12,13 @@
 //! KEY mentioned in the provided text is" (plural for `multivalue`). `score` is the fraction of
 //! values found in the output; `correct` means all of them.
 
-use super::passkey::{self, Haystack, PromptSpec, RetrievalCase};
-use super::report::{Results, accuracy_table};
-use super::rng::Rng;
-use super::runner::{Progress, Sweep};
-use super::{EvalError, EvalTokenizer, Result};
-use crate::llama::LlamaModel;
+use arkvale_model::llama::LlamaModel;
+
+use crate::passkey::{self, Haystack, PromptSpec, RetrievalCase};
+use crate::report::{Results, accuracy_table};
+use crate::rng::Rng;
+use crate::runner::{Progress, Sweep};
+use crate::{EvalError, EvalTokenizer, Result};
 
 /// The variant names.
 pub const VARIANTS: [&str; 3] = ["single", "multikey", "multivalue"];
@@ -51,7 +52,7 @@ fn sentence(key: &str, value: &str) -> String {
 }
 
 /// Builds the NIAH prompts: variants × depths × contexts (depths in
-/// [`super::runner::spread_order`]).
+/// [`crate::runner::spread_order`]).
 pub fn cases(
     tok: &dyn EvalTokenizer,
     haystack: &Haystack,
@@ -72,7 +73,7 @@ pub fn cases(
         if variant == "multivalue" && opts.values == 0 {
             return Err(EvalError::Input("--values must be at least 1".into()));
         }
-        for di in super::runner::spread_order(opts.depths.len()) {
+        for di in crate::runner::spread_order(opts.depths.len()) {
             let depth = opts.depths[di];
             for &ctx in &opts.contexts {
                 let mut rng = Rng::for_case(opts.seed, &format!("niah/{variant}/{ctx}/{di}"));

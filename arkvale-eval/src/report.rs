@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
-use super::{EvalError, Result};
+use crate::{EvalError, Result};
 
 /// One evaluated case. The fixed keys are in every task's records (null where a task has no
 /// such notion, e.g. `depth` for fidelity); task-specific metrics go in `extra`.
@@ -168,15 +168,15 @@ impl Results {
                 .cloned()
                 .collect();
             match t.as_str() {
-                "fidelity" => tables.push(super::fidelity::table(&mine)),
-                "recalls" => tables.push(super::recalls::table(&mine)),
+                "fidelity" => tables.push(crate::fidelity::table(&mine)),
+                "recalls" => tables.push(crate::recalls::table(&mine)),
                 "digest-recall" => {
                     let max_k = mine
                         .iter()
                         .filter_map(|r| r.metric("k"))
                         .fold(0.0, f64::max);
                     for mode in ["head", "group"] {
-                        tables.push(super::digest_recall::table(&mine, mode, max_k as usize));
+                        tables.push(crate::digest_recall::table(&mine, mode, max_k as usize));
                     }
                 }
                 _ => tables.push(accuracy_table(

@@ -7,9 +7,9 @@ use arkvale_core::{
     CacheConfig, CacheManager, PrefillSnapshot, SeqId, SnapshotOptions, policy::Residency,
     policy_by_name, policy_from_spec,
 };
+use arkvale_model::llama::LlamaModel;
 
-use super::{EvalError, Result, argmax};
-use crate::llama::LlamaModel;
+use crate::{EvalError, Result, argmax};
 
 /// Where a sweep reports its progress (the CLI draws progress bars; tests pass [`NoProgress`]).
 pub trait Progress {
@@ -21,7 +21,7 @@ pub trait Progress {
     fn finish(&mut self);
     /// The records finished so far (after each prompt of a sweep), so that a caller can save
     /// partial results of a long sweep.
-    fn checkpoint(&mut self, _records: &[super::Record]) {}
+    fn checkpoint(&mut self, _records: &[crate::Record]) {}
 }
 
 /// Reports nothing.
@@ -146,14 +146,14 @@ impl Sweep {
 }
 
 /// Device and host bytes for one sequence of `total_tokens` under `config` and a policy with
-/// `residency` (the rule of [`crate::memory::size_cache`]).
+/// `residency` (the rule of [`arkvale_model::memory::size_cache`]).
 pub fn cache_bytes(
     model: &LlamaModel,
     config: &CacheConfig,
     residency: Residency,
     total_tokens: usize,
 ) -> (usize, usize) {
-    let s = crate::memory::size_cache(&model.shape(), config, residency, total_tokens);
+    let s = arkvale_model::memory::size_cache(&model.shape(), config, residency, total_tokens);
     (s.device_bytes, s.host_bytes)
 }
 
@@ -317,7 +317,7 @@ pub fn kl(logp: &[f64], logq: &[f64]) -> f64 {
 
 /// Tokens of a text file, with a clear error when it cannot be read or is too short.
 pub fn text_tokens(
-    tok: &dyn super::EvalTokenizer,
+    tok: &dyn crate::EvalTokenizer,
     path: &std::path::Path,
     need: usize,
 ) -> Result<Vec<u32>> {

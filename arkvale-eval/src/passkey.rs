@@ -1,20 +1,20 @@
-//! Passkey retrieval (the paper's Table 1) and the retrieval sweep shared with [`super::niah`].
+//! Passkey retrieval (the paper's Table 1) and the retrieval sweep shared with [`crate::niah`].
 //!
-//! The prompt (the classic format; `tests/fixtures/smollm2_reference.json` holds it as
+//! The prompt (the classic format; `arkvale-model/tests/fixtures/smollm2_reference.json` holds it as
 //! measured with llama.cpp): the task line, the filler "The grass is green. ..." repeated, the
 //! needle "The pass key is NNNNN. Remember it. NNNNN is the pass key." at the depth, the
 //! filler again, then "What is the pass key? The pass key is" — the pieces joined by newlines,
 //! the filler repetitions by spaces. Greedy decoding; a case is correct when the key appears
 //! in the text of the first 8 generated tokens.
 
+use arkvale_core::SnapshotOptions;
+use arkvale_model::llama::LlamaModel;
 use serde_json::json;
 
-use super::report::{Record, Results, accuracy_table};
-use super::rng::Rng;
-use super::runner::{self, Progress, Sweep};
-use super::{EvalError, EvalTokenizer, Result};
-use crate::llama::LlamaModel;
-use arkvale_core::SnapshotOptions;
+use crate::report::{Record, Results, accuracy_table};
+use crate::rng::Rng;
+use crate::runner::{self, Progress, Sweep};
+use crate::{EvalError, EvalTokenizer, Result};
 
 /// The task line.
 pub const TASK: &str = "There is an important info hidden inside a lot of irrelevant text. Find \
