@@ -206,10 +206,7 @@ pub fn run(
             }
         }
     }
-    let tables = ["head", "group"]
-        .iter()
-        .map(|mode| table(&records, mode, opts.max_k))
-        .collect();
+    let tables = tables_up_to(&records, opts.max_k);
     Ok(Results {
         meta: serde_json::Map::new(),
         records,
@@ -236,6 +233,24 @@ fn add_recall(hits: &mut [f64], est: &[f32], truth: &[f32]) {
         overlap += usize::from(in_t[a]) + usize::from(in_e[b] && a != b);
         hits[k] += overlap as f64 / (k + 1) as f64;
     }
+}
+
+/// The tables of both rankings (`head`, then `group`) for k up to `max_k`.
+fn tables_up_to(records: &[Record], max_k: usize) -> Vec<Table> {
+    ["head", "group"]
+        .iter()
+        .map(|mode| table(records, mode, max_k))
+        .collect()
+}
+
+/// The tables of both rankings of records read back from a results file, k up to the largest
+/// k among them.
+pub fn tables(records: &[Record]) -> Vec<Table> {
+    let max_k = records
+        .iter()
+        .filter_map(|r| r.metric("k"))
+        .fold(0.0, f64::max);
+    tables_up_to(records, max_k as usize)
 }
 
 /// Recall at k = 1, 2, 4, ..., 40 per digest kind for one ranking `mode` (`head`/`group`).

@@ -22,15 +22,17 @@
 //! [`arkvale_core::PrefillSnapshot`]) and forks the recorded state into one cache per policy ×
 //! budget ([`runner`]): prefill attention is exact for every policy, so only what each policy
 //! keeps differs, and `CacheManager::fork_snapshot` rebuilds exactly that. Results are
-//! [`Record`]s written as `results.json`, CSV and markdown ([`report`]). Progress goes to a
-//! caller-supplied [`Progress`] sink; everything is deterministic given the seed. The
-//! real-prose haystacks ([`haystacks`]) are built into the crate (`data/haystack/`).
+//! [`Record`]s written as `results.json`, CSV and markdown ([`report`]); [`summary`] renders
+//! any task's tables from records read back. Progress goes to a caller-supplied [`Progress`]
+//! sink; everything is deterministic given the seed. The real-prose haystacks ([`haystacks`])
+//! are built into the crate (`data/haystack/`).
 //!
 //! [`LlamaModel`]: arkvale_model::llama::LlamaModel
 
 #![warn(missing_docs)]
 
 pub mod digest_recall;
+pub mod error;
 pub mod fidelity;
 pub mod haystacks;
 pub mod niah;
@@ -39,40 +41,12 @@ pub mod recalls;
 pub mod report;
 pub mod rng;
 pub mod runner;
+pub mod summary;
 pub mod throughput;
 
+pub use error::{EvalError, Result};
 pub use report::{Record, Results};
 pub use runner::{Progress, Sweep, Variant};
-
-use arkvale_model::llama::LlamaError;
-
-/// What can go wrong in an evaluation.
-#[derive(Debug, thiserror::Error)]
-pub enum EvalError {
-    /// A bad option or input (context longer than the model's, a budget too small, ...).
-    #[error("{0}")]
-    Input(String),
-    /// The model failed.
-    #[error(transparent)]
-    Model(#[from] LlamaError),
-    /// The cache failed.
-    #[error(transparent)]
-    Cache(#[from] arkvale_core::Error),
-    /// Tokenizing or detokenizing failed.
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
-    /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The error.
-        source: std::io::Error,
-    },
-}
-
-/// Shorthand for results carrying [`EvalError`].
-pub type Result<T, E = EvalError> = std::result::Result<T, E>;
 
 /// What the tasks need of a tokenizer: plain text to ids (no BOS, special tokens not
 /// parsed), ids back to text, and the end-of-sequence id. Implemented for the GGUF

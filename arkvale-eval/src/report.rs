@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
-use crate::{EvalError, Result};
+use crate::error::{EvalError, Result};
 
 /// One evaluated case. The fixed keys are in every task's records (null where a task has no
 /// such notion, e.g. `depth` for fidelity); task-specific metrics go in `extra`.
@@ -137,7 +137,8 @@ pub struct Results {
 }
 
 impl Results {
-    /// Results read back from a `results.json` (tables rebuilt by [`Results::summarize`]).
+    /// Results read back from a `results.json`: its meta and records, no tables yet
+    /// ([`Results::summarize`] rebuilds them with the tasks' renderings).
     pub fn from_json(v: &Value) -> Result<Results> {
         let bad = || EvalError::Input("not an arkvale eval results.json".into());
         let records = v["records"]
@@ -146,17 +147,17 @@ impl Results {
             .iter()
             .map(|r| Record::from_json(r).ok_or_else(bad))
             .collect::<Result<Vec<_>>>()?;
-        let mut res = Results {
+        Ok(Results {
             meta: v["meta"].as_object().cloned().unwrap_or_default(),
             records,
             tables: Vec::new(),
-        };
-        res.summarize();
-        Ok(res)
+        })
     }
 
-    /// Rebuilds the summary tables from the records, by task.
-    pub fn summarize(&mut self) {
+    /// Rebuilds the summary tables from the records, task by task: `tables_of(task, records)`
+    /// renders the records of one task. The report knows no task; the caller passes their
+    /// renderings (`crate::summary::task_tables` for the tasks of this crate).
+    pub fn summarize(&mut self, tables_of: impl Fn(&str, &[Record]) -> Vec<Table>) {
         let mut tasks: Vec<String> = self.records.iter().map(|r| r.task.clone()).collect();
         tasks.dedup();
         let mut tables = Vec::new();
@@ -167,23 +168,7 @@ impl Results {
                 .filter(|r| &r.task == t)
                 .cloned()
                 .collect();
-            match t.as_str() {
-                "fidelity" => tables.push(crate::fidelity::table(&mine)),
-                "recalls" => tables.push(crate::recalls::table(&mine)),
-                "digest-recall" => {
-                    let max_k = mine
-                        .iter()
-                        .filter_map(|r| r.metric("k"))
-                        .fold(0.0, f64::max);
-                    for mode in ["head", "group"] {
-                        tables.push(crate::digest_recall::table(&mine, mode, max_k as usize));
-                    }
-                }
-                _ => tables.push(accuracy_table(
-                    &format!("{t} (correct / cases per context length)"),
-                    &mine,
-                )),
-            }
+            tables.extend(tables_of(t, &mine));
         }
         self.tables = tables;
     }

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use arkvale_core::DigestKind;
 use arkvale_eval::{
     EvalTokenizer, Progress, Record, Results, Sweep, digest_recall, fidelity, niah, passkey,
-    recalls,
+    recalls, summary,
 };
 use arkvale_model::loaded::LoadedModel;
 use arkvale_model::text::TextTokenizer;
@@ -304,7 +304,8 @@ fn replot(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot read {}", path.display()))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    let res = Results::from_json(&json)?;
+    let mut res = Results::from_json(&json)?;
+    res.summarize(summary::task_tables);
     finish(&res, dir)
 }
 
