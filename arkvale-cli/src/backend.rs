@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use arkvale_core::Device;
 use arkvale_cpu::CpuDevice;
 
-use crate::args::Backend;
+use crate::common_args::Backend;
 
 /// Opens the device of `backend` (`threads`: CPU worker threads, `None` for all cores).
 pub fn open_device(backend: Backend, threads: Option<usize>) -> Result<Arc<dyn Device>> {

@@ -10,11 +10,13 @@ use anyhow::{Context, Result, bail};
 use arkvale_core::{CacheManager, SeqId};
 use arkvale_model::chat::Message;
 
-use crate::args::ChatArgs;
-use crate::generate::{
-    Decoded, StopReason, check_run_args, clock_seed, decode_loop, load, prefill, print_stats,
-};
 use arkvale_model::sampling::Sampler;
+
+use crate::args::ChatArgs;
+use crate::decoding::{
+    Decoded, PROGRESS_MIN_TOKENS, StopReason, decode_loop, prefill, print_stats,
+};
+use crate::setup::{check_run_args, clock_seed, load};
 
 /// Runs `arkvale chat`.
 pub fn run(args: ChatArgs) -> Result<()> {
@@ -91,9 +93,8 @@ pub fn run(args: ChatArgs) -> Result<()> {
         let new = &ids[held.len()..];
         let recalls_before = cache.stats().recalls;
         let t_prefill = Instant::now();
-        let show_progress = !run.no_progress
-            && std::io::stderr().is_terminal()
-            && new.len() >= crate::generate::PROGRESS_MIN_TOKENS;
+        let show_progress =
+            !run.no_progress && std::io::stderr().is_terminal() && new.len() >= PROGRESS_MIN_TOKENS;
         let logits = prefill(&loaded.model, &mut cache, seq, new, show_progress)?;
         let prefill_time: Duration = t_prefill.elapsed();
         let prefilled = new.len();

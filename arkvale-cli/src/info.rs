@@ -11,10 +11,11 @@ use arkvale_model::llama::LlamaConfig;
 use arkvale_model::text::TextTokenizer;
 use arkvale_model::tokenizer::Tokenizer;
 
-use crate::args::InfoArgs;
-use crate::generate::human_bytes;
-use crate::model_path::resolve_model;
 use arkvale_model::memory::{budget_kv_bytes, full_kv_bytes};
+
+use crate::args::InfoArgs;
+use crate::model_path::resolve_model;
+use crate::setup::human_bytes;
 
 /// What `info` prints about a model path before the KV estimate.
 struct Described {

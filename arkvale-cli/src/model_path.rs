@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
-use crate::args::MODEL_ENV;
+/// The environment variable naming the default model file.
+pub const MODEL_ENV: &str = "ARKVALE_MODEL";
 
 /// The default model's file name: SmolLM2-135M-Instruct, Q4_1 GGUF (98 MB).
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Subcommand};
 
-pub use crate::args::CacheShape;
-use crate::args::{Backend, WeightDtype};
+use crate::common_args::{CacheShape, ExperimentArgs};
 
 /// The policies' exact rules, shown by `arkvale eval <task> --help`.
 pub const POLICY_RULES: &str = "\
@@ -73,36 +72,6 @@ pub struct PlotArgs {
     pub dir: PathBuf,
 }
 
-/// Model, output and backend options of every experiment.
-#[derive(Debug, Args, Clone)]
-pub struct CommonArgs {
-    /// GGUF model file or Hugging Face model directory [default: $ARKVALE_MODEL, then
-    /// SmolLM2-135M-Instruct.Q4_1.gguf in $XDG_DATA_HOME/arkvale/models or
-    /// ~/.local/share/arkvale/models, then in ./models; `cargo xtask fetch-model --user`].
-    #[arg(long, value_name = "PATH")]
-    pub model: Option<PathBuf>,
-    /// Output directory [default: eval-out/<experiment>].
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-    /// Seed of every random choice (keys, values, depths of distractors, query positions).
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub seed: u64,
-    /// Compute backend.
-    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-    pub backend: Backend,
-    /// Worker threads of the CPU backend [default: all cores].
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// Storage type of the weight matrices (`native`: the file's own types where the backend
-    /// has kernels for them; the default stays the exact f32, which the recorded evaluation
-    /// results used).
-    #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
-    pub weights: WeightDtype,
-    /// Never draw progress bars.
-    #[arg(long)]
-    pub no_progress: bool,
-}
-
 /// The cache options of a sweep.
 #[derive(Debug, Args, Clone)]
 pub struct SweepArgs {
@@ -129,7 +98,7 @@ pub struct SweepArgs {
 #[derive(Debug, Args)]
 pub struct PasskeyArgs {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub common: ExperimentArgs,
     #[command(flatten)]
     pub sweep: SweepArgs,
     /// Context lengths in tokens, comma-separated.
@@ -165,7 +134,7 @@ pub struct PasskeyArgs {
 #[derive(Debug, Args)]
 pub struct NiahArgs {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub common: ExperimentArgs,
     #[command(flatten)]
     pub sweep: SweepArgs,
     /// Variants, comma-separated: single, multikey, multivalue.
@@ -206,7 +175,7 @@ pub struct NiahArgs {
 #[derive(Debug, Args)]
 pub struct FidelityArgs {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub common: ExperimentArgs,
     #[command(flatten)]
     pub sweep: SweepArgs,
     /// Real text: the prefill and the teacher-forced continuation come from it.
@@ -227,7 +196,7 @@ pub struct FidelityArgs {
 #[derive(Debug, Args)]
 pub struct DigestRecallArgs {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub common: ExperimentArgs,
     /// Real text whose queries and keys are analysed.
     #[arg(long, value_name = "FILE")]
     pub text_file: PathBuf,
@@ -256,7 +225,7 @@ pub struct DigestRecallArgs {
 #[derive(Debug, Args)]
 pub struct RecallsArgs {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub common: ExperimentArgs,
     #[command(flatten)]
     pub cache: CacheShape,
     /// Real text: the prefill and the teacher-forced continuation come from it.

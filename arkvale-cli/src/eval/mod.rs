@@ -4,13 +4,12 @@
 //! options, model loading, progress bars, files and plots.
 
 pub mod args;
-pub mod plot;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use arkvale_core::DigestKind;
 use arkvale_eval::{
     EvalTokenizer, Progress, Record, Results, Sweep, digest_recall, fidelity, niah, passkey,
@@ -21,16 +20,17 @@ use arkvale_model::text::TextTokenizer;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use self::args::{CommonArgs, EvalArgs, EvalTask, SweepArgs, parse_depths};
-use crate::backend::open_device;
-use crate::model_path::resolve_model;
+use self::args::{EvalArgs, EvalTask, SweepArgs, parse_depths};
+use crate::common_args::ExperimentArgs;
+use crate::plot;
+use crate::setup::load_experiment;
 
 /// Runs `arkvale eval <task>`.
 pub fn run(a: EvalArgs) -> Result<()> {
     match a.task {
         EvalTask::Passkey(a) => {
             let depths = parse_depths(&a.depths).map_err(anyhow::Error::msg)?;
-            let m = load(&a.common)?;
+            let m = load_experiment(&a.common)?;
             let tok = Tok(&m.tokenizer);
             let sweep = sweep(&a.sweep, m.model.shape().kv_heads)?;
             let haystack = haystack(&tok, &a.haystack, a.haystack_file.as_deref())?;
@@ -75,7 +75,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         EvalTask::Niah(a) => {
             let depths = parse_depths(&a.depths).map_err(anyhow::Error::msg)?;
-            let m = load(&a.common)?;
+            let m = load_experiment(&a.common)?;
             let tok = Tok(&m.tokenizer);
             let sweep = sweep(&a.sweep, m.model.shape().kv_heads)?;
             let haystack = haystack(&tok, &a.haystack, a.haystack_file.as_deref())?;
@@ -105,7 +105,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             finish(&res, &out_dir(&a.common, "niah"))
         }
         EvalTask::Fidelity(a) => {
-            let m = load(&a.common)?;
+            let m = load_experiment(&a.common)?;
             let tok = Tok(&m.tokenizer);
             let sweep = sweep(&a.sweep, m.model.shape().kv_heads)?;
             let text = arkvale_eval::runner::text_tokens(&tok, &a.text_file, a.prefill + a.decode)?;
@@ -129,7 +129,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             finish(&res, &out_dir(&a.common, "fidelity"))
         }
         EvalTask::DigestRecall(a) => {
-            let m = load(&a.common)?;
+            let m = load_experiment(&a.common)?;
             let tok = Tok(&m.tokenizer);
             let text = arkvale_eval::runner::text_tokens(&tok, &a.text_file, a.context)?;
             let opts = digest_recall::DigestRecallOptions {
@@ -157,7 +157,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         EvalTask::Plot(a) => replot(&a.dir),
         EvalTask::Recalls(a) => {
-            let m = load(&a.common)?;
+            let m = load_experiment(&a.common)?;
             let tok = Tok(&m.tokenizer);
             let sweep = Sweep {
                 base: a.cache.config(m.model.shape().kv_heads)?,
@@ -328,17 +328,6 @@ impl EvalTokenizer for Tok<'_> {
     }
 }
 
-/// Loads the model of `--model` on `--backend` (shared with `arkvale bench`).
-pub fn load(c: &CommonArgs) -> Result<LoadedModel> {
-    if c.threads == Some(0) {
-        bail!("--threads must be at least 1");
-    }
-    let path = resolve_model(c.model.as_deref())?;
-    let dev = open_device(c.backend, c.threads)?;
-    LoadedModel::open(&path, dev, c.weights.storage())
-        .with_context(|| format!("cannot load the model {}", path.display()))
-}
-
 fn sweep(s: &SweepArgs, kv_heads: usize) -> Result<Sweep> {
     let policies: Vec<String> = s.policies.iter().map(|p| p.trim().to_string()).collect();
     Ok(Sweep::new(
@@ -380,7 +369,7 @@ fn haystack_meta(name: &str, file: Option<&Path>) -> String {
     }
 }
 
-fn out_dir(c: &CommonArgs, task: &str) -> PathBuf {
+fn out_dir(c: &ExperimentArgs, task: &str) -> PathBuf {
     c.out
         .clone()
         .unwrap_or_else(|| PathBuf::from("eval-out").join(task))
@@ -389,7 +378,7 @@ fn out_dir(c: &CommonArgs, task: &str) -> PathBuf {
 fn meta(
     res: &mut Results,
     m: &LoadedModel,
-    c: &CommonArgs,
+    c: &ExperimentArgs,
     started: Instant,
     options: serde_json::Value,
 ) {
@@ -452,7 +441,7 @@ enum BarMode {
     Off,
 }
 
-fn bar(c: &CommonArgs) -> Bar {
+fn bar(c: &ExperimentArgs) -> Bar {
     let mode = if c.no_progress {
         BarMode::Off
     } else if std::io::stderr().is_terminal() {
@@ -511,7 +500,7 @@ impl Progress for Bar {
 /// A progress sink that also writes the retrieval records finished so far (results.json,
 /// results.csv, summary.md) into `dir` after each prompt, so a long sweep stopped part-way
 /// leaves its finished cases.
-fn bar_saving(c: &CommonArgs, dir: PathBuf, title: &'static str) -> Bar {
+fn bar_saving(c: &ExperimentArgs, dir: PathBuf, title: &'static str) -> Bar {
     let mut b = bar(c);
     b.save = Some(Box::new(move |records: &[Record]| {
         let res = Results {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use crate::args::{Backend, CacheArgs, WeightDtype};
+use crate::common_args::{Backend, CacheArgs, WeightDtype};
 
 /// Options of `arkvale serve`.
 #[derive(Debug, Args)]

@@ -42,8 +42,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 
 use crate::backend::open_device;
-use crate::generate::clock_seed;
 use crate::model_path::resolve_model;
+use crate::setup::clock_seed;
 use api::{ApiError, Prompt, parse_request};
 use args::ServeArgs;
 

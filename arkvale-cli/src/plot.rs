@@ -1,4 +1,4 @@
-//! PNG plots of `arkvale eval` results with `plotters` (bitmap backend; text drawn with
+//! PNG plots of `arkvale eval` and `arkvale bench` results with `plotters` (bitmap backend; text drawn with
 //! ab_glyph from the DejaVu Sans bytes the `dejavu` crate embeds, so no system fonts are
 //! needed).
 

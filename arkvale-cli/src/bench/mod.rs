@@ -1,8 +1,10 @@
 //! `arkvale bench throughput`: the paper's throughput experiment (Fig. 9b) on any model — the
 //! largest batch each policy holds under a KV memory cap, its decode tokens/s, as a table,
-//! `results.json` and a PNG plot. The method is in `arkvale_model::throughput`.
+//! `results.json` and a PNG plot. The method is in `arkvale_eval::throughput`.
 //! `arkvale bench speed`: single-sequence prefill and decode tokens/s per context length and
 //! policy (the side of `bench/llama_cpp.sh` that runs this engine), see [`speed`].
+
+pub mod args;
 
 use std::path::PathBuf;
 
@@ -14,107 +16,11 @@ use arkvale_eval::passkey::FILLER;
 use arkvale_eval::runner::{Sweep, check_context, fork, greedy, prefill_once};
 use arkvale_eval::throughput::{ThroughputOptions, ThroughputRow, markdown, run_variant};
 use arkvale_model::memory::{STAGING_SLACK, sequence_slots};
-use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::args::CacheShape;
-use crate::eval::args::CommonArgs;
-use crate::eval::{load, plot};
-
-/// Options of `arkvale bench`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Which benchmark.
-    #[command(subcommand)]
-    pub task: BenchTask,
-}
-
-/// The benchmarks.
-#[derive(Debug, Subcommand)]
-pub enum BenchTask {
-    /// Decode throughput of the largest batch each policy fits under a KV memory cap (paper
-    /// Fig. 9b). Each sequence is a fork of one prefilled prompt (filler text) of --context
-    /// tokens; batch sizes follow the serving engine's admission rule.
-    Throughput(ThroughputArgs),
-    /// Single-sequence speed: for each context length, one prompt of that many tokens is
-    /// prefilled (timed, `full` cache) and each policy then greedily decodes --generate
-    /// tokens from it (timed). The prompt is the built-in *Persuasion* text, or the token ids
-    /// of --prompt-ids (as `bench/llama_cpp.sh` passes, so both engines see the same tokens).
-    Speed(SpeedArgs),
-}
-
-/// Options of `arkvale bench speed`.
-#[derive(Debug, Args)]
-pub struct SpeedArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
-    /// Prompt lengths in tokens, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "1024,4096,8192",
-        value_name = "TOKENS"
-    )]
-    pub contexts: Vec<usize>,
-    /// Decode steps timed per policy (greedy).
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    pub generate: usize,
-    /// Policies, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "full,arkvale")]
-    pub policies: Vec<String>,
-    /// Budgets of the budgeted policies, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "512,2048",
-        value_name = "TOKENS"
-    )]
-    pub budgets: Vec<usize>,
-    /// A file of prompt token ids (decimal, separated by whitespace or commas); each context
-    /// uses its first ids [default: the *Persuasion* text, tokenized].
-    #[arg(long, value_name = "FILE")]
-    pub prompt_ids: Option<PathBuf>,
-    #[command(flatten)]
-    pub cache: CacheShape,
-}
-
-/// Options of `arkvale bench throughput`.
-#[derive(Debug, Args)]
-pub struct ThroughputArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
-    /// Prompt tokens per sequence.
-    #[arg(long, default_value_t = 4096, value_name = "TOKENS")]
-    pub context: usize,
-    /// Decode steps timed.
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    pub generate: usize,
-    /// Device KV memory cap in MiB [default: what --full-sequences full-cache sequences need].
-    #[arg(long, value_name = "MIB")]
-    pub kv_memory_mib: Option<f64>,
-    /// Full-cache sequences the default cap holds.
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    pub full_sequences: usize,
-    /// Policies, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "full,arkvale")]
-    pub policies: Vec<String>,
-    /// Budgets of the budgeted policies, comma-separated.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "256,512,1024",
-        value_name = "TOKENS"
-    )]
-    pub budgets: Vec<usize>,
-    #[command(flatten)]
-    pub cache: CacheShape,
-    /// Prompt tokens per prefill chunk (a budgeted sequence reserves room for one chunk).
-    #[arg(long, default_value_t = 128, value_name = "TOKENS")]
-    pub prefill_chunk: usize,
-    /// Largest batch tried.
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    pub max_batch: usize,
-}
+use self::args::{BenchArgs, BenchTask, SpeedArgs, ThroughputArgs};
+use crate::plot;
+use crate::setup::load_experiment;
 
 /// Runs `arkvale bench <task>`.
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -128,7 +34,7 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
     if a.context == 0 || a.generate == 0 || a.max_batch == 0 || a.full_sequences == 0 {
         bail!("--context, --generate, --max-batch and --full-sequences must be at least 1");
     }
-    let m = load(&a.common)?;
+    let m = load_experiment(&a.common)?;
     let ctx = m.model.config().context_length;
     if a.context + a.generate > ctx {
         bail!(
@@ -304,7 +210,7 @@ fn speed(a: SpeedArgs) -> Result<()> {
     if a.contexts.is_empty() || a.contexts.contains(&0) || a.generate == 0 {
         bail!("--contexts must be positive and --generate at least 1");
     }
-    let m = load(&a.common)?;
+    let m = load_experiment(&a.common)?;
     let longest = *a.contexts.iter().max().expect("non-empty");
     check_context(&m.model, longest, a.generate)?;
     let ids = match &a.prompt_ids {
