@@ -1,6 +1,6 @@
-//! PNG plots of `arkvale eval` and `arkvale bench` results with `plotters` (bitmap backend; text drawn with
-//! ab_glyph from the DejaVu Sans bytes the `dejavu` crate embeds, so no system fonts are
-//! needed).
+//! PNG plots of `arkvale eval` and `arkvale bench` results with `plotters` (bitmap backend;
+//! text drawn with ab_glyph from the DejaVu Sans bytes the `dejavu` crate embeds, so no system
+//! fonts are needed).
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;

@@ -1,10 +1,10 @@
 //! Passkey retrieval (the paper's Table 1) and the retrieval sweep shared with [`crate::niah`].
 //!
-//! The prompt (the classic format; `arkvale-model/tests/fixtures/smollm2_reference.json` holds it as
-//! measured with llama.cpp): the task line, the filler "The grass is green. ..." repeated, the
-//! needle "The pass key is NNNNN. Remember it. NNNNN is the pass key." at the depth, the
-//! filler again, then "What is the pass key? The pass key is" — the pieces joined by newlines,
-//! the filler repetitions by spaces. Greedy decoding; a case is correct when the key appears
+//! The prompt (the classic format; `arkvale-model/tests/fixtures/smollm2_reference.json` holds
+//! it as measured with llama.cpp): the task line, the filler "The grass is green. ..."
+//! repeated, the needle "The pass key is NNNNN. Remember it. NNNNN is the pass key." at the
+//! depth, the filler again, then "What is the pass key? The pass key is" — the pieces joined
+//! by newlines, the filler repetitions by spaces. Greedy decoding; a case is correct when the key appears
 //! in the text of the first 8 generated tokens.
 
 use arkvale_core::SnapshotOptions;

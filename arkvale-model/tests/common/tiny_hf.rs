@@ -15,27 +15,36 @@ use safetensors::tensor::{Dtype, TensorView};
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// The next value.
     pub fn next(&mut self) -> f32 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
+    /// `len` values scaled by `scale`.
     pub fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
         (0..len).map(|_| self.next() * scale).collect()
     }
+    /// `len` RMSNorm weights in [0.8, 1.2).
     pub fn norm(&mut self, len: usize) -> Vec<f32> {
         (0..len).map(|_| 1.0 + 0.2 * self.next()).collect()
     }
 }
 
-// The model's shape: 2 layers, 4 query heads and 2 KV heads of 16, a 64-word vocabulary.
+/// Layers of the model.
 pub const LAYERS: usize = 2;
+/// Model width.
 pub const D: usize = 64;
+/// Query heads.
 pub const HEADS: usize = 4;
+/// KV heads.
 pub const KV_HEADS: usize = 2;
+/// Head dimension.
 pub const HEAD_DIM: usize = D / HEADS;
+/// Feed-forward width.
 pub const FF: usize = 96;
+/// Vocabulary size.
 pub const VOCAB: usize = 64;
 
 /// `config.json` of a model of architecture `model_type` (`llama`, `mistral`, `qwen2`).
