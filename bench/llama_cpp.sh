@@ -23,7 +23,7 @@ THREADS=${THREADS:-1}
 GENERATE=${GENERATE:-32}
 BUDGETS=${BUDGETS:-512,2048}
 VENV=${LLAMA_VENV:-target/llama-cpp-venv}
-HAYSTACK=arkvale-model/data/haystack/persuasion.txt
+HAYSTACK=arkvale-eval/data/haystack/persuasion.txt
 
 [ -f "$MODEL" ] || { echo "no model at $MODEL (cargo xtask fetch-model)" >&2; exit 1; }
 if ! "$VENV/bin/python" -c "import llama_cpp, numpy" 2>/dev/null; then
@@ -33,7 +33,7 @@ if ! "$VENV/bin/python" -c "import llama_cpp, numpy" 2>/dev/null; then
 fi
 OUT=target/bench/llama_cpp/$(basename "$MODEL" .gguf)
 mkdir -p "$OUT"
-cargo build --release --quiet -p arkvale-model --features cli --bin arkvale
+cargo build --release --quiet -p arkvale-cli --bin arkvale
 
 "$VENV/bin/python" bench/vs_llama_cpp.py measure --model "$MODEL" --contexts "$CONTEXTS" \
     --generate "$GENERATE" --threads "$THREADS" --haystack "$HAYSTACK" \

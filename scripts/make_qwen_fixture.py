@@ -32,7 +32,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "models", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf")
 OUT = os.path.join(ROOT, "arkvale-model", "tests", "fixtures", "qwen25_reference.json")
-HAYSTACK = os.path.join(ROOT, "arkvale-model", "data", "haystack", "persuasion.txt")
+HAYSTACK = os.path.join(ROOT, "arkvale-eval", "data", "haystack", "persuasion.txt")
 MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 GREEDY_STEPS = 8
 N_THREADS = 2

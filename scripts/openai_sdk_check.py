@@ -2,10 +2,10 @@
 """Checks a running `arkvale serve` with the official `openai` Python SDK.
 
 Not part of CI (it needs the SDK and a running server); the reqwest tests in
-arkvale-model/tests/serve.rs cover the same ground. Usage:
+arkvale-cli/tests/serve.rs cover the same ground. Usage:
 
     pip install openai
-    arkvale serve --port 8080 &          # or: cargo run --release -- serve --port 8080
+    arkvale serve --port 8080 &          # or: cargo run --release -p arkvale-cli -- serve --port 8080
     python3 scripts/openai_sdk_check.py [--base-url http://127.0.0.1:8080/v1] [--model NAME]
 
 Without --model the first id of GET /v1/models is used. Checks, in order: a chat

@@ -1,146 +1,22 @@
-//! `arkvale_model::hf` on tiny random Hugging Face model directories written here (no
-//! network, no fixture files): the HF Q/K order with NeoX RoPE must give the same logits as
+//! `arkvale_model::hf` on tiny random Hugging Face model directories written here
+//! ([`tiny_hf`]: no network, no fixture files): the HF Q/K order with NeoX RoPE must give the same logits as
 //! the same weights permuted into llama.cpp's layout with interleaved RoPE; F32 and BF16
 //! files, one file or two shards; and clear errors for broken directories.
 
+#[path = "common/tiny_hf.rs"]
+mod tiny_hf;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arkvale_core::{
     CacheConfig, CacheManager, DType, Device, KvDtype, RopeScaling, policy_by_name,
 };
-use arkvale_cpu::CpuDevice;
 use arkvale_model::hf::{self, HfError, HfModelDir};
 use arkvale_model::llama::{HostLayer, LlamaConfig, LlamaHostWeights, LlamaModel};
 use safetensors::tensor::{Dtype, TensorView};
-
-/// Deterministic xorshift generator of values in [-1, 1).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
-        (0..len).map(|_| self.next() * scale).collect()
-    }
-    fn norm(&mut self, len: usize) -> Vec<f32> {
-        (0..len).map(|_| 1.0 + 0.2 * self.next()).collect()
-    }
-}
-
-const LAYERS: usize = 2;
-const D: usize = 64;
-const HEADS: usize = 4;
-const KV_HEADS: usize = 2;
-const HEAD_DIM: usize = D / HEADS;
-const FF: usize = 96;
-const VOCAB: usize = 64;
-
-fn config_json(model_type: &str, tied: bool) -> String {
-    format!(
-        r#"{{
-  "architectures": ["LlamaForCausalLM"],
-  "model_type": "{model_type}",
-  "hidden_size": {D},
-  "intermediate_size": {FF},
-  "num_hidden_layers": {LAYERS},
-  "num_attention_heads": {HEADS},
-  "num_key_value_heads": {KV_HEADS},
-  "rms_norm_eps": 1e-05,
-  "rope_theta": 10000.0,
-  "max_position_embeddings": 256,
-  "vocab_size": {VOCAB},
-  "tie_word_embeddings": {tied},
-  "rope_scaling": null,
-  "bos_token_id": 0,
-  "eos_token_id": 1,
-  "torch_dtype": "float32"
-}}"#
-    )
-}
-
-/// A word-level tokenizer: `<s>`, `</s>`, `<unk>`, then `w3` .. `w63`.
-fn tokenizer_json() -> String {
-    let special = |id: usize, s: &str| {
-        format!(
-            r#"{{"id":{id},"content":"{s}","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}}"#
-        )
-    };
-    let mut vocab = vec![
-        "\"<s>\":0".to_string(),
-        "\"</s>\":1".into(),
-        "\"<unk>\":2".into(),
-    ];
-    vocab.extend((3..VOCAB).map(|i| format!("\"w{i}\":{i}")));
-    format!(
-        r#"{{"version":"1.0","truncation":null,"padding":null,
-"added_tokens":[{},{}],
-"normalizer":null,"pre_tokenizer":{{"type":"Whitespace"}},"post_processor":null,"decoder":null,
-"model":{{"type":"WordLevel","vocab":{{{}}},"unk_token":"<unk>"}}}}"#,
-        special(0, "<s>"),
-        special(1, "</s>"),
-        vocab.join(",")
-    )
-}
-
-const TOKENIZER_CONFIG: &str = r#"{"bos_token": {"content": "<s>"}, "eos_token": "</s>",
-"add_bos_token": true, "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}"#;
-
-/// Random weights by Hugging Face name, shape and values (HF Q/K row order).
-fn hf_tensors(tied: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let mut r = Rng(0x5eed);
-    let kv = KV_HEADS * HEAD_DIM;
-    let s = |k: usize| 1.5 / (k as f32).sqrt();
-    let mut t = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![VOCAB, D],
-        r.vec(VOCAB * D, 1.0),
-    )];
-    for l in 0..LAYERS {
-        let p = |n: &str| format!("model.layers.{l}.{n}");
-        t.push((p("input_layernorm.weight"), vec![D], r.norm(D)));
-        t.push((p("self_attn.q_proj.weight"), vec![D, D], r.vec(D * D, s(D))));
-        t.push((
-            p("self_attn.k_proj.weight"),
-            vec![kv, D],
-            r.vec(kv * D, s(D)),
-        ));
-        t.push((
-            p("self_attn.v_proj.weight"),
-            vec![kv, D],
-            r.vec(kv * D, s(D)),
-        ));
-        t.push((p("self_attn.o_proj.weight"), vec![D, D], r.vec(D * D, s(D))));
-        t.push((p("post_attention_layernorm.weight"), vec![D], r.norm(D)));
-        t.push((p("mlp.gate_proj.weight"), vec![FF, D], r.vec(FF * D, s(D))));
-        t.push((p("mlp.up_proj.weight"), vec![FF, D], r.vec(FF * D, s(D))));
-        t.push((p("mlp.down_proj.weight"), vec![D, FF], r.vec(D * FF, s(FF))));
-    }
-    t.push(("model.norm.weight".into(), vec![D], r.norm(D)));
-    if !tied {
-        t.push((
-            "lm_head.weight".into(),
-            vec![VOCAB, D],
-            r.vec(VOCAB * D, 1.0),
-        ));
-    }
-    t
-}
-
-fn bytes(v: &[f32], bf16: bool) -> Vec<u8> {
-    if bf16 {
-        v.iter()
-            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-            .collect()
-    } else {
-        v.iter().flat_map(|x| x.to_le_bytes()).collect()
-    }
-}
+use tiny_hf::*;
 
 /// What the file holds, read back as f32.
 fn stored(v: &[f32], bf16: bool) -> Vec<f32> {
@@ -151,70 +27,6 @@ fn stored(v: &[f32], bf16: bool) -> Vec<f32> {
     } else {
         v.to_vec()
     }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("arkvale-hf-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], bf16: bool) {
-    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, s, v)| (n.clone(), s.clone(), bytes(v, bf16)))
-        .collect();
-    let dtype = if bf16 { Dtype::BF16 } else { Dtype::F32 };
-    let views: Vec<(String, TensorView<'_>)> = data
-        .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
-}
-
-/// Writes a model directory; `sharded` splits the tensors over two files with an index.
-fn write_dir(
-    dir: &Path,
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
-    sharded: bool,
-    bf16: bool,
-    tied: bool,
-) {
-    std::fs::write(dir.join("config.json"), config_json("llama", tied)).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), tokenizer_json()).unwrap();
-    std::fs::write(dir.join("tokenizer_config.json"), TOKENIZER_CONFIG).unwrap();
-    if !sharded {
-        write_safetensors(&dir.join("model.safetensors"), tensors, bf16);
-        return;
-    }
-    let half = tensors.len() / 2;
-    let names = [
-        "model-00001-of-00002.safetensors",
-        "model-00002-of-00002.safetensors",
-    ];
-    write_safetensors(&dir.join(names[0]), &tensors[..half], bf16);
-    write_safetensors(&dir.join(names[1]), &tensors[half..], bf16);
-    let map: Vec<String> = tensors
-        .iter()
-        .enumerate()
-        .map(|(i, (n, _, _))| format!("\"{n}\": \"{}\"", names[usize::from(i >= half)]))
-        .collect();
-    let index = format!(
-        "{{\"metadata\": {{\"total_size\": 0}}, \"weight_map\": {{{}}}}}",
-        map.join(", ")
-    );
-    std::fs::write(dir.join("model.safetensors.index.json"), index).unwrap();
 }
 
 /// Q/K rows of one projection (`heads` heads) from HF order into llama.cpp's GGUF order:
@@ -297,10 +109,6 @@ fn reference_model(
         qkv_bias,
     };
     LlamaModel::from_host_weights(dev, config, weights, DType::F32).unwrap()
-}
-
-fn device() -> Arc<dyn Device> {
-    Arc::new(CpuDevice::new(Some(2)).unwrap())
 }
 
 /// Logits of every step: a prefill of `prompt`, then `steps` decodes of fixed tokens.
@@ -575,109 +383,4 @@ fn config_errors() {
         HfModelDir::open(dir.0.join("nope")),
         Err(HfError::Config(_))
     ));
-}
-
-/// The `arkvale` binary on a Hugging Face directory: `info` describes it, `generate --json`
-/// produces the library's greedy tokens, and `--stop` cuts the text at a stop string.
-#[cfg(feature = "cli")]
-#[test]
-fn cli_runs_a_hugging_face_directory() {
-    use std::process::Command;
-    let dir = TempDir::new("cli");
-    let tensors = hf_tensors(false);
-    write_dir(&dir.0, &tensors, true, false, false);
-    let arkvale = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_arkvale"))
-            .args(args)
-            .env_remove("ARKVALE_MODEL")
-            .output()
-            .unwrap()
-    };
-    let model = dir.0.to_str().unwrap();
-    let info = arkvale(&["info", "--model", model]);
-    let text = String::from_utf8_lossy(&info.stdout);
-    assert!(
-        info.status.success(),
-        "{}",
-        String::from_utf8_lossy(&info.stderr)
-    );
-    assert!(text.contains("architecture llama"), "{text}");
-    assert!(text.contains("Hugging Face"), "{text}");
-
-    let generate = |extra: &[&str]| {
-        let mut args = vec![
-            "generate",
-            "--model",
-            model,
-            "--prompt",
-            "w3 w4 w5",
-            "--json",
-            "--max-tokens",
-            "6",
-            "--policy",
-            "full",
-            "--kv-dtype",
-            "f32",
-            "--ignore-eos",
-            "--page-size",
-            "8",
-        ];
-        args.extend_from_slice(extra);
-        let out = arkvale(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v
-    };
-    let v = generate(&[]);
-    let prompt: Vec<u32> = v["prompt_tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
-    assert_eq!(&prompt[prompt.len() - 3..], &[3, 4, 5]);
-    let tokens: Vec<u32> = v["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
-    let (_, lib) = hf::load(&dir.0, device(), DType::F32).unwrap();
-    let config = CacheConfig {
-        page_size: 8,
-        budget_tokens: 256,
-        kv_dtype: KvDtype::F32,
-        device_bytes: 8 << 20,
-        host_bytes: 8 << 20,
-        ..Default::default()
-    };
-    let policy = policy_by_name("full", &config).unwrap();
-    let mut cache = CacheManager::new(lib.device().clone(), lib.shape(), config, policy).unwrap();
-    let seq = cache.add_sequence();
-    let argmax = |l: &[f32]| (0..l.len()).fold(0, |b, i| if l[i] > l[b] { i } else { b }) as u32;
-    let mut want = vec![argmax(&lib.prefill(&mut cache, seq, &prompt).unwrap())];
-    while want.len() < tokens.len() {
-        let l = lib
-            .decode(&mut cache, &[seq], &[*want.last().unwrap()])
-            .unwrap();
-        want.push(argmax(&l));
-    }
-    assert_eq!(tokens, want);
-
-    // A later generated word as a stop string: the text ends before it.
-    let text = v["text"].as_str().unwrap();
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let stop = words
-        .iter()
-        .skip(1)
-        .find(|w| !words[0].contains(*w))
-        .unwrap_or_else(|| panic!("no second distinct word in {text:?}"));
-    let stopped = generate(&["--stop", stop]);
-    let cut = stopped["text"].as_str().unwrap();
-    assert_eq!(cut, &text[..text.find(stop).unwrap()], "{text:?}");
-    assert_eq!(stopped["stats"]["stop_reason"], "stop_string");
 }

@@ -159,7 +159,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
 }
 
 /// The per-user model directory, by the rule of the `arkvale` CLI's `model_path::
-/// user_model_dir` (arkvale-model/src/bin/arkvale/model_path.rs; xtask has no dependency on
+/// user_model_dir` (arkvale-cli/src/model_path.rs; xtask has no dependency on
 /// it, so the rule is repeated here and both have tests): `$XDG_DATA_HOME/arkvale/models`
 /// when `XDG_DATA_HOME` is absolute, else `$HOME/.local/share/arkvale/models` (on Windows
 /// `%LOCALAPPDATA%\arkvale\models`). `env` reads one environment variable.

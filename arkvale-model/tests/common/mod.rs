@@ -1,4 +1,5 @@
-//! Shared by the integration tests that use the real SmolLM2 model and the reference fixture.
+//! Shared by the integration tests that use the real SmolLM2 model and the reference fixture
+//! (arkvale-model's, and arkvale-cli's, which include this module by path).
 #![allow(dead_code)]
 
 pub mod naive;
@@ -29,10 +30,12 @@ pub fn model_path() -> Option<PathBuf> {
     }
 }
 
-/// The reference fixture (`tests/fixtures/smollm2_reference.json`).
+/// The reference fixture (`arkvale-model/tests/fixtures/smollm2_reference.json`; the path goes
+/// through the workspace root so that arkvale-cli's tests, which include this module, find it
+/// too).
 pub fn fixture() -> serde_json::Value {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_reference.json");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../arkvale-model/tests/fixtures/smollm2_reference.json");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))

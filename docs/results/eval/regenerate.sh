@@ -10,7 +10,7 @@
 # prompt, and `arkvale eval plot DIR` redraws the plots and tables of a sweep stopped part-way. The real text of fidelity, digest-recall, recalls and the
 # real-text NIAH run is the GNU GPL v3 (gpl-3.0.txt beside this script, ~8k tokens).
 set -euo pipefail
-cargo build --release -p arkvale-model --features cli --bin arkvale
+cargo build --release -p arkvale-cli --bin arkvale
 bin="${CARGO_TARGET_DIR:-target}/release/arkvale"
 out=docs/results/eval
 text=$out/gpl-3.0.txt
@@ -24,9 +24,9 @@ paper=(--preset paper)
 "$bin" eval digest-recall --text-file "$text" --out "$out/digest-recall"
 "$bin" eval recalls "${paper[@]}" --text-file "$text" --out "$out/recalls"
 
-# Round 2 (real prose: the built-in public-domain novels of arkvale-model/data/haystack/):
+# Round 2 (real prose: the built-in public-domain novels of arkvale-eval/data/haystack/):
 # the recommended preset (the default) beside the paper's rules and the ablation between them.
-prose=arkvale-model/data/haystack/persuasion.txt
+prose=arkvale-eval/data/haystack/persuasion.txt
 ablation="full,arkvale,arkvale:preset=paper,arkvale:preset=paper+victims=attention+prefill=attention"
 ablation="$ablation,arkvale:preset=paper+victims=attention+prefill=attention+groups=kv+agg=max,streaming"
 "$bin" eval fidelity --text-file "$prose" --prefill 4096 --decode 256 --policies "$ablation" \
