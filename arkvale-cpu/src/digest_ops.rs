@@ -10,7 +10,7 @@
 use arkvale_core::digest::{rank_key, summarize as digest_of};
 use arkvale_core::{DigestKind, EstimateJob, KvLayout, ScoreAgg, SummarizeJob, TopkSegment};
 
-use crate::elem::{KvElem, dot, load};
+use crate::elem::{KvElem, dot, load, prefetch};
 use crate::par::Par;
 use crate::scatter::{chunks_mut, group_by_target};
 
@@ -101,9 +101,20 @@ pub(crate) fn estimate(
         digests,
         q,
     };
-    let items: Vec<_> = scores[..jobs.len()].iter_mut().zip(jobs).collect();
-    par.for_each(items, |(out, job)| *out = est.job(job));
+    let items: Vec<_> = scores[..jobs.len()]
+        .chunks_mut(ESTIMATE_CHUNK)
+        .zip(jobs.chunks(ESTIMATE_CHUNK))
+        .collect();
+    par.for_each(items, |(out, jobs)| est.jobs(jobs, out));
 }
+
+/// Jobs per parallel task of [`estimate`].
+const ESTIMATE_CHUNK: usize = 64;
+
+/// How many jobs ahead [`estimate`] prefetches a digest: a layer's digests are spread over
+/// the store (pages are sealed layer by layer, group by group), so the hardware prefetchers
+/// cannot guess the next one, and each score would otherwise wait on memory.
+const PREFETCH_AHEAD: usize = 2;
 
 /// The inputs every score of one [`estimate`] call shares.
 struct Estimate<'a> {
@@ -115,22 +126,39 @@ struct Estimate<'a> {
 }
 
 impl Estimate<'_> {
-    /// One job's score, compiled for AVX2 + FMA where the CPU has them (the same code: the
-    /// lane loops of [`score`] become vector instructions).
-    fn job(&self, job: &EstimateJob) -> f32 {
+    /// Scores `jobs` into `out`, compiled for AVX2 + FMA where the CPU has them (the same
+    /// code: the lane loops of [`score`] become vector instructions).
+    fn jobs(&self, jobs: &[EstimateJob], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if crate::elem::has_avx2_fma_f16c() {
-            // SAFETY: the CPU has the features `job_avx2` is compiled for.
-            return unsafe { self.job_avx2(job) };
+            // SAFETY: the CPU has the features `jobs_avx2` is compiled for.
+            return unsafe { self.jobs_avx2(jobs, out) };
         }
-        self.job_body(job)
+        self.jobs_body(jobs, out)
     }
 
-    /// [`Estimate::job_body`] compiled with AVX2 and FMA enabled.
+    /// [`Estimate::jobs_body`] compiled with AVX2 and FMA enabled.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn job_avx2(&self, job: &EstimateJob) -> f32 {
-        self.job_body(job)
+    fn jobs_avx2(&self, jobs: &[EstimateJob], out: &mut [f32]) {
+        self.jobs_body(jobs, out)
+    }
+
+    #[inline(always)]
+    fn jobs_body(&self, jobs: &[EstimateJob], out: &mut [f32]) {
+        for (i, (o, job)) in out.iter_mut().zip(jobs).enumerate() {
+            if let Some(next) = jobs.get(i + PREFETCH_AHEAD) {
+                prefetch(self.digests_of(next));
+            }
+            *o = self.job_body(job);
+        }
+    }
+
+    /// The digests (one per KV head of the group) a job reads.
+    #[inline(always)]
+    fn digests_of(&self, job: &EstimateJob) -> &[f32] {
+        let per_slot = self.l.heads_per_group * self.kind.len(self.l.head_dim);
+        &self.digests[job.digest as usize * per_slot..][..per_slot]
     }
 
     #[inline(always)]
