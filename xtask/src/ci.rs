@@ -24,13 +24,26 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
     Ok(opts)
 }
 
-/// The cargo invocations of the checks before the tests.
-const CHECKS: [&[&str]; 3] = [
+/// The cargo invocations of the checks before the tests. The second clippy run lints the
+/// `arkvale` binary with its optional backends compiled in (code behind `cfg(feature)` that
+/// the default build never sees).
+const CHECKS: [&[&str]; 4] = [
     &["fmt", "--all", "--", "--check"],
     &[
         "clippy",
         "--workspace",
         "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ],
+    &[
+        "clippy",
+        "-p",
+        "arkvale-cli",
+        "--all-targets",
+        "--features",
+        "wgpu,cuda",
         "--",
         "-D",
         "warnings",
