@@ -31,7 +31,7 @@ use std::ops::Range;
 use arkvale_core::{AttnPage, AttnRow, KvLayout};
 
 use crate::attn_tile::{KEY_PAD, TRANSPOSE_FROM, scores, scores_rows, transpose, weighted_values};
-use crate::elem::{KvElem, dot, exp_lane, exp_shifted, load, max_lanes, prefetch, sum_lanes};
+use crate::elem::{KvElem, exp_lane, exp_shifted, load, max_lanes, prefetch, sum_lanes};
 use crate::par::Par;
 use crate::scatter::{chunks_mut, group_by_target};
 
@@ -549,8 +549,9 @@ pub(crate) fn finalize(
 
 /// Token weights: adds each row's softmax probabilities, summed over the query heads that share
 /// a KV head, to `weights[page index][h][i]`. Pass 1 finds every row's `(max, sum)`; pass 2
-/// runs one task per (page of the list, KV head), which visits the rows reading that page in
-/// row order and adds their probabilities: each weight has a single writer.
+/// runs one task per (page of the list, KV head), which widens and transposes the page's keys
+/// once, scores the rows reading that page block by block with pass 1's tile product, and adds
+/// their probabilities in row order: each weight has a single writer.
 pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
     let parts = partials(
         pb,
@@ -569,46 +570,67 @@ pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
             let (pi, h) = (c / hg, c % hg);
             let page = &pb.pages[pi];
             let len = page.len as usize;
+            // The rows that attend this page, with the tokens of it each may see.
+            let seen: Vec<(usize, usize)> = pb
+                .rows
+                .iter()
+                .enumerate()
+                .filter(|(_, row)| {
+                    (row.page_start as usize..row.page_start as usize + row.page_count as usize)
+                        .contains(&pi)
+                })
+                .filter_map(|(r, row)| {
+                    let reach = row.pos.checked_sub(page.base_pos)?;
+                    Some((r, len.min(reach as usize + 1)))
+                })
+                .collect();
+            if len == 0 || seen.is_empty() {
+                return;
+            }
             let slot = page.slot as usize;
             let keep = pb
                 .mask
                 .map(|m| &m[(slot * hg + h) * p..(slot * hg + h + 1) * p]);
-            let mut kt: Vec<f32> = Vec::new(); // widened on first use
-            let mut add = vec![0f32; p];
-            for (r, row) in pb.rows.iter().enumerate() {
-                let covers = (row.page_start as usize
-                    ..row.page_start as usize + row.page_count as usize)
-                    .contains(&pi);
-                let Some(reach) = row.pos.checked_sub(page.base_pos) else {
-                    continue;
-                };
-                if !covers || len == 0 {
-                    continue;
-                }
-                if kt.is_empty() {
-                    kt = vec![0f32; len * d];
-                    let ko = l.k_offset(slot, h, 0);
-                    load(&pb.pool[ko..ko + len * d], &mut kt);
-                }
-                let nr = len.min(reach as usize + 1);
-                add.fill(0.0);
-                for jj in 0..gqa {
-                    let j = h * gqa + jj;
-                    let (m, sum, _) = parts.get(r, j);
-                    if sum == 0.0 {
-                        continue;
+            // The page's keys widened and transposed once, then scored block by block of
+            // rows exactly as the first pass scored them (scale folded into the queries).
+            let np = len.next_multiple_of(KEY_PAD);
+            let mut k = vec![0f32; len * d];
+            let ko = l.k_offset(slot, h, 0);
+            load(&pb.pool[ko..ko + len * d], &mut k);
+            let mut kt = vec![0f32; d * np];
+            transpose(&k, len, d, &mut kt, np);
+            let mut qs = vec![0f32; ROW_BLOCK * gqa * d];
+            let mut s = vec![0f32; ROW_BLOCK * gqa * np];
+            for block in seen.chunks(ROW_BLOCK) {
+                let ne = block.len() * gqa;
+                for (bi, &(r, _)) in block.iter().enumerate() {
+                    let row = &pb.rows[r];
+                    let head0 = (row.group as usize * hg + h) * gqa;
+                    let src = &pb.q[(row.q_row as usize * l.q_heads() + head0) * d..][..gqa * d];
+                    for (x, &y) in qs[bi * gqa * d..(bi + 1) * gqa * d].iter_mut().zip(src) {
+                        *x = y * pb.scale;
                     }
-                    let head = (row.group as usize * hg + h) * gqa + jj;
-                    let qv = &pb.q[(row.q_row as usize * l.q_heads() + head) * d..][..d];
-                    for (i, a) in add[..nr].iter_mut().enumerate() {
-                        if keep.is_none_or(|k| k[i] != 0) {
-                            let s = dot(qv, &kt[i * d..(i + 1) * d]) * pb.scale;
-                            *a += (s - m).exp() / sum;
+                }
+                scores(&qs[..ne * d], ne, d, &kt, np, &mut s[..ne * np]);
+                for (bi, &(r, nr)) in block.iter().enumerate() {
+                    for jj in 0..gqa {
+                        let (m, sum, _) = parts.get(r, h * gqa + jj);
+                        if sum == 0.0 {
+                            continue;
+                        }
+                        let e = &mut s[(bi * gqa + jj) * np..][..nr];
+                        if let Some(keep) = keep {
+                            for (x, &kp) in e.iter_mut().zip(keep) {
+                                if kp == 0 {
+                                    *x = f32::NEG_INFINITY;
+                                }
+                            }
+                        }
+                        exp_shifted(e, m);
+                        for (x, &y) in w[..nr].iter_mut().zip(e.iter()) {
+                            *x += y / sum;
                         }
                     }
-                }
-                for (x, a) in w.iter_mut().zip(&add[..nr]) {
-                    *x += a;
                 }
             }
         },
