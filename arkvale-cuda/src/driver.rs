@@ -1,8 +1,9 @@
 //! The thin launch layer: RAII wrappers over the CUDA driver objects the backend uses (device
 //! memory, pinned host memory, streams, events, modules, the cuBLAS handle) and a checked
 //! kernel launch. Every driver call returns a [`Result`]; nothing here decides anything.
-//! Above it, `device` implements [`arkvale_core::Device`]; nothing above the crate sees any of
-//! these types.
+//! Every raw (unsafe) driver and cuBLAS call of the crate is made here (NVRTC compilation is
+//! in `kernels`). Above it, `device` implements [`arkvale_core::Device`]; nothing above the
+//! crate sees any of these types.
 
 use std::collections::HashMap;
 use std::ffi::{CString, c_void};
@@ -17,6 +18,21 @@ use crate::BACKEND;
 /// A driver error as an [`Error::Device`], naming the call.
 pub(crate) fn drv(what: &str) -> impl FnOnce(result::DriverError) -> Error + '_ {
     move |e| Error::device(BACKEND, format!("{what}: {e}"))
+}
+
+/// Why no CUDA device can be opened here, or the number of devices. Never panics: it checks
+/// that `libcuda` can be loaded before the first driver call (cudarc panics otherwise).
+pub fn probe() -> std::result::Result<usize, String> {
+    // SAFETY: only tries to dlopen the driver library by its candidate names.
+    if !unsafe { sys::is_culib_present() } {
+        return Err("no CUDA driver: libcuda.so not found on the loader path".into());
+    }
+    result::init().map_err(|e| format!("no usable CUDA driver: cuInit failed: {e}"))?;
+    let n = result::device::get_count().map_err(|e| format!("cuDeviceGetCount failed: {e}"))?;
+    if n <= 0 {
+        return Err("no CUDA device: the driver reports 0 devices".into());
+    }
+    Ok(n as usize)
 }
 
 /// The context shared by every object of one device (kept alive by each of them).
@@ -165,6 +181,103 @@ impl Stream {
         // SAFETY: a live event and stream.
         unsafe { result::event::record(ev.raw, self.raw) }.map_err(drv("cuEventRecord"))?;
         Ok(ev)
+    }
+
+    /// Queues a copy of the host bytes `src` to device address `dst` (`cuMemcpyHtoDAsync`);
+    /// pageable bytes are staged by the driver before this returns.
+    ///
+    /// # Safety
+    /// `dst` must be a live allocation of at least `src.len()` bytes.
+    pub(crate) unsafe fn upload(
+        &self,
+        dst: sys::CUdeviceptr,
+        src: &[u8],
+        what: &str,
+    ) -> Result<()> {
+        // SAFETY: the caller guarantees the destination range.
+        unsafe { result::memcpy_htod_async(dst, src, self.raw) }.map_err(drv(what))
+    }
+
+    /// Queues a copy of `out.len()` bytes from device address `src` into `out`
+    /// (`cuMemcpyDtoHAsync`).
+    ///
+    /// # Safety
+    /// `src` must be a live allocation of at least `out.len()` bytes, and `out` must not be
+    /// released before the stream is synchronized.
+    pub(crate) unsafe fn download(
+        &self,
+        out: &mut [u8],
+        src: sys::CUdeviceptr,
+        what: &str,
+    ) -> Result<()> {
+        // SAFETY: the caller guarantees both ranges and the synchronization.
+        unsafe { result::memcpy_dtoh_async(out, src, self.raw) }.map_err(drv(what))
+    }
+
+    /// Queues a device-to-device copy of `bytes` bytes (`cuMemcpyDtoDAsync`).
+    ///
+    /// # Safety
+    /// Both ranges must lie in live allocations and must not overlap.
+    pub(crate) unsafe fn copy_dtod(
+        &self,
+        dst: sys::CUdeviceptr,
+        src: sys::CUdeviceptr,
+        bytes: usize,
+        what: &str,
+    ) -> Result<()> {
+        // SAFETY: the caller guarantees both ranges.
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.raw) }.map_err(drv(what))
+    }
+
+    /// Queues zeroing `bytes` bytes at `dst` (`cuMemsetD8Async`).
+    ///
+    /// # Safety
+    /// `dst` must be a live allocation of at least `bytes` bytes.
+    pub(crate) unsafe fn zero(
+        &self,
+        dst: sys::CUdeviceptr,
+        bytes: usize,
+        what: &str,
+    ) -> Result<()> {
+        // SAFETY: the caller guarantees the range.
+        unsafe { result::memset_d8_async(dst, 0, bytes, self.raw) }.map_err(drv(what))
+    }
+
+    /// Queues a copy of `bytes` bytes from device address `src` to pinned host memory at `dst`
+    /// (`cuMemcpyDtoHAsync`).
+    ///
+    /// # Safety
+    /// Both ranges must lie in live allocations; the host memory must be pinned and outlive
+    /// the copy.
+    pub(crate) unsafe fn copy_to_pinned(
+        &self,
+        dst: *mut u8,
+        src: sys::CUdeviceptr,
+        bytes: usize,
+        what: &str,
+    ) -> Result<()> {
+        // SAFETY: the caller guarantees both ranges and the host memory's lifetime.
+        unsafe { sys::cuMemcpyDtoHAsync_v2(dst as *mut c_void, src, bytes, self.raw) }
+            .result()
+            .map_err(drv(what))
+    }
+
+    /// Queues a copy of `bytes` bytes from pinned host memory at `src` to device address `dst`
+    /// (`cuMemcpyHtoDAsync`).
+    ///
+    /// # Safety
+    /// As for [`Stream::copy_to_pinned`].
+    pub(crate) unsafe fn copy_from_pinned(
+        &self,
+        dst: sys::CUdeviceptr,
+        src: *const u8,
+        bytes: usize,
+        what: &str,
+    ) -> Result<()> {
+        // SAFETY: the caller guarantees both ranges and the host memory's lifetime.
+        unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src as *const c_void, bytes, self.raw) }
+            .result()
+            .map_err(drv(what))
     }
 }
 
@@ -407,6 +520,52 @@ impl Cublas {
         unsafe { cudarc::cublas::result::set_stream(handle, stream.raw as _) }
             .map_err(|e| Error::device(BACKEND, format!("cublasSetStream: {e:?}")))?;
         Ok(Some(out))
+    }
+}
+
+impl Cublas {
+    /// `C = Aᵀ · B` in f32 (`cublasSgemm` with `A` transposed, `alpha = 1`, `beta = 0`), all
+    /// matrices column-major: `A` is `[k, m]` (ld `lda`), `B` is `[k, n]` (ld `ldb`), `C` is
+    /// `[m, n]` (ld `ldc`), queued on the handle's stream.
+    ///
+    /// # Safety
+    /// Every pointer must be a live allocation of the size its dims and leading dimension
+    /// imply.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn sgemm_tn(
+        &self,
+        m: i32,
+        n: i32,
+        k: i32,
+        a: sys::CUdeviceptr,
+        lda: i32,
+        b: sys::CUdeviceptr,
+        ldb: i32,
+        c: sys::CUdeviceptr,
+        ldc: i32,
+    ) -> Result<()> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // SAFETY: the caller guarantees the pointers; the handle is live.
+        unsafe {
+            cudarc::cublas::sys::cublasSgemm_v2(
+                self.handle,
+                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,
+                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N,
+                m,
+                n,
+                k,
+                &alpha,
+                a as *const f32,
+                lda,
+                b as *const f32,
+                ldb,
+                &beta,
+                c as *mut f32,
+                ldc,
+            )
+        }
+        .result()
+        .map_err(|e| Error::device(BACKEND, format!("cublasSgemm: {e:?}")))
     }
 }
 

@@ -61,8 +61,9 @@ pub const SOURCES: &[KernelSource] = &[
     },
 ];
 
-/// Every kernel name the device launches (built exactly as `device.rs` builds them), so that
-/// a test can check each one exists in the compiled sources.
+/// Every kernel name the device launches (built exactly as `kv.rs`, `attention.rs`,
+/// `dense.rs` and `launch.rs` build them), so that a test can check each one exists in the
+/// compiled sources.
 pub fn launched_names() -> Vec<String> {
     let mut names: Vec<String> = [
         "estimate",

@@ -113,12 +113,22 @@
 
 #![warn(missing_docs)]
 
+mod attention;
+mod buffer;
+mod copies;
+mod dense;
 mod device;
 mod driver;
 pub mod kernels;
+mod kv;
+mod launch;
+#[cfg(test)]
+mod tests;
 mod validate;
 
-pub use device::{CudaDevice, CudaEvent, probe};
+pub use copies::CudaEvent;
+pub use device::CudaDevice;
+pub use driver::probe;
 
 /// The backend name used in errors and by [`arkvale_core::Device::name`].
 pub(crate) const BACKEND: &str = "cuda";

@@ -1,0 +1,337 @@
+//! The dense model ops of [`CudaDevice`]: checks and the launches of `matmul.cu` (or cuBLAS
+//! SGEMM for many rows) and `dense.cu` (RMSNorm, RoPE, SiLU-gating, add, bias add, embedding,
+//! argmax).
+
+use arkvale_core::{Buffer, DType, Error, MatmulDims, Result, Rope, RopeStyle};
+
+use crate::BACKEND;
+use crate::buffer::same;
+use crate::device::{CudaDevice, State};
+use crate::driver::{Cublas, kargs};
+use crate::launch::{grid1d, suffix, u32_bytes};
+use crate::validate::{self, at_least, product};
+
+/// Rows per block of the small-`m` matmul kernel (`MM_ROWS`).
+const MM_ROWS: usize = 8;
+/// Up to this many rows, matmul uses the weight-streaming kernel; above, cuBLAS SGEMM.
+const GEMV_MAX_ROWS: usize = 8;
+/// Bytes of f32 weights widened per cuBLAS call for half-precision weights.
+const WIDEN_CHUNK_BYTES: usize = 64 << 20;
+
+impl CudaDevice {
+    /// [`Device::matmul`](arkvale_core::Device::matmul).
+    pub(crate) fn dense_matmul(
+        &self,
+        dims: &MatmulDims,
+        x: &Buffer,
+        w: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
+        self.ctx.bind()?;
+        let MatmulDims { m, n, k } = *dims;
+        let xs = self.typed(x, DType::F32, "matmul: x")?;
+        let ws = self.float_table(w, "matmul: weights")?;
+        let os = self.typed(out, DType::F32, "matmul: out")?;
+        validate::not_aliased(out, &[x, w], "matmul")?;
+        at_least(x, product(m, k, "matmul: x")?, "matmul: x [m, k]")?;
+        at_least(
+            w,
+            product(n, k, "matmul: weights")?,
+            "matmul: weights [n, k]",
+        )?;
+        at_least(out, product(m, n, "matmul: out")?, "matmul: out [m, n]")?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if [m, n, k].iter().any(|&v| v > i32::MAX as usize) {
+            return Err(Error::shape("matmul: a dimension beyond 2^31 - 1"));
+        }
+        let mut st = self.state.lock();
+        let use_blas = m > GEMV_MAX_ROWS && k > 0 && {
+            if st.cublas.is_none() {
+                st.cublas = Some(Cublas::new(&self.ctx, &self.compute)?);
+            }
+            matches!(st.cublas, Some(Some(_)))
+        };
+        let (xp, wp, op) = (xs.mem.ptr, ws.mem.ptr, os.mem.ptr);
+        if !use_blas {
+            let (mm, nn, kk) = (m as u32, n as u32, k as u32);
+            let gy = m.div_ceil(MM_ROWS);
+            if gy > 65535 {
+                return Err(Error::shape("matmul: too many rows for one launch"));
+            }
+            return self.launch(
+                &format!("matmul_rows_{}", suffix(w.dtype())),
+                (n.div_ceil(8) as u32, gy as u32, 1),
+                256,
+                0,
+                &kargs![xp, wp, op, mm, nn, kk],
+            );
+        }
+        let sgemm = |st: &State, a: u64, rows: usize, c: u64| -> Result<()> {
+            let Some(Some(blas)) = &st.cublas else {
+                return Err(Error::device(BACKEND, "cuBLAS handle missing"));
+            };
+            // out^T [n, m] (column-major, ld n) = W [rows, k]^T-as-column-major · x^T.
+            // SAFETY: every pointer is a live allocation of the checked size; dims fit i32.
+            unsafe {
+                blas.sgemm_tn(
+                    rows as i32,
+                    m as i32,
+                    k as i32,
+                    a,
+                    k as i32,
+                    xp,
+                    k as i32,
+                    c,
+                    n as i32,
+                )
+            }
+        };
+        if w.dtype() == DType::F32 {
+            return sgemm(&st, wp, n, op);
+        }
+        let chunk = (WIDEN_CHUNK_BYTES / 4 / k).clamp(1, n);
+        let tmp = self.scratch(&mut st, chunk * k * 4)?;
+        let mut n0 = 0;
+        while n0 < n {
+            let rows = chunk.min(n - n0);
+            let cnt = (rows * k) as u64;
+            let src = wp + (n0 * k * w.dtype().size()) as u64;
+            self.launch(
+                &format!("widen_{}", suffix(w.dtype())),
+                (grid1d(cnt), 1, 1),
+                256,
+                0,
+                &kargs![src, tmp, cnt],
+            )?;
+            sgemm(&st, tmp, rows, op + (n0 * 4) as u64)?;
+            n0 += rows;
+        }
+        Ok(())
+    }
+
+    /// [`Device::rmsnorm`](arkvale_core::Device::rmsnorm).
+    pub(crate) fn dense_rmsnorm(
+        &self,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        x: &Buffer,
+        weight: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
+        self.ctx.bind()?;
+        let xs = self.typed(x, DType::F32, "rmsnorm: x")?;
+        let ws = self.typed(weight, DType::F32, "rmsnorm: weight")?;
+        let os = self.typed(out, DType::F32, "rmsnorm: out")?;
+        validate::not_aliased(out, &[x, weight], "rmsnorm")?;
+        let len = validate::rmsnorm(rows, dim, eps, x, weight, out)?;
+        if len == 0 {
+            return Ok(());
+        }
+        if rows > i32::MAX as usize || dim > u32::MAX as usize {
+            return Err(Error::shape("rmsnorm: too many rows"));
+        }
+        let (xp, wp, op, r, dm) = (xs.mem.ptr, ws.mem.ptr, os.mem.ptr, rows as u32, dim as u32);
+        self.launch(
+            "rmsnorm",
+            (rows as u32, 1, 1),
+            256,
+            0,
+            &kargs![xp, wp, op, r, dm, eps],
+        )
+    }
+
+    /// [`Device::rope`](arkvale_core::Device::rope).
+    pub(crate) fn dense_rope(&self, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
+        self.ctx.bind()?;
+        let xs = self.typed(x, DType::F32, "rope: x")?;
+        let len = validate::rope(rope, positions.len(), x)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let mut st = self.state.lock();
+        let a = self.upload(
+            &mut st,
+            &[u32_bytes(positions), bytemuck::cast_slice(rope.inv_freq)],
+        )?;
+        let (xp, pp, fp) = (xs.mem.ptr, a[0], a[1]);
+        let (t, h, d, style, scale) = (
+            positions.len() as u32,
+            rope.heads as u32,
+            rope.head_dim as u32,
+            match rope.style {
+                RopeStyle::Neox => 0u32,
+                RopeStyle::Interleaved => 1u32,
+            },
+            rope.position_scale,
+        );
+        let pairs = (len / 2) as u64;
+        self.launch(
+            "rope",
+            (grid1d(pairs), 1, 1),
+            256,
+            0,
+            &kargs![xp, pp, fp, t, h, d, style, scale],
+        )
+    }
+
+    /// [`Device::silu_mul`](arkvale_core::Device::silu_mul).
+    pub(crate) fn dense_silu_mul(
+        &self,
+        len: usize,
+        gate: &Buffer,
+        up: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
+        self.ctx.bind()?;
+        let gs = self.typed(gate, DType::F32, "silu_mul: gate")?;
+        let us = self.typed(up, DType::F32, "silu_mul: up")?;
+        let os = self.typed(out, DType::F32, "silu_mul: out")?;
+        validate::not_aliased(out, &[gate, up], "silu_mul")?;
+        at_least(gate, len, "silu_mul: gate")?;
+        at_least(up, len, "silu_mul: up")?;
+        at_least(out, len, "silu_mul: out")?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (gp, up_, op, n) = (gs.mem.ptr, us.mem.ptr, os.mem.ptr, len as u64);
+        self.launch(
+            "silu_mul",
+            (grid1d(n), 1, 1),
+            256,
+            0,
+            &kargs![gp, up_, op, n],
+        )
+    }
+
+    /// [`Device::add`](arkvale_core::Device::add).
+    pub(crate) fn dense_add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
+        self.ctx.bind()?;
+        let xs = self.typed(x, DType::F32, "add: x")?;
+        let ys = self.typed(y, DType::F32, "add: y")?;
+        if same(xs, ys) {
+            return Err(Error::shape("add: x and y must be different buffers"));
+        }
+        at_least(x, len, "add: x")?;
+        at_least(y, len, "add: y")?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (xp, yp, n) = (xs.mem.ptr, ys.mem.ptr, len as u64);
+        self.launch("add_inplace", (grid1d(n), 1, 1), 256, 0, &kargs![xp, yp, n])
+    }
+
+    /// [`Device::add_bias`](arkvale_core::Device::add_bias).
+    pub(crate) fn dense_add_bias(
+        &self,
+        rows: usize,
+        cols: usize,
+        x: &Buffer,
+        bias: &Buffer,
+    ) -> Result<()> {
+        self.ctx.bind()?;
+        let xs = self.typed(x, DType::F32, "add_bias: x")?;
+        let bs = self.typed(bias, DType::F32, "add_bias: bias")?;
+        if same(xs, bs) {
+            return Err(Error::shape(
+                "add_bias: x and bias must be different buffers",
+            ));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        if cols == 0 {
+            return Err(Error::shape("add_bias: cols must be non-zero"));
+        }
+        let len = rows
+            .checked_mul(cols)
+            .ok_or_else(|| Error::shape("add_bias: rows * cols overflows"))?;
+        at_least(x, len, "add_bias: x")?;
+        at_least(bias, cols, "add_bias: bias")?;
+        if cols > u32::MAX as usize {
+            return Err(Error::shape("add_bias: cols beyond 2^32 - 1"));
+        }
+        let (xp, bp, r, c) = (xs.mem.ptr, bs.mem.ptr, rows as u64, cols as u32);
+        self.launch(
+            "add_bias",
+            (grid1d(len as u64), 1, 1),
+            256,
+            0,
+            &kargs![xp, bp, r, c],
+        )
+    }
+
+    /// [`Device::embedding`](arkvale_core::Device::embedding).
+    pub(crate) fn dense_embedding(
+        &self,
+        dim: usize,
+        table: &Buffer,
+        ids: &[u32],
+        out: &Buffer,
+    ) -> Result<()> {
+        self.ctx.bind()?;
+        let ts = self.float_table(table, "embedding: table")?;
+        let os = self.typed(out, DType::F32, "embedding: out")?;
+        validate::not_aliased(out, &[table], "embedding")?;
+        if dim == 0 {
+            return Err(Error::shape("embedding: rows of 0 values"));
+        }
+        let vocab = table.len() / dim;
+        if let Some((t, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id as usize >= vocab)
+        {
+            return Err(Error::shape(format!(
+                "embedding: token id {id} (position {t}) outside a vocabulary of {vocab}"
+            )));
+        }
+        let len = product(ids.len(), dim, "embedding")?;
+        at_least(out, len, "embedding: out [ids, dim]")?;
+        if len == 0 {
+            return Ok(());
+        }
+        if dim > u32::MAX as usize {
+            return Err(Error::shape("embedding: dim beyond 2^32 - 1"));
+        }
+        let mut st = self.state.lock();
+        let a = self.upload(&mut st, &[u32_bytes(ids)])?;
+        let (tp, ip, n, dm, op) = (ts.mem.ptr, a[0], ids.len() as u32, dim as u32, os.mem.ptr);
+        self.launch(
+            &format!("embedding_{}", suffix(table.dtype())),
+            (grid1d(len as u64), 1, 1),
+            256,
+            0,
+            &kargs![tp, ip, n, dm, op],
+        )
+    }
+
+    /// [`Device::argmax`](arkvale_core::Device::argmax).
+    pub(crate) fn dense_argmax(
+        &self,
+        rows: usize,
+        cols: usize,
+        logits: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
+        self.ctx.bind()?;
+        let ls = self.typed(logits, DType::F32, "argmax: logits")?;
+        let os = self.typed(out, DType::U32, "argmax: out")?;
+        if cols == 0 {
+            return Err(Error::shape("argmax: rows of 0 columns have no maximum"));
+        }
+        let len = product(rows, cols, "argmax")?;
+        at_least(logits, len, "argmax: logits [rows, cols]")?;
+        at_least(out, rows, "argmax: out [rows]")?;
+        if rows == 0 {
+            return Ok(());
+        }
+        if rows > i32::MAX as usize || cols > u32::MAX as usize {
+            return Err(Error::shape("argmax: too many rows or columns"));
+        }
+        let (lp, op, r, c) = (ls.mem.ptr, os.mem.ptr, rows as u32, cols as u32);
+        self.launch("argmax", (rows as u32, 1, 1), 256, 0, &kargs![lp, op, r, c])
+    }
+}
