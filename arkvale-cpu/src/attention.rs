@@ -549,9 +549,10 @@ pub(crate) fn finalize(
 
 /// Token weights: adds each row's softmax probabilities, summed over the query heads that share
 /// a KV head, to `weights[page index][h][i]`. Pass 1 finds every row's `(max, sum)`; pass 2
-/// runs one task per (page of the list, KV head), which widens and transposes the page's keys
-/// once, scores the rows reading that page block by block with pass 1's tile product, and adds
-/// their probabilities in row order: each weight has a single writer.
+/// runs one task per (page of the list, KV head), which scores the rows reading that page
+/// block by block with pass 1's tile products (keys widened and transposed once per page for
+/// prefill blocks, read as stored for decode's few queries) and adds their probabilities in
+/// row order: each weight has a single writer.
 pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
     let parts = partials(
         pb,
@@ -591,16 +592,16 @@ pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
             let keep = pb
                 .mask
                 .map(|m| &m[(slot * hg + h) * p..(slot * hg + h + 1) * p]);
-            // The page's keys widened and transposed once, then scored block by block of
-            // rows exactly as the first pass scored them (scale folded into the queries).
+            // Scored block by block of rows as the first pass scores them (scale folded into
+            // the queries): many queries per block against the page's keys widened and
+            // transposed once (on first use), few (decode) straight from the pool.
             let np = len.next_multiple_of(KEY_PAD);
-            let mut k = vec![0f32; len * d];
             let ko = l.k_offset(slot, h, 0);
-            load(&pb.pool[ko..ko + len * d], &mut k);
-            let mut kt = vec![0f32; d * np];
-            transpose(&k, len, d, &mut kt, np);
-            let mut qs = vec![0f32; ROW_BLOCK * gqa * d];
-            let mut s = vec![0f32; ROW_BLOCK * gqa * np];
+            let keys = &pb.pool[ko..ko + len * d];
+            let mut kt: Vec<f32> = Vec::new();
+            let block_rows = seen.len().min(ROW_BLOCK);
+            let mut qs = vec![0f32; block_rows * gqa * d];
+            let mut s = vec![0f32; block_rows * gqa * np];
             for block in seen.chunks(ROW_BLOCK) {
                 let ne = block.len() * gqa;
                 for (bi, &(r, _)) in block.iter().enumerate() {
@@ -611,7 +612,17 @@ pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
                         *x = y * pb.scale;
                     }
                 }
-                scores(&qs[..ne * d], ne, d, &kt, np, &mut s[..ne * np]);
+                if ne < TRANSPOSE_FROM {
+                    scores_rows(&qs[..ne * d], ne, d, keys, len, np, &mut s[..ne * np]);
+                } else {
+                    if kt.is_empty() {
+                        let mut k = vec![0f32; len * d];
+                        load(keys, &mut k);
+                        kt = vec![0f32; d * np];
+                        transpose(&k, len, d, &mut kt, np);
+                    }
+                    scores(&qs[..ne * d], ne, d, &kt, np, &mut s[..ne * np]);
+                }
                 for (bi, &(r, nr)) in block.iter().enumerate() {
                     for jj in 0..gqa {
                         let (m, sum, _) = parts.get(r, h * gqa + jj);
