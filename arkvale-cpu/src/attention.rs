@@ -14,7 +14,8 @@
 //! full score matrix), and folds it into running softmax partials `(max, sum, acc)` with one
 //! rescale per page. With many queries per KV head (prefill) the page's keys and values are
 //! first widened once into f32 tiles (the keys transposed); with few (decode) the kernels
-//! read them from the pool as stored, widening in registers. The tasks of a block are then merged in chunk order by online-softmax rescaling:
+//! read them from the pool as stored, widening in registers. The tasks of a block are then
+//! merged in chunk order by online-softmax rescaling:
 //!
 //! ```text
 //! m = max(m_a, m_b);  sum = sum_a e^(m_a - m) + sum_b e^(m_b - m);  acc likewise
@@ -195,8 +196,8 @@ pub(crate) struct Want {
 }
 
 /// Scratch tiles of one task: one page of one KV head's keys (row-major and transposed) and
-/// values widened to f32 (prefill only), the scores (then weights) of the KV head's queries against it, and
-/// each query's rescale factor for the page.
+/// values widened to f32 (empty when the kernels read the pool as stored), the scores (then
+/// weights) of the KV head's queries against it, and each query's rescale factor for the page.
 struct Tiles {
     k: Vec<f32>,
     kt: Vec<f32>,
@@ -225,10 +226,10 @@ fn run_task_avx2<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
 
 /// Runs one task: for each page of the chunk (a slot is read front to back; the next one is
 /// prefetched) and each KV head, widens the head's keys (transposed) and values once when at
-/// least [`TRANSPOSE_FROM`] queries share them (else the kernels read them as stored), scores every query of the block that shares that
-/// KV head against them in one tile product, folds each query's scores into its running
-/// softmax (one rescale per page) and adds the weighted values in a second tile product (see
-/// [`crate::attn_tile`]).
+/// least [`TRANSPOSE_FROM`] queries share them (else the kernels read them as stored), scores
+/// every query of the block that shares that KV head against them in one tile product, folds
+/// each query's scores into its running softmax (one rescale per page) and adds the weighted
+/// values in a second tile product (see [`crate::attn_tile`]).
 #[inline(always)]
 fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want: Want) -> TaskOut {
     let values = want.values;
@@ -260,10 +261,14 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
         lse: vec![f32::NEG_INFINITY; if want.lse { task.pages.len() * nq } else { 0 }],
     };
     let np = p.next_multiple_of(KEY_PAD);
+    // Many queries per KV head (prefill): widen each page once (keys transposed) and let
+    // every query reuse it. Few (decode): the kernels read the pool as stored.
+    let tiled = ne >= TRANSPOSE_FROM;
+    let widened = |len: usize| vec![0f32; if tiled { len } else { 0 }];
     let mut tiles = Tiles {
-        k: vec![0f32; p * d],
-        kt: vec![0f32; d * np],
-        v: vec![0f32; p * d],
+        k: widened(p * d),
+        kt: widened(d * np),
+        v: widened(p * d),
         s: vec![0f32; ne * np],
         alpha: vec![1f32; ne],
     };
@@ -290,12 +295,8 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
             let vo = l.v_offset(slot, h, 0);
             let (keys, vals) = (&pb.pool[ko..ko + n * d], &pb.pool[vo..vo + n * d]);
             let qh = &qs[h * ne * d..(h + 1) * ne * d];
-            // Many queries per KV head (prefill): widen the page once (keys transposed) and
-            // let every query reuse it. Few (decode): read the pool as stored.
-            let tiled = ne >= TRANSPOSE_FROM;
             if tiled {
-                load(keys, &mut tiles.k[..n * d]);
-                transpose(&tiles.k, n, d, &mut tiles.kt, np);
+                widen_transposed(keys, n, d, &mut tiles.k, &mut tiles.kt, np);
                 scores(qh, ne, d, &tiles.kt, np, &mut tiles.s);
                 if values {
                     load(vals, &mut tiles.v[..n * d]);
@@ -341,6 +342,33 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
     out
 }
 
+/// Widens the `n` keys of `d` components at the start of `keys` into `k` and transposes them
+/// into `kt` (`np` keys per row; see [`transpose`]).
+#[inline(always)]
+fn widen_transposed<T: KvElem>(
+    keys: &[T],
+    n: usize,
+    d: usize,
+    k: &mut [f32],
+    kt: &mut [f32],
+    np: usize,
+) {
+    load(&keys[..n * d], &mut k[..n * d]);
+    transpose(k, n, d, kt, np);
+}
+
+/// Sets the scores of the tokens `keep` drops (a 0 entry) to `-inf`, so that they weigh 0.
+#[inline(always)]
+fn mask_dropped(s: &mut [f32], keep: Option<&[u8]>) {
+    if let Some(keep) = keep {
+        for (x, &k) in s.iter_mut().zip(keep) {
+            if k == 0 {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
 /// Folds one page's scores `s` (already scaled; the first `nr` tokens may take part) into
 /// entry `t` of `out`: drops the tokens `keep` masks, moves the running maximum to `m`
 /// (rescaling the running sum by `alpha = e^(old m - m)`, 0 before the first participant),
@@ -358,13 +386,7 @@ fn fold_scores(
     t: usize,
     lse: bool,
 ) -> Option<(f32, f32)> {
-    if let Some(keep) = keep {
-        for (si, &k) in s[..nr].iter_mut().zip(keep) {
-            if k == 0 {
-                *si = f32::NEG_INFINITY;
-            }
-        }
-    }
+    mask_dropped(&mut s[..nr], keep);
     s[nr..].fill(0.0);
     let page_max = max_lanes(&s[..nr]);
     if page_max == f32::NEG_INFINITY {
@@ -571,6 +593,9 @@ pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
             let (pi, h) = (c / hg, c % hg);
             let page = &pb.pages[pi];
             let len = page.len as usize;
+            if len == 0 {
+                return;
+            }
             // The rows that attend this page, with the tokens of it each may see.
             let seen: Vec<(usize, usize)> = pb
                 .rows
@@ -585,7 +610,7 @@ pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
                     Some((r, len.min(reach as usize + 1)))
                 })
                 .collect();
-            if len == 0 || seen.is_empty() {
+            if seen.is_empty() {
                 return;
             }
             let slot = page.slot as usize;
@@ -616,10 +641,8 @@ pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
                     scores_rows(&qs[..ne * d], ne, d, keys, len, np, &mut s[..ne * np]);
                 } else {
                     if kt.is_empty() {
-                        let mut k = vec![0f32; len * d];
-                        load(keys, &mut k);
                         kt = vec![0f32; d * np];
-                        transpose(&k, len, d, &mut kt, np);
+                        widen_transposed(keys, len, d, &mut vec![0f32; len * d], &mut kt, np);
                     }
                     scores(&qs[..ne * d], ne, d, &kt, np, &mut s[..ne * np]);
                 }
@@ -630,13 +653,7 @@ pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
                             continue;
                         }
                         let e = &mut s[(bi * gqa + jj) * np..][..nr];
-                        if let Some(keep) = keep {
-                            for (x, &kp) in e.iter_mut().zip(keep) {
-                                if kp == 0 {
-                                    *x = f32::NEG_INFINITY;
-                                }
-                            }
-                        }
+                        mask_dropped(e, keep);
                         exp_shifted(e, m);
                         for (x, &y) in w[..nr].iter_mut().zip(e.iter()) {
                             *x += y / sum;

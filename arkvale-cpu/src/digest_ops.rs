@@ -183,8 +183,8 @@ impl Estimate<'_> {
     }
 }
 
-/// Writes each segment's best `k` indices into `out`, segments back to back (validated), in parallel
-/// over segments. Selection by [`rank_key`], the reference's total order as plain integers,
+/// Writes each segment's best `k` indices into `out`, segments back to back (validated), in
+/// parallel over segments. Selection by [`rank_key`], the reference's total order as integers,
 /// so a partial selection followed by a sort gives exactly the reference's answer.
 pub(crate) fn topk(par: Par, scores: &[f32], segments: &[TopkSegment], out: &mut [u32]) {
     // Consecutive output ranges, one per segment.
