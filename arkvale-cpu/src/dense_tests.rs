@@ -1,17 +1,21 @@
-//! The dense ops of `CpuDevice` against `arkvale_core::reference::dense` on random non-zero
-//! inputs (magnitudes in [0.05, 1], both signs; proptest draws shapes and a fresh seed), with
-//! NaN-poisoned outputs a few elements longer than needed, on both execution paths: inline on
-//! the calling thread and fanned out over a 3-thread pool.
+//! The dense ops of `CpuDevice` where the CPU promises more than the cross-backend suite checks,
+//! on both execution paths (inline on the calling thread and fanned out over a 3-thread pool),
+//! on random non-zero inputs (magnitudes in [0.05, 1], both signs; proptest draws shapes and a
+//! fresh seed) with NaN-poisoned outputs a few elements longer than needed.
+//!
+//! RMSNorm, RoPE, SiLU-gating, add, embedding and argmax have no tests here: the suite's dense
+//! cases cover them with the same tolerances, and `tests::suite_cases_pass_inline_and_on_the_pool`
+//! runs those cases on both paths.
 //!
 //! Tolerances, `|cpu - reference| <= tol * (scale + |reference|)`:
 //! * `matmul`, f32 weights: `1e-5` with `scale = sum_l |x_il w_jl|` (f32 accumulation error
 //!   grows with that sum);
 //! * `matmul`, f16/bf16 weights: the same — the CPU widens half weights exactly and the
-//!   reference sees the same widened values (the `1e-2` allowed for half types elsewhere is for
-//!   backends that also round activations); a separate test checks against the **unrounded**
-//!   f32 weights within `1e-2` (f16) / `1e-2 * 8` (bf16, 8 mantissa bits);
-//! * `rmsnorm`, `rope`, `silu_mul`: `1e-5`, `scale = 1`;
-//! * `add`, `embedding`, `argmax`: exact.
+//!   reference sees the same widened values (the suite allows `1e-2` there, for backends that
+//!   also round activations); the same test checks against the **unrounded** f32 weights
+//!   within `1e-2` (f16) / `1e-2 * 8` (bf16, 8 mantissa bits);
+//! * `matmul` with an empty inner dimension writes zeros (the suite draws `k >= 1`);
+//! * quantized weights against the same device on the dequantized weights (see that test).
 
 use std::sync::Arc;
 
@@ -20,6 +24,8 @@ use arkvale_core::{
     rope_inv_freq,
 };
 use proptest::prelude::*;
+
+use arkvale_testkit::XorShift as Rng;
 
 use crate::CpuDevice;
 
@@ -33,28 +39,6 @@ fn devices() -> [Arc<dyn Device>; 2] {
     let mut pool = CpuDevice::new(Some(3)).unwrap();
     pool.set_inline_work(0);
     [Arc::new(inline), Arc::new(pool)]
-}
-
-/// Bulk data of one case (xorshift, never zero).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn value(&mut self) -> f32 {
-        let m = 0.05 + 0.95 * (self.next() >> 40) as f32 / (1u64 << 24) as f32;
-        if self.next() & 1 == 0 { m } else { -m }
-    }
-    fn values(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.value()).collect()
-    }
 }
 
 fn poisoned(dev: &Arc<dyn Device>, n: usize) -> Buffer {
@@ -126,118 +110,6 @@ proptest! {
         }
     }
 
-    #[test]
-    fn rmsnorm_silu_add_match_reference(rows in 1usize..=6, dim in 1usize..=300, seed in any::<u64>()) {
-        let mut rng = Rng::new(seed);
-        let (x, w, up) = (rng.values(rows * dim), rng.values(dim), rng.values(rows * dim));
-        let len = rows * dim;
-        for dev in devices() {
-            let up_b = dev.upload_f32(&up, DType::F32).unwrap();
-            let (xb, wb) = (dev.upload_f32(&x, DType::F32).unwrap(), dev.upload_f32(&w, DType::F32).unwrap());
-            let out = poisoned(&dev, len);
-            dev.rmsnorm(rows, dim, 1e-5, &xb, &wb, &out).unwrap();
-            let mut want = vec![f32::NAN; len + PAD];
-            reference::rmsnorm(rows, dim, 1e-5, &x, &w, &mut want);
-            assert_close(&dev.download_f32(&out).unwrap(), &want, TOL, &[], "rmsnorm");
-
-            let gate: Vec<f32> = x.iter().map(|v| v * 10.0).collect();
-            let gb = dev.upload_f32(&gate, DType::F32).unwrap();
-            let out = poisoned(&dev, len);
-            dev.silu_mul(len, &gb, &up_b, &out).unwrap();
-            reference::silu_mul(&gate, &up, &mut want[..len]);
-            assert_close(&dev.download_f32(&out).unwrap(), &want, TOL, &[], "silu_mul");
-
-            let res = poisoned(&dev, len);
-            dev.copy(&xb, 0, &res, 0, len).unwrap();
-            dev.add(len, &res, &up_b).unwrap();
-            let mut sum = x.clone();
-            reference::add(&mut sum, &up);
-            sum.extend([f32::NAN; PAD]);
-            assert_close(&dev.download_f32(&res).unwrap(), &sum, 0.0, &[0.0; 0], "add");
-        }
-    }
-
-    #[test]
-    fn rope_matches_reference(
-        tokens in 1usize..=5,
-        heads in 1usize..=4,
-        half in 1usize..=40,
-        interleaved in any::<bool>(),
-        llama3 in any::<bool>(),
-        seed in any::<u64>(),
-    ) {
-        let mut rng = Rng::new(seed);
-        let d = 2 * half;
-        let style = if interleaved { RopeStyle::Interleaved } else { RopeStyle::Neox };
-        let scaling = if llama3 {
-            RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 }
-        } else {
-            RopeScaling::None
-        };
-        let inv_freq = rope_inv_freq(d, 500000.0, scaling).unwrap();
-        let r = Rope { style, heads, head_dim: d, inv_freq: &inv_freq, position_scale: 1.0 };
-        let positions: Vec<u32> = (0..tokens).map(|_| (rng.next() % 40000) as u32).collect();
-        let mut x = rng.values(tokens * heads * d);
-        x.extend([f32::NAN; PAD]);
-        for dev in devices() {
-            let xb = dev.upload_f32(&x, DType::F32).unwrap();
-            dev.rope(&r, &positions, &xb).unwrap();
-            let mut want = x.clone();
-            reference::rope(&r, &positions, &mut want);
-            assert_close(&dev.download_f32(&xb).unwrap(), &want, TOL, &[], "rope");
-        }
-    }
-
-    #[test]
-    fn embedding_and_argmax_match_reference(
-        vocab in 1usize..=100,
-        dim in 1usize..=64,
-        dt in dtype(),
-        seed in any::<u64>(),
-    ) {
-        let mut rng = Rng::new(seed);
-        let n = 1 + (rng.next() % 9) as usize;
-        let ids: Vec<u32> = (0..n).map(|_| (rng.next() % vocab as u64) as u32).collect();
-        // Logits from a few levels: ties everywhere.
-        let logits: Vec<f32> = (0..n * dim).map(|_| (rng.next() % 4) as f32).collect();
-        for dev in devices() {
-            let tb = dev.upload_f32(&rng.values(vocab * dim), dt).unwrap();
-            let table = dev.download_f32(&tb).unwrap();
-            let out = poisoned(&dev, n * dim);
-            dev.embedding(dim, &tb, &ids, &out).unwrap();
-            let mut want = vec![f32::NAN; n * dim + PAD];
-            reference::embedding(dim, &table, &ids, &mut want);
-            assert_close(&dev.download_f32(&out).unwrap(), &want, 0.0, &[0.0; 0], "embedding");
-
-            let lb = dev.upload_f32(&logits, DType::F32).unwrap();
-            let ob = dev.alloc(DType::U32, n + PAD).unwrap();
-            dev.argmax(n, dim, &lb, &ob).unwrap();
-            let mut want = vec![0u32; n + PAD];
-            reference::argmax(n, dim, &logits, &mut want);
-            prop_assert_eq!(dev.download_u32(&ob, 0, n + PAD).unwrap(), want);
-        }
-    }
-}
-
-#[test]
-fn argmax_nan_rows_and_ties() {
-    let logits = [
-        f32::NAN,
-        2.0,
-        2.0,
-        f32::NAN,
-        f32::NAN,
-        f32::NAN,
-        -1.0,
-        f32::NAN,
-        -1.0,
-    ];
-    for dev in devices() {
-        let lb = dev.upload_f32(&logits, DType::F32).unwrap();
-        let ob = dev.alloc(DType::U32, 3).unwrap();
-        dev.argmax(3, 3, &lb, &ob).unwrap();
-        assert_eq!(dev.download_u32(&ob, 0, 3).unwrap(), [1, 0, 0]);
-    }
 }
 
 #[test]

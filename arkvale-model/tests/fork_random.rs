@@ -7,70 +7,22 @@
 use std::sync::Arc;
 
 use arkvale_core::{
-    CacheConfig, CacheManager, DType, Device, KvDtype, RopeScaling, SeqId, SnapshotOptions,
+    CacheConfig, CacheManager, DType, Device, KvDtype, SeqId, SnapshotOptions,
     policy::POLICY_NAMES, policy_by_name,
 };
 use arkvale_cpu::CpuDevice;
-use arkvale_model::llama::{HostLayer, LlamaConfig, LlamaHostWeights, LlamaModel};
+use arkvale_model::llama::{LlamaConfig, LlamaModel};
+use arkvale_testkit::XorShift;
+use arkvale_testkit::llama::{random_weights_with_qk_gain, tiny_config};
 
-/// Deterministic xorshift generator of values in [-1, 1).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
-        (0..len).map(|_| self.next() * scale).collect()
-    }
-    fn norm(&mut self, len: usize) -> Vec<f32> {
-        (0..len).map(|_| 1.0 + 0.2 * self.next()).collect()
-    }
-}
-
+/// The tiny model with query and key projections twice as large as usual: peakier attention,
+/// so that which pages each policy keeps shows in the logits.
 fn model() -> LlamaModel {
     let c = LlamaConfig {
-        arch: "llama".into(),
-        layers: 3,
-        d_model: 32,
-        d_ff: 48,
-        q_heads: 4,
-        kv_heads: 2,
-        head_dim: 8,
-        vocab: 64,
         context_length: 512,
-        rope_theta: 10000.0,
-        rope_scaling: RopeScaling::None,
-        rope_freq_factors: None,
-        rms_eps: 1e-5,
-        tied_embeddings: true,
-        qkv_bias: false,
+        ..tiny_config()
     };
-    let mut r = Rng(11);
-    let (d, kv, f) = (c.d_model, c.kv_heads * c.head_dim, c.d_ff);
-    let s = |k: usize| 1.5 / (k as f32).sqrt();
-    let w = LlamaHostWeights {
-        embedding: r.vec(c.vocab * d, 1.0),
-        layers: (0..c.layers)
-            .map(|_| HostLayer {
-                attn_norm: r.norm(d),
-                wq: r.vec(d * d, 2.0 * s(d)),
-                wk: r.vec(kv * d, 2.0 * s(d)),
-                wv: r.vec(kv * d, s(d)),
-                wo: r.vec(d * d, s(d)),
-                ffn_norm: r.norm(d),
-                w_gate: r.vec(f * d, s(d)),
-                w_up: r.vec(f * d, s(d)),
-                w_down: r.vec(d * f, s(f)),
-                ..Default::default()
-            })
-            .collect(),
-        output_norm: r.norm(d),
-        output: None,
-    };
+    let w = random_weights_with_qk_gain(&c, 11, 2.0);
     let dev: Arc<dyn Device> = Arc::new(CpuDevice::new(Some(2)).unwrap());
     LlamaModel::from_host_weights(dev, c, w, DType::F32).unwrap()
 }
@@ -92,9 +44,9 @@ fn cache(model: &LlamaModel, policy: &str, chunk: usize) -> CacheManager {
 }
 
 fn prompt(len: usize) -> Vec<u32> {
-    let mut r = Rng(5);
+    let mut r = XorShift(5);
     (0..len)
-        .map(|_| ((r.next() + 1.0) * 32.0) as u32 % 64)
+        .map(|_| ((r.unit() + 1.0) * 32.0) as u32 % 64)
         .collect()
 }
 

@@ -188,7 +188,7 @@ fn single_file_tied_matches_permuted_interleaved_reference() {
 fn qwen2_with_biases_matches_permuted_interleaved_reference() {
     let dir = TempDir::new("qwen2");
     let mut tensors = hf_tensors(false);
-    let mut r = Rng(0xb1a5);
+    let mut r = XorShift(0xb1a5);
     let kv = KV_HEADS * HEAD_DIM;
     for l in 0..LAYERS {
         for (n, len) in [("q", D), ("k", kv), ("v", kv)] {

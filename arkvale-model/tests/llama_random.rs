@@ -13,45 +13,9 @@ use arkvale_core::{
 use arkvale_cpu::CpuDevice;
 use arkvale_model::gguf::GgufFile;
 use arkvale_model::llama::{HostLayer, LlamaConfig, LlamaError, LlamaHostWeights, LlamaModel};
+use arkvale_testkit::XorShift;
+use arkvale_testkit::llama::{random_weights, tiny_config};
 use common::naive::naive_logits;
-
-/// Deterministic xorshift generator of values in [-1, 1).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
-        (0..len).map(|_| self.next() * scale).collect()
-    }
-    fn norm(&mut self, len: usize) -> Vec<f32> {
-        (0..len).map(|_| 1.0 + 0.2 * self.next()).collect()
-    }
-}
-
-fn tiny_config() -> LlamaConfig {
-    LlamaConfig {
-        arch: "llama".into(),
-        layers: 3,
-        d_model: 32,
-        d_ff: 48,
-        q_heads: 4,
-        kv_heads: 2,
-        head_dim: 8,
-        vocab: 64,
-        context_length: 256,
-        rope_theta: 10000.0,
-        rope_scaling: RopeScaling::None,
-        rope_freq_factors: None,
-        rms_eps: 1e-5,
-        tied_embeddings: true,
-        qkv_bias: false,
-    }
-}
 
 /// [`tiny_config`] as a Qwen2 model: q/k/v biases, untied output.
 fn tiny_qwen2_config() -> LlamaConfig {
@@ -60,38 +24,6 @@ fn tiny_qwen2_config() -> LlamaConfig {
         qkv_bias: true,
         tied_embeddings: false,
         ..tiny_config()
-    }
-}
-
-fn random_weights(c: &LlamaConfig, seed: u64) -> LlamaHostWeights {
-    let mut r = Rng(seed | 1);
-    let (d, kv, f) = (c.d_model, c.kv_heads * c.head_dim, c.d_ff);
-    let s = |k: usize| 1.5 / (k as f32).sqrt();
-    LlamaHostWeights {
-        embedding: r.vec(c.vocab * d, 1.0),
-        layers: (0..c.layers)
-            .map(|_| {
-                let mut layer = HostLayer {
-                    attn_norm: r.norm(d),
-                    wq: r.vec(d * d, s(d)),
-                    wk: r.vec(kv * d, s(d)),
-                    wv: r.vec(kv * d, s(d)),
-                    wo: r.vec(d * d, s(d)),
-                    ffn_norm: r.norm(d),
-                    w_gate: r.vec(f * d, s(d)),
-                    w_up: r.vec(f * d, s(d)),
-                    w_down: r.vec(d * f, s(f)),
-                    ..Default::default()
-                };
-                if c.qkv_bias {
-                    (layer.bq, layer.bk, layer.bv) =
-                        (r.vec(d, 0.8), r.vec(kv, 0.8), r.vec(kv, 0.8));
-                }
-                layer
-            })
-            .collect(),
-        output_norm: r.norm(d),
-        output: (!c.tied_embeddings).then(|| r.vec(c.vocab * d, 1.0)),
     }
 }
 
@@ -119,9 +51,9 @@ fn cache(model: &LlamaModel, policy: &str, budget: usize, chunk: usize) -> Cache
 }
 
 fn prompt(len: usize, seed: u64) -> Vec<u32> {
-    let mut r = Rng(seed | 1);
+    let mut r = XorShift::new(seed);
     (0..len)
-        .map(|_| ((r.next() + 1.0) * 32.0) as u32 % 64)
+        .map(|_| ((r.unit() + 1.0) * 32.0) as u32 % 64)
         .collect()
 }
 

@@ -13,26 +13,43 @@ pub struct Backend {
     pub device: Result<Arc<dyn Device>, String>,
 }
 
+/// The names of the backends compiled into this build, in the suite's order.
+pub fn compiled_names() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut names = vec!["cpu"];
+    #[cfg(feature = "wgpu")]
+    names.push("wgpu");
+    #[cfg(feature = "cuda")]
+    names.push("cuda");
+    names
+}
+
+/// Opens the backend `name`: `None` if it is not compiled into this build, else the device
+/// or why it cannot be opened on this machine.
+pub fn open_backend(name: &str) -> Option<Result<Arc<dyn Device>, String>> {
+    match name {
+        "cpu" => Some(
+            arkvale_cpu::CpuDevice::new(None)
+                .map(|d| Arc::new(d) as Arc<dyn Device>)
+                .map_err(|e| e.to_string()),
+        ),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Some(open_wgpu()),
+        #[cfg(feature = "cuda")]
+        "cuda" => Some(open_cuda()),
+        _ => None,
+    }
+}
+
 /// Every backend compiled in, opened if present.
 pub fn compiled_backends() -> Vec<Backend> {
-    #[allow(unused_mut)]
-    let mut backends = vec![Backend {
-        name: "cpu",
-        device: arkvale_cpu::CpuDevice::new(None)
-            .map(|d| Arc::new(d) as Arc<dyn Device>)
-            .map_err(|e| e.to_string()),
-    }];
-    #[cfg(feature = "wgpu")]
-    backends.push(Backend {
-        name: "wgpu",
-        device: open_wgpu(),
-    });
-    #[cfg(feature = "cuda")]
-    backends.push(Backend {
-        name: "cuda",
-        device: open_cuda(),
-    });
-    backends
+    compiled_names()
+        .into_iter()
+        .map(|name| Backend {
+            name,
+            device: open_backend(name).expect("a compiled backend opens"),
+        })
+        .collect()
 }
 
 /// Opens CUDA device 0; no driver, no GPU or no NVRTC is a skip reason (checked before any

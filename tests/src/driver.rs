@@ -7,34 +7,7 @@ use std::sync::Arc;
 
 use arkvale_core::manager::{CacheManager, SeqId};
 use arkvale_core::{CacheConfig, DType, Device, DeviceExt, KvDtype, ModelShape, policy_by_name};
-
-/// A deterministic generator (splitmix64) so a scenario replays from its seed.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[-1, 1)`, never exactly zero.
-    pub fn unit(&mut self) -> f32 {
-        let x = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-        if x == 0.0 { 0.5 } else { x }
-    }
-    /// `n` values of `unit() * scale`.
-    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.unit() * scale).collect()
-    }
-}
+use arkvale_testkit::XorShift;
 
 /// What the shadow knows of one sequence: every token's K and V per layer, as stored.
 #[derive(Debug, Clone, Default)]
@@ -51,8 +24,8 @@ pub struct Harness {
     pub cache: CacheManager,
     /// Shadows, by sequence.
     pub shadows: std::collections::BTreeMap<SeqId, Shadow>,
-    /// The input generator.
-    pub rng: Rng,
+    /// The input generator (seeded, so a scenario replays from its seed).
+    pub rng: XorShift,
     /// Scale of keys relative to queries (larger = peakier attention).
     pub key_scale: f32,
 }
@@ -72,7 +45,7 @@ impl Harness {
         Ok(Harness {
             cache,
             shadows: Default::default(),
-            rng: Rng::new(seed),
+            rng: XorShift::new(seed),
             key_scale: 1.0,
         })
     }

@@ -8,6 +8,23 @@
 //! A case is a plain function of a device that returns `Err(message)` on a mismatch. Cases
 //! draw random inputs with proptest's runner and a fresh seed per run (set
 //! `PROPTEST_RNG_SEED` to replay one).
+//!
+//! ## Two ways to run it
+//!
+//! * **One `#[test]` per (backend, case)**, for developers: `cargo test -p arkvale-tests`
+//!   runs the integration test `tests/suite.rs`, which the `suite_tests!` macro there fills
+//!   with `suite::<backend>::<area>::<case>` tests (`suite::cpu::ops::append_kv_f32`,
+//!   `suite::wgpu::cache::...`), one module per backend compiled in. A failure names the case
+//!   and the backend, and `cargo test -p arkvale-tests suite::wgpu::ops::topk_ties_and_nan`
+//!   reruns one. Whether a backend's device is present is only known at run time, so a test
+//!   of an absent backend (CUDA without a driver, wgpu without an adapter) cannot be
+//!   `#[ignore]`d: it prints `suite::<backend>: skipped (<reason>)` once per test process to
+//!   the terminal (not to libtest's captured output) and returns; see [`generated`].
+//! * **The `arkvale-suite` binary**, for CI and the GPU device checks: every case on every
+//!   backend in one process, ending with `backend <name>: <N> passed, <M> failed` or
+//!   `backend <name>: skipped (<reason>)` per backend. `cargo xtask test-all-backends` runs
+//!   `cargo test --workspace -- --skip suite::` (so the per-case tests do not run the
+//!   whole suite a second time) and then this binary once.
 
 #![warn(missing_docs)]
 
@@ -16,6 +33,7 @@ pub mod cache;
 mod datagen;
 pub mod dense;
 pub mod driver;
+pub mod generated;
 pub mod ops;
 pub mod storage;
 
@@ -54,9 +72,7 @@ pub struct Summary {
 pub fn run_suite(device: &Arc<dyn Device>, filter: &str) -> Summary {
     let mut summary = Summary::default();
     for case in all_cases().into_iter().filter(|c| c.name.contains(filter)) {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.run)(device)))
-            .unwrap_or_else(|p| Err(format!("panicked: {}", panic_message(&p))));
-        match outcome {
+        match run_case(&case, device) {
             Ok(()) => {
                 println!("test {} ... ok", case.name);
                 summary.passed.push(case.name);
@@ -68,6 +84,12 @@ pub fn run_suite(device: &Arc<dyn Device>, filter: &str) -> Summary {
         }
     }
     summary
+}
+
+/// Runs one case on `device`; a panic inside it is a failure with the panic's message.
+pub fn run_case(case: &Case, device: &Arc<dyn Device>) -> Result<(), String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (case.run)(device)))
+        .unwrap_or_else(|p| Err(format!("panicked: {}", panic_message(&p))))
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

@@ -16,75 +16,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arkvale_core::{
-    CacheConfig, CacheManager, DType, Device, KvDtype, RopeScaling, policy_by_name,
+    CacheConfig, CacheManager, DType, Device, KvDtype, policy_by_name,
 };
 use arkvale_cpu::CpuDevice;
-use arkvale_model::llama::{HostLayer, LlamaConfig, LlamaHostWeights, LlamaModel};
+use arkvale_model::llama::{LlamaHostWeights, LlamaModel};
+use arkvale_testkit::XorShift;
+use arkvale_testkit::llama::{random_weights, smollm2_config};
 
 const PROMPT_TOKENS: usize = 400;
 const STEPS: usize = 16;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
-        (0..len).map(|_| self.next() * scale).collect()
-    }
-    fn norm(&mut self, len: usize) -> Vec<f32> {
-        (0..len).map(|_| 1.0 + 0.2 * self.next()).collect()
-    }
-}
-
-fn smollm2_shape() -> LlamaConfig {
-    LlamaConfig {
-        arch: "llama".into(),
-        layers: 30,
-        d_model: 576,
-        d_ff: 1536,
-        q_heads: 9,
-        kv_heads: 3,
-        head_dim: 64,
-        vocab: 49152,
-        context_length: 8192,
-        rope_theta: 100000.0,
-        rope_scaling: RopeScaling::None,
-        rope_freq_factors: None,
-        rms_eps: 1e-5,
-        tied_embeddings: true,
-        qkv_bias: false,
-    }
-}
-
-fn random_weights(c: &LlamaConfig, seed: u64) -> LlamaHostWeights {
-    let mut r = Rng(seed | 1);
-    let (d, kv, f) = (c.d_model, c.kv_heads * c.head_dim, c.d_ff);
-    let s = |k: usize| 1.5 / (k as f32).sqrt();
-    LlamaHostWeights {
-        embedding: r.vec(c.vocab * d, 1.0),
-        layers: (0..c.layers)
-            .map(|_| HostLayer {
-                attn_norm: r.norm(d),
-                wq: r.vec(d * d, s(d)),
-                wk: r.vec(kv * d, s(d)),
-                wv: r.vec(kv * d, s(d)),
-                wo: r.vec(d * d, s(d)),
-                ffn_norm: r.norm(d),
-                w_gate: r.vec(f * d, s(d)),
-                w_up: r.vec(f * d, s(d)),
-                w_down: r.vec(d * f, s(f)),
-                ..Default::default()
-            })
-            .collect(),
-        output_norm: r.norm(d),
-        output: None,
-    }
-}
 
 fn argmax(x: &[f32]) -> u32 {
     let mut best = 0;
@@ -105,7 +45,7 @@ fn greedy(
     let name = dev.name();
     let t = Instant::now();
     let model =
-        LlamaModel::from_host_weights(dev, smollm2_shape(), weights.clone(), DType::F16).unwrap();
+        LlamaModel::from_host_weights(dev, smollm2_config(), weights.clone(), DType::F16).unwrap();
     let config = CacheConfig {
         budget_tokens: 256,
         kv_dtype: KvDtype::F16,
@@ -138,10 +78,10 @@ fn cuda_greedy_generation_matches_cpu() {
             return;
         }
     };
-    let weights = random_weights(&smollm2_shape(), 42);
-    let mut r = Rng(99);
+    let weights = random_weights(&smollm2_config(), 42);
+    let mut r = XorShift(99);
     let prompt: Vec<u32> = (0..PROMPT_TOKENS)
-        .map(|_| ((r.next() + 1.0) * 0.5 * 49151.0) as u32)
+        .map(|_| ((r.unit() + 1.0) * 0.5 * 49151.0) as u32)
         .collect();
     let cpu: Arc<dyn Device> = Arc::new(CpuDevice::new(None).unwrap());
     let want = greedy(cpu, &weights, &prompt);

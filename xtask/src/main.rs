@@ -5,8 +5,8 @@
 //! (the one in the `CARGO` environment variable, else `cargo` on the `PATH`) from the workspace
 //! root, streams its output, and exits non-zero when a step fails.
 //!
-//! * `test-all-backends` ([`test_all`]): `cargo test --workspace`, then the differential suite
-//!   on every backend, then one summary line per backend;
+//! * `test-all-backends` ([`test_all`]): `cargo test --workspace` (less the suite's per-case
+//!   tests), then the differential suite on every backend, then one summary line per backend;
 //! * `ci` ([`ci`]): formatting, clippy, doc tests, then `test-all-backends`;
 //! * `bench` ([`bench`]): the CPU backend's criterion benches;
 //! * `fetch-model` ([`fetch_model`]): the default model (or a named one) into `models/`
@@ -31,9 +31,12 @@ USAGE:
 
 COMMANDS:
     test-all-backends [--filter SUBSTR | -- SUBSTR]
-        Runs `cargo test --workspace --no-fail-fast`, then the cross-backend
-        differential suite (`cargo run -p arkvale-tests --bin arkvale-suite --
-        --backend all`) on every backend compiled in. Ends with one line per backend:
+        Runs `cargo test --workspace --no-fail-fast -- --skip suite::`, then the
+        cross-backend differential suite (`cargo run -p arkvale-tests --bin
+        arkvale-suite -- --backend all`) on every backend compiled in. The skip leaves
+        out the suite's per-case tests (`suite::<backend>::<area>::<case>` in
+        arkvale-tests, for `cargo test -p arkvale-tests`): the suite binary runs the
+        same cases, so the suite runs once. Ends with one line per backend:
             backend <name>: <N> passed, <M> failed
             backend <name>: skipped (<reason>)
         A filter is passed to both: to `cargo test` as its test-name filter and to the

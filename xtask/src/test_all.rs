@@ -1,11 +1,21 @@
 //! `cargo xtask test-all-backends`: the workspace's tests, then the differential suite on every
 //! backend, then one summary line per backend as the last lines of the output.
+//!
+//! The suite runs once: `cargo test` skips its per-case tests (`--skip suite::`, see
+//! [`SUITE_TESTS`]) and the `arkvale-suite` binary runs every case on every backend and prints
+//! the backend lines. (The per-case tests exist for developers: `cargo test -p arkvale-tests`
+//! names a failure's case and backend, and reruns one.) Running both would double the
+//! suite's share of the step for nothing.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::time::Instant;
 
 use crate::process::{cargo, display, outcome, run_timed, seconds};
+
+/// The name prefix of the differential suite's per-case tests (`suite::cpu::ops::...`), which
+/// the `cargo test` step skips because the `arkvale-suite` step runs the same cases.
+pub const SUITE_TESTS: &str = "suite::";
 
 /// Reads the optional test-name filter: `--filter SUBSTR`, `--filter=SUBSTR`, `-- SUBSTR` or a
 /// bare `SUBSTR`.
@@ -67,11 +77,14 @@ pub fn parse_backend_line(line: &str) -> Option<BackendLine> {
 /// `Ok(false)`: something failed and the summary says what; `Err`: a command could not run.
 pub fn run(filter: Option<&str>) -> Result<bool, String> {
     // 1. The workspace's own tests, output streamed as usual; every test binary runs even if
-    //    an earlier one failed, so one run shows every failure.
-    let mut test = cargo(["test", "--workspace", "--no-fail-fast"]);
+    //    an earlier one failed, so one run shows every failure. The suite's per-case tests
+    //    (`suite::<backend>::<case>` in arkvale-tests) are skipped: step 2 runs the same cases
+    //    once, in one process per build, and prints the backend lines.
+    let mut test = cargo(["test", "--workspace", "--no-fail-fast", "--"]);
     if let Some(f) = filter {
-        test.args(["--", f]);
+        test.arg(f);
     }
+    test.args(["--skip", SUITE_TESTS]);
     let (test_status, test_time) = run_timed(&mut test)?;
 
     // 2. The differential suite, streamed line by line while its summary lines are kept.

@@ -11,26 +11,8 @@ use arkvale_core::Device;
 use arkvale_cpu::CpuDevice;
 use safetensors::tensor::{Dtype, TensorView};
 
-/// Deterministic xorshift generator of values in [-1, 1).
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// The next value.
-    pub fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    /// `len` values scaled by `scale`.
-    pub fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
-        (0..len).map(|_| self.next() * scale).collect()
-    }
-    /// `len` RMSNorm weights in [0.8, 1.2).
-    pub fn norm(&mut self, len: usize) -> Vec<f32> {
-        (0..len).map(|_| 1.0 + 0.2 * self.next()).collect()
-    }
-}
+/// The seeded generator of the random weights (re-exported for the tests that include this).
+pub use arkvale_testkit::XorShift;
 
 /// Layers of the model.
 pub const LAYERS: usize = 2;
@@ -101,7 +83,7 @@ pub const TOKENIZER_CONFIG: &str = r#"{"bos_token": {"content": "<s>"}, "eos_tok
 
 /// Random weights by Hugging Face name, shape and values (HF Q/K row order).
 pub fn hf_tensors(tied: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let mut r = Rng(0x5eed);
+    let mut r = XorShift(0x5eed);
     let kv = KV_HEADS * HEAD_DIM;
     let s = |k: usize| 1.5 / (k as f32).sqrt();
     let mut t = vec![(
