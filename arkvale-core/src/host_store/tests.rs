@@ -7,7 +7,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use proptest::prelude::*;
 
-use super::mock::{ManualEvent, MockDevice, mem};
+use crate::mock::{ManualEvent, MockDevice, mem};
 use super::*;
 
 const PAGE: usize = 48;
