@@ -247,8 +247,7 @@ pub trait Backend: Send + Sync {
         out: &Buffer,
     ) -> Result<()>;
     /// See [`Device::rope`]: as [`validate::rope`] checks, f32.
-    fn raw_rope(&self, ok: Checked, rope: &Rope<'_>, positions: &[u32], x: &Buffer)
-    -> Result<()>;
+    fn raw_rope(&self, ok: Checked, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()>;
     /// See [`Device::silu_mul`]: f32, `len` elements in each, `out` none of the inputs.
     fn raw_silu_mul(
         &self,
@@ -516,7 +515,15 @@ impl<B: Backend> Device for B {
         outputs.extend(page_lse.map(|b| (b, "page_lse")));
         attn_inputs(what, layout, pool, q, mask, &outputs)?;
         let mask_len = mask.map(Buffer::len);
-        validate::attention(layout, pool.len(), q.len(), out.len(), rows, pages, mask_len)?;
+        validate::attention(
+            layout,
+            pool.len(),
+            q.len(),
+            out.len(),
+            rows,
+            pages,
+            mask_len,
+        )?;
         if let Some(b) = page_lse {
             validate::page_lse(layout, rows, pages.len(), b.len())?;
         }
@@ -556,7 +563,17 @@ impl<B: Backend> Device for B {
         validate::attention(layout, pool.len(), q.len(), q.len(), rows, pages, mask_len)?;
         let (acc, max, sum) = (state.acc.len(), state.max.len(), state.sum.len());
         validate::state(layout, rows, acc, max, sum)?;
-        self.raw_prefill_attention(Checked::new(), layout, pool, q, rows, pages, mask, scale, state)
+        self.raw_prefill_attention(
+            Checked::new(),
+            layout,
+            pool,
+            q,
+            rows,
+            pages,
+            mask,
+            scale,
+            state,
+        )
     }
 
     fn attention_finalize(
@@ -701,7 +718,11 @@ impl<B: Backend> Device for B {
         validate::dtype(out, DType::F32, "embedding: out")?;
         validate::not_aliased(out, &[table], "embedding")?;
         let vocab = table.len() / dim;
-        if let Some((t, id)) = ids.iter().enumerate().find(|(_, id)| **id as usize >= vocab) {
+        if let Some((t, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id as usize >= vocab)
+        {
             return Err(Error::shape(format!(
                 "embedding: token id {id} (position {t}) outside a vocabulary of {vocab}"
             )));

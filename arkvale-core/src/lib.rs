@@ -31,9 +31,9 @@ pub mod dtype;
 pub mod error;
 pub mod host_store;
 pub mod manager;
+pub mod mass;
 #[cfg(test)]
 mod mock;
-pub mod mass;
 pub mod policy;
 pub mod pool;
 pub mod quant;

@@ -124,7 +124,15 @@ impl Backend for MockDevice {
     fn raw_read(&self, _: Checked, _: &Buffer, _: usize, _: &mut [u8]) -> Result<()> {
         self.called("read")
     }
-    fn raw_copy(&self, _: Checked, _: &Buffer, _: usize, _: &Buffer, _: usize, _: usize) -> Result<()> {
+    fn raw_copy(
+        &self,
+        _: Checked,
+        _: &Buffer,
+        _: usize,
+        _: &Buffer,
+        _: usize,
+        _: usize,
+    ) -> Result<()> {
         self.called("copy")
     }
     fn raw_fill_f32(&self, _: Checked, _: &Buffer, _: usize, _: usize, _: f32) -> Result<()> {
@@ -142,7 +150,13 @@ impl Backend for MockDevice {
         mem(host).lock()[at..at + data.len()].copy_from_slice(data);
         Ok(())
     }
-    fn raw_host_read(&self, _: Checked, host: &HostBuffer, at: usize, out: &mut [u8]) -> Result<()> {
+    fn raw_host_read(
+        &self,
+        _: Checked,
+        host: &HostBuffer,
+        at: usize,
+        out: &mut [u8],
+    ) -> Result<()> {
         out.copy_from_slice(&mem(host).lock()[at..at + out.len()]);
         Ok(())
     }
@@ -260,7 +274,14 @@ impl Backend for MockDevice {
     ) -> Result<()> {
         self.called("attention_weights")
     }
-    fn raw_matmul(&self, _: Checked, _: &MatmulDims, _: &Buffer, _: &Buffer, _: &Buffer) -> Result<()> {
+    fn raw_matmul(
+        &self,
+        _: Checked,
+        _: &MatmulDims,
+        _: &Buffer,
+        _: &Buffer,
+        _: &Buffer,
+    ) -> Result<()> {
         self.called("matmul")
     }
     fn raw_rmsnorm(

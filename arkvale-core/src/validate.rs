@@ -370,9 +370,14 @@ pub fn page_copies(
     let n = l.slot_bytes();
     for &(s, at) in copies {
         slot(l, pool.len(), s, what)?;
-        let at = usize::try_from(at)
-            .map_err(|_| Error::shape(format!("{what}: host offset {at}")))?;
-        range(at, n, host.bytes(), &format!("{what}: slot {s} at host byte"))?;
+        let at =
+            usize::try_from(at).map_err(|_| Error::shape(format!("{what}: host offset {at}")))?;
+        range(
+            at,
+            n,
+            host.bytes(),
+            &format!("{what}: slot {s} at host byte"),
+        )?;
     }
     Ok(())
 }
