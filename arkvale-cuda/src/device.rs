@@ -1,18 +1,22 @@
 //! [`CudaDevice`]: the device itself (context, kernels, streams, per-device state) and the
-//! [`Device`] implementation, which forwards each method to the module that does that job:
+//! [`Backend`] implementation, which forwards each method to the module that does that job:
 //! `buffer` (device memory), `copies` (host memory, page backups and recalls, events), `kv`
-//! (append, summarize, estimate, top-k), `attention` and `dense` (the model ops). Each op binds
-//! the context, checks its handles and descriptors on the host exactly as the CPU backend does
-//! (same rules, same error kinds), uploads the descriptors, and launches kernels on the compute
-//! stream (`launch`).
+//! (append, summarize, estimate, top-k), `attention` and `dense` (the model ops). Core's
+//! checked [`Device`] layer has validated every call's input before it gets here (the
+//! `pub(crate)` methods below are reached only through the `raw_*` methods, which get core's
+//! [`Checked`] token); each op binds the context, checks that its handles are this device's
+//! and its launch limits, uploads the descriptors, and launches kernels on the compute stream
+//! (`launch`).
 //!
 //! See the crate documentation for how the [`Device`] contract maps to CUDA.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(doc)]
+use arkvale_core::Device;
 use arkvale_core::{
-    AppendDest, AttnPage, AttnRow, AttnState, Buffer, DType, Device, DigestKind, Error,
+    AppendDest, AttnPage, AttnRow, AttnState, Backend, Buffer, Checked, DType, DigestKind, Error,
     EstimateJob, Event, HostBuffer, KvLayout, MatmulDims, Result, Rope, ScoreAgg, SummarizeJob,
     TopkSegment,
 };
@@ -167,7 +171,14 @@ impl Backend for CudaDevice {
         self.copy_buffer(src, src_off, dst, dst_off, len)
     }
 
-    fn raw_fill_f32(&self, _: Checked, buf: &Buffer, offset: usize, len: usize, value: f32) -> Result<()> {
+    fn raw_fill_f32(
+        &self,
+        _: Checked,
+        buf: &Buffer,
+        offset: usize,
+        len: usize,
+        value: f32,
+    ) -> Result<()> {
         self.fill_buffer(buf, offset, len, value)
     }
 
@@ -181,11 +192,23 @@ impl Backend for CudaDevice {
         self.alloc_pinned(bytes)
     }
 
-    fn raw_host_write(&self, _: Checked, host: &HostBuffer, offset: usize, data: &[u8]) -> Result<()> {
+    fn raw_host_write(
+        &self,
+        _: Checked,
+        host: &HostBuffer,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<()> {
         self.pinned_write(host, offset, data)
     }
 
-    fn raw_host_read(&self, _: Checked, host: &HostBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
+    fn raw_host_read(
+        &self,
+        _: Checked,
+        host: &HostBuffer,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<()> {
         self.pinned_read(host, offset, out)
     }
 
@@ -256,7 +279,13 @@ impl Backend for CudaDevice {
         self.kv_estimate(layout, kind, agg, digests, q, jobs, scores)
     }
 
-    fn raw_topk(&self, _: Checked, scores: &Buffer, segments: &[TopkSegment], out: &Buffer) -> Result<()> {
+    fn raw_topk(
+        &self,
+        _: Checked,
+        scores: &Buffer,
+        segments: &[TopkSegment],
+        out: &Buffer,
+    ) -> Result<()> {
         self.kv_topk(scores, segments, out)
     }
 
@@ -317,7 +346,14 @@ impl Backend for CudaDevice {
         self.attn_weights(layout, pool, q, rows, pages, mask, scale, weights)
     }
 
-    fn raw_matmul(&self, _: Checked, dims: &MatmulDims, x: &Buffer, w: &Buffer, out: &Buffer) -> Result<()> {
+    fn raw_matmul(
+        &self,
+        _: Checked,
+        dims: &MatmulDims,
+        x: &Buffer,
+        w: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_matmul(dims, x, w, out)
     }
 
@@ -338,7 +374,14 @@ impl Backend for CudaDevice {
         self.dense_rope(rope, positions, x)
     }
 
-    fn raw_silu_mul(&self, _: Checked, len: usize, gate: &Buffer, up: &Buffer, out: &Buffer) -> Result<()> {
+    fn raw_silu_mul(
+        &self,
+        _: Checked,
+        len: usize,
+        gate: &Buffer,
+        up: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_silu_mul(len, gate, up, out)
     }
 
@@ -346,15 +389,36 @@ impl Backend for CudaDevice {
         self.dense_add(len, x, y)
     }
 
-    fn raw_add_bias(&self, _: Checked, rows: usize, cols: usize, x: &Buffer, bias: &Buffer) -> Result<()> {
+    fn raw_add_bias(
+        &self,
+        _: Checked,
+        rows: usize,
+        cols: usize,
+        x: &Buffer,
+        bias: &Buffer,
+    ) -> Result<()> {
         self.dense_add_bias(rows, cols, x, bias)
     }
 
-    fn raw_embedding(&self, _: Checked, dim: usize, table: &Buffer, ids: &[u32], out: &Buffer) -> Result<()> {
+    fn raw_embedding(
+        &self,
+        _: Checked,
+        dim: usize,
+        table: &Buffer,
+        ids: &[u32],
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_embedding(dim, table, ids, out)
     }
 
-    fn raw_argmax(&self, _: Checked, rows: usize, cols: usize, logits: &Buffer, out: &Buffer) -> Result<()> {
+    fn raw_argmax(
+        &self,
+        _: Checked,
+        rows: usize,
+        cols: usize,
+        logits: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_argmax(rows, cols, logits, out)
     }
 }
