@@ -22,7 +22,16 @@
 //!   can fail, so it is an explicit operation ([`Device::copy`]). A handle must only be passed
 //!   to the device that created it (others return [`crate::Error::Device`]).
 //! * **Errors.** Every method returns a [`Result`]; bad descriptors (an index out of range, a
-//!   buffer too small, a dtype mismatch) are errors, never a panic or an out-of-bounds write.
+//!   buffer too small, a dtype mismatch, an output that is also an input) are errors, never a
+//!   panic or an out-of-bounds write.
+//! * **Who checks what.** Backends do not implement this trait: they implement
+//!   [`crate::Backend`], and core's one `impl<B: Backend> Device for B`
+//!   ([`crate::backend`]) checks every call's input — dtypes, lengths, aliasing, the layout,
+//!   descriptors, copy plans, ranges ([`crate::validate`]) — before it calls the backend, so
+//!   every backend reports the same [`crate::Error::Shape`] for the same bad input, and a
+//!   backend may assume valid input. A backend checks only what only it can know: that a
+//!   handle or event is its own ([`crate::Error::Device`] otherwise), its own limits, and its
+//!   own hazards.
 //!
 //! # Layouts
 //!
@@ -297,11 +306,12 @@ pub struct AttnState {
     pub sum: Buffer,
 }
 
-/// What a backend provides: buffers and copies, the KV ops (append, summarize, estimate,
+/// What a device does: buffers and copies, the KV ops (append, summarize, estimate,
 /// top-k, paged attention, asynchronous page backup/recall) and the dense model ops
 /// ([`Device::matmul`], [`Device::rmsnorm`], [`Device::rope`], [`Device::silu_mul`],
 /// [`Device::add`], [`Device::embedding`], [`Device::argmax`]).
-/// See the module documentation for the contract.
+/// See the module documentation for the contract. Implemented once, by core, for every
+/// [`crate::Backend`]: each method checks its input, then calls the backend.
 pub trait Device: Send + Sync {
     /// A short backend name for messages and test summaries (`cpu`, `cuda`, `wgpu`).
     fn name(&self) -> String;

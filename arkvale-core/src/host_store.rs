@@ -56,8 +56,6 @@ use std::path::Path;
 use crate::spill::{DiskSpill, SpillSlot};
 use crate::{Device, Error, Event, HostBuffer, Result};
 
-#[cfg(test)]
-mod mock;
 mod rooms;
 #[cfg(test)]
 mod tests;

@@ -9,8 +9,9 @@
 //!   `quest`, `h2o`, `tova`);
 //! * the bookkeeping: page tables, the device slot pool, the host backup store and its disk
 //!   spill tier;
-//! * the [`Device`] trait every backend implements (KV ops and the [`dense`] model ops), and
-//!   the [`CacheManager`] that drives any `Device` through prefill and decode;
+//! * the [`Device`] trait (KV ops and the [`dense`] model ops) that the model and the
+//!   [`CacheManager`] drive, implemented once here over the [`Backend`] trait every backend
+//!   implements: core checks every call's input ([`validate`]) before backend code runs;
 //! * the block-quantized weight formats ([`quant`]): layouts, dequantization and the scalar
 //!   quantized dot product;
 //! * scalar [`reference`](mod@reference) implementations of every device op, the oracle of the
@@ -21,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod config;
 pub mod dense;
 pub mod device;
@@ -30,6 +32,8 @@ pub mod error;
 pub mod host_store;
 pub mod manager;
 pub mod mass;
+#[cfg(test)]
+mod mock;
 pub mod policy;
 pub mod pool;
 pub mod quant;
@@ -39,6 +43,7 @@ pub mod spill;
 pub mod stats;
 pub mod validate;
 
+pub use backend::{Backend, Checked};
 pub use config::{
     AttentionMode, CacheConfig, DigestKind, PageBudget, PrefillKeep, Preset, ScoreAgg, VictimRule,
     apply_overrides,

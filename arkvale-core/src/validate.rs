@@ -1,12 +1,13 @@
-//! Descriptor checks shared by every backend: each KV op's descriptors (append destinations,
-//! summarize/estimate jobs, top-k segments, attention rows and pages) are checked against the
-//! buffer lengths here, before any work starts, so that a bad descriptor is an
-//! [`Error::Shape`] on every backend alike — never a panic or an out-of-bounds access. A
-//! backend calls these with the lengths of the buffers it was handed.
+//! The input checks of every [`crate::Device`] operation, shared by all backends: buffer
+//! dtypes and lengths, aliasing, the KV layout, each KV op's descriptors (append destinations,
+//! summarize/estimate jobs, top-k segments, attention rows and pages), page-copy plans and
+//! element/byte ranges. The checked [`crate::Device`] layer ([`crate::backend`]) runs them
+//! before any backend code, so that bad input is an [`Error::Shape`] with the same wording on
+//! every backend alike — never a panic or an out-of-bounds access.
 
 use crate::{
-    AppendDest, AttnPage, AttnRow, Buffer, DigestKind, Error, EstimateJob, KvLayout, Result, Rope,
-    SummarizeJob, TopkSegment,
+    AppendDest, AttnPage, AttnRow, Buffer, DType, DigestKind, Error, EstimateJob, HostBuffer,
+    KvLayout, Result, Rope, SummarizeJob, TopkSegment,
 };
 
 /// Elements needed to hold item `index` of `per` elements each (`(index + 1) * per`), or
@@ -310,6 +311,86 @@ pub fn distinct_outputs(outputs: &[&Buffer], what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Fails unless `buf` holds elements of `dtype`.
+pub fn dtype(buf: &Buffer, dtype: DType, what: &str) -> Result<()> {
+    if buf.dtype() != dtype {
+        return Err(Error::shape(format!(
+            "{what}: expected a {dtype:?} buffer, got {:?}",
+            buf.dtype()
+        )));
+    }
+    Ok(())
+}
+
+/// The elements in `bytes` bytes of `dtype` written or read at element `offset`: the bytes
+/// must be whole elements (whole blocks, at a block boundary, for quantized types).
+pub fn byte_span(dtype: DType, offset: usize, bytes: usize, what: &str) -> Result<usize> {
+    match (dtype.bytes_for(offset), dtype.elems_in(bytes)) {
+        (Some(_), Some(len)) => Ok(len),
+        _ => Err(Error::shape(format!(
+            "{what}: {bytes} bytes at element {offset} are not whole {dtype} elements \
+             (quantized types: whole blocks at a block boundary)"
+        ))),
+    }
+}
+
+/// The checks of [`crate::Device::copy`]: one dtype, both ranges inside their buffers and,
+/// for quantized types, whole blocks at block boundaries.
+pub fn copy(src: &Buffer, src_off: usize, dst: &Buffer, dst_off: usize, len: usize) -> Result<()> {
+    let dtype = src.dtype();
+    if dtype != dst.dtype() {
+        return Err(Error::shape(format!(
+            "copy: {dtype:?} into {:?}",
+            dst.dtype()
+        )));
+    }
+    range(src_off, len, src.len(), "copy: src")?;
+    range(dst_off, len, dst.len(), "copy: dst")?;
+    let blocks = [src_off, dst_off, len].map(|n| dtype.bytes_for(n).is_some());
+    if blocks.contains(&false) {
+        return Err(Error::shape(format!(
+            "copy: {len} {dtype} elements at {src_off} -> {dst_off} are not whole blocks at a \
+             block boundary"
+        )));
+    }
+    Ok(())
+}
+
+/// The checks of a page backup or recall: a valid layout, a pool of its `kv_dtype`, every
+/// slot inside the pool and every host range of `layout.slot_bytes()` bytes inside `host`.
+pub fn page_copies(
+    l: &KvLayout,
+    pool: &Buffer,
+    copies: &[(u32, u64)],
+    host: &HostBuffer,
+    what: &str,
+) -> Result<()> {
+    layout(l)?;
+    dtype(pool, l.kv_dtype.dtype(), &format!("{what}: pool"))?;
+    let n = l.slot_bytes();
+    for &(s, at) in copies {
+        slot(l, pool.len(), s, what)?;
+        let at =
+            usize::try_from(at).map_err(|_| Error::shape(format!("{what}: host offset {at}")))?;
+        range(
+            at,
+            n,
+            host.bytes(),
+            &format!("{what}: slot {s} at host byte"),
+        )?;
+    }
+    Ok(())
+}
+
+/// The `(pool byte, host byte, bytes)` ranges of page copies that [`page_copies`] accepted.
+pub fn page_copy_plan(l: &KvLayout, copies: &[(u32, u64)]) -> Vec<(usize, usize, usize)> {
+    let n = l.slot_bytes();
+    copies
+        .iter()
+        .map(|&(s, at)| (s as usize * n, at as usize, n))
+        .collect()
+}
+
 /// `a * b`, or a shape error naming `what` on overflow.
 pub fn product(a: usize, b: usize, what: &str) -> Result<usize> {
     a.checked_mul(b)
@@ -327,7 +408,7 @@ pub fn at_least(buf: &Buffer, need: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The shape checks of [`crate::Device::rmsnorm`] (dtypes and aliasing are the backend's):
+/// The shape checks of [`crate::Device::rmsnorm`] (the caller checks dtypes and aliasing):
 /// returns `rows * dim`, the elements of `x` and `out`.
 pub fn rmsnorm(
     rows: usize,

@@ -296,23 +296,6 @@ pub(crate) fn storage<'a>(device: u64, buf: &'a Buffer, what: &str) -> Result<&'
     }
 }
 
-/// The storage of `buf` if made by `device` and of element type `dtype`.
-pub(crate) fn typed<'a>(
-    device: u64,
-    buf: &'a Buffer,
-    dtype: DType,
-    what: &str,
-) -> Result<&'a Arc<Storage>> {
-    let s = storage(device, buf, what)?;
-    if buf.dtype() != dtype {
-        return Err(Error::shape(format!(
-            "{what}: expected a {dtype:?} buffer, got {:?}",
-            buf.dtype()
-        )));
-    }
-    Ok(s)
-}
-
 /// The storage of `host` if it was made by `device`, else [`Error::Device`].
 pub(crate) fn host_storage<'a>(
     device: u64,

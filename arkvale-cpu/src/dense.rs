@@ -1,6 +1,6 @@
 //! The elementwise and row-wise dense model ops on the CPU: RMSNorm, RoPE, SiLU-gating,
 //! residual add, embedding lookup and argmax (the matmul is in `matmul`). Lengths are checked
-//! by the caller (`validate::dense`); each kernel splits its output into disjoint row chunks
+//! by core's checked `Device` layer; each kernel splits its output into disjoint row chunks
 //! and runs them through [`Par`]. Arithmetic is f32, except the RoPE angles and their
 //! cos/sin (f64, once per token and pair, as [`arkvale_core::Rope`] defines them).
 

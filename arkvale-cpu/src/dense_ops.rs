@@ -1,46 +1,19 @@
-//! The dense model ops of [`CpuDevice`]: handle and size checks, locking, and dispatch to the
-//! kernels in `matmul` and `dense`. The [`Device`](arkvale_core::Device) implementation in
-//! `device` forwards to these methods.
+//! The dense model ops of [`CpuDevice`]: storage lookup, locking, and dispatch to the kernels
+//! in `matmul` and `dense`. The [`Backend`](arkvale_core::Backend) implementation in `device`
+//! forwards to these methods.
 //!
-//! Every size product is checked for overflow, every buffer for its dtype and length, and an
-//! output for not being an input, before any work starts.
-
-use std::sync::Arc;
+//! Core's checked [`Device`](arkvale_core::Device) layer has already checked every size product
+//! for overflow, every buffer for its dtype and length, and every output for not being an
+//! input; here only the handles' origin is checked.
 
 use arkvale_core::{Buffer, DType, Error, MatmulDims, Result, Rope};
 
-use crate::buffer::{Data, Storage};
+use crate::buffer::Data;
 use crate::dense;
 use crate::device::CpuDevice;
 use crate::dispatch::{f32s, f32s_mut};
 use crate::matmul::{self, Weights};
 use crate::quant;
-
-use arkvale_core::validate::{self, at_least, product};
-
-/// The storage of a weight buffer (f32, f16, bf16 or quantized) made by this device; for a
-/// quantized one, rows of `row_len` values must be whole blocks.
-fn weight_table<'a>(
-    dev: &CpuDevice,
-    buf: &'a Buffer,
-    row_len: usize,
-    what: &str,
-) -> Result<&'a Arc<Storage>> {
-    let s = dev.storage(buf, what)?;
-    let dtype = buf.dtype();
-    if !dtype.is_weight() {
-        return Err(Error::shape(format!(
-            "{what}: expected an f32, f16, bf16 or quantized buffer, got {dtype}"
-        )));
-    }
-    if row_len % dtype.block_len() != 0 {
-        return Err(Error::shape(format!(
-            "{what}: rows of {row_len} values are not whole {dtype} blocks of {}",
-            dtype.block_len()
-        )));
-    }
-    Ok(s)
-}
 
 /// A weight table's typed elements.
 fn weights(data: &Data, dtype: DType) -> Result<Weights<'_>> {
@@ -65,17 +38,9 @@ impl CpuDevice {
         out: &Buffer,
     ) -> Result<()> {
         let MatmulDims { m, n, k } = *dims;
-        let x_s = self.typed(x, DType::F32, "matmul: x")?;
-        let w_s = weight_table(self, w, k, "matmul: weights")?;
-        let o_s = self.typed(out, DType::F32, "matmul: out")?;
-        validate::not_aliased(out, &[x, w], "matmul")?;
-        at_least(x, product(m, k, "matmul: x")?, "matmul: x [m, k]")?;
-        at_least(
-            w,
-            product(n, k, "matmul: weights")?,
-            "matmul: weights [n, k]",
-        )?;
-        at_least(out, product(m, n, "matmul: out")?, "matmul: out [m, n]")?;
+        let x_s = self.storage(x, "matmul: x")?;
+        let w_s = self.storage(w, "matmul: weights")?;
+        let o_s = self.storage(out, "matmul: out")?;
         let (xg, wg) = (x_s.data.read_recursive(), w_s.data.read_recursive());
         let mut og = o_s.data.write();
         let (xv, ov) = (f32s(&xg)?, f32s_mut(&mut og)?);
@@ -96,11 +61,10 @@ impl CpuDevice {
         weight: &Buffer,
         out: &Buffer,
     ) -> Result<()> {
-        let x_s = self.typed(x, DType::F32, "rmsnorm: x")?;
-        let w_s = self.typed(weight, DType::F32, "rmsnorm: weight")?;
-        let o_s = self.typed(out, DType::F32, "rmsnorm: out")?;
-        validate::not_aliased(out, &[x, weight], "rmsnorm")?;
-        let len = validate::rmsnorm(rows, dim, eps, x, weight, out)?;
+        let x_s = self.storage(x, "rmsnorm: x")?;
+        let w_s = self.storage(weight, "rmsnorm: weight")?;
+        let o_s = self.storage(out, "rmsnorm: out")?;
+        let len = rows * dim;
         if len == 0 {
             return Ok(());
         }
@@ -115,8 +79,8 @@ impl CpuDevice {
 
     /// See [`arkvale_core::Device::rope`].
     pub(crate) fn dense_rope(&self, r: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
-        let x_s = self.typed(x, DType::F32, "rope: x")?;
-        let len = validate::rope(r, positions.len(), x)?;
+        let x_s = self.storage(x, "rope: x")?;
+        let len = positions.len() * r.heads * r.head_dim;
         if len == 0 {
             return Ok(());
         }
@@ -134,13 +98,9 @@ impl CpuDevice {
         up: &Buffer,
         out: &Buffer,
     ) -> Result<()> {
-        let g_s = self.typed(gate, DType::F32, "silu_mul: gate")?;
-        let u_s = self.typed(up, DType::F32, "silu_mul: up")?;
-        let o_s = self.typed(out, DType::F32, "silu_mul: out")?;
-        validate::not_aliased(out, &[gate, up], "silu_mul")?;
-        at_least(gate, len, "silu_mul: gate")?;
-        at_least(up, len, "silu_mul: up")?;
-        at_least(out, len, "silu_mul: out")?;
+        let g_s = self.storage(gate, "silu_mul: gate")?;
+        let u_s = self.storage(up, "silu_mul: up")?;
+        let o_s = self.storage(out, "silu_mul: out")?;
         let (gg, ug) = (g_s.data.read_recursive(), u_s.data.read_recursive());
         let mut og = o_s.data.write();
         let (gv, uv, ov) = (f32s(&gg)?, f32s(&ug)?, f32s_mut(&mut og)?);
@@ -152,13 +112,8 @@ impl CpuDevice {
 
     /// See [`arkvale_core::Device::add`].
     pub(crate) fn dense_add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
-        let x_s = self.typed(x, DType::F32, "add: x")?;
-        let y_s = self.typed(y, DType::F32, "add: y")?;
-        if Arc::ptr_eq(x_s, y_s) {
-            return Err(Error::shape("add: x and y must be different buffers"));
-        }
-        at_least(x, len, "add: x")?;
-        at_least(y, len, "add: y")?;
+        let x_s = self.storage(x, "add: x")?;
+        let y_s = self.storage(y, "add: y")?;
         let yg = y_s.data.read_recursive();
         let mut xg = x_s.data.write();
         let (yv, xv) = (f32s(&yg)?, f32s_mut(&mut xg)?);
@@ -174,24 +129,12 @@ impl CpuDevice {
         x: &Buffer,
         bias: &Buffer,
     ) -> Result<()> {
-        let x_s = self.typed(x, DType::F32, "add_bias: x")?;
-        let b_s = self.typed(bias, DType::F32, "add_bias: bias")?;
-        if Arc::ptr_eq(x_s, b_s) {
-            return Err(Error::shape(
-                "add_bias: x and bias must be different buffers",
-            ));
-        }
+        let x_s = self.storage(x, "add_bias: x")?;
+        let b_s = self.storage(bias, "add_bias: bias")?;
         if rows == 0 {
             return Ok(());
         }
-        if cols == 0 {
-            return Err(Error::shape("add_bias: cols must be non-zero"));
-        }
-        let len = rows
-            .checked_mul(cols)
-            .ok_or_else(|| Error::shape("add_bias: rows * cols overflows"))?;
-        at_least(x, len, "add_bias: x")?;
-        at_least(bias, cols, "add_bias: bias")?;
+        let len = rows * cols;
         let bg = b_s.data.read_recursive();
         let mut xg = x_s.data.write();
         let (bv, xv) = (f32s(&bg)?, f32s_mut(&mut xg)?);
@@ -207,24 +150,9 @@ impl CpuDevice {
         ids: &[u32],
         out: &Buffer,
     ) -> Result<()> {
-        if dim == 0 {
-            return Err(Error::shape("embedding: rows of 0 values"));
-        }
-        let t_s = weight_table(self, table, dim, "embedding: table")?;
-        let o_s = self.typed(out, DType::F32, "embedding: out")?;
-        validate::not_aliased(out, &[table], "embedding")?;
-        let vocab = table.len() / dim;
-        if let Some((t, id)) = ids
-            .iter()
-            .enumerate()
-            .find(|(_, id)| **id as usize >= vocab)
-        {
-            return Err(Error::shape(format!(
-                "embedding: token id {id} (position {t}) outside a vocabulary of {vocab}"
-            )));
-        }
-        let len = product(ids.len(), dim, "embedding")?;
-        at_least(out, len, "embedding: out [ids, dim]")?;
+        let t_s = self.storage(table, "embedding: table")?;
+        let o_s = self.storage(out, "embedding: out")?;
+        let len = ids.len() * dim;
         let tg = t_s.data.read_recursive();
         let mut og = o_s.data.write();
         let ov = &mut f32s_mut(&mut og)?[..len];
@@ -248,14 +176,9 @@ impl CpuDevice {
         logits: &Buffer,
         out: &Buffer,
     ) -> Result<()> {
-        let l_s = self.typed(logits, DType::F32, "argmax: logits")?;
-        let o_s = self.typed(out, DType::U32, "argmax: out")?;
-        if cols == 0 {
-            return Err(Error::shape("argmax: rows of 0 columns have no maximum"));
-        }
-        let len = product(rows, cols, "argmax")?;
-        at_least(logits, len, "argmax: logits [rows, cols]")?;
-        at_least(out, rows, "argmax: out [rows]")?;
+        let l_s = self.storage(logits, "argmax: logits")?;
+        let o_s = self.storage(out, "argmax: out")?;
+        let len = rows * cols;
         let lg = l_s.data.read_recursive();
         let mut og = o_s.data.write();
         let Data::U32(ov) = &mut *og else {

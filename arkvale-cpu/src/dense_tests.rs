@@ -126,7 +126,10 @@ fn matmul_with_empty_inner_dimension_writes_zeros() {
 }
 
 #[test]
-fn bad_descriptors_are_errors_not_panics() {
+fn foreign_handles_are_errors_not_panics() {
+    // Bad sizes, dtypes and aliasing are rejected by core's checked `Device` layer before the
+    // backend runs (tested once in `arkvale-core`); a handle of another device is the
+    // backend's to reject.
     let dev = CpuDevice::new(Some(2)).unwrap();
     let other = CpuDevice::new(Some(1)).unwrap();
     let x = dev.upload_f32(&[0.5; 8], DType::F32).unwrap();
@@ -134,24 +137,13 @@ fn bad_descriptors_are_errors_not_panics() {
     let out = dev.alloc(DType::F32, 8).unwrap();
     let foreign = other.alloc(DType::F32, 8).unwrap();
     let dims = MatmulDims { m: 2, n: 2, k: 4 };
+    let is_device =
+        |r: arkvale_core::Result<()>| matches!(r, Err(arkvale_core::Error::Device { .. }));
     assert!(dev.matmul(&dims, &x, &w, &out).is_ok());
-    assert!(dev.matmul(&dims, &x, &w, &foreign).is_err());
-    assert!(
-        dev.matmul(&MatmulDims { m: 3, ..dims }, &x, &w, &out)
-            .is_err()
-    );
-    assert!(dev.rmsnorm(2, 4, f32::NAN, &x, &out, &foreign).is_err());
-    assert!(dev.rmsnorm(2, 4, -1.0, &x, &x, &out).is_err());
-    assert!(dev.embedding(4, &w, &[2], &out).is_err());
-    assert!(dev.add(8, &out, &foreign).is_err());
-    let r = Rope {
-        style: RopeStyle::Neox,
-        heads: 2,
-        head_dim: 4,
-        inv_freq: &[1.0, 0.5],
-        position_scale: f32::INFINITY,
-    };
-    assert!(dev.rope(&r, &[0], &x).is_err());
+    assert!(is_device(dev.matmul(&dims, &x, &w, &foreign)));
+    assert!(is_device(dev.rmsnorm(2, 4, 1e-5, &x, &out, &foreign)));
+    assert!(is_device(dev.add(8, &out, &foreign)));
+    assert!(is_device(dev.embedding(4, &w, &[1], &foreign)));
 }
 
 /// The device matmul and embedding with weights kept quantized against the same device on
@@ -159,7 +151,8 @@ fn bad_descriptors_are_errors_not_panics() {
 /// (dequantized tiles through `gemm`: only the f32 summation order differs), decode-sized
 /// `m` (<= 8) within that plus the activations' 8-bit rounding,
 /// `sum_b (max_b |x| / 127 / 2) * sum_{l in b} |w_jl|` over blocks `b` of 32; the embedding
-/// exactly. Outputs are poisoned, and a too-short row (`k` not whole blocks) is an error.
+/// exactly. Outputs are poisoned. (Rows that are not whole blocks are rejected by core's
+/// checked `Device` layer, tested in `arkvale-core`.)
 #[test]
 fn quantized_weights_match_dequantized_f32_weights() {
     use arkvale_core::quant::{self, QuantType};
@@ -229,17 +222,6 @@ fn quantized_weights_match_dequantized_f32_weights() {
                 let want = &w[id as usize * k..(id as usize + 1) * k];
                 assert_eq!(&got[r * k..(r + 1) * k], want, "{ty} embedding row {id}");
             }
-            // Rows that are not whole blocks, and buffers that are not, are errors.
-            let bad = MatmulDims {
-                m: 1,
-                n: 2,
-                k: k - 1,
-            };
-            let xb = dev.upload_f32(&vec![1.0; k], DType::F32).unwrap();
-            let out = poisoned(&dev, 2);
-            assert!(dev.matmul(&bad, &xb, &wq, &out).is_err());
-            assert!(dev.alloc(dtype, ty.block_len() + 1).is_err());
-            assert!(dev.write(&wq, 1, &data[..ty.block_bytes()]).is_err());
         }
     }
 }

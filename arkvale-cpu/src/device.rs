@@ -1,6 +1,8 @@
-//! [`CpuDevice`]: the [`Device`] implementation that glues buffers, the copy worker and the
-//! op kernels together. Each method checks its handles and descriptors, takes the buffers'
-//! locks, and runs a kernel on this device's own rayon pool.
+//! [`CpuDevice`]: the [`Backend`] implementation that glues buffers, the copy worker and the
+//! op kernels together. Core's checked [`Device`] layer has validated every call's input
+//! (dtypes, lengths, aliasing, descriptors, ranges) before it gets here; each method looks up
+//! its handles' storage (rejecting another device's), guards in-flight copies, takes the
+//! buffers' locks, and runs a kernel on this device's own rayon pool.
 //!
 //! See [`CpuDevice`] for how the [`Device`] contract maps to the CPU.
 
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arkvale_core::{
-    AppendDest, AttnPage, AttnRow, AttnState, Buffer, DType, Device, DigestKind, Error,
+    AppendDest, AttnPage, AttnRow, AttnState, Backend, Buffer, Checked, DType, DigestKind, Error,
     EstimateJob, Event, HostBuffer, KvLayout, MatmulDims, Result, Rope, ScoreAgg, SummarizeJob,
     TopkSegment,
 };
@@ -25,6 +27,8 @@ use crate::dispatch::{
 };
 use crate::event::CpuEvent;
 use crate::par::{INLINE_WORK, Par};
+#[cfg(doc)]
+use arkvale_core::Device;
 use arkvale_core::validate;
 
 /// Ids of devices made so far, so that a handle can be traced to its device.
@@ -60,9 +64,9 @@ static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 /// * **Buffers** lock as a whole: reads share, writes are exclusive, so a copy and a compute op
 ///   that touch the same buffer serialize (correct, never torn). An op's output buffer must not
 ///   also be one of its inputs ([`Error::Shape`]).
-/// * **Errors.** Every descriptor is checked before any work starts: an index out of range, a
-///   buffer too small or of the wrong dtype is [`Error::Shape`]; a handle or event of another
-///   device is [`Error::Device`]; nothing panics.
+/// * **Errors.** Core's [`Device`] layer checks every descriptor before any work starts (an
+///   index out of range, a buffer too small or of the wrong dtype is [`Error::Shape`]); here a
+///   handle or event of another device is [`Error::Device`]; nothing panics.
 pub struct CpuDevice {
     id: u64,
     threads: usize,
@@ -140,17 +144,6 @@ impl CpuDevice {
         buffer::storage(self.id, buf, what)
     }
 
-    /// The storage of `buf` if this device made it and it holds `dtype`.
-    pub(crate) fn typed<'a>(
-        &self,
-        buf: &'a Buffer,
-        dtype: DType,
-        what: &str,
-    ) -> Result<&'a Arc<Storage>> {
-        buffer::typed(self.id, buf, dtype, what)
-    }
-
-    /// The pool's storage, checked against the layout.
     /// Runs `f` inline on the calling thread if `work` (element operations) is small or the
     /// device has one thread, else inside this device's rayon pool.
     pub(crate) fn run<R: Send>(&self, work: usize, f: impl FnOnce(Par) -> R + Send) -> R {
@@ -202,34 +195,25 @@ impl CpuDevice {
         }
     }
 
-    fn kv_pool<'a>(&self, l: &KvLayout, pool: &'a Buffer, what: &str) -> Result<&'a Arc<Storage>> {
-        validate::layout(l)?;
-        self.typed(pool, l.kv_dtype.dtype(), &format!("{what}: pool"))
+    fn kv_pool<'a>(&self, pool: &'a Buffer, what: &str) -> Result<&'a Arc<Storage>> {
+        self.storage(pool, &format!("{what}: pool"))
     }
 }
 
 impl CpuDevice {
-    /// Checks and read-locks the inputs of an attention op; `outputs` must be none of them.
+    /// Read-locks the inputs of an attention op.
     fn attn_inputs<'a>(
         &self,
         what: &str,
-        layout: &KvLayout,
         pool: &'a Buffer,
         q: &'a Buffer,
         mask: Option<&'a Buffer>,
-        outputs: &[&Buffer],
     ) -> Result<AttnInputs<'a>> {
-        let pool_s = self.kv_pool(layout, pool, what)?;
-        let q_s = self.typed(q, DType::F32, &format!("{what}: q"))?;
+        let pool_s = self.kv_pool(pool, what)?;
+        let q_s = self.storage(q, &format!("{what}: q"))?;
         let mask_s = mask
-            .map(|m| self.typed(m, DType::U8, &format!("{what}: mask")))
+            .map(|m| self.storage(m, &format!("{what}: mask")))
             .transpose()?;
-        let mut inputs = vec![pool, q];
-        inputs.extend(mask);
-        for (n, o) in outputs.iter().enumerate() {
-            validate::not_aliased(o, &inputs, what)?;
-            validate::distinct_outputs(&outputs[..=n], what)?;
-        }
         Ok(AttnInputs {
             pool: pool_s.data.read_recursive(),
             q: q_s.data.read_recursive(),
@@ -238,37 +222,36 @@ impl CpuDevice {
     }
 }
 
-impl Device for CpuDevice {
-    fn name(&self) -> String {
+impl Backend for CpuDevice {
+    fn raw_name(&self) -> String {
         BACKEND.to_string()
     }
 
-    fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer> {
+    fn raw_alloc(&self, _: Checked, dtype: DType, len: usize) -> Result<Buffer> {
         buffer::alloc(self.id, &self.device_mem, dtype, len)
     }
 
-    fn write(&self, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()> {
+    fn raw_write(&self, _: Checked, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()> {
         let s = self.storage(buf, "write")?;
-        let (start, len) = byte_span(buf.dtype(), offset, data.len(), "write")?;
-        validate::range(offset, len, buf.len(), "write")?;
+        let (start, len) = byte_span(buf.dtype(), offset, data.len());
         self.access(s, std::iter::once(offset..offset + len), true, "write")?;
         let mut g = s.data.write();
         g.bytes_mut()[start..start + data.len()].copy_from_slice(data);
         Ok(())
     }
 
-    fn read(&self, buf: &Buffer, offset: usize, out: &mut [u8]) -> Result<()> {
+    fn raw_read(&self, _: Checked, buf: &Buffer, offset: usize, out: &mut [u8]) -> Result<()> {
         let s = self.storage(buf, "read")?;
-        let (start, len) = byte_span(buf.dtype(), offset, out.len(), "read")?;
-        validate::range(offset, len, buf.len(), "read")?;
+        let (start, len) = byte_span(buf.dtype(), offset, out.len());
         self.access(s, std::iter::once(offset..offset + len), false, "read")?;
         let g = s.data.read_recursive();
         out.copy_from_slice(&g.bytes()[start..start + out.len()]);
         Ok(())
     }
 
-    fn copy(
+    fn raw_copy(
         &self,
+        _: Checked,
         src: &Buffer,
         src_off: usize,
         dst: &Buffer,
@@ -279,15 +262,6 @@ impl Device for CpuDevice {
             self.storage(src, "copy: src")?,
             self.storage(dst, "copy: dst")?,
         );
-        if src.dtype() != dst.dtype() {
-            return Err(Error::shape(format!(
-                "copy: {:?} into {:?}",
-                src.dtype(),
-                dst.dtype()
-            )));
-        }
-        validate::range(src_off, len, src.len(), "copy: src")?;
-        validate::range(dst_off, len, dst.len(), "copy: dst")?;
         self.access(
             s,
             std::iter::once(src_off..src_off + len),
@@ -300,8 +274,8 @@ impl Device for CpuDevice {
             true,
             "copy: dst",
         )?;
-        let (from, n) = byte_span_of(src.dtype(), src_off, len, "copy")?;
-        let (to, _) = byte_span_of(src.dtype(), dst_off, len, "copy")?;
+        let (from, n) = byte_span_of(src.dtype(), src_off, len);
+        let (to, _) = byte_span_of(src.dtype(), dst_off, len);
         if Arc::ptr_eq(s, d) {
             s.data.write().bytes_mut().copy_within(from..from + n, to);
         } else {
@@ -312,55 +286,72 @@ impl Device for CpuDevice {
         Ok(())
     }
 
-    fn fill_f32(&self, buf: &Buffer, offset: usize, len: usize, value: f32) -> Result<()> {
-        let s = self.typed(buf, DType::F32, "fill_f32")?;
-        validate::range(offset, len, buf.len(), "fill_f32")?;
+    fn raw_fill_f32(
+        &self,
+        _: Checked,
+        buf: &Buffer,
+        offset: usize,
+        len: usize,
+        value: f32,
+    ) -> Result<()> {
+        let s = self.storage(buf, "fill_f32")?;
         self.access(s, std::iter::once(offset..offset + len), true, "fill_f32")?;
         let mut g = s.data.write();
         f32s_mut(&mut g)?[offset..offset + len].fill(value);
         Ok(())
     }
 
-    /// Waits for every queued copy (compute is always finished when a method returns).
-    fn supports_weight_dtype(&self, dtype: DType) -> bool {
+    fn raw_supports_weight_dtype(&self, dtype: DType) -> bool {
         dtype.is_weight()
     }
 
-    fn synchronize(&self) -> Result<()> {
+    /// Waits for every queued copy (compute is always finished when a method returns).
+    fn raw_synchronize(&self) -> Result<()> {
         self.copies.drain()?;
         self.epoch.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
-    fn alloc_host(&self, bytes: usize) -> Result<HostBuffer> {
+    fn raw_alloc_host(&self, bytes: usize) -> Result<HostBuffer> {
         buffer::alloc_host(self.id, &self.host_mem, bytes)
     }
 
-    fn host_write(&self, host: &HostBuffer, offset: usize, data: &[u8]) -> Result<()> {
+    fn raw_host_write(
+        &self,
+        _: Checked,
+        host: &HostBuffer,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<()> {
         let s = buffer::host_storage(self.id, host, "host_write")?;
-        validate::range(offset, data.len(), host.bytes(), "host_write (bytes)")?;
         s.data.write()[offset..offset + data.len()].copy_from_slice(data);
         Ok(())
     }
 
-    fn host_read(&self, host: &HostBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
+    fn raw_host_read(
+        &self,
+        _: Checked,
+        host: &HostBuffer,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<()> {
         let s = buffer::host_storage(self.id, host, "host_read")?;
-        validate::range(offset, out.len(), host.bytes(), "host_read (bytes)")?;
         out.copy_from_slice(&s.data.read_recursive()[offset..offset + out.len()]);
         Ok(())
     }
 
-    /// Validates the copies, then queues them on the copy thread (see the module doc).
-    fn backup_pages(
+    /// Queues the copies on the copy thread (see the module doc).
+    fn raw_backup_pages(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         copies: &[(u32, u64)],
         host: &HostBuffer,
     ) -> Result<Event> {
-        let pool_s = self.kv_pool(layout, pool, "backup_pages")?.clone();
+        let pool_s = self.kv_pool(pool, "backup_pages")?.clone();
         let host_s = buffer::host_storage(self.id, host, "backup_pages")?.clone();
-        let plan = page_copy_plan(layout, pool.len(), host.bytes(), copies, "backup_pages")?;
+        let plan = validate::page_copy_plan(layout, copies);
         let slots = slot_ranges(layout, copies.iter().map(|c| c.0));
         self.access(&pool_s, slots.clone(), false, "backup_pages")?;
         let storage = pool_s.clone();
@@ -377,19 +368,20 @@ impl Device for CpuDevice {
         Ok(Event(event))
     }
 
-    /// Validates the copies, then runs them at once on the calling thread when the copy queue
+    /// Runs the copies at once on the calling thread when the copy queue
     /// is idle (the cache waits for a recall right away, so a hand-off would only add
     /// latency), else queues them behind the earlier copies (see the module doc).
-    fn recall_pages(
+    fn raw_recall_pages(
         &self,
+        _: Checked,
         layout: &KvLayout,
         host: &HostBuffer,
         copies: &[(u32, u64)],
         pool: &Buffer,
     ) -> Result<Event> {
-        let pool_s = self.kv_pool(layout, pool, "recall_pages")?.clone();
+        let pool_s = self.kv_pool(pool, "recall_pages")?.clone();
         let host_s = buffer::host_storage(self.id, host, "recall_pages")?.clone();
-        let plan = page_copy_plan(layout, pool.len(), host.bytes(), copies, "recall_pages")?;
+        let plan = validate::page_copy_plan(layout, copies);
         let slots = slot_ranges(layout, copies.iter().map(|c| c.0));
         self.access(&pool_s, slots.clone(), true, "recall_pages")?;
         let storage = pool_s.clone();
@@ -409,7 +401,7 @@ impl Device for CpuDevice {
     /// Blocks the calling thread until `event` completed: CPU compute runs on the caller's
     /// thread, so this is how "later compute waits for the event" is honoured. Returns the
     /// copy's error if it failed.
-    fn wait_on_device(&self, event: &Event) -> Result<()> {
+    fn raw_wait_on_device(&self, event: &Event) -> Result<()> {
         match event.0.as_any().downcast_ref::<CpuEvent>() {
             Some(e) if e.device() == self.id => event.0.wait(),
             Some(_) => Err(Error::device(
@@ -423,19 +415,18 @@ impl Device for CpuDevice {
         }
     }
 
-    fn append_kv(
+    fn raw_append_kv(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         k: &Buffer,
         v: &Buffer,
         dests: &[AppendDest],
     ) -> Result<()> {
-        let pool_s = self.kv_pool(layout, pool, "append_kv")?;
-        let k_s = self.typed(k, DType::F32, "append_kv: k")?;
-        let v_s = self.typed(v, DType::F32, "append_kv: v")?;
-        validate::not_aliased(pool, &[k, v], "append_kv")?;
-        validate::append(layout, pool.len(), k.len(), v.len(), dests)?;
+        let pool_s = self.kv_pool(pool, "append_kv")?;
+        let k_s = self.storage(k, "append_kv: k")?;
+        let v_s = self.storage(v, "append_kv: v")?;
         self.slots_access(
             layout,
             pool,
@@ -456,18 +447,17 @@ impl Device for CpuDevice {
         self.run(work, |par| kernel.run_mut(par, pool_data))
     }
 
-    fn summarize(
+    fn raw_summarize(
         &self,
+        _: Checked,
         layout: &KvLayout,
         kind: DigestKind,
         pool: &Buffer,
         jobs: &[SummarizeJob],
         digests: &Buffer,
     ) -> Result<()> {
-        let pool_s = self.kv_pool(layout, pool, "summarize")?;
-        let dg_s = self.typed(digests, DType::F32, "summarize: digests")?;
-        validate::not_aliased(digests, &[pool], "summarize")?;
-        validate::summarize(layout, kind, pool.len(), jobs, digests.len())?;
+        let pool_s = self.kv_pool(pool, "summarize")?;
+        let dg_s = self.storage(digests, "summarize: digests")?;
         self.slots_access(
             layout,
             pool,
@@ -487,8 +477,9 @@ impl Device for CpuDevice {
         self.run(work, |par| with_pool(par, &pg, kernel))
     }
 
-    fn estimate(
+    fn raw_estimate(
         &self,
+        _: Checked,
         layout: &KvLayout,
         kind: DigestKind,
         agg: ScoreAgg,
@@ -497,12 +488,9 @@ impl Device for CpuDevice {
         jobs: &[EstimateJob],
         scores: &Buffer,
     ) -> Result<()> {
-        validate::layout(layout)?;
-        let dg_s = self.typed(digests, DType::F32, "estimate: digests")?;
-        let q_s = self.typed(q, DType::F32, "estimate: q")?;
-        let sc_s = self.typed(scores, DType::F32, "estimate: scores")?;
-        validate::not_aliased(scores, &[digests, q], "estimate")?;
-        validate::estimate(layout, kind, digests.len(), q.len(), jobs, scores.len())?;
+        let dg_s = self.storage(digests, "estimate: digests")?;
+        let q_s = self.storage(q, "estimate: q")?;
+        let sc_s = self.storage(scores, "estimate: scores")?;
         let (dg, qg) = (dg_s.data.read_recursive(), q_s.data.read_recursive());
         let mut sg = sc_s.data.write();
         let (dg, qg, sg) = (f32s(&dg)?, f32s(&qg)?, f32s_mut(&mut sg)?);
@@ -513,10 +501,15 @@ impl Device for CpuDevice {
         Ok(())
     }
 
-    fn topk(&self, scores: &Buffer, segments: &[TopkSegment], out: &Buffer) -> Result<()> {
-        let sc_s = self.typed(scores, DType::F32, "topk: scores")?;
-        let out_s = self.typed(out, DType::U32, "topk: out")?;
-        validate::topk(scores.len(), segments, out.len())?;
+    fn raw_topk(
+        &self,
+        _: Checked,
+        scores: &Buffer,
+        segments: &[TopkSegment],
+        out: &Buffer,
+    ) -> Result<()> {
+        let sc_s = self.storage(scores, "topk: scores")?;
+        let out_s = self.storage(out, "topk: out")?;
         let sg = sc_s.data.read_recursive();
         let mut og = out_s.data.write();
         let Data::U32(o) = &mut *og else {
@@ -528,8 +521,9 @@ impl Device for CpuDevice {
         Ok(())
     }
 
-    fn decode_attention(
+    fn raw_decode_attention(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         q: &Buffer,
@@ -541,26 +535,12 @@ impl Device for CpuDevice {
         page_lse: Option<&Buffer>,
     ) -> Result<()> {
         let what = "decode_attention";
-        let out_s = self.typed(out, DType::F32, "decode_attention: out")?;
+        let out_s = self.storage(out, "decode_attention: out")?;
         let lse_s = page_lse
-            .map(|b| self.typed(b, DType::F32, "decode_attention: page_lse"))
+            .map(|b| self.storage(b, "decode_attention: page_lse"))
             .transpose()?;
-        let mut outputs = vec![out];
-        outputs.extend(page_lse);
-        let inp = self.attn_inputs(what, layout, pool, q, mask, &outputs)?;
+        let inp = self.attn_inputs(what, pool, q, mask)?;
         let mask_v = inp.mask()?;
-        validate::attention(
-            layout,
-            pool.len(),
-            q.len(),
-            out.len(),
-            rows,
-            pages,
-            mask_v.map(<[u8]>::len),
-        )?;
-        if let Some(b) = page_lse {
-            validate::page_lse(layout, rows, pages.len(), b.len())?;
-        }
         self.slots_access(layout, pool, pages.iter().map(|p| p.slot), false, what)?;
         let mut og = out_s.data.write();
         let mut lg = lse_s.map(|s| s.data.write());
@@ -583,8 +563,9 @@ impl Device for CpuDevice {
         })
     }
 
-    fn prefill_attention(
+    fn raw_prefill_attention(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         q: &Buffer,
@@ -595,35 +576,12 @@ impl Device for CpuDevice {
         state: &AttnState,
     ) -> Result<()> {
         let what = "prefill_attention";
-        let acc_s = self.typed(&state.acc, DType::F32, "prefill_attention: state.acc")?;
-        let max_s = self.typed(&state.max, DType::F32, "prefill_attention: state.max")?;
-        let sum_s = self.typed(&state.sum, DType::F32, "prefill_attention: state.sum")?;
-        let inp = self.attn_inputs(
-            what,
-            layout,
-            pool,
-            q,
-            mask,
-            &[&state.acc, &state.max, &state.sum],
-        )?;
+        let acc_s = self.storage(&state.acc, "prefill_attention: state.acc")?;
+        let max_s = self.storage(&state.max, "prefill_attention: state.max")?;
+        let sum_s = self.storage(&state.sum, "prefill_attention: state.sum")?;
+        let inp = self.attn_inputs(what, pool, q, mask)?;
         let mask_v = inp.mask()?;
-        validate::attention(
-            layout,
-            pool.len(),
-            q.len(),
-            q.len(),
-            rows,
-            pages,
-            mask_v.map(<[u8]>::len),
-        )?;
         self.slots_access(layout, pool, pages.iter().map(|p| p.slot), false, what)?;
-        validate::state(
-            layout,
-            rows,
-            state.acc.len(),
-            state.max.len(),
-            state.sum.len(),
-        )?;
         let (mut ag, mut mg, mut sg) = (acc_s.data.write(), max_s.data.write(), sum_s.data.write());
         let op = AttnOp::Prefill(StateMut {
             acc: f32s_mut(&mut ag)?,
@@ -644,27 +602,18 @@ impl Device for CpuDevice {
         })
     }
 
-    fn attention_finalize(
+    fn raw_attention_finalize(
         &self,
+        _: Checked,
         layout: &KvLayout,
         state: &AttnState,
         rows: &[AttnRow],
         out: &Buffer,
     ) -> Result<()> {
-        validate::layout(layout)?;
-        let acc_s = self.typed(&state.acc, DType::F32, "attention_finalize: state.acc")?;
-        let sum_s = self.typed(&state.sum, DType::F32, "attention_finalize: state.sum")?;
-        self.typed(&state.max, DType::F32, "attention_finalize: state.max")?;
-        let out_s = self.typed(out, DType::F32, "attention_finalize: out")?;
-        validate::not_aliased(out, &[&state.acc, &state.sum], "attention_finalize")?;
-        validate::state(
-            layout,
-            rows,
-            state.acc.len(),
-            state.max.len(),
-            state.sum.len(),
-        )?;
-        validate::state(layout, rows, out.len(), usize::MAX, usize::MAX)?;
+        let acc_s = self.storage(&state.acc, "attention_finalize: state.acc")?;
+        let sum_s = self.storage(&state.sum, "attention_finalize: state.sum")?;
+        self.storage(&state.max, "attention_finalize: state.max")?;
+        let out_s = self.storage(out, "attention_finalize: out")?;
         let (ag, sg) = (acc_s.data.read_recursive(), sum_s.data.read_recursive());
         let mut og = out_s.data.write();
         let (a, s, o) = (f32s(&ag)?, f32s(&sg)?, f32s_mut(&mut og)?);
@@ -673,8 +622,9 @@ impl Device for CpuDevice {
         Ok(())
     }
 
-    fn attention_weights(
+    fn raw_attention_weights(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         q: &Buffer,
@@ -685,25 +635,10 @@ impl Device for CpuDevice {
         weights: &Buffer,
     ) -> Result<()> {
         let what = "attention_weights";
-        let w_s = self.typed(weights, DType::F32, "attention_weights: weights")?;
-        let inp = self.attn_inputs(what, layout, pool, q, mask, &[weights])?;
+        let w_s = self.storage(weights, "attention_weights: weights")?;
+        let inp = self.attn_inputs(what, pool, q, mask)?;
         let mask_v = inp.mask()?;
-        validate::attention(
-            layout,
-            pool.len(),
-            q.len(),
-            q.len(),
-            rows,
-            pages,
-            mask_v.map(<[u8]>::len),
-        )?;
         self.slots_access(layout, pool, pages.iter().map(|p| p.slot), false, what)?;
-        validate::range(
-            0,
-            pages.len().saturating_mul(layout.tokens_per_slot()),
-            weights.len(),
-            "attention_weights: weights",
-        )?;
         let mut wg = w_s.data.write();
         let op = AttnOp::Weights(f32s_mut(&mut wg)?);
         let kernel = AttnKernel {
@@ -720,12 +655,20 @@ impl Device for CpuDevice {
         })
     }
 
-    fn matmul(&self, dims: &MatmulDims, x: &Buffer, w: &Buffer, out: &Buffer) -> Result<()> {
+    fn raw_matmul(
+        &self,
+        _: Checked,
+        dims: &MatmulDims,
+        x: &Buffer,
+        w: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_matmul(dims, x, w, out)
     }
 
-    fn rmsnorm(
+    fn raw_rmsnorm(
         &self,
+        _: Checked,
         rows: usize,
         dim: usize,
         eps: f32,
@@ -736,55 +679,74 @@ impl Device for CpuDevice {
         self.dense_rmsnorm(rows, dim, eps, x, weight, out)
     }
 
-    fn rope(&self, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
+    fn raw_rope(&self, _: Checked, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
         self.dense_rope(rope, positions, x)
     }
 
-    fn silu_mul(&self, len: usize, gate: &Buffer, up: &Buffer, out: &Buffer) -> Result<()> {
+    fn raw_silu_mul(
+        &self,
+        _: Checked,
+        len: usize,
+        gate: &Buffer,
+        up: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_silu_mul(len, gate, up, out)
     }
 
-    fn add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
+    fn raw_add(&self, _: Checked, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
         self.dense_add(len, x, y)
     }
 
-    fn add_bias(&self, rows: usize, cols: usize, x: &Buffer, bias: &Buffer) -> Result<()> {
+    fn raw_add_bias(
+        &self,
+        _: Checked,
+        rows: usize,
+        cols: usize,
+        x: &Buffer,
+        bias: &Buffer,
+    ) -> Result<()> {
         self.dense_add_bias(rows, cols, x, bias)
     }
 
-    fn embedding(&self, dim: usize, table: &Buffer, ids: &[u32], out: &Buffer) -> Result<()> {
+    fn raw_embedding(
+        &self,
+        _: Checked,
+        dim: usize,
+        table: &Buffer,
+        ids: &[u32],
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_embedding(dim, table, ids, out)
     }
 
-    fn argmax(&self, rows: usize, cols: usize, logits: &Buffer, out: &Buffer) -> Result<()> {
+    fn raw_argmax(
+        &self,
+        _: Checked,
+        rows: usize,
+        cols: usize,
+        logits: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_argmax(rows, cols, logits, out)
     }
 }
 
-/// Element operations of an attention op: every row's tokens × its query heads × `2d`.
-/// `(first byte, elements)` of `bytes` bytes of `dtype` written or read at element `offset`:
-/// the bytes must be whole elements (whole blocks, at a block boundary, for quantized types).
-fn byte_span(dtype: DType, offset: usize, bytes: usize, what: &str) -> Result<(usize, usize)> {
-    match (dtype.bytes_for(offset), dtype.elems_in(bytes)) {
-        (Some(start), Some(len)) => Ok((start, len)),
-        _ => Err(Error::shape(format!(
-            "{what}: {bytes} bytes at element {offset} are not whole {dtype} elements \
-             (quantized types: whole blocks at a block boundary)"
-        ))),
-    }
+/// `(first byte, elements)` of `bytes` bytes of `dtype` at element `offset` (core checked
+/// that they are whole elements, whole blocks at a block boundary for quantized types).
+fn byte_span(dtype: DType, offset: usize, bytes: usize) -> (usize, usize) {
+    let start = offset / dtype.block_len() * dtype.size();
+    (start, bytes / dtype.size() * dtype.block_len())
 }
 
 /// `(first byte, bytes)` of `len` elements of `dtype` from element `offset` (whole blocks at a
-/// block boundary for quantized types).
-fn byte_span_of(dtype: DType, offset: usize, len: usize, what: &str) -> Result<(usize, usize)> {
-    match (dtype.bytes_for(offset), dtype.bytes_for(len)) {
-        (Some(start), Some(n)) => Ok((start, n)),
-        _ => Err(Error::shape(format!(
-            "{what}: {len} {dtype} elements at {offset} are not whole blocks at a block boundary"
-        ))),
-    }
+/// block boundary for quantized types, as core checked).
+fn byte_span_of(dtype: DType, offset: usize, len: usize) -> (usize, usize) {
+    let per = |n: usize| n / dtype.block_len() * dtype.size();
+    (per(offset), per(len))
 }
 
+/// Element operations of an attention op: every row's tokens × its query heads × `2d`.
 fn attention_work(l: &KvLayout, rows: &[AttnRow]) -> usize {
     let per_page = l.page_size * l.heads_per_group * l.gqa * l.head_dim * 2;
     rows.iter()
@@ -797,31 +759,5 @@ fn slot_ranges(l: &KvLayout, slots: impl Iterator<Item = u32>) -> Vec<Range<usiz
     let n = l.slot_elems();
     slots
         .map(|s| s as usize * n..(s as usize + 1) * n)
-        .collect()
-}
-
-/// Turns `(slot, host byte offset)` copies into checked `(pool byte, host byte, bytes)` ranges.
-fn page_copy_plan(
-    layout: &KvLayout,
-    pool_len: usize,
-    host_bytes: usize,
-    copies: &[(u32, u64)],
-    what: &str,
-) -> Result<Vec<(usize, usize, usize)>> {
-    let n = layout.slot_bytes();
-    copies
-        .iter()
-        .map(|&(slot, host)| {
-            validate::slot(layout, pool_len, slot, what)?;
-            let host = usize::try_from(host)
-                .map_err(|_| Error::shape(format!("{what}: host offset {host}")))?;
-            validate::range(
-                host,
-                n,
-                host_bytes,
-                &format!("{what}: slot {slot} at host byte"),
-            )?;
-            Ok((slot as usize * n, host, n))
-        })
         .collect()
 }

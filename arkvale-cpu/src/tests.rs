@@ -408,6 +408,9 @@ fn write_read_copy_fill_round_trip() {
 
 #[test]
 fn bad_handles_and_descriptors_are_errors_not_panics() {
+    // Bad descriptors, dtypes, ranges and aliasing are rejected by core's checked `Device`
+    // layer before the backend runs (tested once in `arkvale-core`'s `backend` tests); what
+    // is left to the backend is the origin of its handles and events.
     let (a, b) = (
         CpuDevice::new(Some(1)).unwrap(),
         CpuDevice::new(Some(1)).unwrap(),
@@ -423,10 +426,8 @@ fn bad_handles_and_descriptors_are_errors_not_panics() {
     let pool = a.alloc(DType::F16, 2 * l.slot_elems()).unwrap();
     let foreign = b.alloc(DType::F32, 16).unwrap();
     let is_device = |r: arkvale_core::Result<()>| matches!(r, Err(Error::Device { .. }));
-    let is_shape = |r: arkvale_core::Result<()>| matches!(r, Err(Error::Shape(_)));
     assert!(is_device(a.fill_f32(&foreign, 0, 1, 0.0)));
     assert!(is_device(a.read(&foreign, 0, &mut [0u8; 4])));
-    let f32_pool = a.alloc(DType::F32, 2 * l.slot_elems()).unwrap();
     let k = a.alloc(DType::F32, 8).unwrap();
     let dest = AppendDest {
         token: 0,
@@ -435,24 +436,7 @@ fn bad_handles_and_descriptors_are_errors_not_panics() {
         pos: 7,
     };
     assert!(a.append_kv(&l, &pool, &k, &k, &[dest]).is_ok());
-    assert!(is_shape(a.append_kv(&l, &f32_pool, &k, &k, &[dest])));
-    assert!(is_shape(a.append_kv(
-        &l,
-        &pool,
-        &k,
-        &k,
-        &[AppendDest { slot: 2, ..dest }]
-    )));
-    assert!(is_shape(a.append_kv(
-        &l,
-        &pool,
-        &k,
-        &k,
-        &[AppendDest { token: 2, ..dest }]
-    )));
     assert!(is_device(a.append_kv(&l, &pool, &foreign, &k, &[dest])));
-    assert!(is_shape(a.fill_f32(&k, 5, 4, 1.0)));
-    assert!(is_shape(a.write(&pool, 0, &[0u8; 3])));
     let q = a.alloc(DType::F32, 8).unwrap();
     let out = a.alloc(DType::F32, 8).unwrap();
     let row = AttnRow {
@@ -471,7 +455,7 @@ fn bad_handles_and_descriptors_are_errors_not_panics() {
         a.decode_attention(&l, &pool, &q, &[row], &[page], None, 1.0, &out, None)
             .is_ok()
     );
-    assert!(is_shape(a.decode_attention(
+    assert!(is_device(a.decode_attention(
         &l,
         &pool,
         &q,
@@ -479,60 +463,9 @@ fn bad_handles_and_descriptors_are_errors_not_panics() {
         &[page],
         None,
         1.0,
-        &q,
+        &foreign,
         None
     )));
-    assert!(is_shape(a.decode_attention(
-        &l,
-        &pool,
-        &q,
-        &[AttnRow { q_row: 1, ..row }],
-        &[page],
-        None,
-        1.0,
-        &out,
-        None
-    )));
-    assert!(is_shape(a.decode_attention(
-        &l,
-        &pool,
-        &q,
-        &[row],
-        &[AttnPage { len: 9, ..page }],
-        None,
-        1.0,
-        &out,
-        None
-    )));
-    assert!(is_shape(a.decode_attention(
-        &l,
-        &pool,
-        &q,
-        &[AttnRow {
-            page_count: 2,
-            ..row
-        }],
-        &[page],
-        None,
-        1.0,
-        &out,
-        None
-    )));
-    let short_mask = a.alloc(DType::U8, 8).unwrap();
-    assert!(is_shape(a.decode_attention(
-        &l,
-        &pool,
-        &q,
-        &[row],
-        &[page],
-        Some(&short_mask),
-        1.0,
-        &out,
-        None
-    )));
-    let host = a.alloc_host(l.slot_bytes()).unwrap();
-    assert!(a.backup_pages(&l, &pool, &[(1, 1)], &host).is_err());
-    assert!(a.recall_pages(&l, &host, &[(2, 0)], &pool).is_err());
     let foreign_host = b.alloc_host(l.slot_bytes()).unwrap();
     assert!(a.backup_pages(&l, &pool, &[(0, 0)], &foreign_host).is_err());
     let ev = b
@@ -544,35 +477,6 @@ fn bad_handles_and_descriptors_are_errors_not_panics() {
         )
         .unwrap();
     assert!(is_device(a.wait_on_device(&ev)));
-    let scores = a.alloc(DType::F32, 4).unwrap();
-    let idx = a.alloc(DType::U32, 4).unwrap();
-    assert!(is_shape(a.topk(
-        &scores,
-        &[TopkSegment {
-            start: 2,
-            len: 3,
-            k: 1
-        }],
-        &idx
-    )));
-    assert!(is_shape(a.topk(
-        &scores,
-        &[TopkSegment {
-            start: 0,
-            len: 4,
-            k: 5
-        }],
-        &idx
-    )));
-    assert!(is_shape(a.topk(
-        &scores,
-        &[TopkSegment {
-            start: 0,
-            len: 4,
-            k: 4
-        }],
-        &scores
-    )));
     assert!(CpuDevice::new(Some(0)).is_err());
 }
 

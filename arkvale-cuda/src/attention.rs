@@ -2,13 +2,13 @@
 //! shared checks, and the launches of `decode_attention.cu` (partial and combine passes for
 //! decode and prefill, finalize) and `attention_weights.cu`.
 
-use arkvale_core::{AttnPage, AttnRow, AttnState, Buffer, DType, Error, KvLayout, Result};
+use arkvale_core::{AttnPage, AttnRow, AttnState, Buffer, Error, KvLayout, Result};
 
 use crate::buffer::CudaBuf;
 use crate::device::{CudaDevice, State};
 use crate::driver::kargs;
 use crate::launch::{suffix, u32_bytes};
-use crate::validate::{self, product};
+use arkvale_core::validate::product;
 
 /// Query heads handled together by one attention work item (`MAX_G` in the kernels).
 pub(crate) const MAX_G: usize = 8;
@@ -163,40 +163,19 @@ impl CudaDevice {
         Ok((geom, rows_ptr, part_ml, part_acc, items as u32))
     }
 
-    /// Common checks of the attention ops; returns the pool, q and mask handles.
-    #[allow(clippy::too_many_arguments)]
-    fn attn_checks<'a>(
+    /// The pool, q and mask handles of an attention op.
+    fn attn_inputs<'a>(
         &self,
         what: &str,
-        layout: &KvLayout,
         pool: &'a Buffer,
         q: &'a Buffer,
         mask: Option<&'a Buffer>,
-        outputs: &[&Buffer],
-        out_len: usize,
-        rows: &[AttnRow],
-        pages: &[AttnPage],
     ) -> Result<(&'a CudaBuf, &'a CudaBuf, Option<&'a CudaBuf>)> {
-        let pool_s = self.kv_pool(layout, pool, what)?;
-        let q_s = self.typed(q, DType::F32, &format!("{what}: q"))?;
+        let pool_s = self.kv_pool(pool, what)?;
+        let q_s = self.buf(q, &format!("{what}: q"))?;
         let mask_s = mask
-            .map(|m| self.typed(m, DType::U8, &format!("{what}: mask")))
+            .map(|m| self.buf(m, &format!("{what}: mask")))
             .transpose()?;
-        let mut inputs = vec![pool, q];
-        inputs.extend(mask);
-        for (n, o) in outputs.iter().enumerate() {
-            validate::not_aliased(o, &inputs, what)?;
-            validate::distinct_outputs(&outputs[..=n], what)?;
-        }
-        validate::attention(
-            layout,
-            pool.len(),
-            q.len(),
-            out_len,
-            rows,
-            pages,
-            mask.map(|m| m.len()),
-        )?;
         Ok((pool_s, q_s, mask_s))
     }
 
@@ -215,26 +194,11 @@ impl CudaDevice {
     ) -> Result<()> {
         self.ctx.bind()?;
         let what = "decode_attention";
-        let o = self.typed(out, DType::F32, "decode_attention: out")?;
+        let o = self.buf(out, "decode_attention: out")?;
         let lse = page_lse
-            .map(|b| self.typed(b, DType::F32, "decode_attention: page_lse"))
+            .map(|b| self.buf(b, "decode_attention: page_lse"))
             .transpose()?;
-        let mut outputs = vec![out];
-        outputs.extend(page_lse);
-        let (p, qs, m) = self.attn_checks(
-            what,
-            layout,
-            pool,
-            q,
-            mask,
-            &outputs,
-            out.len(),
-            rows,
-            pages,
-        )?;
-        if let Some(b) = page_lse {
-            validate::page_lse(layout, rows, pages.len(), b.len())?;
-        }
+        let (p, qs, m) = self.attn_inputs(what, pool, q, mask)?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -268,27 +232,10 @@ impl CudaDevice {
     ) -> Result<()> {
         self.ctx.bind()?;
         let what = "prefill_attention";
-        let acc = self.typed(&state.acc, DType::F32, "prefill_attention: state.acc")?;
-        let max = self.typed(&state.max, DType::F32, "prefill_attention: state.max")?;
-        let sum = self.typed(&state.sum, DType::F32, "prefill_attention: state.sum")?;
-        let (p, qs, m) = self.attn_checks(
-            what,
-            layout,
-            pool,
-            q,
-            mask,
-            &[&state.acc, &state.max, &state.sum],
-            q.len(),
-            rows,
-            pages,
-        )?;
-        validate::state(
-            layout,
-            rows,
-            state.acc.len(),
-            state.max.len(),
-            state.sum.len(),
-        )?;
+        let acc = self.buf(&state.acc, "prefill_attention: state.acc")?;
+        let max = self.buf(&state.max, "prefill_attention: state.max")?;
+        let sum = self.buf(&state.sum, "prefill_attention: state.sum")?;
+        let (p, qs, m) = self.attn_inputs(what, pool, q, mask)?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -315,20 +262,10 @@ impl CudaDevice {
         out: &Buffer,
     ) -> Result<()> {
         self.ctx.bind()?;
-        validate::layout(layout)?;
-        let acc = self.typed(&state.acc, DType::F32, "attention_finalize: state.acc")?;
-        let sum = self.typed(&state.sum, DType::F32, "attention_finalize: state.sum")?;
-        self.typed(&state.max, DType::F32, "attention_finalize: state.max")?;
-        let o = self.typed(out, DType::F32, "attention_finalize: out")?;
-        validate::not_aliased(out, &[&state.acc, &state.sum], "attention_finalize")?;
-        validate::state(
-            layout,
-            rows,
-            state.acc.len(),
-            state.max.len(),
-            state.sum.len(),
-        )?;
-        validate::state(layout, rows, out.len(), usize::MAX, usize::MAX)?;
+        let acc = self.buf(&state.acc, "attention_finalize: state.acc")?;
+        let sum = self.buf(&state.sum, "attention_finalize: state.sum")?;
+        self.buf(&state.max, "attention_finalize: state.max")?;
+        let o = self.buf(out, "attention_finalize: out")?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -369,24 +306,8 @@ impl CudaDevice {
     ) -> Result<()> {
         self.ctx.bind()?;
         let what = "attention_weights";
-        let w = self.typed(weights, DType::F32, "attention_weights: weights")?;
-        let (p, qs, m) = self.attn_checks(
-            what,
-            layout,
-            pool,
-            q,
-            mask,
-            &[weights],
-            q.len(),
-            rows,
-            pages,
-        )?;
-        validate::range(
-            0,
-            pages.len().saturating_mul(layout.tokens_per_slot()),
-            weights.len(),
-            "attention_weights: weights",
-        )?;
+        let w = self.buf(weights, "attention_weights: weights")?;
+        let (p, qs, m) = self.attn_inputs(what, pool, q, mask)?;
         if rows.is_empty() {
             return Ok(());
         }

@@ -7,7 +7,6 @@ use arkvale_core::{Buffer, DType, Error, Result};
 use crate::BACKEND;
 use crate::device::CudaDevice;
 use crate::driver::DevMem;
-use crate::validate;
 
 /// A device buffer of this backend.
 pub(crate) struct CudaBuf {
@@ -30,46 +29,10 @@ impl CudaDevice {
         }
     }
 
-    pub(crate) fn typed<'a>(&self, b: &'a Buffer, dtype: DType, what: &str) -> Result<&'a CudaBuf> {
-        let c = self.buf(b, what)?;
-        if b.dtype() != dtype {
-            return Err(Error::shape(format!(
-                "{what}: expected a {dtype:?} buffer, got {:?}",
-                b.dtype()
-            )));
-        }
-        Ok(c)
-    }
-
-    pub(crate) fn float_table<'a>(&self, b: &'a Buffer, what: &str) -> Result<&'a CudaBuf> {
-        let c = self.buf(b, what)?;
-        if b.dtype().quant().is_some() {
-            return Err(Error::UnsupportedWeight {
-                backend: BACKEND.to_string(),
-                dtype: b.dtype(),
-            });
-        }
-        if !b.dtype().is_float() {
-            return Err(Error::shape(format!(
-                "{what}: expected an f32, f16 or bf16 buffer, got {:?}",
-                b.dtype()
-            )));
-        }
-        Ok(c)
-    }
-
     /// [`Device::alloc`](arkvale_core::Device::alloc).
     pub(crate) fn alloc_buffer(&self, dtype: DType, len: usize) -> Result<Buffer> {
-        if dtype.quant().is_some() {
-            // No kernels for block-quantized weights here (`supports_weight_dtype` says so).
-            return Err(Error::UnsupportedWeight {
-                backend: BACKEND.to_string(),
-                dtype,
-            });
-        }
-        let bytes = len
-            .checked_mul(dtype.size())
-            .ok_or_else(|| Error::device(BACKEND, format!("{len} x {dtype:?} overflows")))?;
+        // Core refused quantized types (no kernels here) and sizes that overflow.
+        let bytes = len * dtype.size();
         let mem = DevMem::alloc(&self.ctx, bytes)?;
         if bytes > 0 {
             // SAFETY: `mem` holds `bytes` bytes; zeroed in stream order before any use.
@@ -90,18 +53,11 @@ impl CudaDevice {
         self.ctx.bind()?;
         let b = self.buf(buf, "write")?;
         let size = buf.dtype().size();
-        if data.len() % size != 0 {
-            return Err(Error::shape(format!(
-                "write: {} bytes is not a whole number of {:?}",
-                data.len(),
-                buf.dtype()
-            )));
-        }
-        validate::range(offset, data.len() / size, buf.len(), "write")?;
         if data.is_empty() {
             return Ok(());
         }
-        // SAFETY: the range lies inside the buffer; pageable bytes are staged before return.
+        // SAFETY: the range lies inside the buffer (core's `Device` layer checked it before
+        // `raw_write`, the only caller); pageable bytes are staged before return.
         unsafe {
             self.compute.upload(
                 b.mem.ptr + (offset * size) as u64,
@@ -116,18 +72,11 @@ impl CudaDevice {
         self.ctx.bind()?;
         let b = self.buf(buf, "read")?;
         let size = buf.dtype().size();
-        if out.len() % size != 0 {
-            return Err(Error::shape(format!(
-                "read: {} bytes is not a whole number of {:?}",
-                out.len(),
-                buf.dtype()
-            )));
-        }
-        validate::range(offset, out.len() / size, buf.len(), "read")?;
         if out.is_empty() {
             return Ok(());
         }
-        // SAFETY: the range lies inside the buffer; the stream is synchronized before `out`
+        // SAFETY: the range lies inside the buffer (checked by core's `Device` layer before
+        // `raw_read`, the only caller); the stream is synchronized before `out`
         // is released.
         unsafe {
             self.compute.download(
@@ -150,15 +99,6 @@ impl CudaDevice {
     ) -> Result<()> {
         self.ctx.bind()?;
         let (s, d) = (self.buf(src, "copy: src")?, self.buf(dst, "copy: dst")?);
-        if src.dtype() != dst.dtype() {
-            return Err(Error::shape(format!(
-                "copy: {:?} into {:?}",
-                src.dtype(),
-                dst.dtype()
-            )));
-        }
-        validate::range(src_off, len, src.len(), "copy: src")?;
-        validate::range(dst_off, len, dst.len(), "copy: dst")?;
         if len == 0 {
             return Ok(());
         }
@@ -169,7 +109,8 @@ impl CudaDevice {
             len * size,
         );
         let overlap = same(s, d) && from < to + n as u64 && to < from + n as u64;
-        // SAFETY: both ranges were checked; an overlapping copy goes through scratch memory.
+        // SAFETY: both ranges were checked (core's `Device` layer, before `raw_copy`); an
+        // overlapping copy goes through scratch memory.
         unsafe {
             if overlap {
                 let mut st = self.state.lock();
@@ -194,8 +135,7 @@ impl CudaDevice {
         value: f32,
     ) -> Result<()> {
         self.ctx.bind()?;
-        let b = self.typed(buf, DType::F32, "fill_f32")?;
-        validate::range(offset, len, buf.len(), "fill_f32")?;
+        let b = self.buf(buf, "fill_f32")?;
         if len == 0 {
             return Ok(());
         }

@@ -10,7 +10,7 @@ use arkvale_core::{Buffer, Device, DeviceEvent, Error, Event, HostBuffer, KvLayo
 use crate::BACKEND;
 use crate::device::CudaDevice;
 use crate::driver::{Pinned, RawEvent};
-use crate::validate;
+use arkvale_core::validate;
 
 /// Pinned host memory of this backend.
 pub(crate) struct HostMem {
@@ -42,34 +42,20 @@ impl DeviceEvent for CudaEvent {
     }
 }
 
-/// Turns `(slot, host byte offset)` copies into checked `(pool byte, host byte, bytes)` runs,
-/// merging copies that are adjacent on both sides.
+/// Turns `(slot, host byte offset)` copies (checked by core's `Device` layer) into
+/// `(pool byte, host byte, bytes)` runs, merging copies that are adjacent on both sides.
 pub(crate) fn page_copy_plan(
     layout: &KvLayout,
-    pool_len: usize,
-    host_bytes: usize,
     copies: &[(u32, u64)],
-    what: &str,
-) -> Result<Vec<(usize, usize, usize)>> {
-    let n = layout.slot_bytes();
+) -> Vec<(usize, usize, usize)> {
     let mut plan: Vec<(usize, usize, usize)> = Vec::with_capacity(copies.len());
-    for &(slot, host) in copies {
-        validate::slot(layout, pool_len, slot, what)?;
-        let host = usize::try_from(host)
-            .map_err(|_| Error::shape(format!("{what}: host offset {host}")))?;
-        validate::range(
-            host,
-            n,
-            host_bytes,
-            &format!("{what}: slot {slot} at host byte"),
-        )?;
-        let pool_byte = slot as usize * n;
+    for (pool_byte, host, n) in validate::page_copy_plan(layout, copies) {
         match plan.last_mut() {
             Some(last) if last.0 + last.2 == pool_byte && last.1 + last.2 == host => last.2 += n,
             _ => plan.push((pool_byte, host, n)),
         }
     }
-    Ok(plan)
+    plan
 }
 
 impl CudaDevice {
@@ -125,9 +111,9 @@ impl CudaDevice {
     /// [`Device::host_write`](arkvale_core::Device::host_write).
     pub(crate) fn pinned_write(&self, host: &HostBuffer, offset: usize, data: &[u8]) -> Result<()> {
         let h = self.host(host, "host_write")?;
-        validate::range(offset, data.len(), host.bytes(), "host_write (bytes)")?;
         if !data.is_empty() {
-            // SAFETY: the range lies inside the pinned allocation; the caller does not run a
+            // SAFETY: the range lies inside the pinned allocation (core's `Device` layer checked
+            // it before `raw_host_write`, the only caller); the caller does not run a
             // copy over these bytes meanwhile (the contract's event rules).
             unsafe {
                 std::ptr::copy_nonoverlapping(data.as_ptr(), h.mem.ptr.add(offset), data.len())
@@ -144,7 +130,6 @@ impl CudaDevice {
         out: &mut [u8],
     ) -> Result<()> {
         let h = self.host(host, "host_read")?;
-        validate::range(offset, out.len(), host.bytes(), "host_read (bytes)")?;
         if !out.is_empty() {
             // SAFETY: as in host_write.
             unsafe {
@@ -164,13 +149,14 @@ impl CudaDevice {
         host: &HostBuffer,
     ) -> Result<Event> {
         self.ctx.bind()?;
-        let p = self.kv_pool(layout, pool, "backup_pages")?;
+        let p = self.kv_pool(pool, "backup_pages")?;
         let h = self.host(host, "backup_pages")?;
-        let plan = page_copy_plan(layout, pool.len(), host.bytes(), copies, "backup_pages")?;
+        let plan = page_copy_plan(layout, copies);
         let after_compute = self.compute.record()?;
         self.d2h.wait(&after_compute)?;
         for (pool_byte, host_byte, n) in plan {
-            // SAFETY: both ranges were checked; the host memory is pinned and outlives the copy
+            // SAFETY: both ranges were checked by core's `Device` layer (`raw_backup_pages` is
+            // the only caller); the host memory is pinned and outlives the copy
             // (freeing it waits for the device).
             unsafe {
                 self.d2h.copy_to_pinned(
@@ -197,9 +183,9 @@ impl CudaDevice {
         pool: &Buffer,
     ) -> Result<Event> {
         self.ctx.bind()?;
-        let p = self.kv_pool(layout, pool, "recall_pages")?;
+        let p = self.kv_pool(pool, "recall_pages")?;
         let h = self.host(host, "recall_pages")?;
-        let plan = page_copy_plan(layout, pool.len(), host.bytes(), copies, "recall_pages")?;
+        let plan = page_copy_plan(layout, copies);
         let after_compute = self.compute.record()?;
         self.h2d.wait(&after_compute)?;
         for (pool_byte, host_byte, n) in plan {

@@ -5,11 +5,9 @@
 use arkvale_core::{Buffer, DType, Error, MatmulDims, Result, Rope, RopeStyle};
 
 use crate::BACKEND;
-use crate::buffer::same;
 use crate::device::{CudaDevice, State};
 use crate::driver::{Cublas, kargs};
 use crate::launch::{grid1d, suffix, u32_bytes};
-use crate::validate::{self, at_least, product};
 
 /// Rows per block of the small-`m` matmul kernel (`MM_ROWS`).
 const MM_ROWS: usize = 8;
@@ -29,17 +27,9 @@ impl CudaDevice {
     ) -> Result<()> {
         self.ctx.bind()?;
         let MatmulDims { m, n, k } = *dims;
-        let xs = self.typed(x, DType::F32, "matmul: x")?;
-        let ws = self.float_table(w, "matmul: weights")?;
-        let os = self.typed(out, DType::F32, "matmul: out")?;
-        validate::not_aliased(out, &[x, w], "matmul")?;
-        at_least(x, product(m, k, "matmul: x")?, "matmul: x [m, k]")?;
-        at_least(
-            w,
-            product(n, k, "matmul: weights")?,
-            "matmul: weights [n, k]",
-        )?;
-        at_least(out, product(m, n, "matmul: out")?, "matmul: out [m, n]")?;
+        let xs = self.buf(x, "matmul: x")?;
+        let ws = self.buf(w, "matmul: weights")?;
+        let os = self.buf(out, "matmul: out")?;
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -122,11 +112,10 @@ impl CudaDevice {
         out: &Buffer,
     ) -> Result<()> {
         self.ctx.bind()?;
-        let xs = self.typed(x, DType::F32, "rmsnorm: x")?;
-        let ws = self.typed(weight, DType::F32, "rmsnorm: weight")?;
-        let os = self.typed(out, DType::F32, "rmsnorm: out")?;
-        validate::not_aliased(out, &[x, weight], "rmsnorm")?;
-        let len = validate::rmsnorm(rows, dim, eps, x, weight, out)?;
+        let xs = self.buf(x, "rmsnorm: x")?;
+        let ws = self.buf(weight, "rmsnorm: weight")?;
+        let os = self.buf(out, "rmsnorm: out")?;
+        let len = rows * dim;
         if len == 0 {
             return Ok(());
         }
@@ -146,8 +135,8 @@ impl CudaDevice {
     /// [`Device::rope`](arkvale_core::Device::rope).
     pub(crate) fn dense_rope(&self, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
         self.ctx.bind()?;
-        let xs = self.typed(x, DType::F32, "rope: x")?;
-        let len = validate::rope(rope, positions.len(), x)?;
+        let xs = self.buf(x, "rope: x")?;
+        let len = positions.len() * rope.heads * rope.head_dim;
         if len == 0 {
             return Ok(());
         }
@@ -186,13 +175,9 @@ impl CudaDevice {
         out: &Buffer,
     ) -> Result<()> {
         self.ctx.bind()?;
-        let gs = self.typed(gate, DType::F32, "silu_mul: gate")?;
-        let us = self.typed(up, DType::F32, "silu_mul: up")?;
-        let os = self.typed(out, DType::F32, "silu_mul: out")?;
-        validate::not_aliased(out, &[gate, up], "silu_mul")?;
-        at_least(gate, len, "silu_mul: gate")?;
-        at_least(up, len, "silu_mul: up")?;
-        at_least(out, len, "silu_mul: out")?;
+        let gs = self.buf(gate, "silu_mul: gate")?;
+        let us = self.buf(up, "silu_mul: up")?;
+        let os = self.buf(out, "silu_mul: out")?;
         if len == 0 {
             return Ok(());
         }
@@ -209,13 +194,8 @@ impl CudaDevice {
     /// [`Device::add`](arkvale_core::Device::add).
     pub(crate) fn dense_add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
         self.ctx.bind()?;
-        let xs = self.typed(x, DType::F32, "add: x")?;
-        let ys = self.typed(y, DType::F32, "add: y")?;
-        if same(xs, ys) {
-            return Err(Error::shape("add: x and y must be different buffers"));
-        }
-        at_least(x, len, "add: x")?;
-        at_least(y, len, "add: y")?;
+        let xs = self.buf(x, "add: x")?;
+        let ys = self.buf(y, "add: y")?;
         if len == 0 {
             return Ok(());
         }
@@ -232,24 +212,12 @@ impl CudaDevice {
         bias: &Buffer,
     ) -> Result<()> {
         self.ctx.bind()?;
-        let xs = self.typed(x, DType::F32, "add_bias: x")?;
-        let bs = self.typed(bias, DType::F32, "add_bias: bias")?;
-        if same(xs, bs) {
-            return Err(Error::shape(
-                "add_bias: x and bias must be different buffers",
-            ));
-        }
+        let xs = self.buf(x, "add_bias: x")?;
+        let bs = self.buf(bias, "add_bias: bias")?;
         if rows == 0 {
             return Ok(());
         }
-        if cols == 0 {
-            return Err(Error::shape("add_bias: cols must be non-zero"));
-        }
-        let len = rows
-            .checked_mul(cols)
-            .ok_or_else(|| Error::shape("add_bias: rows * cols overflows"))?;
-        at_least(x, len, "add_bias: x")?;
-        at_least(bias, cols, "add_bias: bias")?;
+        let len = rows * cols;
         if cols > u32::MAX as usize {
             return Err(Error::shape("add_bias: cols beyond 2^32 - 1"));
         }
@@ -272,24 +240,9 @@ impl CudaDevice {
         out: &Buffer,
     ) -> Result<()> {
         self.ctx.bind()?;
-        let ts = self.float_table(table, "embedding: table")?;
-        let os = self.typed(out, DType::F32, "embedding: out")?;
-        validate::not_aliased(out, &[table], "embedding")?;
-        if dim == 0 {
-            return Err(Error::shape("embedding: rows of 0 values"));
-        }
-        let vocab = table.len() / dim;
-        if let Some((t, id)) = ids
-            .iter()
-            .enumerate()
-            .find(|(_, id)| **id as usize >= vocab)
-        {
-            return Err(Error::shape(format!(
-                "embedding: token id {id} (position {t}) outside a vocabulary of {vocab}"
-            )));
-        }
-        let len = product(ids.len(), dim, "embedding")?;
-        at_least(out, len, "embedding: out [ids, dim]")?;
+        let ts = self.buf(table, "embedding: table")?;
+        let os = self.buf(out, "embedding: out")?;
+        let len = ids.len() * dim;
         if len == 0 {
             return Ok(());
         }
@@ -317,14 +270,8 @@ impl CudaDevice {
         out: &Buffer,
     ) -> Result<()> {
         self.ctx.bind()?;
-        let ls = self.typed(logits, DType::F32, "argmax: logits")?;
-        let os = self.typed(out, DType::U32, "argmax: out")?;
-        if cols == 0 {
-            return Err(Error::shape("argmax: rows of 0 columns have no maximum"));
-        }
-        let len = product(rows, cols, "argmax")?;
-        at_least(logits, len, "argmax: logits [rows, cols]")?;
-        at_least(out, rows, "argmax: out [rows]")?;
+        let ls = self.buf(logits, "argmax: logits")?;
+        let os = self.buf(out, "argmax: out")?;
         if rows == 0 {
             return Ok(());
         }

@@ -1,18 +1,22 @@
 //! [`CudaDevice`]: the device itself (context, kernels, streams, per-device state) and the
-//! [`Device`] implementation, which forwards each method to the module that does that job:
+//! [`Backend`] implementation, which forwards each method to the module that does that job:
 //! `buffer` (device memory), `copies` (host memory, page backups and recalls, events), `kv`
-//! (append, summarize, estimate, top-k), `attention` and `dense` (the model ops). Each op binds
-//! the context, checks its handles and descriptors on the host exactly as the CPU backend does
-//! (same rules, same error kinds), uploads the descriptors, and launches kernels on the compute
-//! stream (`launch`).
+//! (append, summarize, estimate, top-k), `attention` and `dense` (the model ops). Core's
+//! checked [`Device`] layer has validated every call's input before it gets here (the
+//! `pub(crate)` methods below are reached only through the `raw_*` methods, which get core's
+//! [`Checked`] token); each op binds the context, checks that its handles are this device's
+//! and its launch limits, uploads the descriptors, and launches kernels on the compute stream
+//! (`launch`).
 //!
 //! See the crate documentation for how the [`Device`] contract maps to CUDA.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(doc)]
+use arkvale_core::Device;
 use arkvale_core::{
-    AppendDest, AttnPage, AttnRow, AttnState, Buffer, DType, Device, DigestKind, Error,
+    AppendDest, AttnPage, AttnRow, AttnState, Backend, Buffer, Checked, DType, DigestKind, Error,
     EstimateJob, Event, HostBuffer, KvLayout, MatmulDims, Result, Rope, ScoreAgg, SummarizeJob,
     TopkSegment,
 };
@@ -138,25 +142,26 @@ impl CudaDevice {
     }
 }
 
-impl Device for CudaDevice {
-    fn name(&self) -> String {
+impl Backend for CudaDevice {
+    fn raw_name(&self) -> String {
         BACKEND.to_string()
     }
 
-    fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer> {
+    fn raw_alloc(&self, _: Checked, dtype: DType, len: usize) -> Result<Buffer> {
         self.alloc_buffer(dtype, len)
     }
 
-    fn write(&self, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()> {
+    fn raw_write(&self, _: Checked, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()> {
         self.write_buffer(buf, offset, data)
     }
 
-    fn read(&self, buf: &Buffer, offset: usize, out: &mut [u8]) -> Result<()> {
+    fn raw_read(&self, _: Checked, buf: &Buffer, offset: usize, out: &mut [u8]) -> Result<()> {
         self.read_buffer(buf, offset, out)
     }
 
-    fn copy(
+    fn raw_copy(
         &self,
+        _: Checked,
         src: &Buffer,
         src_off: usize,
         dst: &Buffer,
@@ -166,31 +171,51 @@ impl Device for CudaDevice {
         self.copy_buffer(src, src_off, dst, dst_off, len)
     }
 
-    fn fill_f32(&self, buf: &Buffer, offset: usize, len: usize, value: f32) -> Result<()> {
+    fn raw_fill_f32(
+        &self,
+        _: Checked,
+        buf: &Buffer,
+        offset: usize,
+        len: usize,
+        value: f32,
+    ) -> Result<()> {
         self.fill_buffer(buf, offset, len, value)
     }
 
-    fn synchronize(&self) -> Result<()> {
+    fn raw_synchronize(&self) -> Result<()> {
         self.compute.synchronize()?;
         self.d2h.synchronize()?;
         self.h2d.synchronize()
     }
 
-    fn alloc_host(&self, bytes: usize) -> Result<HostBuffer> {
+    fn raw_alloc_host(&self, bytes: usize) -> Result<HostBuffer> {
         self.alloc_pinned(bytes)
     }
 
-    fn host_write(&self, host: &HostBuffer, offset: usize, data: &[u8]) -> Result<()> {
+    fn raw_host_write(
+        &self,
+        _: Checked,
+        host: &HostBuffer,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<()> {
         self.pinned_write(host, offset, data)
     }
 
-    fn host_read(&self, host: &HostBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
+    fn raw_host_read(
+        &self,
+        _: Checked,
+        host: &HostBuffer,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<()> {
         self.pinned_read(host, offset, out)
     }
 
     /// Queues the copies on the backup stream after the compute issued so far.
-    fn backup_pages(
+    fn raw_backup_pages(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         copies: &[(u32, u64)],
@@ -200,8 +225,9 @@ impl Device for CudaDevice {
     }
 
     /// Queues the copies on the recall stream after the compute issued so far.
-    fn recall_pages(
+    fn raw_recall_pages(
         &self,
+        _: Checked,
         layout: &KvLayout,
         host: &HostBuffer,
         copies: &[(u32, u64)],
@@ -211,12 +237,13 @@ impl Device for CudaDevice {
     }
 
     /// `cuStreamWaitEvent` on the compute stream: no host stall.
-    fn wait_on_device(&self, event: &Event) -> Result<()> {
+    fn raw_wait_on_device(&self, event: &Event) -> Result<()> {
         self.wait_event(event)
     }
 
-    fn append_kv(
+    fn raw_append_kv(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         k: &Buffer,
@@ -226,8 +253,9 @@ impl Device for CudaDevice {
         self.kv_append(layout, pool, k, v, dests)
     }
 
-    fn summarize(
+    fn raw_summarize(
         &self,
+        _: Checked,
         layout: &KvLayout,
         kind: DigestKind,
         pool: &Buffer,
@@ -237,8 +265,9 @@ impl Device for CudaDevice {
         self.kv_summarize(layout, kind, pool, jobs, digests)
     }
 
-    fn estimate(
+    fn raw_estimate(
         &self,
+        _: Checked,
         layout: &KvLayout,
         kind: DigestKind,
         agg: ScoreAgg,
@@ -250,12 +279,19 @@ impl Device for CudaDevice {
         self.kv_estimate(layout, kind, agg, digests, q, jobs, scores)
     }
 
-    fn topk(&self, scores: &Buffer, segments: &[TopkSegment], out: &Buffer) -> Result<()> {
+    fn raw_topk(
+        &self,
+        _: Checked,
+        scores: &Buffer,
+        segments: &[TopkSegment],
+        out: &Buffer,
+    ) -> Result<()> {
         self.kv_topk(scores, segments, out)
     }
 
-    fn decode_attention(
+    fn raw_decode_attention(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         q: &Buffer,
@@ -269,8 +305,9 @@ impl Device for CudaDevice {
         self.attn_decode(layout, pool, q, rows, pages, mask, scale, out, page_lse)
     }
 
-    fn prefill_attention(
+    fn raw_prefill_attention(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         q: &Buffer,
@@ -283,8 +320,9 @@ impl Device for CudaDevice {
         self.attn_prefill(layout, pool, q, rows, pages, mask, scale, state)
     }
 
-    fn attention_finalize(
+    fn raw_attention_finalize(
         &self,
+        _: Checked,
         layout: &KvLayout,
         state: &AttnState,
         rows: &[AttnRow],
@@ -293,8 +331,9 @@ impl Device for CudaDevice {
         self.attn_finalize(layout, state, rows, out)
     }
 
-    fn attention_weights(
+    fn raw_attention_weights(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         q: &Buffer,
@@ -307,12 +346,20 @@ impl Device for CudaDevice {
         self.attn_weights(layout, pool, q, rows, pages, mask, scale, weights)
     }
 
-    fn matmul(&self, dims: &MatmulDims, x: &Buffer, w: &Buffer, out: &Buffer) -> Result<()> {
+    fn raw_matmul(
+        &self,
+        _: Checked,
+        dims: &MatmulDims,
+        x: &Buffer,
+        w: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_matmul(dims, x, w, out)
     }
 
-    fn rmsnorm(
+    fn raw_rmsnorm(
         &self,
+        _: Checked,
         rows: usize,
         dim: usize,
         eps: f32,
@@ -323,27 +370,55 @@ impl Device for CudaDevice {
         self.dense_rmsnorm(rows, dim, eps, x, weight, out)
     }
 
-    fn rope(&self, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
+    fn raw_rope(&self, _: Checked, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
         self.dense_rope(rope, positions, x)
     }
 
-    fn silu_mul(&self, len: usize, gate: &Buffer, up: &Buffer, out: &Buffer) -> Result<()> {
+    fn raw_silu_mul(
+        &self,
+        _: Checked,
+        len: usize,
+        gate: &Buffer,
+        up: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_silu_mul(len, gate, up, out)
     }
 
-    fn add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
+    fn raw_add(&self, _: Checked, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
         self.dense_add(len, x, y)
     }
 
-    fn add_bias(&self, rows: usize, cols: usize, x: &Buffer, bias: &Buffer) -> Result<()> {
+    fn raw_add_bias(
+        &self,
+        _: Checked,
+        rows: usize,
+        cols: usize,
+        x: &Buffer,
+        bias: &Buffer,
+    ) -> Result<()> {
         self.dense_add_bias(rows, cols, x, bias)
     }
 
-    fn embedding(&self, dim: usize, table: &Buffer, ids: &[u32], out: &Buffer) -> Result<()> {
+    fn raw_embedding(
+        &self,
+        _: Checked,
+        dim: usize,
+        table: &Buffer,
+        ids: &[u32],
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_embedding(dim, table, ids, out)
     }
 
-    fn argmax(&self, rows: usize, cols: usize, logits: &Buffer, out: &Buffer) -> Result<()> {
+    fn raw_argmax(
+        &self,
+        _: Checked,
+        rows: usize,
+        cols: usize,
+        logits: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_argmax(rows, cols, logits, out)
     }
 }

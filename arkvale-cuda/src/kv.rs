@@ -2,7 +2,7 @@
 //! launches of `append.cu`, `summarize.cu`, `estimate.cu` and `topk.cu`.
 
 use arkvale_core::{
-    AppendDest, Buffer, DType, DigestKind, EstimateJob, KvLayout, Result, ScoreAgg, SummarizeJob,
+    AppendDest, Buffer, DigestKind, EstimateJob, KvLayout, Result, ScoreAgg, SummarizeJob,
     TopkSegment,
 };
 
@@ -10,7 +10,7 @@ use crate::buffer::CudaBuf;
 use crate::device::CudaDevice;
 use crate::driver::kargs;
 use crate::launch::{SMEM_LIMIT, suffix, u32_bytes};
-use crate::validate::{self, product};
+use arkvale_core::validate::product;
 
 /// The digest-kind code of the kernels.
 pub(crate) fn kind_code(k: DigestKind) -> u32 {
@@ -26,14 +26,8 @@ pub(crate) fn kind_code(k: DigestKind) -> u32 {
 }
 
 impl CudaDevice {
-    pub(crate) fn kv_pool<'a>(
-        &self,
-        l: &KvLayout,
-        pool: &'a Buffer,
-        what: &str,
-    ) -> Result<&'a CudaBuf> {
-        validate::layout(l)?;
-        self.typed(pool, l.kv_dtype.dtype(), &format!("{what}: pool"))
+    pub(crate) fn kv_pool<'a>(&self, pool: &'a Buffer, what: &str) -> Result<&'a CudaBuf> {
+        self.buf(pool, &format!("{what}: pool"))
     }
 
     /// [`Device::append_kv`](arkvale_core::Device::append_kv).
@@ -46,11 +40,9 @@ impl CudaDevice {
         dests: &[AppendDest],
     ) -> Result<()> {
         self.ctx.bind()?;
-        let p = self.kv_pool(layout, pool, "append_kv")?;
-        let ks = self.typed(k, DType::F32, "append_kv: k")?;
-        let vs = self.typed(v, DType::F32, "append_kv: v")?;
-        validate::not_aliased(pool, &[k, v], "append_kv")?;
-        validate::append(layout, pool.len(), k.len(), v.len(), dests)?;
+        let p = self.kv_pool(pool, "append_kv")?;
+        let ks = self.buf(k, "append_kv: k")?;
+        let vs = self.buf(v, "append_kv: v")?;
         if dests.is_empty() {
             return Ok(());
         }
@@ -89,10 +81,8 @@ impl CudaDevice {
         digests: &Buffer,
     ) -> Result<()> {
         self.ctx.bind()?;
-        let p = self.kv_pool(layout, pool, "summarize")?;
-        let dg = self.typed(digests, DType::F32, "summarize: digests")?;
-        validate::not_aliased(digests, &[pool], "summarize")?;
-        validate::summarize(layout, kind, pool.len(), jobs, digests.len())?;
+        let p = self.kv_pool(pool, "summarize")?;
+        let dg = self.buf(digests, "summarize: digests")?;
         if jobs.is_empty() {
             return Ok(());
         }
@@ -132,12 +122,9 @@ impl CudaDevice {
         scores: &Buffer,
     ) -> Result<()> {
         self.ctx.bind()?;
-        validate::layout(layout)?;
-        let dg = self.typed(digests, DType::F32, "estimate: digests")?;
-        let qs = self.typed(q, DType::F32, "estimate: q")?;
-        let sc = self.typed(scores, DType::F32, "estimate: scores")?;
-        validate::not_aliased(scores, &[digests, q], "estimate")?;
-        validate::estimate(layout, kind, digests.len(), q.len(), jobs, scores.len())?;
+        let dg = self.buf(digests, "estimate: digests")?;
+        let qs = self.buf(q, "estimate: q")?;
+        let sc = self.buf(scores, "estimate: scores")?;
         if jobs.is_empty() {
             return Ok(());
         }
@@ -179,9 +166,8 @@ impl CudaDevice {
         out: &Buffer,
     ) -> Result<()> {
         self.ctx.bind()?;
-        let sc = self.typed(scores, DType::F32, "topk: scores")?;
-        let o = self.typed(out, DType::U32, "topk: out")?;
-        validate::topk(scores.len(), segments, out.len())?;
+        let sc = self.buf(scores, "topk: scores")?;
+        let o = self.buf(out, "topk: out")?;
         if segments.is_empty() {
             return Ok(());
         }

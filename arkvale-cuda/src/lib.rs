@@ -43,9 +43,10 @@
 //! * **Ownership.** Dropping a buffer (device or pinned) waits for the device to go idle and
 //!   then frees it, so no in-flight kernel or copy can touch freed memory. Buffers are
 //!   long-lived in the cache manager and the model, so this costs nothing in a decode step.
-//! * **Errors.** Every descriptor is checked on the host before a launch, with the same
-//!   rules as the CPU backend (`src/validate.rs` mirrors `arkvale-cpu`'s): an index out of
-//!   range, a buffer too small, a wrong dtype, an output that is also an input is
+//! * **Errors.** Every descriptor is checked on the host before a launch, by core's checked
+//!   [`Device`](arkvale_core::Device) layer over this crate's
+//!   [`Backend`](arkvale_core::Backend) (the same checks and wording for every backend): an
+//!   index out of range, a buffer too small, a wrong dtype, an output that is also an input is
 //!   [`arkvale_core::Error::Shape`]; a handle of another device or a driver failure is
 //!   [`arkvale_core::Error::Device`]. Nothing panics. One limit the CPU backend does not
 //!   have: attention needs `head_dim <= 256`.
@@ -124,7 +125,6 @@ mod kv;
 mod launch;
 #[cfg(test)]
 mod tests;
-mod validate;
 
 pub use copies::CudaEvent;
 pub use device::CudaDevice;

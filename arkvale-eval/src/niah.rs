@@ -45,6 +45,8 @@ pub struct NiahOptions {
     pub values: usize,
     /// Seed.
     pub seed: u64,
+    /// Where each prompt's haystack starts in a real text.
+    pub haystack_start: passkey::HaystackStart,
 }
 
 fn sentence(key: &str, value: &str) -> String {
@@ -120,6 +122,10 @@ pub fn cases(
                          text is"
                     )
                 };
+                let start = haystack.start(
+                    opts.haystack_start,
+                    &mut Rng::for_case(opts.seed, &format!("niah-start/{variant}/{ctx}/{di}")),
+                );
                 let spec = PromptSpec {
                     prefix: task.clone(),
                     needles: needles
@@ -128,6 +134,7 @@ pub fn cases(
                         .collect::<Result<_>>()?,
                     suffix: tok.encode_text(&question)?,
                     haystack,
+                    start,
                 };
                 let ids = passkey::assemble(tok, &spec, ctx)?;
                 out.push(RetrievalCase {
@@ -138,6 +145,7 @@ pub fn cases(
                     gen_tokens: 12 * answers.len(),
                     answers,
                     ids,
+                    haystack_start: start,
                 });
             }
         }

@@ -45,7 +45,51 @@ pub enum Haystack {
         next: Vec<u32>,
     },
     /// Real text (tokens of a file, repeated if the file is too short), cut at token positions.
-    Text(Vec<u32>),
+    Text {
+        /// Tokens of the whole text.
+        ids: Vec<u32>,
+        /// Token positions where a paragraph (a line) starts: 0 and every position right after
+        /// a token that holds a newline. A prompt's haystack may start at any of them
+        /// ([`HaystackStart::Random`]).
+        paragraphs: Vec<usize>,
+    },
+}
+
+/// Where in a real-text haystack each prompt's haystack begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HaystackStart {
+    /// At the text's first token, for every prompt (one passage of the text for every case:
+    /// a text whose opening happens to confuse the model fails every case alike).
+    Beginning,
+    /// At a paragraph start drawn per case from the seed, so that a sweep samples many passages
+    /// of the text (the default).
+    #[default]
+    Random,
+}
+
+impl HaystackStart {
+    /// The CLI names, in the order of the variants.
+    pub const NAMES: [&'static str; 2] = ["beginning", "random"];
+
+    /// The option by its CLI name.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "beginning" => Ok(HaystackStart::Beginning),
+            "random" => Ok(HaystackStart::Random),
+            _ => Err(EvalError::Input(format!(
+                "unknown haystack start '{name}', expected one of {}",
+                Self::NAMES.join(", ")
+            ))),
+        }
+    }
+
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            HaystackStart::Beginning => "beginning",
+            HaystackStart::Random => "random",
+        }
+    }
 }
 
 impl Haystack {
@@ -57,18 +101,46 @@ impl Haystack {
         })
     }
 
-    /// Real text. Errors on text without tokens.
+    /// Real text, its paragraph starts found from the tokens' own text. Errors on text
+    /// without tokens.
     pub fn text(tok: &dyn EvalTokenizer, text: &str) -> Result<Self> {
         let ids = tok.encode_text(text.trim())?;
         if ids.is_empty() {
             return Err(EvalError::Input("the haystack text is empty".into()));
         }
-        Ok(Haystack::Text(ids))
+        let mut has_newline = std::collections::HashMap::new();
+        let mut newline = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            let nl = match has_newline.get(&id) {
+                Some(&nl) => nl,
+                None => *has_newline
+                    .entry(id)
+                    .or_insert(tok.decode_text(&[id])?.contains('\n')),
+            };
+            newline.push(nl);
+        }
+        // A run of newline tokens starts its paragraph after the last of them.
+        let paragraphs = std::iter::once(0)
+            .chain((1..ids.len()).filter(|&i| newline[i - 1] && !newline[i]))
+            .collect();
+        Ok(Haystack::Text { ids, paragraphs })
+    }
+
+    /// The token offset a prompt's haystack starts at: 0 for the filler and for
+    /// [`HaystackStart::Beginning`], else a paragraph start drawn from `rng`.
+    pub fn start(&self, how: HaystackStart, rng: &mut Rng) -> usize {
+        match (self, how) {
+            (Haystack::Text { paragraphs, .. }, HaystackStart::Random) => {
+                paragraphs[rng.range(0, paragraphs.len() as u64) as usize]
+            }
+            _ => 0,
+        }
     }
 
     /// `cuts.len() + 1` segments of at most `budget` tokens in all, the haystack cut at the
-    /// fractions `cuts` (each in `[0, 1]`, ascending).
-    pub fn segments(&self, budget: usize, cuts: &[f64]) -> Vec<Vec<u32>> {
+    /// fractions `cuts` (each in `[0, 1]`, ascending); a text haystack read from token `start`
+    /// on (wrapping around to its beginning), the filler ignores `start`.
+    pub fn segments(&self, budget: usize, cuts: &[f64], start: usize) -> Vec<Vec<u32>> {
         let s = cuts.len() + 1;
         let bounds = |n: usize| -> Vec<usize> {
             let mut b = vec![0];
@@ -99,8 +171,14 @@ impl Haystack {
                     })
                     .collect()
             }
-            Haystack::Text(ids) => {
-                let all: Vec<u32> = ids.iter().copied().cycle().take(budget).collect();
+            Haystack::Text { ids, .. } => {
+                let all: Vec<u32> = ids
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .skip(start % ids.len())
+                    .take(budget)
+                    .collect();
                 let b = bounds(all.len());
                 b.windows(2).map(|w| all[w[0]..w[1]].to_vec()).collect()
             }
@@ -119,6 +197,8 @@ pub struct PromptSpec<'a> {
     pub suffix: Vec<u32>,
     /// The haystack.
     pub haystack: &'a Haystack,
+    /// Token offset the haystack is read from ([`Haystack::start`]).
+    pub start: usize,
 }
 
 /// Builds `prefix \n seg0 \n needle \n seg1 ... \n suffix` of at most `context` tokens
@@ -143,7 +223,7 @@ pub fn assemble(
         )));
     }
     let cuts: Vec<f64> = needles.iter().map(|n| n.0).collect();
-    let segs = spec.haystack.segments(context - fixed, &cuts);
+    let segs = spec.haystack.segments(context - fixed, &cuts, spec.start);
     let mut ids = spec.prefix.clone();
     for (i, seg) in segs.iter().enumerate() {
         ids.extend_from_slice(&nl);
@@ -179,6 +259,9 @@ pub struct RetrievalCase {
     pub ids: Vec<u32>,
     /// Tokens to generate.
     pub gen_tokens: usize,
+    /// Token offset into the text haystack the prompt's haystack starts at (0: the filler or
+    /// the text's beginning).
+    pub haystack_start: usize,
 }
 
 /// Runs every case under every variant of `sweep`: one prefill per case, one fork per
@@ -242,6 +325,7 @@ pub fn run_cases(
                 correct: Some(found == c.answers.len()),
                 extra: serde_json::Map::from_iter([
                     ("target_context".into(), json!(c.target_context)),
+                    ("haystack_start".into(), json!(c.haystack_start)),
                     ("answers".into(), json!(c.answers)),
                     (
                         "score".into(),
@@ -281,6 +365,8 @@ pub struct PasskeyOptions {
     pub seed: u64,
     /// Tokens generated per case (the key must appear in them).
     pub gen_tokens: usize,
+    /// Where each prompt's haystack starts in a real text.
+    pub haystack_start: HaystackStart,
 }
 
 /// Builds the passkey prompts: one per context × depth, each with its own 5-digit key. Depths
@@ -299,6 +385,10 @@ pub fn cases(
             let key = Rng::for_case(opts.seed, &format!("passkey/{ctx}/{di}"))
                 .range(10_000, 100_000)
                 .to_string();
+            let start = haystack.start(
+                opts.haystack_start,
+                &mut Rng::for_case(opts.seed, &format!("passkey-start/{ctx}/{di}")),
+            );
             let needle_ids = tok.encode_text(&needle(&key))?;
             let ids = match chat {
                 None => assemble(
@@ -308,6 +398,7 @@ pub fn cases(
                         needles: vec![(depth, needle_ids)],
                         suffix: tok.encode_text(QUESTION)?,
                         haystack,
+                        start,
                     },
                     ctx,
                 )?,
@@ -325,6 +416,7 @@ pub fn cases(
                             needles: vec![(depth, needle_ids)],
                             suffix: Vec::new(),
                             haystack,
+                            start,
                         },
                         inner_ctx,
                     )?;
@@ -345,6 +437,7 @@ pub fn cases(
                 answers: vec![key],
                 ids,
                 gen_tokens: opts.gen_tokens,
+                haystack_start: start,
             });
         }
     }
@@ -395,10 +488,15 @@ mod tests {
 
     #[test]
     fn text_segments_cover_the_budget() {
-        let h = Haystack::Text(vec![1, 2, 3]);
-        let s = h.segments(10, &[0.5]);
+        let h = Haystack::Text {
+            ids: vec![1, 2, 3],
+            paragraphs: vec![0],
+        };
+        let s = h.segments(10, &[0.5], 0);
         assert_eq!(s, vec![vec![1, 2, 3, 1, 2], vec![3, 1, 2, 3, 1]]);
-        let s = h.segments(4, &[0.0, 1.0]);
+        let s = h.segments(5, &[0.4], 2);
+        assert_eq!(s, vec![vec![3, 1], vec![2, 3, 1]]);
+        let s = h.segments(4, &[0.0, 1.0], 0);
         assert_eq!(s.iter().map(Vec::len).collect::<Vec<_>>(), vec![0, 4, 0]);
     }
 
@@ -418,13 +516,17 @@ mod tests {
 
     #[test]
     fn a_text_haystack_prompt_has_exactly_the_context() {
-        let h = Haystack::Text((100..200).collect());
+        let h = Haystack::Text {
+            ids: (100..200).collect(),
+            paragraphs: vec![0],
+        };
         for needles in 1..=3 {
             let spec = PromptSpec {
                 prefix: vec![1, 2, 3],
                 needles: (0..needles).map(|i| (i as f64 / 3.0, vec![7; 5])).collect(),
                 suffix: vec![4, 5],
                 haystack: &h,
+                start: 37,
             };
             for context in [64, 65, 300] {
                 let ids = assemble(&Chars, &spec, context).unwrap();
@@ -434,12 +536,36 @@ mod tests {
     }
 
     #[test]
+    fn paragraph_starts_follow_newlines_and_random_starts_are_among_them() {
+        let h = Haystack::text(&Chars, "ab\n\ncd\nef").unwrap();
+        let Haystack::Text { ids, paragraphs } = &h else {
+            panic!("a text haystack");
+        };
+        assert_eq!(ids.len(), 9);
+        assert_eq!(paragraphs, &vec![0, 4, 7]);
+        assert_eq!(h.start(HaystackStart::Beginning, &mut Rng::new(3)), 0);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut rng = Rng::new(11);
+        for _ in 0..64 {
+            seen.insert(h.start(HaystackStart::Random, &mut rng));
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 4, 7]);
+        let filler = Haystack::filler(&Chars).unwrap();
+        assert_eq!(filler.start(HaystackStart::Random, &mut rng), 0);
+        assert_eq!(
+            HaystackStart::parse("random").unwrap(),
+            HaystackStart::Random
+        );
+        assert!(HaystackStart::parse("middle").is_err());
+    }
+
+    #[test]
     fn filler_segments_are_whole_repetitions() {
         let h = Haystack::Filler {
             first: vec![1, 2, 3],
             next: vec![9, 2, 3],
         };
-        let s = h.segments(14, &[0.5]);
+        let s = h.segments(14, &[0.5], 5);
         // 14 - (3-3)*2 = 14 → 4 repetitions, 2 + 2.
         assert_eq!(s[0], vec![1, 2, 3, 9, 2, 3]);
         assert_eq!(s[1], vec![1, 2, 3, 9, 2, 3]);

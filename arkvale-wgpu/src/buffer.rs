@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use arkvale_core::{Buffer, DType, Error, HostBuffer, Result};
+use arkvale_core::{Buffer, Error, HostBuffer, Result};
 use parking_lot::Mutex;
 
 use crate::BACKEND;
@@ -143,41 +143,6 @@ pub(crate) fn gpu<'a>(dev: u64, buf: &'a Buffer, what: &str) -> Result<&'a GpuBu
     }
 }
 
-/// The storage of `buf` if device `dev` made it and it holds `dtype`.
-pub(crate) fn typed<'a>(
-    dev: u64,
-    buf: &'a Buffer,
-    dtype: DType,
-    what: &str,
-) -> Result<&'a GpuBuffer> {
-    let g = gpu(dev, buf, what)?;
-    if buf.dtype() != dtype {
-        return Err(Error::shape(format!(
-            "{what}: expected a {dtype:?} buffer, got {:?}",
-            buf.dtype()
-        )));
-    }
-    Ok(g)
-}
-
-/// The storage of a float buffer (f32, f16 or bf16).
-pub(crate) fn float<'a>(dev: u64, buf: &'a Buffer, what: &str) -> Result<&'a GpuBuffer> {
-    let g = gpu(dev, buf, what)?;
-    if buf.dtype().quant().is_some() {
-        return Err(Error::UnsupportedWeight {
-            backend: BACKEND.to_string(),
-            dtype: buf.dtype(),
-        });
-    }
-    if !buf.dtype().is_float() {
-        return Err(Error::shape(format!(
-            "{what}: expected an f32, f16 or bf16 buffer, got {:?}",
-            buf.dtype()
-        )));
-    }
-    Ok(g)
-}
-
 /// The host memory of `host` if device `dev` made it.
 pub(crate) fn host<'a>(dev: u64, host: &'a HostBuffer, what: &str) -> Result<&'a HostMem> {
     match host.inner::<HostMem>() {
@@ -192,5 +157,3 @@ pub(crate) fn host<'a>(dev: u64, host: &'a HostBuffer, what: &str) -> Result<&'a
         )),
     }
 }
-
-pub(crate) use arkvale_core::validate::at_least;

@@ -5,14 +5,12 @@
 use arkvale_core::{Buffer, DType, Error, MatmulDims, Result, Rope, RopeStyle};
 
 use crate::BACKEND;
-use crate::buffer::{self, GpuBuffer, at_least};
+use crate::buffer::GpuBuffer;
 use crate::context::Binding;
 use crate::device::WgpuDevice;
 use crate::kernels::Kernel;
 use crate::kv::dt_code;
 use crate::limits::{align_items, chunks, word_cover};
-
-use arkvale_core::validate::{self, product};
 
 /// Largest `m` the GEMV kernel handles (its per-invocation accumulators).
 const GEMV_MAX_M: usize = 8;
@@ -53,17 +51,9 @@ impl WgpuDevice {
         out: &Buffer,
     ) -> Result<()> {
         let MatmulDims { m, n, k } = *dims;
-        let xb = self.typed(x, DType::F32, "matmul: x")?;
-        let wb = buffer::float(self.id, w, "matmul: weights")?;
-        let ob = self.typed(out, DType::F32, "matmul: out")?;
-        validate::not_aliased(out, &[x, w], "matmul")?;
-        at_least(x, product(m, k, "matmul: x")?, "matmul: x [m, k]")?;
-        at_least(
-            w,
-            product(n, k, "matmul: weights")?,
-            "matmul: weights [n, k]",
-        )?;
-        at_least(out, product(m, n, "matmul: out")?, "matmul: out [m, n]")?;
+        let xb = self.gpu_buf(x, "matmul: x")?;
+        let wb = self.gpu_buf(w, "matmul: weights")?;
+        let ob = self.gpu_buf(out, "matmul: out")?;
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -156,11 +146,10 @@ impl WgpuDevice {
         weight: &Buffer,
         out: &Buffer,
     ) -> Result<()> {
-        let xb = self.typed(x, DType::F32, "rmsnorm: x")?;
-        let wb = self.typed(weight, DType::F32, "rmsnorm: weight")?;
-        let ob = self.typed(out, DType::F32, "rmsnorm: out")?;
-        validate::not_aliased(out, &[x, weight], "rmsnorm")?;
-        let len = validate::rmsnorm(rows, dim, eps, x, weight, out)?;
+        let xb = self.gpu_buf(x, "rmsnorm: x")?;
+        let wb = self.gpu_buf(weight, "rmsnorm: weight")?;
+        let ob = self.gpu_buf(out, "rmsnorm: out")?;
+        let len = rows * dim;
         if len == 0 {
             return Ok(());
         }
@@ -181,8 +170,8 @@ impl WgpuDevice {
     /// See [`arkvale_core::Device::rope`]. The cos/sin table is computed on the host in f64
     /// (as [`Rope`] defines the angle) and uploaded with the positions.
     pub(crate) fn dense_rope(&self, r: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
-        let xb = self.typed(x, DType::F32, "rope: x")?;
-        let len = validate::rope(r, positions.len(), x)?;
+        let xb = self.gpu_buf(x, "rope: x")?;
+        let len = positions.len() * r.heads * r.head_dim;
         if len == 0 {
             return Ok(());
         }
@@ -220,13 +209,9 @@ impl WgpuDevice {
         up: &Buffer,
         out: &Buffer,
     ) -> Result<()> {
-        let gb = self.typed(gate, DType::F32, "silu_mul: gate")?;
-        let ub = self.typed(up, DType::F32, "silu_mul: up")?;
-        let ob = self.typed(out, DType::F32, "silu_mul: out")?;
-        validate::not_aliased(out, &[gate, up], "silu_mul")?;
-        at_least(gate, len, "silu_mul: gate")?;
-        at_least(up, len, "silu_mul: up")?;
-        at_least(out, len, "silu_mul: out")?;
+        let gb = self.gpu_buf(gate, "silu_mul: gate")?;
+        let ub = self.gpu_buf(up, "silu_mul: up")?;
+        let ob = self.gpu_buf(out, "silu_mul: out")?;
         if len == 0 {
             return Ok(());
         }
@@ -245,13 +230,8 @@ impl WgpuDevice {
 
     /// See [`arkvale_core::Device::add`].
     pub(crate) fn dense_add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
-        let xb = self.typed(x, DType::F32, "add: x")?;
-        let yb = self.typed(y, DType::F32, "add: y")?;
-        if xb.id == yb.id {
-            return Err(Error::shape("add: x and y must be different buffers"));
-        }
-        at_least(x, len, "add: x")?;
-        at_least(y, len, "add: y")?;
+        let xb = self.gpu_buf(x, "add: x")?;
+        let yb = self.gpu_buf(y, "add: y")?;
         if len == 0 {
             return Ok(());
         }
@@ -276,19 +256,9 @@ impl WgpuDevice {
         x: &Buffer,
         bias: &Buffer,
     ) -> Result<()> {
-        let xb = self.typed(x, DType::F32, "add_bias: x")?;
-        let bb = self.typed(bias, DType::F32, "add_bias: bias")?;
-        if xb.id == bb.id {
-            return Err(Error::shape(
-                "add_bias: x and bias must be different buffers",
-            ));
-        }
-        if cols == 0 && rows > 0 {
-            return Err(Error::shape("add_bias: rows of 0 values"));
-        }
-        let len = product(rows, cols, "add_bias")?;
-        at_least(x, len, "add_bias: x [rows, cols]")?;
-        at_least(bias, cols, "add_bias: bias [cols]")?;
+        let xb = self.gpu_buf(x, "add_bias: x")?;
+        let bb = self.gpu_buf(bias, "add_bias: bias")?;
+        let len = rows * cols;
         if len == 0 {
             return Ok(());
         }
@@ -314,24 +284,9 @@ impl WgpuDevice {
         ids: &[u32],
         out: &Buffer,
     ) -> Result<()> {
-        let tb = buffer::float(self.id, table, "embedding: table")?;
-        let ob = self.typed(out, DType::F32, "embedding: out")?;
-        validate::not_aliased(out, &[table], "embedding")?;
-        if dim == 0 {
-            return Err(Error::shape("embedding: dim must be non-zero"));
-        }
-        let vocab = table.len() / dim;
-        if let Some((t, id)) = ids
-            .iter()
-            .enumerate()
-            .find(|(_, id)| **id as usize >= vocab)
-        {
-            return Err(Error::shape(format!(
-                "embedding: id {id} of token {t} outside a vocabulary of {vocab}"
-            )));
-        }
-        let len = product(ids.len(), dim, "embedding")?;
-        at_least(out, len, "embedding: out [tokens, dim]")?;
+        let tb = self.gpu_buf(table, "embedding: table")?;
+        let ob = self.gpu_buf(out, "embedding: out")?;
+        let len = ids.len() * dim;
         if ids.is_empty() {
             return Ok(());
         }
@@ -396,14 +351,8 @@ impl WgpuDevice {
         logits: &Buffer,
         out: &Buffer,
     ) -> Result<()> {
-        let lb = self.typed(logits, DType::F32, "argmax: logits")?;
-        let ob = self.typed(out, DType::U32, "argmax: out")?;
-        if cols == 0 {
-            return Err(Error::shape("argmax: cols must be non-zero"));
-        }
-        let len = product(rows, cols, "argmax")?;
-        at_least(logits, len, "argmax: logits [rows, cols]")?;
-        at_least(out, rows, "argmax: out [rows]")?;
+        let lb = self.gpu_buf(logits, "argmax: logits")?;
+        let ob = self.gpu_buf(out, "argmax: out")?;
         if rows == 0 {
             return Ok(());
         }

@@ -1,11 +1,14 @@
-//! [`WgpuDevice`]: the [`Device`] implementation. Buffers, host memory and the asynchronous
-//! page copies live here; the KV ops are in `kv` and the dense ops in `dense`.
+//! [`WgpuDevice`]: the [`Backend`] implementation (core's checked [`Device`] layer has
+//! validated every call's input before it gets here). Buffers, host memory and the
+//! asynchronous page copies live here; the KV ops are in `kv` and the dense ops in `dense`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+#[cfg(doc)]
+use arkvale_core::Device;
 use arkvale_core::{
-    AppendDest, AttnPage, AttnRow, AttnState, Buffer, DType, Device, DigestKind, Error,
+    AppendDest, AttnPage, AttnRow, AttnState, Backend, Buffer, Checked, DType, DigestKind, Error,
     EstimateJob, Event, HostBuffer, KvLayout, MatmulDims, Result, Rope, ScoreAgg, SummarizeJob,
     TopkSegment,
 };
@@ -18,7 +21,7 @@ use crate::context::{AdapterReport, Binding, Gpu};
 use crate::event::WgpuEvent;
 use crate::kernels::Kernel;
 use crate::limits::{align_items, word_cover};
-use crate::validate;
+use arkvale_core::validate;
 
 /// Ids of devices made so far, so that a handle can be traced to its device.
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
@@ -51,8 +54,9 @@ static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 ///   windows yet, so on an adapter with small bindings (lavapipe: 128 MiB) a call whose slots
 ///   lie further apart than one binding (a long context in a large pool) is that error; on
 ///   desktop GPUs (bindings of 2-4 GiB) a default 2 GiB pool is one binding.
-/// * **Errors.** Every descriptor is checked before anything is encoded (the same rules as
-///   `arkvale-cpu`); wgpu validation errors are captured and returned as [`Error::Device`],
+/// * **Errors.** Core's [`Device`] layer checks every descriptor before anything is encoded
+///   (the same rules for every backend); here only a handle's origin and the adapter's limits
+///   are checked; wgpu validation errors are captured and returned as [`Error::Device`],
 ///   never a panic.
 pub struct WgpuDevice {
     pub(crate) id: u64,
@@ -100,15 +104,6 @@ impl WgpuDevice {
 
     pub(crate) fn gpu_buf<'a>(&self, buf: &'a Buffer, what: &str) -> Result<&'a GpuBuffer> {
         buffer::gpu(self.id, buf, what)
-    }
-
-    pub(crate) fn typed<'a>(
-        &self,
-        buf: &'a Buffer,
-        dtype: DType,
-        what: &str,
-    ) -> Result<&'a GpuBuffer> {
-        buffer::typed(self.id, buf, dtype, what)
     }
 
     /// The binding of bytes `[start, start + len)` of `buf`: the window starts at the
@@ -245,48 +240,14 @@ pub(crate) fn segment_bytes(limits: &wgpu::Limits) -> Result<u64> {
     Ok(seg)
 }
 
-/// Turns `(slot, host byte offset)` copies into checked `(pool byte, host byte, bytes)` ranges.
-fn page_copy_plan(
-    layout: &KvLayout,
-    pool_len: usize,
-    host_bytes: usize,
-    copies: &[(u32, u64)],
-    what: &str,
-) -> Result<Vec<(u64, usize, usize)>> {
-    let n = layout.slot_bytes();
-    copies
-        .iter()
-        .map(|&(slot, host)| {
-            validate::slot(layout, pool_len, slot, what)?;
-            let host = usize::try_from(host)
-                .map_err(|_| Error::shape(format!("{what}: host offset {host}")))?;
-            validate::range(
-                host,
-                n,
-                host_bytes,
-                &format!("{what}: slot {slot} at host byte"),
-            )?;
-            Ok((slot as u64 * n as u64, host, n))
-        })
-        .collect()
-}
-
-impl Device for WgpuDevice {
-    fn name(&self) -> String {
+impl Backend for WgpuDevice {
+    fn raw_name(&self) -> String {
         BACKEND.to_string()
     }
 
-    fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer> {
-        if dtype.quant().is_some() {
-            // No kernels for block-quantized weights here (`supports_weight_dtype` says so).
-            return Err(Error::UnsupportedWeight {
-                backend: BACKEND.to_string(),
-                dtype,
-            });
-        }
-        let bytes = len
-            .checked_mul(dtype.size())
-            .ok_or_else(|| Error::shape(format!("alloc: {len} x {dtype:?} overflows")))?;
+    fn raw_alloc(&self, _: Checked, dtype: DType, len: usize) -> Result<Buffer> {
+        // Core refused quantized types (no kernels here) and sizes that overflow.
+        let bytes = len * dtype.size();
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST;
@@ -313,17 +274,9 @@ impl Device for WgpuDevice {
         ))
     }
 
-    fn write(&self, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()> {
+    fn raw_write(&self, _: Checked, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()> {
         let g = self.gpu_buf(buf, "write")?;
         let size = buf.dtype().size();
-        if data.len() % size != 0 {
-            return Err(Error::shape(format!(
-                "write: {} bytes is not a whole number of {:?}",
-                data.len(),
-                buf.dtype()
-            )));
-        }
-        validate::range(offset, data.len() / size, buf.len(), "write")?;
         if data.is_empty() {
             return Ok(());
         }
@@ -351,22 +304,15 @@ impl Device for WgpuDevice {
         Ok(())
     }
 
-    fn read(&self, buf: &Buffer, offset: usize, out: &mut [u8]) -> Result<()> {
+    fn raw_read(&self, _: Checked, buf: &Buffer, offset: usize, out: &mut [u8]) -> Result<()> {
         let g = self.gpu_buf(buf, "read")?;
         let size = buf.dtype().size();
-        if out.len() % size != 0 {
-            return Err(Error::shape(format!(
-                "read: {} bytes is not a whole number of {:?}",
-                out.len(),
-                buf.dtype()
-            )));
-        }
-        validate::range(offset, out.len() / size, buf.len(), "read")?;
         self.read_bytes(g, (offset * size) as u64, out)
     }
 
-    fn copy(
+    fn raw_copy(
         &self,
+        _: Checked,
         src: &Buffer,
         src_off: usize,
         dst: &Buffer,
@@ -375,15 +321,6 @@ impl Device for WgpuDevice {
     ) -> Result<()> {
         let s = self.gpu_buf(src, "copy: src")?;
         let d = self.gpu_buf(dst, "copy: dst")?;
-        if src.dtype() != dst.dtype() {
-            return Err(Error::shape(format!(
-                "copy: {:?} into {:?}",
-                src.dtype(),
-                dst.dtype()
-            )));
-        }
-        validate::range(src_off, len, src.len(), "copy: src")?;
-        validate::range(dst_off, len, dst.len(), "copy: dst")?;
         if len == 0 {
             return Ok(());
         }
@@ -431,9 +368,15 @@ impl Device for WgpuDevice {
         Ok(())
     }
 
-    fn fill_f32(&self, buf: &Buffer, offset: usize, len: usize, value: f32) -> Result<()> {
-        let g = self.typed(buf, DType::F32, "fill_f32")?;
-        validate::range(offset, len, buf.len(), "fill_f32")?;
+    fn raw_fill_f32(
+        &self,
+        _: Checked,
+        buf: &Buffer,
+        offset: usize,
+        len: usize,
+        value: f32,
+    ) -> Result<()> {
+        let g = self.gpu_buf(buf, "fill_f32")?;
         if len == 0 {
             return Ok(());
         }
@@ -446,11 +389,11 @@ impl Device for WgpuDevice {
         Ok(())
     }
 
-    fn synchronize(&self) -> Result<()> {
+    fn raw_synchronize(&self) -> Result<()> {
         self.gpu.wait(None, "synchronize")
     }
 
-    fn alloc_host(&self, bytes: usize) -> Result<HostBuffer> {
+    fn raw_alloc_host(&self, bytes: usize) -> Result<HostBuffer> {
         let mut data = Vec::new();
         data.try_reserve_exact(bytes)
             .map_err(|e| Error::device(BACKEND, format!("alloc_host of {bytes} bytes: {e}")))?;
@@ -464,33 +407,43 @@ impl Device for WgpuDevice {
         ))
     }
 
-    fn host_write(&self, host: &HostBuffer, offset: usize, data: &[u8]) -> Result<()> {
+    fn raw_host_write(
+        &self,
+        _: Checked,
+        host: &HostBuffer,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<()> {
         let h = buffer::host(self.id, host, "host_write")?;
-        validate::range(offset, data.len(), host.bytes(), "host_write (bytes)")?;
         h.data.lock()[offset..offset + data.len()].copy_from_slice(data);
         Ok(())
     }
 
-    fn host_read(&self, host: &HostBuffer, offset: usize, out: &mut [u8]) -> Result<()> {
+    fn raw_host_read(
+        &self,
+        _: Checked,
+        host: &HostBuffer,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<()> {
         let h = buffer::host(self.id, host, "host_read")?;
-        validate::range(offset, out.len(), host.bytes(), "host_read (bytes)")?;
         out.copy_from_slice(&h.data.lock()[offset..offset + out.len()]);
         Ok(())
     }
 
     /// Copies the slots into a mapped staging buffer on the queue; when it is mapped, the map
     /// callback copies the bytes into host memory and completes the event.
-    fn backup_pages(
+    fn raw_backup_pages(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         copies: &[(u32, u64)],
         host: &HostBuffer,
     ) -> Result<Event> {
-        validate::layout(layout)?;
-        let p = self.typed(pool, layout.kv_dtype.dtype(), "backup_pages: pool")?;
+        let p = self.gpu_buf(pool, "backup_pages: pool")?;
         let h = buffer::host(self.id, host, "backup_pages")?;
-        let plan = page_copy_plan(layout, pool.len(), host.bytes(), copies, "backup_pages")?;
+        let plan = validate::page_copy_plan(layout, copies);
         if plan.is_empty() {
             return self.done_event();
         }
@@ -503,7 +456,7 @@ impl Device for WgpuDevice {
         let mut enc = self.gpu.encoder();
         for (i, &(pool_byte, _, bytes)) in plan.iter().enumerate() {
             let mut to = i as u64 * n;
-            for (b, at, m) in p.pieces(&self.gpu.device, pool_byte, bytes as u64) {
+            for (b, at, m) in p.pieces(&self.gpu.device, pool_byte as u64, bytes as u64) {
                 enc.copy_buffer_to_buffer(b, at, &staging, to, m);
                 to += m;
             }
@@ -541,17 +494,17 @@ impl Device for WgpuDevice {
 
     /// Fills a staging buffer mapped at creation from host memory, then copies it into the
     /// slots on the queue; the event completes with the submission.
-    fn recall_pages(
+    fn raw_recall_pages(
         &self,
+        _: Checked,
         layout: &KvLayout,
         host: &HostBuffer,
         copies: &[(u32, u64)],
         pool: &Buffer,
     ) -> Result<Event> {
-        validate::layout(layout)?;
-        let p = self.typed(pool, layout.kv_dtype.dtype(), "recall_pages: pool")?;
+        let p = self.gpu_buf(pool, "recall_pages: pool")?;
         let h = buffer::host(self.id, host, "recall_pages")?;
-        let plan = page_copy_plan(layout, pool.len(), host.bytes(), copies, "recall_pages")?;
+        let plan = validate::page_copy_plan(layout, copies);
         if plan.is_empty() {
             return self.done_event();
         }
@@ -584,7 +537,7 @@ impl Device for WgpuDevice {
         let mut enc = self.gpu.encoder();
         for (i, &(pool_byte, _, bytes)) in plan.iter().enumerate() {
             let mut from = i as u64 * n;
-            for (b, at, m) in p.pieces(&self.gpu.device, pool_byte, bytes as u64) {
+            for (b, at, m) in p.pieces(&self.gpu.device, pool_byte as u64, bytes as u64) {
                 enc.copy_buffer_to_buffer(&staging, from, b, at, m);
                 from += m;
             }
@@ -606,7 +559,7 @@ impl Device for WgpuDevice {
 
     /// The queue is in order, so later compute already follows the copy: only checks that
     /// the event is this device's.
-    fn wait_on_device(&self, event: &Event) -> Result<()> {
+    fn raw_wait_on_device(&self, event: &Event) -> Result<()> {
         match event.0.as_any().downcast_ref::<WgpuEvent>() {
             Some(e) if e.device() == self.id => Ok(()),
             Some(_) => Err(Error::device(
@@ -620,8 +573,9 @@ impl Device for WgpuDevice {
         }
     }
 
-    fn append_kv(
+    fn raw_append_kv(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         k: &Buffer,
@@ -631,8 +585,9 @@ impl Device for WgpuDevice {
         self.kv_append(layout, pool, k, v, dests)
     }
 
-    fn summarize(
+    fn raw_summarize(
         &self,
+        _: Checked,
         layout: &KvLayout,
         kind: DigestKind,
         pool: &Buffer,
@@ -642,8 +597,9 @@ impl Device for WgpuDevice {
         self.kv_summarize(layout, kind, pool, jobs, digests)
     }
 
-    fn estimate(
+    fn raw_estimate(
         &self,
+        _: Checked,
         layout: &KvLayout,
         kind: DigestKind,
         agg: ScoreAgg,
@@ -655,12 +611,19 @@ impl Device for WgpuDevice {
         self.kv_estimate(layout, kind, agg, digests, q, jobs, scores)
     }
 
-    fn topk(&self, scores: &Buffer, segments: &[TopkSegment], out: &Buffer) -> Result<()> {
+    fn raw_topk(
+        &self,
+        _: Checked,
+        scores: &Buffer,
+        segments: &[TopkSegment],
+        out: &Buffer,
+    ) -> Result<()> {
         self.kv_topk(scores, segments, out)
     }
 
-    fn decode_attention(
+    fn raw_decode_attention(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         q: &Buffer,
@@ -674,8 +637,9 @@ impl Device for WgpuDevice {
         self.kv_decode_attention(layout, pool, q, rows, pages, mask, scale, out, page_lse)
     }
 
-    fn prefill_attention(
+    fn raw_prefill_attention(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         q: &Buffer,
@@ -688,8 +652,9 @@ impl Device for WgpuDevice {
         self.kv_prefill_attention(layout, pool, q, rows, pages, mask, scale, state)
     }
 
-    fn attention_finalize(
+    fn raw_attention_finalize(
         &self,
+        _: Checked,
         layout: &KvLayout,
         state: &AttnState,
         rows: &[AttnRow],
@@ -698,8 +663,9 @@ impl Device for WgpuDevice {
         self.kv_finalize(layout, state, rows, out)
     }
 
-    fn attention_weights(
+    fn raw_attention_weights(
         &self,
+        _: Checked,
         layout: &KvLayout,
         pool: &Buffer,
         q: &Buffer,
@@ -712,12 +678,20 @@ impl Device for WgpuDevice {
         self.kv_weights(layout, pool, q, rows, pages, mask, scale, weights)
     }
 
-    fn matmul(&self, dims: &MatmulDims, x: &Buffer, w: &Buffer, out: &Buffer) -> Result<()> {
+    fn raw_matmul(
+        &self,
+        _: Checked,
+        dims: &MatmulDims,
+        x: &Buffer,
+        w: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_matmul(dims, x, w, out)
     }
 
-    fn rmsnorm(
+    fn raw_rmsnorm(
         &self,
+        _: Checked,
         rows: usize,
         dim: usize,
         eps: f32,
@@ -728,27 +702,55 @@ impl Device for WgpuDevice {
         self.dense_rmsnorm(rows, dim, eps, x, weight, out)
     }
 
-    fn rope(&self, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
+    fn raw_rope(&self, _: Checked, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
         self.dense_rope(rope, positions, x)
     }
 
-    fn silu_mul(&self, len: usize, gate: &Buffer, up: &Buffer, out: &Buffer) -> Result<()> {
+    fn raw_silu_mul(
+        &self,
+        _: Checked,
+        len: usize,
+        gate: &Buffer,
+        up: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_silu_mul(len, gate, up, out)
     }
 
-    fn add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
+    fn raw_add(&self, _: Checked, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
         self.dense_add(len, x, y)
     }
 
-    fn add_bias(&self, rows: usize, cols: usize, x: &Buffer, bias: &Buffer) -> Result<()> {
+    fn raw_add_bias(
+        &self,
+        _: Checked,
+        rows: usize,
+        cols: usize,
+        x: &Buffer,
+        bias: &Buffer,
+    ) -> Result<()> {
         self.dense_add_bias(rows, cols, x, bias)
     }
 
-    fn embedding(&self, dim: usize, table: &Buffer, ids: &[u32], out: &Buffer) -> Result<()> {
+    fn raw_embedding(
+        &self,
+        _: Checked,
+        dim: usize,
+        table: &Buffer,
+        ids: &[u32],
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_embedding(dim, table, ids, out)
     }
 
-    fn argmax(&self, rows: usize, cols: usize, logits: &Buffer, out: &Buffer) -> Result<()> {
+    fn raw_argmax(
+        &self,
+        _: Checked,
+        rows: usize,
+        cols: usize,
+        logits: &Buffer,
+        out: &Buffer,
+    ) -> Result<()> {
         self.dense_argmax(rows, cols, logits, out)
     }
 }

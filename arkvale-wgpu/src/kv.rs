@@ -12,11 +12,10 @@ use arkvale_core::{
 };
 
 use crate::BACKEND;
-use crate::buffer::{GpuBuffer, at_least};
+use crate::buffer::GpuBuffer;
 use crate::context::Binding;
 use crate::device::{WgpuDevice, slot_align};
 use crate::kernels::Kernel;
-use crate::validate;
 
 /// Pages per workgroup in decode attention: longer rows are split into chunks of this many
 /// pages whose partial softmax states are merged afterwards (flash-decoding), so that a small
@@ -60,10 +59,9 @@ pub(crate) struct PoolWindow<'a> {
 }
 
 impl WgpuDevice {
-    /// The checked pool buffer of a KV op.
-    fn kv_pool<'a>(&self, l: &KvLayout, pool: &'a Buffer, what: &str) -> Result<&'a GpuBuffer> {
-        validate::layout(l)?;
-        self.typed(pool, l.kv_dtype.dtype(), &format!("{what}: pool"))
+    /// The pool buffer of a KV op.
+    fn kv_pool<'a>(&self, pool: &'a Buffer, what: &str) -> Result<&'a GpuBuffer> {
+        self.gpu_buf(pool, &format!("{what}: pool"))
     }
 
     /// The binding of the slots `slots` touch (validated indices).
@@ -119,11 +117,9 @@ impl WgpuDevice {
         v: &Buffer,
         dests: &[AppendDest],
     ) -> Result<()> {
-        let p = self.kv_pool(l, pool, "append_kv")?;
-        let kb = self.typed(k, DType::F32, "append_kv: k")?;
-        let vb = self.typed(v, DType::F32, "append_kv: v")?;
-        validate::not_aliased(pool, &[k, v], "append_kv")?;
-        validate::append(l, pool.len(), k.len(), v.len(), dests)?;
+        let p = self.kv_pool(pool, "append_kv")?;
+        let kb = self.gpu_buf(k, "append_kv: k")?;
+        let vb = self.gpu_buf(v, "append_kv: v")?;
         if dests.is_empty() {
             return Ok(());
         }
@@ -162,10 +158,8 @@ impl WgpuDevice {
         jobs: &[SummarizeJob],
         digests: &Buffer,
     ) -> Result<()> {
-        let p = self.kv_pool(l, pool, "summarize")?;
-        let dg = self.typed(digests, DType::F32, "summarize: digests")?;
-        validate::not_aliased(digests, &[pool], "summarize")?;
-        validate::summarize(l, kind, pool.len(), jobs, digests.len())?;
+        let p = self.kv_pool(pool, "summarize")?;
+        let dg = self.gpu_buf(digests, "summarize: digests")?;
         if jobs.is_empty() {
             return Ok(());
         }
@@ -217,12 +211,9 @@ impl WgpuDevice {
         jobs: &[EstimateJob],
         scores: &Buffer,
     ) -> Result<()> {
-        validate::layout(l)?;
-        let dg = self.typed(digests, DType::F32, "estimate: digests")?;
-        let qb = self.typed(q, DType::F32, "estimate: q")?;
-        let sc = self.typed(scores, DType::F32, "estimate: scores")?;
-        validate::not_aliased(scores, &[digests, q], "estimate")?;
-        validate::estimate(l, kind, digests.len(), q.len(), jobs, scores.len())?;
+        let dg = self.gpu_buf(digests, "estimate: digests")?;
+        let qb = self.gpu_buf(q, "estimate: q")?;
+        let sc = self.gpu_buf(scores, "estimate: scores")?;
         if jobs.is_empty() {
             return Ok(());
         }
@@ -260,9 +251,8 @@ impl WgpuDevice {
         segments: &[TopkSegment],
         out: &Buffer,
     ) -> Result<()> {
-        let sc = self.typed(scores, DType::F32, "topk: scores")?;
-        let ob = self.typed(out, DType::U32, "topk: out")?;
-        validate::topk(scores.len(), segments, out.len())?;
+        let sc = self.gpu_buf(scores, "topk: scores")?;
+        let ob = self.gpu_buf(out, "topk: out")?;
         let mut groups: Vec<[u32; 5]> = Vec::new();
         let mut at = 0u32;
         for s in segments {
@@ -327,8 +317,7 @@ impl WgpuDevice {
         Ok(meta)
     }
 
-    /// Checks shared by the attention ops; returns the pool, q and mask storage.
-    #[allow(clippy::too_many_arguments)]
+    /// The storage of an attention op's pool, q and mask; the kernels' head-size limit.
     fn attn_inputs<'a>(
         &self,
         what: &str,
@@ -336,10 +325,6 @@ impl WgpuDevice {
         pool: &'a Buffer,
         q: &'a Buffer,
         mask: Option<&'a Buffer>,
-        out_len: usize,
-        rows: &[AttnRow],
-        pages: &[AttnPage],
-        outputs: &[&Buffer],
     ) -> Result<(&'a GpuBuffer, &'a GpuBuffer, Option<&'a GpuBuffer>)> {
         if l.head_dim > 256 {
             return Err(Error::shape(format!(
@@ -347,26 +332,11 @@ impl WgpuDevice {
                 l.head_dim
             )));
         }
-        let p = self.kv_pool(l, pool, what)?;
-        let qb = self.typed(q, DType::F32, &format!("{what}: q"))?;
+        let p = self.kv_pool(pool, what)?;
+        let qb = self.gpu_buf(q, &format!("{what}: q"))?;
         let mb = mask
-            .map(|m| self.typed(m, DType::U8, &format!("{what}: mask")))
+            .map(|m| self.gpu_buf(m, &format!("{what}: mask")))
             .transpose()?;
-        let mut inputs = vec![pool, q];
-        inputs.extend(mask);
-        for (n, o) in outputs.iter().enumerate() {
-            validate::not_aliased(o, &inputs, what)?;
-            validate::distinct_outputs(&outputs[..=n], what)?;
-        }
-        validate::attention(
-            l,
-            pool.len(),
-            q.len(),
-            out_len,
-            rows,
-            pages,
-            mask.map(|m| m.len()),
-        )?;
         Ok((p, qb, mb))
     }
 
@@ -384,17 +354,11 @@ impl WgpuDevice {
         page_lse: Option<&Buffer>,
     ) -> Result<()> {
         let what = "decode_attention";
-        let ob = self.typed(out, DType::F32, "decode_attention: out")?;
+        let ob = self.gpu_buf(out, "decode_attention: out")?;
         let lb = page_lse
-            .map(|b| self.typed(b, DType::F32, "decode_attention: page_lse"))
+            .map(|b| self.gpu_buf(b, "decode_attention: page_lse"))
             .transpose()?;
-        let mut outputs = vec![out];
-        outputs.extend(page_lse);
-        let (p, qb, mb) =
-            self.attn_inputs(what, l, pool, q, mask, out.len(), rows, pages, &outputs)?;
-        if let Some(b) = page_lse {
-            validate::page_lse(l, rows, pages.len(), b.len())?;
-        }
+        let (p, qb, mb) = self.attn_inputs(what, l, pool, q, mask)?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -510,21 +474,10 @@ impl WgpuDevice {
         state: &AttnState,
     ) -> Result<()> {
         let what = "prefill_attention";
-        let acc = self.typed(&state.acc, DType::F32, "prefill_attention: state.acc")?;
-        let mx = self.typed(&state.max, DType::F32, "prefill_attention: state.max")?;
-        let sm = self.typed(&state.sum, DType::F32, "prefill_attention: state.sum")?;
-        let (p, qb, mb) = self.attn_inputs(
-            what,
-            l,
-            pool,
-            q,
-            mask,
-            q.len(),
-            rows,
-            pages,
-            &[&state.acc, &state.max, &state.sum],
-        )?;
-        validate::state(l, rows, state.acc.len(), state.max.len(), state.sum.len())?;
+        let acc = self.gpu_buf(&state.acc, "prefill_attention: state.acc")?;
+        let mx = self.gpu_buf(&state.max, "prefill_attention: state.max")?;
+        let sm = self.gpu_buf(&state.sum, "prefill_attention: state.sum")?;
+        let (p, qb, mb) = self.attn_inputs(what, l, pool, q, mask)?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -557,14 +510,10 @@ impl WgpuDevice {
         rows: &[AttnRow],
         out: &Buffer,
     ) -> Result<()> {
-        validate::layout(l)?;
-        let acc = self.typed(&state.acc, DType::F32, "attention_finalize: state.acc")?;
-        let sm = self.typed(&state.sum, DType::F32, "attention_finalize: state.sum")?;
-        self.typed(&state.max, DType::F32, "attention_finalize: state.max")?;
-        let ob = self.typed(out, DType::F32, "attention_finalize: out")?;
-        validate::not_aliased(out, &[&state.acc, &state.sum], "attention_finalize")?;
-        validate::state(l, rows, state.acc.len(), state.max.len(), state.sum.len())?;
-        validate::state(l, rows, out.len(), usize::MAX, usize::MAX)?;
+        let acc = self.gpu_buf(&state.acc, "attention_finalize: state.acc")?;
+        let sm = self.gpu_buf(&state.sum, "attention_finalize: state.sum")?;
+        self.gpu_buf(&state.max, "attention_finalize: state.max")?;
+        let ob = self.gpu_buf(out, "attention_finalize: out")?;
         if rows.is_empty() {
             return Ok(());
         }
@@ -606,12 +555,9 @@ impl WgpuDevice {
         weights: &Buffer,
     ) -> Result<()> {
         let what = "attention_weights";
-        let wb = self.typed(weights, DType::F32, "attention_weights: weights")?;
-        let (p, qb, mb) =
-            self.attn_inputs(what, l, pool, q, mask, q.len(), rows, pages, &[weights])?;
-        let n = pages.len().saturating_mul(l.tokens_per_slot());
-        validate::range(0, n, weights.len(), "attention_weights: weights")?;
-        at_least(weights, n, "attention_weights: weights")?;
+        let wb = self.gpu_buf(weights, "attention_weights: weights")?;
+        let (p, qb, mb) = self.attn_inputs(what, l, pool, q, mask)?;
+        let n = pages.len() * l.tokens_per_slot();
         if rows.is_empty() || pages.is_empty() {
             return Ok(());
         }

@@ -16,9 +16,10 @@
 //!
 //! Layers, as in the other backends: kernels (`shaders/*.wgsl`) → a thin launch layer that
 //! checks every binding against the adapter's limits and captures wgpu validation errors
-//! (`context`, `kernels`, `limits`) → the [`Device`](arkvale_core::Device) implementation
-//! (`device`, `kv`, `dense`, with `validate`, `buffer`, `event`). Nothing outside this crate
-//! sees a wgpu type.
+//! (`context`, `kernels`, `limits`) → the [`Backend`](arkvale_core::Backend) implementation
+//! (`device`, `kv`, `dense`, with `buffer`, `event`), under core's checked
+//! [`Device`](arkvale_core::Device) layer, which validates every call's input before it gets
+//! here. Nothing outside this crate sees a wgpu type.
 //!
 //! ## How it is checked
 //!
@@ -52,7 +53,6 @@ mod event;
 mod kernels;
 mod kv;
 mod limits;
-mod validate;
 
 #[cfg(test)]
 mod tests;

@@ -113,14 +113,8 @@ pub struct PasskeyArgs {
     /// comma-separated list of fractions in [0, 1].
     #[arg(long, default_value = "10", value_name = "N|LIST")]
     pub depths: String,
-    /// The text the needles hide in: a built-in public-domain novel (`persuasion`,
-    /// `moby-dick`) or the paper's repetitive `filler` ("The grass is green. ..."), which
-    /// flatters digest selection (every filler page looks alike).
-    #[arg(long, default_value = "persuasion", value_parser = PossibleValuesParser::new(arkvale_eval::haystacks::NAMES))]
-    pub haystack: String,
-    /// A text file as the haystack instead (overrides --haystack).
-    #[arg(long, value_name = "FILE")]
-    pub haystack_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub haystack: HaystackArgs,
     /// Wrap the prompt in the model's chat template (one user turn; the answer prefix "The
     /// pass key is" starts the assistant turn).
     #[arg(long)]
@@ -161,14 +155,8 @@ pub struct NiahArgs {
     /// Values of the key in `multivalue`.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub values: usize,
-    /// The text the needles hide in: a built-in public-domain novel (`persuasion`,
-    /// `moby-dick`) or the paper's repetitive `filler` ("The grass is green. ..."), which
-    /// flatters digest selection (every filler page looks alike).
-    #[arg(long, default_value = "persuasion", value_parser = PossibleValuesParser::new(arkvale_eval::haystacks::NAMES))]
-    pub haystack: String,
-    /// A text file as the haystack instead (overrides --haystack).
-    #[arg(long, value_name = "FILE")]
-    pub haystack_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub haystack: HaystackArgs,
 }
 
 /// `arkvale eval fidelity`.
@@ -293,4 +281,23 @@ mod tests {
         assert!(parse_depths("1.5").is_err());
         assert!(parse_depths("x,y").is_err());
     }
+}
+
+/// The haystack options of the retrieval tasks (`passkey`, `niah`).
+#[derive(Debug, Args)]
+pub struct HaystackArgs {
+    /// The text the needles hide in: a built-in public-domain novel (`persuasion`,
+    /// `moby-dick`) or the paper's repetitive `filler` ("The grass is green. ..."), which
+    /// flatters digest selection (every filler page looks alike).
+    #[arg(long, default_value = "persuasion", value_parser = PossibleValuesParser::new(arkvale_eval::haystacks::NAMES))]
+    pub haystack: String,
+    /// A text file as the haystack instead (overrides --haystack).
+    #[arg(long, value_name = "FILE")]
+    pub haystack_file: Option<PathBuf>,
+    /// Where each prompt's haystack starts in a real text: `random`, a paragraph drawn per case
+    /// from --seed (so a sweep samples many passages of the novel), or `beginning`, the text's
+    /// first token for every case (how results before round 5 were made; one passage for every
+    /// case). The filler ignores it.
+    #[arg(long, default_value = "random", value_parser = PossibleValuesParser::new(arkvale_eval::passkey::HaystackStart::NAMES))]
+    pub haystack_start: String,
 }

@@ -20,7 +20,7 @@ use arkvale_model::text::TextTokenizer;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use self::args::{EvalArgs, EvalTask, SweepArgs, parse_depths};
+use self::args::{EvalArgs, EvalTask, HaystackArgs, SweepArgs, parse_depths};
 use crate::common_args::ExperimentArgs;
 use crate::plot;
 use crate::setup::load_experiment;
@@ -33,7 +33,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let m = load_experiment(&a.common)?;
             let tok = Tok(&m.tokenizer);
             let sweep = sweep(&a.sweep, m.model.shape().kv_heads)?;
-            let haystack = haystack(&tok, &a.haystack, a.haystack_file.as_deref())?;
+            let haystack = haystack(&tok, &a.haystack)?;
             let render = |text: &str| -> arkvale_eval::Result<Vec<u32>> {
                 m.chat_tokens(&[arkvale_model::chat::Message::new("user", text)])
                     .map_err(|e| arkvale_eval::EvalError::Input(e.to_string()))
@@ -46,6 +46,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 depths,
                 seed: a.common.seed,
                 gen_tokens: a.gen_tokens,
+                haystack_start: passkey::HaystackStart::parse(&a.haystack.haystack_start)?,
             };
             let cases = passkey::cases(
                 &tok,
@@ -68,7 +69,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 json!({
                     "task": "passkey",
                     "contexts": a.contexts, "depths": opts.depths, "gen_tokens": a.gen_tokens,
-                    "haystack": haystack_meta(&a.haystack, a.haystack_file.as_deref()), "chat": a.chat, "cache": cache_meta(&sweep),
+                    "haystack": haystack_meta(&a.haystack), "haystack_start": a.haystack.haystack_start, "chat": a.chat, "cache": cache_meta(&sweep),
                 }),
             );
             finish(&res, &out_dir(&a.common, "passkey"))
@@ -78,7 +79,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let m = load_experiment(&a.common)?;
             let tok = Tok(&m.tokenizer);
             let sweep = sweep(&a.sweep, m.model.shape().kv_heads)?;
-            let haystack = haystack(&tok, &a.haystack, a.haystack_file.as_deref())?;
+            let haystack = haystack(&tok, &a.haystack)?;
             let opts = niah::NiahOptions {
                 variants: a.variants.clone(),
                 contexts: a.contexts.clone(),
@@ -86,6 +87,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 distractors: a.distractors,
                 values: a.values,
                 seed: a.common.seed,
+                haystack_start: passkey::HaystackStart::parse(&a.haystack.haystack_start)?,
             };
             let cases = niah::cases(&tok, &haystack, &opts)?;
             let started = Instant::now();
@@ -99,7 +101,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 json!({
                     "task": "niah", "variants": a.variants, "contexts": a.contexts,
                     "depths": opts.depths, "distractors": a.distractors, "values": a.values,
-                    "haystack": haystack_meta(&a.haystack, a.haystack_file.as_deref()), "cache": cache_meta(&sweep),
+                    "haystack": haystack_meta(&a.haystack), "haystack_start": a.haystack.haystack_start, "cache": cache_meta(&sweep),
                 }),
             );
             finish(&res, &out_dir(&a.common, "niah"))
@@ -349,23 +351,28 @@ fn cache_meta(s: &Sweep) -> serde_json::Value {
 }
 
 /// The haystack of `--haystack NAME` / `--haystack-file FILE` (the file wins).
-fn haystack(tok: &Tok<'_>, name: &str, file: Option<&Path>) -> Result<passkey::Haystack> {
-    Ok(match (file, arkvale_eval::haystacks::by_name(name)) {
-        (Some(f), _) => {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read the haystack file {}", f.display()))?;
-            passkey::Haystack::text(tok, &text)?
-        }
-        (None, Some(text)) => passkey::Haystack::text(tok, text)?,
-        (None, None) => passkey::Haystack::filler(tok)?,
-    })
+fn haystack(tok: &Tok<'_>, h: &HaystackArgs) -> Result<passkey::Haystack> {
+    Ok(
+        match (
+            &h.haystack_file,
+            arkvale_eval::haystacks::by_name(&h.haystack),
+        ) {
+            (Some(f), _) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read the haystack file {}", f.display()))?;
+                passkey::Haystack::text(tok, &text)?
+            }
+            (None, Some(text)) => passkey::Haystack::text(tok, text)?,
+            (None, None) => passkey::Haystack::filler(tok)?,
+        },
+    )
 }
 
 /// What the results metadata says about the haystack.
-fn haystack_meta(name: &str, file: Option<&Path>) -> String {
-    match file {
+fn haystack_meta(h: &HaystackArgs) -> String {
+    match &h.haystack_file {
         Some(f) => format!("file:{}", f.display()),
-        None => name.to_string(),
+        None => h.haystack.clone(),
     }
 }
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use proptest::prelude::*;
 
-use super::mock::{ManualEvent, MockDevice, mem};
 use super::*;
+use crate::mock::{ManualEvent, MockDevice, mem};
 
 const PAGE: usize = 48;
 

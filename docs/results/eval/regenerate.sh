@@ -19,7 +19,7 @@ text=$out/gpl-3.0.txt
 paper=(--preset paper)
 "$bin" eval passkey "${paper[@]}" --haystack filler --out "$out/passkey"
 "$bin" eval niah "${paper[@]}" --haystack filler --contexts 4096 --out "$out/niah"
-"$bin" eval niah "${paper[@]}" --contexts 4096 --haystack-file "$text" --variants single,multikey --out "$out/niah-text"
+"$bin" eval niah "${paper[@]}" --contexts 4096 --haystack-file "$text" --haystack-start beginning --variants single,multikey --out "$out/niah-text"
 "$bin" eval fidelity "${paper[@]}" --text-file "$text" --out "$out/fidelity"
 "$bin" eval digest-recall --text-file "$text" --out "$out/digest-recall"
 "$bin" eval recalls "${paper[@]}" --text-file "$text" --out "$out/recalls"
@@ -35,16 +35,27 @@ ablation="$ablation,arkvale:preset=paper+victims=attention+prefill=attention+gro
     --policies "full,arkvale,arkvale:preset=paper" --budgets 512,1024,2048 --out "$out/fidelity-gpl-round2"
 "$bin" eval passkey --contexts 4096 --depths 0.1,0.3,0.5,0.7,0.9 --haystack moby-dick \
     --policies "full,arkvale,arkvale:preset=paper,arkvale:preset=paper+victims=attention+prefill=attention,streaming" \
-    --budgets 512 --out "$out/passkey-real"
+    --budgets 512 --haystack-start beginning --out "$out/passkey-real"
 
 # Qwen2.5-Coder-0.5B-Instruct, 32k context (`cargo xtask fetch-model qwen2.5-coder-0.5b`):
 # passkey at 8k on Persuasion, every policy at four budgets, weights kept as stored (native).
 qwen=models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf
 "$bin" eval passkey --model "$qwen" --weights native --contexts 8192 --depths 5 \
-    --haystack persuasion --policies full,arkvale,arkvale:preset=paper,streaming,h2o,tova \
+    --haystack persuasion --haystack-start beginning \
+    --policies full,arkvale,arkvale:preset=paper,streaming,h2o,tova \
     --budgets 256,512,1024,2048 --out "$out/passkey-real-qwen-sweep"
 # The same at 16k (H2O and TOVA left out: their prefill computes every token's attention
 # weights, which at 16k costs more than the rest of the run together).
 "$bin" eval passkey --model "$qwen" --weights native --contexts 16384 --depths 5 \
-    --haystack persuasion --policies full,arkvale,arkvale:preset=paper,streaming \
+    --haystack persuasion --haystack-start beginning \
+    --policies full,arkvale,arkvale:preset=paper,streaming \
     --budgets 256,512,1024,2048 --out "$out/passkey-real-qwen-16k"
+
+# Round 5: every prompt's haystack starts at its own paragraph of the novel (the default
+# `--haystack-start random`, drawn from --seed), so a sweep samples many passages; SmolLM2
+# passkey at 2k and 4k x 10 depths, every policy, four budgets, and the ablation between the
+# paper's rules and the recommended ones.
+P=arkvale:preset=paper
+"$bin" eval passkey --threads 1 \
+    --policies "full,arkvale,$P,$P+victims=attention,$P+prefill=attention,$P+victims=attention+prefill=attention,$P+victims=attention+prefill=attention+groups=kv+agg=max,streaming,h2o,tova,quest" \
+    --budgets 256,512,1024,2048 --contexts 2048,4096 --depths 10 --out "$out/passkey-real-smollm2"
