@@ -19,10 +19,7 @@
 
 use std::sync::Arc;
 
-use arkvale_core::{
-    Buffer, DType, Device, DeviceExt, MatmulDims, Rope, RopeScaling, RopeStyle, reference,
-    rope_inv_freq,
-};
+use arkvale_core::{Buffer, DType, Device, DeviceExt, MatmulDims, reference};
 use proptest::prelude::*;
 
 use arkvale_testkit::XorShift as Rng;
@@ -163,7 +160,7 @@ fn quantized_weights_match_dequantized_f32_weights() {
             let (n, k) = (37, 2 * ty.block_len());
             let mut rng = Rng(0x9E37_79B9 + t as u64);
             let mut data: Vec<u8> = (0..ty.bytes_for(n * k).unwrap())
-                .map(|_| rng.next() as u8)
+                .map(|_| rng.next_u64() as u8)
                 .collect();
             let scale_at: &[usize] = if ty == QuantType::Q6_K {
                 &[208]

@@ -12,7 +12,7 @@ use arkvale_core::{
 };
 use arkvale_cpu::CpuDevice;
 use arkvale_model::gguf::GgufFile;
-use arkvale_model::llama::{HostLayer, LlamaConfig, LlamaError, LlamaHostWeights, LlamaModel};
+use arkvale_model::llama::{LlamaConfig, LlamaError, LlamaHostWeights, LlamaModel};
 use arkvale_testkit::XorShift;
 use arkvale_testkit::llama::{random_weights, tiny_config};
 use common::naive::naive_logits;

@@ -70,7 +70,10 @@ mod tests {
         // xorshift64 (13, 7, 17) from state 1, computed independently.
         let mut r = XorShift(1);
         let got: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
-        assert_eq!(got, [0x4082_2041, 0x1000_4106_0c01_1441, 0x9b1e_842f_6e86_2629]);
+        assert_eq!(
+            got,
+            [0x4082_2041, 0x1000_4106_0c01_1441, 0x9b1e_842f_6e86_2629]
+        );
         assert_eq!(XorShift::new(0), XorShift(1));
     }
 

@@ -15,9 +15,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arkvale_core::{
-    CacheConfig, CacheManager, DType, Device, KvDtype, policy_by_name,
-};
+use arkvale_core::{CacheConfig, CacheManager, DType, Device, KvDtype, policy_by_name};
 use arkvale_cpu::CpuDevice;
 use arkvale_model::llama::{LlamaHostWeights, LlamaModel};
 use arkvale_testkit::XorShift;
