@@ -116,10 +116,11 @@ impl CpuDevice {
         })
     }
 
-    /// Sets the work below which ops run inline (tests use 0 to force the pool path, or
-    /// `usize::MAX` to force the inline path).
-    #[cfg(test)]
-    pub(crate) fn set_inline_work(&mut self, work: usize) {
+    /// Sets the work (element operations) below which an op runs inline on the calling thread
+    /// instead of on the pool (default 65,536). `0` sends every op to the pool and
+    /// `usize::MAX` runs every op inline; the differential suite runs both to check both
+    /// paths of each kernel.
+    pub fn set_inline_work(&mut self, work: usize) {
         self.inline_work = work;
     }
 

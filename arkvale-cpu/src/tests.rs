@@ -361,28 +361,6 @@ proptest! {
     }
 }
 
-/// The suite's op-level and dense cases (`arkvale_tests::ops`, `arkvale_tests::dense`) on a
-/// 3-thread device forced inline and on one forced onto its pool: both paths of `crate::par`
-/// must meet the suite's checks, not only the default split.
-#[test]
-fn suite_cases_pass_inline_and_on_the_pool() {
-    let mut failures = Vec::new();
-    for (path, inline_work) in [("inline", usize::MAX), ("pool", 0)] {
-        let mut dev = CpuDevice::new(Some(3)).expect("cpu device");
-        dev.set_inline_work(inline_work);
-        let dev: Arc<dyn Device> = Arc::new(dev);
-        let cases = arkvale_tests::ops::cases()
-            .into_iter()
-            .chain(arkvale_tests::dense::cases());
-        for case in cases {
-            if let Err(msg) = arkvale_tests::run_case(&case, &dev) {
-                failures.push(format!("{} ({path}): {msg}", case.name));
-            }
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
 #[test]
 fn write_read_copy_fill_round_trip() {
     let dev = dev();
