@@ -27,7 +27,8 @@ use arkvale_core::{
     policy_by_name,
 };
 use arkvale_cpu::CpuDevice;
-use common::{median_time, rand_vec};
+use arkvale_testkit::XorShift;
+use common::median_time;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// One benchmarked geometry.
@@ -101,24 +102,20 @@ fn setup(dev: &Arc<dyn Device>, case: &Case, policy: &str, context: usize) -> Se
     let mut cache = CacheManager::new(dev.clone(), shape, config, policy).expect("cache");
     let seq = cache.add_sequence();
     let row = shape.kv_heads * shape.head_dim;
-    let mut state = 0x2545_F491_4F6C_DD1D_u64;
-    let qv = rand_vec(&mut state, shape.q_heads * shape.head_dim);
+    let mut rng = XorShift(0x2545_F491_4F6C_DD1D_u64);
+    let qv = rng.vec(shape.q_heads * shape.head_dim, 1.0);
     let q = dev.upload_f32(&qv, DType::F32).expect("q");
     for layer in 0..shape.layers {
-        let mut k = rand_vec(&mut state, context * row);
-        let v = rand_vec(&mut state, context * row);
+        let mut k = rng.vec(context * row, 1.0);
+        let v = rng.vec(context * row, 1.0);
         for (t, key) in k.chunks_mut(row).enumerate() {
             let bias = ((t / 32) as f32 * 0.37 + layer as f32).sin();
             key.iter_mut().for_each(|x| *x += bias);
         }
         cache.load_layer(layer, seq, &k, &v, &q).expect("load");
     }
-    let k1 = dev
-        .upload_f32(&rand_vec(&mut state, row), DType::F32)
-        .expect("k");
-    let v1 = dev
-        .upload_f32(&rand_vec(&mut state, row), DType::F32)
-        .expect("v");
+    let k1 = dev.upload_f32(&rng.vec(row, 1.0), DType::F32).expect("k");
+    let v1 = dev.upload_f32(&rng.vec(row, 1.0), DType::F32).expect("v");
     let out = dev.alloc(DType::F32, qv.len()).expect("out");
     Setup {
         cache,

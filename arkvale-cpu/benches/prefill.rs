@@ -16,7 +16,8 @@ use arkvale_core::{
     AttnPage, AttnRow, AttnState, Buffer, DType, Device, DeviceExt, KvDtype, KvLayout,
 };
 use arkvale_cpu::CpuDevice;
-use common::{median_time, rand_vec};
+use arkvale_testkit::XorShift;
+use common::median_time;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const CONTEXT: usize = 4096;
@@ -48,15 +49,12 @@ fn setup(dev: &Arc<dyn Device>, kv_heads: usize, gqa: usize) -> Setup {
     };
     let slots_per_group = CONTEXT / PAGE;
     let slots = slots_per_group * kv_heads;
-    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
-    let pool_vals = rand_vec(&mut seed, slots * layout.slot_elems());
+    let mut seed = XorShift(0x9E37_79B9_7F4A_7C15_u64);
+    let pool_vals = seed.vec(slots * layout.slot_elems(), 1.0);
     let pool = dev.upload_f32(&pool_vals, DType::F16).expect("pool");
     let q_heads = kv_heads * gqa;
     let q = dev
-        .upload_f32(
-            &rand_vec(&mut seed, QUERIES * q_heads * HEAD_DIM),
-            DType::F32,
-        )
+        .upload_f32(&seed.vec(QUERIES * q_heads * HEAD_DIM, 1.0), DType::F32)
         .expect("q");
     let pages: Vec<AttnPage> = (0..slots)
         .map(|s| AttnPage {
@@ -112,8 +110,8 @@ fn bench(c: &mut Criterion) {
     for (name, kv_heads, gqa) in SHAPES {
         let s = setup(&dev, kv_heads, gqa);
         let (m, k, n) = (QUERIES * gqa, HEAD_DIM, CONTEXT);
-        let mut seed = 7u64;
-        let (a, b) = (rand_vec(&mut seed, m * k), rand_vec(&mut seed, k * n));
+        let mut seed = XorShift(7);
+        let (a, b) = (seed.vec(m * k, 1.0), seed.vec(k * n, 1.0));
         let mut dst = vec![0f32; m * n];
         let mut gemm_once = || {
             // SAFETY: `dst` is m×n, `a` m×k and `b` k×n, all row-major with the strides given.

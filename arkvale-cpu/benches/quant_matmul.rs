@@ -17,7 +17,8 @@ use std::time::Duration;
 use arkvale_core::quant::QuantType;
 use arkvale_core::{Buffer, DType, Device, DeviceExt, MatmulDims};
 use arkvale_cpu::CpuDevice;
-use common::{median_time, xorshift};
+use arkvale_testkit::XorShift;
+use common::median_time;
 use criterion::{Criterion, criterion_group, criterion_main};
 use half::f16;
 
@@ -40,11 +41,11 @@ fn scale_offsets(ty: QuantType) -> &'static [usize] {
 }
 
 fn random_weights(dev: &Arc<dyn Device>, dtype: DType, n: usize, k: usize) -> Buffer {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (n * k) as u64;
+    let mut state = XorShift(0x9E37_79B9_7F4A_7C15u64 ^ (n * k) as u64);
     match dtype.quant() {
         Some(ty) => {
             let bytes = ty.bytes_for(n * k).expect("whole blocks");
-            let mut data: Vec<u8> = (0..bytes).map(|_| xorshift(&mut state) as u8).collect();
+            let mut data: Vec<u8> = (0..bytes).map(|_| state.next_u64() as u8).collect();
             let scale = f16::from_f32(0.01).to_le_bytes();
             for block in data.chunks_exact_mut(ty.block_bytes()) {
                 for &at in scale_offsets(ty) {
@@ -57,7 +58,7 @@ fn random_weights(dev: &Arc<dyn Device>, dtype: DType, n: usize, k: usize) -> Bu
         }
         None => {
             let values: Vec<f32> = (0..n * k)
-                .map(|_| (xorshift(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+                .map(|_| (state.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
                 .collect();
             dev.upload_f32(&values, dtype).expect("upload")
         }
@@ -82,9 +83,9 @@ fn bench(c: &mut Criterion) {
         let dev: Arc<dyn Device> = Arc::new(CpuDevice::new(Some(pool)).expect("cpu device"));
         for (name, n, k) in SHAPES {
             for m in ROWS {
-                let mut state = 7u64;
+                let mut state = XorShift(7);
                 let x: Vec<f32> = (0..m * k)
-                    .map(|_| (xorshift(&mut state) >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+                    .map(|_| (state.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
                     .collect();
                 let x = dev.upload_f32(&x, DType::F32).expect("x");
                 let out = dev.alloc(DType::F32, m * n).expect("out");

@@ -18,6 +18,7 @@ use arkvale_core::{
     policy_by_name,
 };
 use arkvale_cpu::CpuDevice;
+use arkvale_testkit::XorShift;
 
 struct Args {
     context: usize,
@@ -58,28 +59,18 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
-}
-
 /// Topic directions: each page of keys leans toward one, and queries toward a few, so some
 /// pages matter much more than others (as in real models) and the important set drifts slowly.
 const TOPICS: usize = 64;
 
-fn synthetic_keys(rng: &mut Rng, topics: &[f32], tokens: usize, shape: ModelShape) -> Vec<f32> {
+fn synthetic_keys(
+    rng: &mut XorShift,
+    topics: &[f32],
+    tokens: usize,
+    shape: ModelShape,
+) -> Vec<f32> {
     let d = shape.head_dim;
-    let mut k = rng.vec(tokens * shape.kv_heads * d);
+    let mut k = rng.vec(tokens * shape.kv_heads * d, 1.0);
     for (t, head) in k.chunks_mut(d).enumerate() {
         let page = t / shape.kv_heads / 32;
         let topic = (page * 2654435761) % TOPICS;
@@ -90,10 +81,10 @@ fn synthetic_keys(rng: &mut Rng, topics: &[f32], tokens: usize, shape: ModelShap
     k
 }
 
-fn synthetic_query(rng: &mut Rng, topics: &[f32], shape: ModelShape) -> Vec<f32> {
+fn synthetic_query(rng: &mut XorShift, topics: &[f32], shape: ModelShape) -> Vec<f32> {
     let d = shape.head_dim;
-    let mut q = rng.vec(shape.q_heads * d);
-    let focus = (rng.vec(1)[0].abs() * 3.0) as usize;
+    let mut q = rng.vec(shape.q_heads * d, 1.0);
+    let focus = (rng.vec(1, 1.0)[0].abs() * 3.0) as usize;
     for head in q.chunks_mut(d) {
         for (x, c) in head.iter_mut().zip(&topics[focus * d..(focus + 1) * d]) {
             *x = 0.3 * *x + 1.0 * c;
@@ -129,10 +120,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let row = shape.kv_heads * shape.head_dim;
     let qrow = shape.q_heads * shape.head_dim;
-    let topics = Rng(7).vec(TOPICS * shape.head_dim);
+    let topics = XorShift(7).vec(TOPICS * shape.head_dim, 1.0);
     let mut caches = Vec::new();
     for name in ["full", "arkvale"] {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
         let mut cache = CacheManager::new(
             dev.clone(),
             shape,
@@ -143,7 +134,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         for layer in 0..shape.layers {
             let k = synthetic_keys(&mut rng, &topics, args.context, shape);
-            let v = rng.vec(args.context * row);
+            let v = rng.vec(args.context * row, 1.0);
             let q = dev.upload_f32(&synthetic_query(&mut rng, &topics, shape), DType::F32)?;
             cache.load_layer(layer, seq, &k, &v, &q)?;
         }
@@ -156,13 +147,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         cache.take_stats();
         caches.push((name, cache, seq, Duration::ZERO, Vec::<f32>::new()));
     }
-    let mut rng = Rng(42);
+    let mut rng = XorShift(42);
     let mut rel_err = Vec::new();
     for _ in 0..args.steps {
         for layer in 0..shape.layers {
             let q = dev.upload_f32(&synthetic_query(&mut rng, &topics, shape), DType::F32)?;
-            let k = dev.upload_f32(&rng.vec(row), DType::F32)?;
-            let v = dev.upload_f32(&rng.vec(row), DType::F32)?;
+            let k = dev.upload_f32(&rng.vec(row, 1.0), DType::F32)?;
+            let v = dev.upload_f32(&rng.vec(row, 1.0), DType::F32)?;
             for (_, cache, seq, time, last) in caches.iter_mut() {
                 let out = dev.alloc(DType::F32, qrow)?;
                 let started = Instant::now();

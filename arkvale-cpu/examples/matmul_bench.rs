@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use arkvale_core::{DType, Device, DeviceExt, MatmulDims};
 use arkvale_cpu::CpuDevice;
+use arkvale_testkit::XorShift;
 
 fn main() -> arkvale_core::Result<()> {
     let threads = std::env::args().nth(1).and_then(|s| s.parse().ok());
@@ -40,15 +41,7 @@ fn main() -> arkvale_core::Result<()> {
     Ok(())
 }
 
-/// Deterministic values in [-1, 1].
+/// Deterministic values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    XorShift::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)).vec(n, 1.0)
 }

@@ -479,13 +479,8 @@ mod tests {
             seed in any::<u64>(),
         ) {
             let np = n.next_multiple_of(KEY_PAD);
-            let mut state = seed | 1;
-            let mut rnd = move || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            };
+            let mut rng = arkvale_testkit::XorShift::new(seed);
+            let mut rnd = move || rng.unit();
             let k: Vec<f32> = (0..n * d).map(|_| rnd()).collect();
             let mut kt = vec![f32::NAN; d * np];
             let mut kt_ref = vec![0.0f32; d * np];

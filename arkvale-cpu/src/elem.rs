@@ -363,14 +363,9 @@ mod tests {
 
     #[test]
     fn exp_shifted_vector_path_gives_the_portable_bits() {
-        let mut state = 0x1234_5678_9abc_def1_u64;
+        let mut rng = arkvale_testkit::XorShift(0x1234_5678_9abc_def1);
         let mut v: Vec<f32> = (0..4099)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 * -120.0
-            })
+            .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * -120.0)
             .collect();
         v[3] = f32::NEG_INFINITY;
         v[17] = f32::NAN;

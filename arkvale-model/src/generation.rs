@@ -408,20 +408,7 @@ mod tests {
     use crate::sampling::{SamplingParams, argmax};
     use crate::tokenizer::{BpeVocab, PreTokenizer, TokenType, Tokenizer};
 
-    /// Deterministic xorshift values in [-1, 1).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> f32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        }
-        fn vec(&mut self, len: usize, scale: f32) -> Vec<f32> {
-            (0..len).map(|_| self.next() * scale).collect()
-        }
-    }
+    use arkvale_testkit::XorShift as Rng;
 
     /// 64 tokens: the printable ASCII characters `!` to `` ` `` (byte-level symbols that are
     /// the characters themselves), so every id decodes to one character.
@@ -512,7 +499,7 @@ mod tests {
     fn prompt(len: usize, seed: u64) -> Vec<u32> {
         let mut r = Rng(seed | 1);
         (0..len)
-            .map(|_| ((r.next() + 1.0) * 32.0) as u32 % VOCAB as u32)
+            .map(|_| ((r.unit() + 1.0) * 32.0) as u32 % VOCAB as u32)
             .collect()
     }
 

@@ -10,13 +10,8 @@ use super::*;
 /// Random blocks of `ty` for `rows` rows of `k` values: random bytes with every f16 scale
 /// field replaced by a finite value in `-0.05..0.05` (random bits could be NaN or inf).
 fn random_rows(ty: QuantType, rows: usize, k: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = arkvale_testkit::XorShift::new(seed);
+    let mut next = move || rng.next_u64();
     let fields: &[usize] = match ty {
         QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => &[0],
         QuantType::Q4_1 | QuantType::Q5_1 | QuantType::Q4_K | QuantType::Q5_K => &[0, 2],
