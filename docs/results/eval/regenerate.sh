@@ -59,3 +59,12 @@ P=arkvale:preset=paper
 "$bin" eval passkey --threads 1 \
     --policies "full,arkvale,$P,$P+victims=attention,$P+prefill=attention,$P+victims=attention+prefill=attention,$P+victims=attention+prefill=attention+groups=kv+agg=max,streaming,h2o,tova,quest" \
     --budgets 256,512,1024,2048 --contexts 2048,4096 --depths 10 --out "$out/passkey-real-smollm2"
+
+# Round 6: the Qwen passkey with each prompt's haystack at its own paragraph (the default
+# `--haystack-start random`): 8k, every policy, four budgets; 16k at budget 512.
+"$bin" eval passkey --threads 1 --model "$qwen" --weights native --contexts 8192 --depths 5 \
+    --haystack persuasion --policies full,arkvale,arkvale:preset=paper,streaming,h2o,tova \
+    --budgets 256,512,1024,2048 --out "$out/passkey-real-qwen-8k-random"
+"$bin" eval passkey --threads 1 --model "$qwen" --weights native --contexts 16384 --depths 5 \
+    --haystack persuasion --policies full,arkvale,arkvale:preset=paper,streaming \
+    --budgets 512 --out "$out/passkey-real-qwen-16k-random"
