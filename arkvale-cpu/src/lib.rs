@@ -40,6 +40,7 @@ mod digest_ops;
 mod dispatch;
 mod elem;
 mod event;
+mod gemm_tile;
 mod huge_pages;
 mod matmul;
 mod par;

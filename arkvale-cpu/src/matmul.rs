@@ -36,14 +36,12 @@ use half::{bf16, f16};
 use arkvale_core::QuantType;
 
 use crate::elem::{KvElem, dot};
+use crate::gemm_tile::{OutPtr, TILE_ELEMS, gemm_block};
 use crate::par::Par;
 use crate::quant;
 
 /// Below this many rows of `x`, blocks use dot products instead of `gemm`.
 pub(crate) const GEMM_MIN_ROWS: usize = 4;
-
-/// Target size in elements of one widened weight tile (256 KiB of f32).
-pub(crate) const TILE_ELEMS: usize = 1 << 16;
 
 /// The weights of a matmul, in their storage type.
 #[derive(Clone, Copy)]
@@ -57,14 +55,6 @@ pub(crate) enum Weights<'a> {
     /// Block-quantized `[n, k]`, rows of whole blocks (see `crate::quant`).
     Quant(QuantType, &'a [u8]),
 }
-
-/// A raw pointer to the output that tasks writing disjoint columns share.
-#[derive(Clone, Copy)]
-pub(crate) struct OutPtr(pub(crate) *mut f32);
-// SAFETY: tasks only write through the pointer to disjoint column blocks of the output (see
-// `matmul`), while the `&mut [f32]` it came from is borrowed for the whole parallel section.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 /// `out[..m * n] = x[..m * k] · w[..n * k]ᵀ` (lengths checked by the caller).
 pub(crate) fn matmul(
@@ -203,51 +193,6 @@ fn widen<'t, T: HalfWeight>(src: &[T], tile: &'t mut Vec<f32>) -> &'t [f32] {
     tile.resize(src.len(), 0.0);
     T::widen(src, tile);
     tile
-}
-
-/// `dst[i, j] = sum_l x[i, l] w[j, l]` for an m x nb block whose element (i, j) is at
-/// `dst + i * dst_rs + j`.
-///
-/// # Safety
-/// `x` holds m x k and `w` nb x k values; `dst` must be valid for writes of every element of
-/// the block, and nothing else may access those elements during the call.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_block(
-    m: usize,
-    nb: usize,
-    k: usize,
-    x: &[f32],
-    w: &[f32],
-    dst: *mut f32,
-    dst_rs: usize,
-    p: Parallelism,
-) {
-    debug_assert!(x.len() >= m * k && w.len() >= nb * k);
-    // SAFETY: by the caller's contract; strides describe x (m x k, row-major), Wᵀ (k x nb,
-    // element (l, j) at w[j * k + l]) and the destination block.
-    unsafe {
-        gemm::gemm(
-            m,
-            nb,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            p,
-        )
-    }
 }
 
 /// Fused dot products for x86-64 CPUs with AVX2, FMA and F16C (detected at run time): eight

@@ -18,7 +18,7 @@ mod x86;
 use arkvale_core::quant::{self, Q8Block, QuantType, SUB_LEN};
 use gemm::Parallelism;
 
-use crate::matmul::{OutPtr, TILE_ELEMS, gemm_block};
+use crate::gemm_tile::{OutPtr, TILE_ELEMS, gemm_block};
 use crate::par::Par;
 
 pub(crate) use dot::Kernel;
