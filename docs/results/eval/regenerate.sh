@@ -68,3 +68,18 @@ P=arkvale:preset=paper
 "$bin" eval passkey --threads 1 --model "$qwen" --weights native --contexts 16384 --depths 5 \
     --haystack persuasion --policies full,arkvale,arkvale:preset=paper,streaming \
     --budgets 512 --out "$out/passkey-real-qwen-16k-random"
+
+# Round 7: SmolLM2 at 6k on real prose (round 5's sweep), NIAH on real prose, fidelity over
+# four windows of Persuasion, digest recall on Persuasion (pages of 32 and of 16).
+"$bin" eval passkey --threads 1 \
+    --policies "full,arkvale,$P,$P+victims=attention,$P+prefill=attention,$P+victims=attention+prefill=attention,$P+victims=attention+prefill=attention+groups=kv+agg=max,streaming,h2o,tova,quest" \
+    --budgets 256,512,1024,2048 --contexts 6144 --depths 10 --out "$out/passkey-real-smollm2-6k"
+"$bin" eval niah --threads 1 --contexts 4096 \
+    --policies full,arkvale,arkvale:preset=paper,streaming,h2o,tova,quest --budgets 512,1024 \
+    --out "$out/niah-real"
+"$bin" eval fidelity --threads 1 --text-file "$prose" --prefill 4096 --decode 256 --samples 4 \
+    --policies full,arkvale,arkvale:preset=paper,streaming --budgets 512,1024,2048 \
+    --out "$out/fidelity-real-4win"
+"$bin" eval digest-recall --threads 1 --text-file "$prose" --out "$out/digest-recall-real"
+"$bin" eval digest-recall --threads 1 --text-file "$prose" --page-size 16 --sinks 2 --window 4 \
+    --out "$out/digest-recall-real-p16"
