@@ -1,5 +1,6 @@
-//! The [`Backend`] trait — what a backend implements — and the checked [`Device`] that core
-//! builds on top of it, once for every backend.
+//! The [`Backend`] traits — what a backend implements: [`MemoryBackend`], [`KvBackend`],
+//! [`DenseBackend`] — and the checked [`Device`] that core builds on top of them, once for
+//! every backend.
 //!
 //! A backend implements [`Backend`]; the blanket `impl<B: Backend> Device for B` below is the
 //! only [`Device`] implementation. Each of its methods first runs every check that does not
@@ -37,17 +38,22 @@ impl Checked {
 }
 
 /// What a backend implements: the [`Device`] operations without their input checks, which
-/// core's `impl<B: Backend> Device for B` runs before calling these (see the module docs).
+/// core's `impl<B: Backend> Device for B` runs before calling them (see the module docs).
+/// The operations come in three traits, one per kind — [`MemoryBackend`] (buffers, copies,
+/// host memory, page backup and recall), [`KvBackend`] (the KV-cache kernels) and
+/// [`DenseBackend`] (the model's dense ops) — so that a backend implements each next to the
+/// code it runs; every type that implements all three is a `Backend`.
 /// Each method's semantics are those of the [`Device`] method of the same name without the
 /// `raw_` prefix; that documentation also says which input is valid.
-pub trait Backend: Send + Sync {
+pub trait Backend: MemoryBackend + KvBackend + DenseBackend {}
+
+impl<T: MemoryBackend + KvBackend + DenseBackend> Backend for T {}
+
+/// The memory part of a [`Backend`]: its name, device buffers, copies, host buffers and the
+/// asynchronous page backup/recall with their events.
+pub trait MemoryBackend: Send + Sync {
     /// See [`Device::name`].
     fn raw_name(&self) -> String;
-    /// Whether the backend has kernels for weights of `dtype` (see
-    /// [`Device::supports_weight_dtype`]; the default takes the float types).
-    fn raw_supports_weight_dtype(&self, dtype: DType) -> bool {
-        dtype.is_float()
-    }
 
     /// See [`Device::alloc`]: `len` is a whole number of blocks whose bytes do not overflow,
     /// and a quantized `dtype` is one the backend supports.
@@ -121,7 +127,11 @@ pub trait Backend: Send + Sync {
     ) -> Result<Event>;
     /// See [`Device::wait_on_device`] (the event's origin is the backend's to check).
     fn raw_wait_on_device(&self, event: &Event) -> Result<()>;
+}
 
+/// The KV-cache part of a [`Backend`]: append, summarize, estimate, top-k and the paged
+/// attention kernels.
+pub trait KvBackend: Send + Sync {
     /// See [`Device::append_kv`]: a valid layout, a pool of its `kv_dtype`, f32 `k`/`v`
     /// other than the pool, destinations as [`validate::append`] checks.
     fn raw_append_kv(
@@ -223,6 +233,16 @@ pub trait Backend: Send + Sync {
         scale: f32,
         weights: &Buffer,
     ) -> Result<()>;
+}
+
+/// The dense part of a [`Backend`]: the model's matmul, norms, RoPE, activations, embedding
+/// and argmax, and which weight types it has kernels for.
+pub trait DenseBackend: Send + Sync {
+    /// Whether the backend has kernels for weights of `dtype` (see
+    /// [`Device::supports_weight_dtype`]; the default takes the float types).
+    fn raw_supports_weight_dtype(&self, dtype: DType) -> bool {
+        dtype.is_float()
+    }
 
     /// See [`Device::matmul`]: f32 `x`/`out`, weights of a supported type whose rows are whole
     /// blocks, `out` none of the inputs, every buffer large enough (the sizes do not overflow).

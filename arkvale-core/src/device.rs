@@ -25,7 +25,8 @@
 //!   buffer too small, a dtype mismatch, an output that is also an input) are errors, never a
 //!   panic or an out-of-bounds write.
 //! * **Who checks what.** Backends do not implement this trait: they implement
-//!   [`crate::Backend`], and core's one `impl<B: Backend> Device for B`
+//!   [`crate::Backend`] (its three parts [`crate::MemoryBackend`], [`crate::KvBackend`],
+//!   [`crate::DenseBackend`]), and core's one `impl<B: Backend> Device for B`
 //!   ([`crate::backend`]) checks every call's input — dtypes, lengths, aliasing, the layout,
 //!   descriptors, copy plans, ranges ([`crate::validate`]) — before it calls the backend, so
 //!   every backend reports the same [`crate::Error::Shape`] for the same bad input, and a

@@ -43,7 +43,7 @@ pub mod spill;
 pub mod stats;
 pub mod validate;
 
-pub use backend::{Backend, Checked};
+pub use backend::{Backend, Checked, DenseBackend, KvBackend, MemoryBackend};
 pub use config::{
     AttentionMode, CacheConfig, DigestKind, PageBudget, PrefillKeep, Preset, ScoreAgg, VictimRule,
     apply_overrides,

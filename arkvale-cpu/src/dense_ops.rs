@@ -1,12 +1,11 @@
-//! The dense model ops of [`CpuDevice`]: storage lookup, locking, and dispatch to the kernels
-//! in `matmul` and `dense`. The [`Backend`](arkvale_core::Backend) implementation in `device`
-//! forwards to these methods.
+//! The dense model ops of [`CpuDevice`], its [`DenseBackend`] implementation: storage lookup,
+//! locking, and dispatch to the kernels in `matmul` and `dense`.
 //!
 //! Core's checked [`Device`](arkvale_core::Device) layer has already checked every size product
 //! for overflow, every buffer for its dtype and length, and every output for not being an
 //! input; here only the handles' origin is checked.
 
-use arkvale_core::{Buffer, DType, Error, MatmulDims, Result, Rope};
+use arkvale_core::{Buffer, Checked, DType, DenseBackend, Error, MatmulDims, Result, Rope};
 
 use crate::buffer::Data;
 use crate::dense;
@@ -28,10 +27,15 @@ fn weights(data: &Data, dtype: DType) -> Result<Weights<'_>> {
     }
 }
 
-impl CpuDevice {
+impl DenseBackend for CpuDevice {
+    fn raw_supports_weight_dtype(&self, dtype: DType) -> bool {
+        dtype.is_weight()
+    }
+
     /// See [`arkvale_core::Device::matmul`].
-    pub(crate) fn dense_matmul(
+    fn raw_matmul(
         &self,
+        _: Checked,
         dims: &MatmulDims,
         x: &Buffer,
         w: &Buffer,
@@ -52,8 +56,9 @@ impl CpuDevice {
 
     /// See [`arkvale_core::Device::rmsnorm`].
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn dense_rmsnorm(
+    fn raw_rmsnorm(
         &self,
+        _: Checked,
         rows: usize,
         dim: usize,
         eps: f32,
@@ -78,7 +83,7 @@ impl CpuDevice {
     }
 
     /// See [`arkvale_core::Device::rope`].
-    pub(crate) fn dense_rope(&self, r: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
+    fn raw_rope(&self, _: Checked, r: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
         let x_s = self.storage(x, "rope: x")?;
         let len = positions.len() * r.heads * r.head_dim;
         if len == 0 {
@@ -91,8 +96,9 @@ impl CpuDevice {
     }
 
     /// See [`arkvale_core::Device::silu_mul`].
-    pub(crate) fn dense_silu_mul(
+    fn raw_silu_mul(
         &self,
+        _: Checked,
         len: usize,
         gate: &Buffer,
         up: &Buffer,
@@ -111,7 +117,7 @@ impl CpuDevice {
     }
 
     /// See [`arkvale_core::Device::add`].
-    pub(crate) fn dense_add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
+    fn raw_add(&self, _: Checked, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
         let x_s = self.storage(x, "add: x")?;
         let y_s = self.storage(y, "add: y")?;
         let yg = y_s.data.read_recursive();
@@ -122,8 +128,9 @@ impl CpuDevice {
     }
 
     /// See [`arkvale_core::Device::add_bias`].
-    pub(crate) fn dense_add_bias(
+    fn raw_add_bias(
         &self,
+        _: Checked,
         rows: usize,
         cols: usize,
         x: &Buffer,
@@ -143,8 +150,9 @@ impl CpuDevice {
     }
 
     /// See [`arkvale_core::Device::embedding`].
-    pub(crate) fn dense_embedding(
+    fn raw_embedding(
         &self,
+        _: Checked,
         dim: usize,
         table: &Buffer,
         ids: &[u32],
@@ -169,8 +177,9 @@ impl CpuDevice {
     }
 
     /// See [`arkvale_core::Device::argmax`].
-    pub(crate) fn dense_argmax(
+    fn raw_argmax(
         &self,
+        _: Checked,
         rows: usize,
         cols: usize,
         logits: &Buffer,

@@ -1,8 +1,10 @@
-//! [`CpuDevice`]: the [`Backend`] implementation that glues buffers, the copy worker and the
-//! op kernels together. Core's checked [`Device`] layer has validated every call's input
-//! (dtypes, lengths, aliasing, descriptors, ranges) before it gets here; each method looks up
-//! its handles' storage (rejecting another device's), guards in-flight copies, takes the
-//! buffers' locks, and runs a kernel on this device's own rayon pool.
+//! [`CpuDevice`]: its [`MemoryBackend`] and [`KvBackend`] implementations, which glue
+//! buffers, the copy worker and the KV kernels together (the
+//! [`DenseBackend`](arkvale_core::DenseBackend) part is in `dense_ops`). Core's checked
+//! [`Device`] layer has validated every call's input (dtypes, lengths, aliasing, descriptors,
+//! ranges) before it gets here; each method looks up its handles' storage (rejecting another
+//! device's), guards in-flight copies, takes the buffers' locks, and runs a kernel on this
+//! device's own rayon pool.
 //!
 //! See [`CpuDevice`] for how the [`Device`] contract maps to the CPU.
 
@@ -11,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arkvale_core::{
-    AppendDest, AttnPage, AttnRow, AttnState, Backend, Buffer, Checked, DType, DigestKind, Error,
-    EstimateJob, Event, HostBuffer, KvLayout, MatmulDims, Result, Rope, ScoreAgg, SummarizeJob,
-    TopkSegment,
+    AppendDest, AttnPage, AttnRow, AttnState, Buffer, Checked, DType, DigestKind, Error,
+    EstimateJob, Event, HostBuffer, KvBackend, KvLayout, MemoryBackend, Result, ScoreAgg,
+    SummarizeJob, TopkSegment,
 };
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
@@ -223,7 +225,7 @@ impl CpuDevice {
     }
 }
 
-impl Backend for CpuDevice {
+impl MemoryBackend for CpuDevice {
     fn raw_name(&self) -> String {
         BACKEND.to_string()
     }
@@ -300,10 +302,6 @@ impl Backend for CpuDevice {
         let mut g = s.data.write();
         f32s_mut(&mut g)?[offset..offset + len].fill(value);
         Ok(())
-    }
-
-    fn raw_supports_weight_dtype(&self, dtype: DType) -> bool {
-        dtype.is_weight()
     }
 
     /// Waits for every queued copy (compute is always finished when a method returns).
@@ -415,7 +413,9 @@ impl Backend for CpuDevice {
             )),
         }
     }
+}
 
+impl KvBackend for CpuDevice {
     fn raw_append_kv(
         &self,
         _: Checked,
@@ -654,82 +654,6 @@ impl Backend for CpuDevice {
         self.run(attention_work(layout, rows), |par| {
             with_pool(par, &inp.pool, kernel)
         })
-    }
-
-    fn raw_matmul(
-        &self,
-        _: Checked,
-        dims: &MatmulDims,
-        x: &Buffer,
-        w: &Buffer,
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_matmul(dims, x, w, out)
-    }
-
-    fn raw_rmsnorm(
-        &self,
-        _: Checked,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        x: &Buffer,
-        weight: &Buffer,
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_rmsnorm(rows, dim, eps, x, weight, out)
-    }
-
-    fn raw_rope(&self, _: Checked, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
-        self.dense_rope(rope, positions, x)
-    }
-
-    fn raw_silu_mul(
-        &self,
-        _: Checked,
-        len: usize,
-        gate: &Buffer,
-        up: &Buffer,
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_silu_mul(len, gate, up, out)
-    }
-
-    fn raw_add(&self, _: Checked, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
-        self.dense_add(len, x, y)
-    }
-
-    fn raw_add_bias(
-        &self,
-        _: Checked,
-        rows: usize,
-        cols: usize,
-        x: &Buffer,
-        bias: &Buffer,
-    ) -> Result<()> {
-        self.dense_add_bias(rows, cols, x, bias)
-    }
-
-    fn raw_embedding(
-        &self,
-        _: Checked,
-        dim: usize,
-        table: &Buffer,
-        ids: &[u32],
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_embedding(dim, table, ids, out)
-    }
-
-    fn raw_argmax(
-        &self,
-        _: Checked,
-        rows: usize,
-        cols: usize,
-        logits: &Buffer,
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_argmax(rows, cols, logits, out)
     }
 }
 

@@ -1,8 +1,10 @@
-//! The dense model ops of [`CudaDevice`]: checks and the launches of `matmul.cu` (or cuBLAS
-//! SGEMM for many rows) and `dense.cu` (RMSNorm, RoPE, SiLU-gating, add, bias add, embedding,
-//! argmax).
+//! The dense model ops of [`CudaDevice`], its [`DenseBackend`] implementation: checks and
+//! the launches of `matmul.cu` (or cuBLAS SGEMM for many rows) and `dense.cu` (RMSNorm, RoPE,
+//! SiLU-gating, add, bias add, embedding, argmax).
 
-use arkvale_core::{Buffer, DType, Error, MatmulDims, Result, Rope, RopeStyle};
+use arkvale_core::{
+    Buffer, Checked, DType, DenseBackend, Error, MatmulDims, Result, Rope, RopeStyle,
+};
 
 use crate::BACKEND;
 use crate::device::{CudaDevice, State};
@@ -16,10 +18,11 @@ const GEMV_MAX_ROWS: usize = 8;
 /// Bytes of f32 weights widened per cuBLAS call for half-precision weights.
 const WIDEN_CHUNK_BYTES: usize = 64 << 20;
 
-impl CudaDevice {
+impl DenseBackend for CudaDevice {
     /// [`Device::matmul`](arkvale_core::Device::matmul).
-    pub(crate) fn dense_matmul(
+    fn raw_matmul(
         &self,
+        _: Checked,
         dims: &MatmulDims,
         x: &Buffer,
         w: &Buffer,
@@ -102,8 +105,9 @@ impl CudaDevice {
     }
 
     /// [`Device::rmsnorm`](arkvale_core::Device::rmsnorm).
-    pub(crate) fn dense_rmsnorm(
+    fn raw_rmsnorm(
         &self,
+        _: Checked,
         rows: usize,
         dim: usize,
         eps: f32,
@@ -133,7 +137,7 @@ impl CudaDevice {
     }
 
     /// [`Device::rope`](arkvale_core::Device::rope).
-    pub(crate) fn dense_rope(&self, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
+    fn raw_rope(&self, _: Checked, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
         self.ctx.bind()?;
         let xs = self.buf(x, "rope: x")?;
         let len = positions.len() * rope.heads * rope.head_dim;
@@ -167,8 +171,9 @@ impl CudaDevice {
     }
 
     /// [`Device::silu_mul`](arkvale_core::Device::silu_mul).
-    pub(crate) fn dense_silu_mul(
+    fn raw_silu_mul(
         &self,
+        _: Checked,
         len: usize,
         gate: &Buffer,
         up: &Buffer,
@@ -192,7 +197,7 @@ impl CudaDevice {
     }
 
     /// [`Device::add`](arkvale_core::Device::add).
-    pub(crate) fn dense_add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
+    fn raw_add(&self, _: Checked, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
         self.ctx.bind()?;
         let xs = self.buf(x, "add: x")?;
         let ys = self.buf(y, "add: y")?;
@@ -204,8 +209,9 @@ impl CudaDevice {
     }
 
     /// [`Device::add_bias`](arkvale_core::Device::add_bias).
-    pub(crate) fn dense_add_bias(
+    fn raw_add_bias(
         &self,
+        _: Checked,
         rows: usize,
         cols: usize,
         x: &Buffer,
@@ -232,8 +238,9 @@ impl CudaDevice {
     }
 
     /// [`Device::embedding`](arkvale_core::Device::embedding).
-    pub(crate) fn dense_embedding(
+    fn raw_embedding(
         &self,
+        _: Checked,
         dim: usize,
         table: &Buffer,
         ids: &[u32],
@@ -262,8 +269,9 @@ impl CudaDevice {
     }
 
     /// [`Device::argmax`](arkvale_core::Device::argmax).
-    pub(crate) fn dense_argmax(
+    fn raw_argmax(
         &self,
+        _: Checked,
         rows: usize,
         cols: usize,
         logits: &Buffer,

@@ -1,7 +1,8 @@
 //! [`CudaDevice`]: the device itself (context, kernels, streams, per-device state) and the
-//! [`Backend`] implementation, which forwards each method to the module that does that job:
-//! `buffer` (device memory), `copies` (host memory, page backups and recalls, events), `kv`
-//! (append, summarize, estimate, top-k), `attention` and `dense` (the model ops). Core's
+//! [`MemoryBackend`] and [`KvBackend`] implementations, which forward each method to the
+//! module that does that job: `buffer` (device memory), `copies` (host memory, page backups
+//! and recalls, events), `kv` (append, summarize, estimate, top-k) and `attention`; the
+//! [`DenseBackend`](arkvale_core::DenseBackend) part is implemented in `dense` itself. Core's
 //! checked [`Device`] layer has validated every call's input before it gets here (the
 //! `pub(crate)` methods below are reached only through the `raw_*` methods, which get core's
 //! [`Checked`] token); each op binds the context, checks that its handles are this device's
@@ -16,9 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(doc)]
 use arkvale_core::Device;
 use arkvale_core::{
-    AppendDest, AttnPage, AttnRow, AttnState, Backend, Buffer, Checked, DType, DigestKind, Error,
-    EstimateJob, Event, HostBuffer, KvLayout, MatmulDims, Result, Rope, ScoreAgg, SummarizeJob,
-    TopkSegment,
+    AppendDest, AttnPage, AttnRow, AttnState, Buffer, Checked, DType, DigestKind, Error,
+    EstimateJob, Event, HostBuffer, KvBackend, KvLayout, MemoryBackend, Result, ScoreAgg,
+    SummarizeJob, TopkSegment,
 };
 use cudarc::driver::{CudaContext, sys};
 use parking_lot::Mutex;
@@ -142,7 +143,7 @@ impl CudaDevice {
     }
 }
 
-impl Backend for CudaDevice {
+impl MemoryBackend for CudaDevice {
     fn raw_name(&self) -> String {
         BACKEND.to_string()
     }
@@ -240,7 +241,9 @@ impl Backend for CudaDevice {
     fn raw_wait_on_device(&self, event: &Event) -> Result<()> {
         self.wait_event(event)
     }
+}
 
+impl KvBackend for CudaDevice {
     fn raw_append_kv(
         &self,
         _: Checked,
@@ -344,81 +347,5 @@ impl Backend for CudaDevice {
         weights: &Buffer,
     ) -> Result<()> {
         self.attn_weights(layout, pool, q, rows, pages, mask, scale, weights)
-    }
-
-    fn raw_matmul(
-        &self,
-        _: Checked,
-        dims: &MatmulDims,
-        x: &Buffer,
-        w: &Buffer,
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_matmul(dims, x, w, out)
-    }
-
-    fn raw_rmsnorm(
-        &self,
-        _: Checked,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        x: &Buffer,
-        weight: &Buffer,
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_rmsnorm(rows, dim, eps, x, weight, out)
-    }
-
-    fn raw_rope(&self, _: Checked, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
-        self.dense_rope(rope, positions, x)
-    }
-
-    fn raw_silu_mul(
-        &self,
-        _: Checked,
-        len: usize,
-        gate: &Buffer,
-        up: &Buffer,
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_silu_mul(len, gate, up, out)
-    }
-
-    fn raw_add(&self, _: Checked, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
-        self.dense_add(len, x, y)
-    }
-
-    fn raw_add_bias(
-        &self,
-        _: Checked,
-        rows: usize,
-        cols: usize,
-        x: &Buffer,
-        bias: &Buffer,
-    ) -> Result<()> {
-        self.dense_add_bias(rows, cols, x, bias)
-    }
-
-    fn raw_embedding(
-        &self,
-        _: Checked,
-        dim: usize,
-        table: &Buffer,
-        ids: &[u32],
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_embedding(dim, table, ids, out)
-    }
-
-    fn raw_argmax(
-        &self,
-        _: Checked,
-        rows: usize,
-        cols: usize,
-        logits: &Buffer,
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_argmax(rows, cols, logits, out)
     }
 }

@@ -1,8 +1,10 @@
-//! The dense model ops of [`WgpuDevice`]: checks, splits below the binding limit, and the
+//! The dense model ops of [`WgpuDevice`], its [`DenseBackend`] implementation: checks, splits below the binding limit, and the
 //! launches of `matmul.wgsl`, `rows.wgsl`, `rope.wgsl`, `elementwise.wgsl` and
 //! `embedding.wgsl`.
 
-use arkvale_core::{Buffer, DType, Error, MatmulDims, Result, Rope, RopeStyle};
+use arkvale_core::{
+    Buffer, Checked, DType, DenseBackend, Error, MatmulDims, Result, Rope, RopeStyle,
+};
 
 use crate::BACKEND;
 use crate::buffer::GpuBuffer;
@@ -41,10 +43,23 @@ impl WgpuDevice {
         self.gpu.limits.min_storage_buffer_offset_alignment.max(4) as u64
     }
 
+    /// Zeroes the first `len` f32 values of `ob` (a matmul with `k == 0`).
+    fn fill_zero_rows(&self, ob: &GpuBuffer, len: usize) -> Result<()> {
+        let mut enc = self.gpu.encoder();
+        for (b, at, n) in ob.pieces(&self.gpu.device, 0, len as u64 * 4) {
+            enc.clear_buffer(b, at, Some(n));
+        }
+        self.gpu.submit(enc, "matmul")?;
+        Ok(())
+    }
+}
+
+impl DenseBackend for WgpuDevice {
     /// See [`arkvale_core::Device::matmul`]. Weight rows and activation rows are split so
     /// that every binding fits the adapter's limit.
-    pub(crate) fn dense_matmul(
+    fn raw_matmul(
         &self,
+        _: Checked,
         dims: &MatmulDims,
         x: &Buffer,
         w: &Buffer,
@@ -126,19 +141,11 @@ impl WgpuDevice {
         Ok(())
     }
 
-    fn fill_zero_rows(&self, ob: &GpuBuffer, len: usize) -> Result<()> {
-        let mut enc = self.gpu.encoder();
-        for (b, at, n) in ob.pieces(&self.gpu.device, 0, len as u64 * 4) {
-            enc.clear_buffer(b, at, Some(n));
-        }
-        self.gpu.submit(enc, "matmul")?;
-        Ok(())
-    }
-
     /// See [`arkvale_core::Device::rmsnorm`].
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn dense_rmsnorm(
+    fn raw_rmsnorm(
         &self,
+        _: Checked,
         rows: usize,
         dim: usize,
         eps: f32,
@@ -169,7 +176,7 @@ impl WgpuDevice {
 
     /// See [`arkvale_core::Device::rope`]. The cos/sin table is computed on the host in f64
     /// (as [`Rope`] defines the angle) and uploaded with the positions.
-    pub(crate) fn dense_rope(&self, r: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
+    fn raw_rope(&self, _: Checked, r: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
         let xb = self.gpu_buf(x, "rope: x")?;
         let len = positions.len() * r.heads * r.head_dim;
         if len == 0 {
@@ -202,8 +209,9 @@ impl WgpuDevice {
     }
 
     /// See [`arkvale_core::Device::silu_mul`].
-    pub(crate) fn dense_silu_mul(
+    fn raw_silu_mul(
         &self,
+        _: Checked,
         len: usize,
         gate: &Buffer,
         up: &Buffer,
@@ -229,7 +237,7 @@ impl WgpuDevice {
     }
 
     /// See [`arkvale_core::Device::add`].
-    pub(crate) fn dense_add(&self, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
+    fn raw_add(&self, _: Checked, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
         let xb = self.gpu_buf(x, "add: x")?;
         let yb = self.gpu_buf(y, "add: y")?;
         if len == 0 {
@@ -249,8 +257,9 @@ impl WgpuDevice {
     }
 
     /// See [`arkvale_core::Device::add_bias`].
-    pub(crate) fn dense_add_bias(
+    fn raw_add_bias(
         &self,
+        _: Checked,
         rows: usize,
         cols: usize,
         x: &Buffer,
@@ -277,8 +286,9 @@ impl WgpuDevice {
 
     /// See [`arkvale_core::Device::embedding`]. Rows are gathered with copy commands (no
     /// binding limit applies to the table); f16/bf16 rows are widened by a kernel.
-    pub(crate) fn dense_embedding(
+    fn raw_embedding(
         &self,
+        _: Checked,
         dim: usize,
         table: &Buffer,
         ids: &[u32],
@@ -344,8 +354,9 @@ impl WgpuDevice {
 
     /// See [`arkvale_core::Device::argmax`]. Rows are split so that each binding of logits
     /// fits the adapter's limit; results go through a small buffer and copy commands.
-    pub(crate) fn dense_argmax(
+    fn raw_argmax(
         &self,
+        _: Checked,
         rows: usize,
         cols: usize,
         logits: &Buffer,

@@ -1,6 +1,7 @@
-//! [`WgpuDevice`]: the [`Backend`] implementation (core's checked [`Device`] layer has
-//! validated every call's input before it gets here). Buffers, host memory and the
-//! asynchronous page copies live here; the KV ops are in `kv` and the dense ops in `dense`.
+//! [`WgpuDevice`] and its [`MemoryBackend`] implementation (core's checked [`Device`] layer
+//! has validated every call's input before it gets here): buffers, host memory and the
+//! asynchronous page copies. The [`KvBackend`](arkvale_core::KvBackend) part is in `kv`, the
+//! [`DenseBackend`](arkvale_core::DenseBackend) part in `dense`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -8,9 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 #[cfg(doc)]
 use arkvale_core::Device;
 use arkvale_core::{
-    AppendDest, AttnPage, AttnRow, AttnState, Backend, Buffer, Checked, DType, DigestKind, Error,
-    EstimateJob, Event, HostBuffer, KvLayout, MatmulDims, Result, Rope, ScoreAgg, SummarizeJob,
-    TopkSegment,
+    Buffer, Checked, DType, Error, Event, HostBuffer, KvLayout, MemoryBackend, Result,
 };
 use parking_lot::Mutex;
 use wgpu::util::DeviceExt as _;
@@ -240,7 +239,7 @@ pub(crate) fn segment_bytes(limits: &wgpu::Limits) -> Result<u64> {
     Ok(seg)
 }
 
-impl Backend for WgpuDevice {
+impl MemoryBackend for WgpuDevice {
     fn raw_name(&self) -> String {
         BACKEND.to_string()
     }
@@ -571,187 +570,6 @@ impl Backend for WgpuDevice {
                 "wait_on_device: event was not made by a WgpuDevice",
             )),
         }
-    }
-
-    fn raw_append_kv(
-        &self,
-        _: Checked,
-        layout: &KvLayout,
-        pool: &Buffer,
-        k: &Buffer,
-        v: &Buffer,
-        dests: &[AppendDest],
-    ) -> Result<()> {
-        self.kv_append(layout, pool, k, v, dests)
-    }
-
-    fn raw_summarize(
-        &self,
-        _: Checked,
-        layout: &KvLayout,
-        kind: DigestKind,
-        pool: &Buffer,
-        jobs: &[SummarizeJob],
-        digests: &Buffer,
-    ) -> Result<()> {
-        self.kv_summarize(layout, kind, pool, jobs, digests)
-    }
-
-    fn raw_estimate(
-        &self,
-        _: Checked,
-        layout: &KvLayout,
-        kind: DigestKind,
-        agg: ScoreAgg,
-        digests: &Buffer,
-        q: &Buffer,
-        jobs: &[EstimateJob],
-        scores: &Buffer,
-    ) -> Result<()> {
-        self.kv_estimate(layout, kind, agg, digests, q, jobs, scores)
-    }
-
-    fn raw_topk(
-        &self,
-        _: Checked,
-        scores: &Buffer,
-        segments: &[TopkSegment],
-        out: &Buffer,
-    ) -> Result<()> {
-        self.kv_topk(scores, segments, out)
-    }
-
-    fn raw_decode_attention(
-        &self,
-        _: Checked,
-        layout: &KvLayout,
-        pool: &Buffer,
-        q: &Buffer,
-        rows: &[AttnRow],
-        pages: &[AttnPage],
-        mask: Option<&Buffer>,
-        scale: f32,
-        out: &Buffer,
-        page_lse: Option<&Buffer>,
-    ) -> Result<()> {
-        self.kv_decode_attention(layout, pool, q, rows, pages, mask, scale, out, page_lse)
-    }
-
-    fn raw_prefill_attention(
-        &self,
-        _: Checked,
-        layout: &KvLayout,
-        pool: &Buffer,
-        q: &Buffer,
-        rows: &[AttnRow],
-        pages: &[AttnPage],
-        mask: Option<&Buffer>,
-        scale: f32,
-        state: &AttnState,
-    ) -> Result<()> {
-        self.kv_prefill_attention(layout, pool, q, rows, pages, mask, scale, state)
-    }
-
-    fn raw_attention_finalize(
-        &self,
-        _: Checked,
-        layout: &KvLayout,
-        state: &AttnState,
-        rows: &[AttnRow],
-        out: &Buffer,
-    ) -> Result<()> {
-        self.kv_finalize(layout, state, rows, out)
-    }
-
-    fn raw_attention_weights(
-        &self,
-        _: Checked,
-        layout: &KvLayout,
-        pool: &Buffer,
-        q: &Buffer,
-        rows: &[AttnRow],
-        pages: &[AttnPage],
-        mask: Option<&Buffer>,
-        scale: f32,
-        weights: &Buffer,
-    ) -> Result<()> {
-        self.kv_weights(layout, pool, q, rows, pages, mask, scale, weights)
-    }
-
-    fn raw_matmul(
-        &self,
-        _: Checked,
-        dims: &MatmulDims,
-        x: &Buffer,
-        w: &Buffer,
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_matmul(dims, x, w, out)
-    }
-
-    fn raw_rmsnorm(
-        &self,
-        _: Checked,
-        rows: usize,
-        dim: usize,
-        eps: f32,
-        x: &Buffer,
-        weight: &Buffer,
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_rmsnorm(rows, dim, eps, x, weight, out)
-    }
-
-    fn raw_rope(&self, _: Checked, rope: &Rope<'_>, positions: &[u32], x: &Buffer) -> Result<()> {
-        self.dense_rope(rope, positions, x)
-    }
-
-    fn raw_silu_mul(
-        &self,
-        _: Checked,
-        len: usize,
-        gate: &Buffer,
-        up: &Buffer,
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_silu_mul(len, gate, up, out)
-    }
-
-    fn raw_add(&self, _: Checked, len: usize, x: &Buffer, y: &Buffer) -> Result<()> {
-        self.dense_add(len, x, y)
-    }
-
-    fn raw_add_bias(
-        &self,
-        _: Checked,
-        rows: usize,
-        cols: usize,
-        x: &Buffer,
-        bias: &Buffer,
-    ) -> Result<()> {
-        self.dense_add_bias(rows, cols, x, bias)
-    }
-
-    fn raw_embedding(
-        &self,
-        _: Checked,
-        dim: usize,
-        table: &Buffer,
-        ids: &[u32],
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_embedding(dim, table, ids, out)
-    }
-
-    fn raw_argmax(
-        &self,
-        _: Checked,
-        rows: usize,
-        cols: usize,
-        logits: &Buffer,
-        out: &Buffer,
-    ) -> Result<()> {
-        self.dense_argmax(rows, cols, logits, out)
     }
 }
 

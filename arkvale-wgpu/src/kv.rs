@@ -1,4 +1,4 @@
-//! The KV ops of [`WgpuDevice`]: checks, the `meta` arrays of descriptors, and the launches
+//! The KV ops of [`WgpuDevice`], its [`KvBackend`] implementation: checks, the `meta` arrays of descriptors, and the launches
 //! of `append.wgsl`, `summarize.wgsl`, `estimate.wgsl`, `topk.wgsl`, `attention.wgsl`,
 //! `finalize.wgsl` and `weights.wgsl`.
 //!
@@ -7,8 +7,8 @@
 //! works as long as each op's slots fit in one binding.
 
 use arkvale_core::{
-    AppendDest, AttnPage, AttnRow, AttnState, Buffer, DType, DigestKind, Error, EstimateJob,
-    KvLayout, Result, ScoreAgg, SummarizeJob, TopkSegment,
+    AppendDest, AttnPage, AttnRow, AttnState, Buffer, Checked, DType, DigestKind, Error,
+    EstimateJob, KvBackend, KvLayout, Result, ScoreAgg, SummarizeJob, TopkSegment,
 };
 
 use crate::BACKEND;
@@ -109,177 +109,6 @@ impl WgpuDevice {
         })
     }
 
-    pub(crate) fn kv_append(
-        &self,
-        l: &KvLayout,
-        pool: &Buffer,
-        k: &Buffer,
-        v: &Buffer,
-        dests: &[AppendDest],
-    ) -> Result<()> {
-        let p = self.kv_pool(pool, "append_kv")?;
-        let kb = self.gpu_buf(k, "append_kv: k")?;
-        let vb = self.gpu_buf(v, "append_kv: v")?;
-        if dests.is_empty() {
-            return Ok(());
-        }
-        let w = self.pool_window(l, p, dests.iter().map(|d| d.slot), "append_kv")?;
-        let mut meta = vec![
-            dt_code(l.kv_dtype.dtype())?,
-            u32_of(l.heads_per_group, "append_kv")?,
-            u32_of(l.page_size, "append_kv")?,
-            u32_of(l.head_dim, "append_kv")?,
-            u32_of(l.kv_heads(), "append_kv")?,
-            u32_of(l.slot_elems(), "append_kv")?,
-            u32_of(dests.len(), "append_kv")?,
-        ];
-        for d in dests {
-            meta.extend([d.token, d.group, d.slot - w.first_slot, d.pos]);
-        }
-        let threads = dests.len() as u64 * l.heads_per_group as u64 * l.head_dim as u64 * 2;
-        self.gpu.launch(
-            Kernel::Append,
-            &meta,
-            &[
-                w.binding,
-                Binding::whole(kb.single("append_kv")?),
-                Binding::whole(vb.single("append_kv")?),
-            ],
-            threads.div_ceil(256),
-            "append_kv",
-        )
-    }
-
-    pub(crate) fn kv_summarize(
-        &self,
-        l: &KvLayout,
-        kind: DigestKind,
-        pool: &Buffer,
-        jobs: &[SummarizeJob],
-        digests: &Buffer,
-    ) -> Result<()> {
-        let p = self.kv_pool(pool, "summarize")?;
-        let dg = self.gpu_buf(digests, "summarize: digests")?;
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let w = self.pool_window(l, p, jobs.iter().map(|j| j.slot), "summarize")?;
-        let mut meta = vec![
-            dt_code(l.kv_dtype.dtype())?,
-            u32_of(l.heads_per_group, "summarize")?,
-            u32_of(l.page_size, "summarize")?,
-            u32_of(l.head_dim, "summarize")?,
-            kind_code(kind),
-            u32_of(l.slot_elems(), "summarize")?,
-            u32_of(jobs.len(), "summarize")?,
-        ];
-        for j in jobs {
-            meta.extend([j.slot - w.first_slot, j.digest, j.len]);
-        }
-        let sphere = matches!(
-            kind,
-            DigestKind::SphereMax | DigestKind::SphereCenter | DigestKind::SphereMean
-        );
-        let (kernel, threads) = if sphere {
-            (
-                Kernel::SummarizeSphere,
-                jobs.len() as u64 * l.heads_per_group as u64,
-            )
-        } else {
-            (
-                Kernel::SummarizePerDim,
-                jobs.len() as u64 * l.heads_per_group as u64 * l.head_dim as u64,
-            )
-        };
-        self.gpu.launch(
-            kernel,
-            &meta,
-            &[w.binding, Binding::whole(dg.single("summarize")?)],
-            threads.div_ceil(64),
-            "summarize",
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn kv_estimate(
-        &self,
-        l: &KvLayout,
-        kind: DigestKind,
-        agg: ScoreAgg,
-        digests: &Buffer,
-        q: &Buffer,
-        jobs: &[EstimateJob],
-        scores: &Buffer,
-    ) -> Result<()> {
-        let dg = self.gpu_buf(digests, "estimate: digests")?;
-        let qb = self.gpu_buf(q, "estimate: q")?;
-        let sc = self.gpu_buf(scores, "estimate: scores")?;
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let mut meta = vec![
-            u32_of(l.heads_per_group, "estimate")?,
-            u32_of(l.gqa, "estimate")?,
-            u32_of(l.head_dim, "estimate")?,
-            kind_code(kind),
-            match agg {
-                ScoreAgg::Mean => 0,
-                ScoreAgg::Max => 1,
-            },
-            u32_of(l.q_heads(), "estimate")?,
-            u32_of(jobs.len(), "estimate")?,
-        ];
-        for j in jobs {
-            meta.extend([j.q_row, j.group, j.digest]);
-        }
-        self.gpu.launch(
-            Kernel::Estimate,
-            &meta,
-            &[
-                Binding::whole(dg.single("estimate")?),
-                Binding::whole(qb.single("estimate")?),
-                Binding::whole(sc.single("estimate")?),
-            ],
-            (jobs.len() as u64).div_ceil(64),
-            "estimate",
-        )
-    }
-
-    pub(crate) fn kv_topk(
-        &self,
-        scores: &Buffer,
-        segments: &[TopkSegment],
-        out: &Buffer,
-    ) -> Result<()> {
-        let sc = self.gpu_buf(scores, "topk: scores")?;
-        let ob = self.gpu_buf(out, "topk: out")?;
-        let mut groups: Vec<[u32; 5]> = Vec::new();
-        let mut at = 0u32;
-        for s in segments {
-            let mut first = 0;
-            while first < s.len {
-                groups.push([s.start, s.len, s.k, at, first]);
-                first += 64;
-            }
-            at += s.k;
-        }
-        if groups.is_empty() {
-            return Ok(());
-        }
-        let mut meta = vec![u32_of(groups.len(), "topk")?];
-        meta.extend(groups.iter().flatten());
-        self.gpu.launch(
-            Kernel::Topk,
-            &meta,
-            &[
-                Binding::whole(sc.single("topk")?),
-                Binding::whole(ob.single("topk")?),
-            ],
-            groups.len() as u64,
-            "topk",
-        )
-    }
-
     /// The attention `meta` array: header, rows, pages (slots relative to the window).
     #[allow(clippy::too_many_arguments)]
     fn attn_meta(
@@ -339,10 +168,188 @@ impl WgpuDevice {
             .transpose()?;
         Ok((p, qb, mb))
     }
+}
+
+impl KvBackend for WgpuDevice {
+    fn raw_append_kv(
+        &self,
+        _: Checked,
+        l: &KvLayout,
+        pool: &Buffer,
+        k: &Buffer,
+        v: &Buffer,
+        dests: &[AppendDest],
+    ) -> Result<()> {
+        let p = self.kv_pool(pool, "append_kv")?;
+        let kb = self.gpu_buf(k, "append_kv: k")?;
+        let vb = self.gpu_buf(v, "append_kv: v")?;
+        if dests.is_empty() {
+            return Ok(());
+        }
+        let w = self.pool_window(l, p, dests.iter().map(|d| d.slot), "append_kv")?;
+        let mut meta = vec![
+            dt_code(l.kv_dtype.dtype())?,
+            u32_of(l.heads_per_group, "append_kv")?,
+            u32_of(l.page_size, "append_kv")?,
+            u32_of(l.head_dim, "append_kv")?,
+            u32_of(l.kv_heads(), "append_kv")?,
+            u32_of(l.slot_elems(), "append_kv")?,
+            u32_of(dests.len(), "append_kv")?,
+        ];
+        for d in dests {
+            meta.extend([d.token, d.group, d.slot - w.first_slot, d.pos]);
+        }
+        let threads = dests.len() as u64 * l.heads_per_group as u64 * l.head_dim as u64 * 2;
+        self.gpu.launch(
+            Kernel::Append,
+            &meta,
+            &[
+                w.binding,
+                Binding::whole(kb.single("append_kv")?),
+                Binding::whole(vb.single("append_kv")?),
+            ],
+            threads.div_ceil(256),
+            "append_kv",
+        )
+    }
+
+    fn raw_summarize(
+        &self,
+        _: Checked,
+        l: &KvLayout,
+        kind: DigestKind,
+        pool: &Buffer,
+        jobs: &[SummarizeJob],
+        digests: &Buffer,
+    ) -> Result<()> {
+        let p = self.kv_pool(pool, "summarize")?;
+        let dg = self.gpu_buf(digests, "summarize: digests")?;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let w = self.pool_window(l, p, jobs.iter().map(|j| j.slot), "summarize")?;
+        let mut meta = vec![
+            dt_code(l.kv_dtype.dtype())?,
+            u32_of(l.heads_per_group, "summarize")?,
+            u32_of(l.page_size, "summarize")?,
+            u32_of(l.head_dim, "summarize")?,
+            kind_code(kind),
+            u32_of(l.slot_elems(), "summarize")?,
+            u32_of(jobs.len(), "summarize")?,
+        ];
+        for j in jobs {
+            meta.extend([j.slot - w.first_slot, j.digest, j.len]);
+        }
+        let sphere = matches!(
+            kind,
+            DigestKind::SphereMax | DigestKind::SphereCenter | DigestKind::SphereMean
+        );
+        let (kernel, threads) = if sphere {
+            (
+                Kernel::SummarizeSphere,
+                jobs.len() as u64 * l.heads_per_group as u64,
+            )
+        } else {
+            (
+                Kernel::SummarizePerDim,
+                jobs.len() as u64 * l.heads_per_group as u64 * l.head_dim as u64,
+            )
+        };
+        self.gpu.launch(
+            kernel,
+            &meta,
+            &[w.binding, Binding::whole(dg.single("summarize")?)],
+            threads.div_ceil(64),
+            "summarize",
+        )
+    }
 
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn kv_decode_attention(
+    fn raw_estimate(
         &self,
+        _: Checked,
+        l: &KvLayout,
+        kind: DigestKind,
+        agg: ScoreAgg,
+        digests: &Buffer,
+        q: &Buffer,
+        jobs: &[EstimateJob],
+        scores: &Buffer,
+    ) -> Result<()> {
+        let dg = self.gpu_buf(digests, "estimate: digests")?;
+        let qb = self.gpu_buf(q, "estimate: q")?;
+        let sc = self.gpu_buf(scores, "estimate: scores")?;
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut meta = vec![
+            u32_of(l.heads_per_group, "estimate")?,
+            u32_of(l.gqa, "estimate")?,
+            u32_of(l.head_dim, "estimate")?,
+            kind_code(kind),
+            match agg {
+                ScoreAgg::Mean => 0,
+                ScoreAgg::Max => 1,
+            },
+            u32_of(l.q_heads(), "estimate")?,
+            u32_of(jobs.len(), "estimate")?,
+        ];
+        for j in jobs {
+            meta.extend([j.q_row, j.group, j.digest]);
+        }
+        self.gpu.launch(
+            Kernel::Estimate,
+            &meta,
+            &[
+                Binding::whole(dg.single("estimate")?),
+                Binding::whole(qb.single("estimate")?),
+                Binding::whole(sc.single("estimate")?),
+            ],
+            (jobs.len() as u64).div_ceil(64),
+            "estimate",
+        )
+    }
+
+    fn raw_topk(
+        &self,
+        _: Checked,
+        scores: &Buffer,
+        segments: &[TopkSegment],
+        out: &Buffer,
+    ) -> Result<()> {
+        let sc = self.gpu_buf(scores, "topk: scores")?;
+        let ob = self.gpu_buf(out, "topk: out")?;
+        let mut groups: Vec<[u32; 5]> = Vec::new();
+        let mut at = 0u32;
+        for s in segments {
+            let mut first = 0;
+            while first < s.len {
+                groups.push([s.start, s.len, s.k, at, first]);
+                first += 64;
+            }
+            at += s.k;
+        }
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let mut meta = vec![u32_of(groups.len(), "topk")?];
+        meta.extend(groups.iter().flatten());
+        self.gpu.launch(
+            Kernel::Topk,
+            &meta,
+            &[
+                Binding::whole(sc.single("topk")?),
+                Binding::whole(ob.single("topk")?),
+            ],
+            groups.len() as u64,
+            "topk",
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn raw_decode_attention(
+        &self,
+        _: Checked,
         l: &KvLayout,
         pool: &Buffer,
         q: &Buffer,
@@ -462,8 +469,9 @@ impl WgpuDevice {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn kv_prefill_attention(
+    fn raw_prefill_attention(
         &self,
+        _: Checked,
         l: &KvLayout,
         pool: &Buffer,
         q: &Buffer,
@@ -503,8 +511,9 @@ impl WgpuDevice {
         )
     }
 
-    pub(crate) fn kv_finalize(
+    fn raw_attention_finalize(
         &self,
+        _: Checked,
         l: &KvLayout,
         state: &AttnState,
         rows: &[AttnRow],
@@ -543,8 +552,9 @@ impl WgpuDevice {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn kv_weights(
+    fn raw_attention_weights(
         &self,
+        _: Checked,
         l: &KvLayout,
         pool: &Buffer,
         q: &Buffer,
