@@ -71,6 +71,10 @@ P=arkvale:preset=paper
 "$bin" eval passkey --threads 1 --seed 1 --model "$qwen" --weights native --contexts 8192 \
     --depths 5 --haystack persuasion --policies full,arkvale,arkvale:preset=paper,streaming \
     --budgets 256,512 --out "$out/passkey-real-qwen-8k-seed1"
+# 32k (the model's context less the 8 generated tokens), one depth: one prefill is ~30 minutes.
+"$bin" eval passkey --threads 1 --model "$qwen" --weights native --contexts 32760 --depths 0.5 \
+    --haystack persuasion --policies full,arkvale,arkvale:preset=paper,streaming \
+    --budgets 512,2048 --out "$out/passkey-real-qwen-32k"
 
 # Round 7: SmolLM2 at 6k on real prose (round 5's sweep), NIAH on real prose, fidelity over
 # four windows of Persuasion, digest recall on Persuasion (pages of 32 and of 16).
