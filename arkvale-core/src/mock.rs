@@ -1,7 +1,7 @@
-//! A fake [`crate::Backend`] and hand-completed events, for core's tests: host memory works (the host
-//! store's tests use it), device buffers are bare handles without memory, and every other
-//! `raw_*` op only records that it was called — the checked [`crate::Device`] layer's tests
-//! use that record to show that bad input never reaches a backend.
+//! A fake [`crate::Backend`] and hand-completed events, for core's tests: host memory works
+//! (the host store's tests use it), device buffers are bare handles without memory, and every
+//! other `raw_*` op only records that it was called — the checked [`crate::Device`] layer's
+//! tests use that record to show that bad input never reaches a backend.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -112,19 +112,15 @@ impl MemoryBackend for MockDevice {
     fn raw_name(&self) -> String {
         "mock".into()
     }
-
     fn raw_alloc(&self, _: Checked, dtype: DType, len: usize) -> Result<Buffer> {
         Ok(Buffer::new(Box::new(()), len, dtype))
     }
-
     fn raw_write(&self, _: Checked, _: &Buffer, _: usize, _: &[u8]) -> Result<()> {
         self.called("write")
     }
-
     fn raw_read(&self, _: Checked, _: &Buffer, _: usize, _: &mut [u8]) -> Result<()> {
         self.called("read")
     }
-
     fn raw_copy(
         &self,
         _: Checked,
@@ -136,26 +132,21 @@ impl MemoryBackend for MockDevice {
     ) -> Result<()> {
         self.called("copy")
     }
-
     fn raw_fill_f32(&self, _: Checked, _: &Buffer, _: usize, _: usize, _: f32) -> Result<()> {
         self.called("fill_f32")
     }
-
     fn raw_synchronize(&self) -> Result<()> {
         Ok(())
     }
-
     fn raw_alloc_host(&self, bytes: usize) -> Result<HostBuffer> {
         self.allocated.fetch_add(bytes, Ordering::SeqCst);
         let mem: HostMem = Arc::new(Mutex::new(vec![0; bytes]));
         Ok(HostBuffer::new(Box::new(mem), bytes))
     }
-
     fn raw_host_write(&self, _: Checked, host: &HostBuffer, at: usize, data: &[u8]) -> Result<()> {
         mem(host).lock()[at..at + data.len()].copy_from_slice(data);
         Ok(())
     }
-
     fn raw_host_read(
         &self,
         _: Checked,
@@ -166,7 +157,6 @@ impl MemoryBackend for MockDevice {
         out.copy_from_slice(&mem(host).lock()[at..at + out.len()]);
         Ok(())
     }
-
     fn raw_backup_pages(
         &self,
         _: Checked,
@@ -177,7 +167,6 @@ impl MemoryBackend for MockDevice {
     ) -> Result<Event> {
         self.copy_event("backup_pages")
     }
-
     fn raw_recall_pages(
         &self,
         _: Checked,
@@ -188,7 +177,6 @@ impl MemoryBackend for MockDevice {
     ) -> Result<Event> {
         self.copy_event("recall_pages")
     }
-
     fn raw_wait_on_device(&self, _: &Event) -> Result<()> {
         self.called("wait_on_device")
     }
@@ -206,7 +194,6 @@ impl KvBackend for MockDevice {
     ) -> Result<()> {
         self.called("append_kv")
     }
-
     fn raw_summarize(
         &self,
         _: Checked,
@@ -218,7 +205,6 @@ impl KvBackend for MockDevice {
     ) -> Result<()> {
         self.called("summarize")
     }
-
     fn raw_estimate(
         &self,
         _: Checked,
@@ -232,11 +218,9 @@ impl KvBackend for MockDevice {
     ) -> Result<()> {
         self.called("estimate")
     }
-
     fn raw_topk(&self, _: Checked, _: &Buffer, _: &[TopkSegment], _: &Buffer) -> Result<()> {
         self.called("topk")
     }
-
     fn raw_decode_attention(
         &self,
         _: Checked,
@@ -252,7 +236,6 @@ impl KvBackend for MockDevice {
     ) -> Result<()> {
         self.called("decode_attention")
     }
-
     fn raw_prefill_attention(
         &self,
         _: Checked,
@@ -267,7 +250,6 @@ impl KvBackend for MockDevice {
     ) -> Result<()> {
         self.called("prefill_attention")
     }
-
     fn raw_attention_finalize(
         &self,
         _: Checked,
@@ -278,7 +260,6 @@ impl KvBackend for MockDevice {
     ) -> Result<()> {
         self.called("attention_finalize")
     }
-
     fn raw_attention_weights(
         &self,
         _: Checked,
@@ -299,7 +280,6 @@ impl DenseBackend for MockDevice {
     fn raw_supports_weight_dtype(&self, dtype: DType) -> bool {
         dtype.is_float() || (!self.float_only && dtype.is_weight())
     }
-
     fn raw_matmul(
         &self,
         _: Checked,
@@ -310,7 +290,6 @@ impl DenseBackend for MockDevice {
     ) -> Result<()> {
         self.called("matmul")
     }
-
     fn raw_rmsnorm(
         &self,
         _: Checked,
@@ -323,27 +302,21 @@ impl DenseBackend for MockDevice {
     ) -> Result<()> {
         self.called("rmsnorm")
     }
-
     fn raw_rope(&self, _: Checked, _: &Rope<'_>, _: &[u32], _: &Buffer) -> Result<()> {
         self.called("rope")
     }
-
     fn raw_silu_mul(&self, _: Checked, _: usize, _: &Buffer, _: &Buffer, _: &Buffer) -> Result<()> {
         self.called("silu_mul")
     }
-
     fn raw_add(&self, _: Checked, _: usize, _: &Buffer, _: &Buffer) -> Result<()> {
         self.called("add")
     }
-
     fn raw_add_bias(&self, _: Checked, _: usize, _: usize, _: &Buffer, _: &Buffer) -> Result<()> {
         self.called("add_bias")
     }
-
     fn raw_embedding(&self, _: Checked, _: usize, _: &Buffer, _: &[u32], _: &Buffer) -> Result<()> {
         self.called("embedding")
     }
-
     fn raw_argmax(&self, _: Checked, _: usize, _: usize, _: &Buffer, _: &Buffer) -> Result<()> {
         self.called("argmax")
     }

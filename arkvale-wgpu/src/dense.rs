@@ -1,6 +1,6 @@
-//! The dense model ops of [`WgpuDevice`], its [`DenseBackend`] implementation: checks, splits below the binding limit, and the
-//! launches of `matmul.wgsl`, `rows.wgsl`, `rope.wgsl`, `elementwise.wgsl` and
-//! `embedding.wgsl`.
+//! The dense model ops of [`WgpuDevice`], its [`DenseBackend`] implementation: checks, splits
+//! below the binding limit, and the launches of `matmul.wgsl`, `rows.wgsl`, `rope.wgsl`,
+//! `elementwise.wgsl` and `embedding.wgsl`.
 
 use arkvale_core::{
     Buffer, Checked, DType, DenseBackend, Error, MatmulDims, Result, Rope, RopeStyle,

@@ -1,6 +1,6 @@
-//! The KV ops of [`WgpuDevice`], its [`KvBackend`] implementation: checks, the `meta` arrays of descriptors, and the launches
-//! of `append.wgsl`, `summarize.wgsl`, `estimate.wgsl`, `topk.wgsl`, `attention.wgsl`,
-//! `finalize.wgsl` and `weights.wgsl`.
+//! The KV ops of [`WgpuDevice`], its [`KvBackend`] implementation: checks, the `meta` arrays
+//! of descriptors, and the launches of `append.wgsl`, `summarize.wgsl`, `estimate.wgsl`,
+//! `topk.wgsl`, `attention.wgsl`, `finalize.wgsl` and `weights.wgsl`.
 //!
 //! A KV pool is bound as the window of slots an op touches (slot indices in `meta` are
 //! relative to the window's first slot), so a pool larger than the adapter's binding limit
