@@ -21,7 +21,8 @@ use crate::dense::{MatmulDims, Rope};
 use crate::validate::{self, at_least, product};
 use crate::{
     AppendDest, AttnPage, AttnRow, AttnState, Buffer, DType, Device, DigestKind, Error,
-    EstimateJob, Event, HostBuffer, KvLayout, Result, ScoreAgg, SummarizeJob, TopkSegment,
+    EstimateJob, Event, HostBuffer, KvLayout, Result, ScoreAgg, SharedBytes, SummarizeJob,
+    TopkSegment,
 };
 
 /// Proof that the [`Device`] layer checked a call's input: made only by core, handed to the
@@ -58,6 +59,25 @@ pub trait MemoryBackend: Send + Sync {
     /// See [`Device::alloc`]: `len` is a whole number of blocks whose bytes do not overflow,
     /// and a quantized `dtype` is one the backend supports.
     fn raw_alloc(&self, ok: Checked, dtype: DType, len: usize) -> Result<Buffer>;
+    /// See [`Device::import`]: as for `raw_alloc`, and `bytes` is exactly `len` elements. The
+    /// default copies (allocates, then writes); a backend that can read host memory in place
+    /// overrides it and [`MemoryBackend::raw_imports_in_place`].
+    fn raw_import(
+        &self,
+        ok: Checked,
+        dtype: DType,
+        len: usize,
+        bytes: SharedBytes,
+    ) -> Result<Buffer> {
+        let buf = self.raw_alloc(ok, dtype, len)?;
+        self.raw_write(Checked::new(), &buf, 0, bytes.as_slice())?;
+        Ok(buf)
+    }
+    /// See [`Device::imports_in_place`].
+    fn raw_imports_in_place(&self, dtype: DType) -> bool {
+        let _ = dtype;
+        false
+    }
     /// See [`Device::write`]: `data` is whole elements (whole blocks at a block boundary) of
     /// the buffer's dtype and lies inside it.
     fn raw_write(&self, ok: Checked, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()>;
@@ -363,6 +383,23 @@ fn weights<B: Backend + ?Sized>(dev: &B, w: &Buffer, row_len: usize, what: &str)
     Ok(())
 }
 
+/// The checks of [`Device::alloc`] (and [`Device::import`]): a quantized `dtype` must be one
+/// the backend has kernels for, and `len` elements must be whole blocks whose bytes fit.
+fn alloc_checks<B: Backend + ?Sized>(dev: &B, dtype: DType, len: usize) -> Result<()> {
+    if dtype.quant().is_some() && !dev.raw_supports_weight_dtype(dtype) {
+        return Err(Error::UnsupportedWeight {
+            backend: dev.raw_name(),
+            dtype,
+        });
+    }
+    if dtype.bytes_for(len).is_none() {
+        return Err(Error::shape(format!(
+            "alloc: {len} x {dtype} overflows or is not a whole number of blocks"
+        )));
+    }
+    Ok(())
+}
+
 /// The checked [`Device`] of every backend: each method runs its checks from
 /// [`crate::validate`], then the backend's `raw_*` method (see the module docs).
 impl<B: Backend> Device for B {
@@ -371,18 +408,18 @@ impl<B: Backend> Device for B {
     }
 
     fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer> {
-        if dtype.quant().is_some() && !self.raw_supports_weight_dtype(dtype) {
-            return Err(Error::UnsupportedWeight {
-                backend: self.raw_name(),
-                dtype,
-            });
-        }
-        if dtype.bytes_for(len).is_none() {
-            return Err(Error::shape(format!(
-                "alloc: {len} x {dtype} overflows or is not a whole number of blocks"
-            )));
-        }
+        alloc_checks(self, dtype, len)?;
         self.raw_alloc(Checked::new(), dtype, len)
+    }
+
+    fn import(&self, dtype: DType, len: usize, bytes: SharedBytes) -> Result<Buffer> {
+        alloc_checks(self, dtype, len)?;
+        validate::import(dtype, len, bytes.len())?;
+        self.raw_import(Checked::new(), dtype, len, bytes)
+    }
+
+    fn imports_in_place(&self, dtype: DType) -> bool {
+        self.raw_imports_in_place(dtype)
     }
 
     fn write(&self, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()> {

@@ -56,7 +56,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::dense::{MatmulDims, Rope};
-use crate::{DType, DigestKind, KvDtype, Result, ScoreAgg};
+use crate::{DType, DigestKind, KvDtype, Result, ScoreAgg, SharedBytes};
 
 /// Ids of the buffers made so far in this process (see [`Buffer::id`]).
 static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(1);
@@ -319,6 +319,15 @@ pub trait Device: Send + Sync {
 
     /// Allocates `len` zeroed elements of `dtype`.
     fn alloc(&self, dtype: DType, len: usize) -> Result<Buffer>;
+    /// A buffer of `len` elements of `dtype` holding `bytes` (exactly the size of `len`
+    /// elements; a quantized `dtype` must be one the device supports, as for
+    /// [`Device::alloc`]). Where [`Device::imports_in_place`] says so (the CPU, for quantized
+    /// blocks) the buffer reads the bytes where they lie: a memory-mapped model file is not
+    /// copied, the buffer keeps the owner alive and copies the bytes only if it is written
+    /// to. Otherwise this is [`Device::alloc`] then [`Device::write`].
+    fn import(&self, dtype: DType, len: usize, bytes: SharedBytes) -> Result<Buffer>;
+    /// Whether [`Device::import`] keeps bytes of `dtype` in place (no copy).
+    fn imports_in_place(&self, dtype: DType) -> bool;
     /// Copies `data` (raw bytes of the buffer's dtype) into `buf` at element `offset`.
     fn write(&self, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()>;
     /// Copies elements of `buf` from element `offset` into `out` (raw bytes); blocks until the

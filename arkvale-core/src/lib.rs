@@ -39,6 +39,7 @@ pub mod pool;
 pub mod quant;
 pub mod reference;
 pub mod shape;
+pub mod shared_bytes;
 pub mod spill;
 pub mod stats;
 pub mod validate;
@@ -61,4 +62,5 @@ pub use manager::{
 pub use policy::{Policy, policy_by_name, policy_from_spec};
 pub use quant::QuantType;
 pub use shape::ModelShape;
+pub use shared_bytes::SharedBytes;
 pub use stats::{CacheStats, PhaseTimes};

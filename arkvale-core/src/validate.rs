@@ -322,6 +322,17 @@ pub fn dtype(buf: &Buffer, dtype: DType, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// [`crate::Device::import`]: the `bytes` handed over are exactly `len` elements of `dtype`
+/// (whose size [`crate::Device::alloc`]'s checks have already bounded).
+pub fn import(dtype: DType, len: usize, bytes: usize) -> Result<()> {
+    match dtype.bytes_for(len) {
+        Some(need) if need == bytes => Ok(()),
+        _ => Err(Error::shape(format!(
+            "import: {bytes} bytes are not {len} x {dtype}"
+        ))),
+    }
+}
+
 /// The elements in `bytes` bytes of `dtype` written or read at element `offset`: the bytes
 /// must be whole elements (whole blocks, at a block boundary, for quantized types).
 pub fn byte_span(dtype: DType, offset: usize, bytes: usize, what: &str) -> Result<usize> {

@@ -262,8 +262,8 @@ unsafe fn transpose_avx(k: &[f32], n: usize, d: usize, kt: &mut [f32], np: usize
     transpose_portable(k, full, n, d, kt, np);
 }
 
-/// [`scores`] with AVX2 + FMA: four queries × sixteen keys per pass (eight accumulators), a
-/// remaining query alone.
+/// [`scores`] with AVX2 + FMA: four queries × sixteen keys per pass (eight accumulators), the
+/// one to three remaining queries together in a last pass.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; the lengths are those [`scores`] checks.
@@ -275,9 +275,16 @@ unsafe fn scores_avx2(q: &[f32], ne: usize, d: usize, kt: &[f32], np: usize, s: 
         // SAFETY: e + 4 <= ne; the caller's lengths.
         unsafe { scores_pass::<4>(q, e, d, kt, np, s) };
     }
-    for e in quads..ne {
-        // SAFETY: e + 1 <= ne; the caller's lengths.
-        unsafe { scores_pass::<1>(q, e, d, kt, np, s) };
+    // The rest in one pass (decode with 5-7 query heads per KV head, as Qwen2.5's 7, would
+    // otherwise reload every key vector once per remaining query).
+    // SAFETY: quads + (ne - quads) = ne; the caller's lengths.
+    unsafe {
+        match ne - quads {
+            3 => scores_pass::<3>(q, quads, d, kt, np, s),
+            2 => scores_pass::<2>(q, quads, d, kt, np, s),
+            1 => scores_pass::<1>(q, quads, d, kt, np, s),
+            _ => {}
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use arkvale_core::{Buffer, DType, Error, HostBuffer, Result};
+use arkvale_core::{Buffer, DType, Error, HostBuffer, Result, SharedBytes};
 use half::{bf16, f16};
 use parking_lot::{Mutex, RwLock};
 
@@ -75,6 +75,9 @@ pub(crate) enum Data {
     U8(Vec<u8>),
     /// `DType::Quant`: whole blocks, as stored in a GGUF file.
     Blocks(Vec<u8>),
+    /// `DType::Quant` blocks read where they lie (an imported memory-mapped file); the first
+    /// write copies them into [`Data::Blocks`].
+    Mapped(SharedBytes),
 }
 
 impl Data {
@@ -103,17 +106,22 @@ impl Data {
             Data::BF16(v) => bytemuck::cast_slice(v),
             Data::U32(v) => bytemuck::cast_slice(v),
             Data::U8(v) | Data::Blocks(v) => v,
+            Data::Mapped(b) => b.as_slice(),
         }
     }
 
-    /// The elements as mutable raw bytes.
+    /// The elements as mutable raw bytes (an imported buffer is copied first).
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        if let Data::Mapped(b) = self {
+            *self = Data::Blocks(b.as_slice().to_vec());
+        }
         match self {
             Data::F32(v) => bytemuck::cast_slice_mut(v),
             Data::F16(v) => bytemuck::cast_slice_mut(v),
             Data::BF16(v) => bytemuck::cast_slice_mut(v),
             Data::U32(v) => bytemuck::cast_slice_mut(v),
             Data::U8(v) | Data::Blocks(v) => v,
+            Data::Mapped(_) => unreachable!("copied above"),
         }
     }
 }
@@ -267,6 +275,25 @@ pub(crate) fn alloc(device: u64, arena: &Arc<Arena>, dtype: DType, len: usize) -
         data: RwLock::new(Data::zeroed(dtype, len)?),
         in_flight: Mutex::default(),
         _reservation: Reservation::new(arena, bytes),
+    });
+    Ok(Buffer::new(Box::new(storage), len, dtype))
+}
+
+/// A device buffer of `len` quantized values (`dtype`) that reads `bytes` (exactly their
+/// size, checked by core) where they lie, accounted in `arena` like an allocation.
+pub(crate) fn import(
+    device: u64,
+    arena: &Arc<Arena>,
+    dtype: DType,
+    len: usize,
+    bytes: SharedBytes,
+) -> Result<Buffer> {
+    let size = bytes.len();
+    let storage = Arc::new(Storage {
+        device,
+        data: RwLock::new(Data::Mapped(bytes)),
+        in_flight: Mutex::default(),
+        _reservation: Reservation::new(arena, size),
     });
     Ok(Buffer::new(Box::new(storage), len, dtype))
 }

@@ -21,6 +21,7 @@ fn weights(data: &Data, dtype: DType) -> Result<Weights<'_>> {
         (Data::F16(v), _) => Ok(Weights::F16(v)),
         (Data::BF16(v), _) => Ok(Weights::BF16(v)),
         (Data::Blocks(v), DType::Quant(q)) => Ok(Weights::Quant(q, v)),
+        (Data::Mapped(b), DType::Quant(q)) => Ok(Weights::Quant(q, b.as_slice())),
         _ => Err(Error::shape(format!(
             "expected f32, f16, bf16 or quantized storage, got {dtype}"
         ))),

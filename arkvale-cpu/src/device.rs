@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arkvale_core::{
     AppendDest, AttnPage, AttnRow, AttnState, Buffer, Checked, DType, DigestKind, Error,
     EstimateJob, Event, HostBuffer, KvBackend, KvLayout, MemoryBackend, Result, ScoreAgg,
-    SummarizeJob, TopkSegment,
+    SharedBytes, SummarizeJob, TopkSegment,
 };
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
@@ -232,6 +232,28 @@ impl MemoryBackend for CpuDevice {
 
     fn raw_alloc(&self, _: Checked, dtype: DType, len: usize) -> Result<Buffer> {
         buffer::alloc(self.id, &self.device_mem, dtype, len)
+    }
+
+    /// Quantized blocks stay where they lie ([`buffer::import`]); other dtypes are copied
+    /// into typed (aligned) storage.
+    fn raw_import(
+        &self,
+        ok: Checked,
+        dtype: DType,
+        len: usize,
+        bytes: SharedBytes,
+    ) -> Result<Buffer> {
+        if !self.raw_imports_in_place(dtype) {
+            let buf = self.raw_alloc(ok, dtype, len)?;
+            let s = self.storage(&buf, "import")?;
+            s.data.write().bytes_mut().copy_from_slice(bytes.as_slice());
+            return Ok(buf);
+        }
+        buffer::import(self.id, &self.device_mem, dtype, len, bytes)
+    }
+
+    fn raw_imports_in_place(&self, dtype: DType) -> bool {
+        dtype.quant().is_some()
     }
 
     fn raw_write(&self, _: Checked, buf: &Buffer, offset: usize, data: &[u8]) -> Result<()> {

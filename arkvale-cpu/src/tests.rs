@@ -637,3 +637,56 @@ fn copies_run_asynchronously_and_synchronize_waits_for_them() {
         ((slots - 1) * l.slot_elems()) as f32
     );
 }
+
+/// Imported quantized blocks are read where they lie (the matmul equals that of a written
+/// copy), a write copies them first (the owner is unchanged), other dtypes are copied, and a
+/// wrong byte count is an error.
+#[test]
+fn imported_blocks_are_used_in_place_and_copied_on_write() {
+    use arkvale_core::{MatmulDims, QuantType, SharedBytes};
+    let dev = CpuDevice::new(Some(1)).expect("cpu device");
+    let ty = DType::Quant(QuantType::Q8_0);
+    let (n, k) = (3usize, 64usize);
+    let mut rng = Rng(0xA11CE ^ std::process::id() as u64);
+    let mut bytes: Vec<u8> = (0..ty.bytes_for(n * k).unwrap())
+        .map(|_| rng.next_u64() as u8)
+        .collect();
+    for block in bytes.chunks_exact_mut(34) {
+        block[..2].copy_from_slice(&half::f16::from_f32(0.02).to_le_bytes());
+    }
+    let owner: Arc<Vec<u8>> = Arc::new(bytes.clone());
+    let shared = SharedBytes::new(owner.clone(), 0..bytes.len()).expect("inside");
+    assert!(dev.imports_in_place(ty) && !dev.imports_in_place(DType::F32));
+    let imported = dev.import(ty, n * k, shared.clone()).expect("import");
+    let copied = dev.alloc(ty, n * k).expect("alloc");
+    dev.write(&copied, 0, &bytes).expect("write");
+    let x: Vec<f32> = (0..k)
+        .map(|_| rng.next_u64() as u8 as f32 / 255.0 - 0.5)
+        .collect();
+    let x = dev.upload_f32(&x, DType::F32).expect("x");
+    let dims = MatmulDims { m: 1, n, k };
+    let product = |w: &Buffer| {
+        let out = dev.alloc(DType::F32, n).expect("out");
+        dev.matmul(&dims, &x, w, &out).expect("matmul");
+        dev.download_f32(&out).expect("download")
+    };
+    assert_eq!(product(&imported), product(&copied));
+    dev.write(&imported, 0, &[0u8; 34])
+        .expect("write to an import");
+    let mut back = vec![0u8; bytes.len()];
+    dev.read(&imported, 0, &mut back).expect("read");
+    assert_eq!(&back[..34], &[0u8; 34]);
+    assert_eq!(&back[34..], &bytes[34..]);
+    assert_eq!(
+        owner.as_slice(),
+        bytes.as_slice(),
+        "the owner is never written"
+    );
+    let floats = SharedBytes::from_vec(bytemuck::cast_slice(&[1.5f32, -2.0]).to_vec());
+    let f = dev
+        .import(DType::F32, 2, floats)
+        .expect("f32 import copies");
+    assert_eq!(dev.download_f32(&f).expect("download"), vec![1.5, -2.0]);
+    let short = SharedBytes::new(owner, 0..bytes.len() - 1).expect("inside");
+    assert!(matches!(dev.import(ty, n * k, short), Err(Error::Shape(_))));
+}

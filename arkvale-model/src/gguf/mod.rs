@@ -37,6 +37,9 @@ mod tensor;
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::path::Path;
+use std::sync::Arc;
+
+use arkvale_core::SharedBytes;
 
 pub use dequant::{dequantize, dequantize_into};
 pub use error::{GgufError, Result};
@@ -57,6 +60,12 @@ enum Backing {
     Owned(Vec<u8>),
 }
 
+impl AsRef<[u8]> for Backing {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl Deref for Backing {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -70,7 +79,8 @@ impl Deref for Backing {
 /// A parsed GGUF file whose tensor data stays in place (memory-mapped or in memory) until a
 /// tensor is read.
 pub struct GgufFile {
-    bytes: Backing,
+    /// Shared, so that device buffers can keep tensors in place ([`GgufFile::tensor_shared`]).
+    bytes: Arc<Backing>,
     version: u32,
     metadata: Metadata,
     tensors: Vec<TensorInfo>,
@@ -196,7 +206,7 @@ impl GgufFile {
         }
 
         Ok(GgufFile {
-            bytes,
+            bytes: Arc::new(bytes),
             version,
             metadata,
             tensors,
@@ -249,7 +259,7 @@ impl GgufFile {
     /// and ignores a failing call.
     pub fn release_tensor_pages(&self, name: &str) {
         #[cfg(unix)]
-        if let (Backing::Mmap(map), Some(t)) = (&self.bytes, self.tensor(name)) {
+        if let (Backing::Mmap(map), Some(t)) = (&*self.bytes, self.tensor(name)) {
             let data = self.data_of(t);
             let offset = data.as_ptr() as usize - map.as_ptr() as usize;
             // SAFETY: the map is a read-only shared mapping of a file that must not change
@@ -266,6 +276,23 @@ impl GgufFile {
     pub fn tensor_data(&self, name: &str) -> Result<&[u8]> {
         let t = self.require_tensor(name)?;
         Ok(self.data_of(t))
+    }
+
+    /// The raw bytes of tensor `name` as a handle that shares the file's mapping (or memory),
+    /// for [`arkvale_core::Device::import`]: a device that keeps them in place holds the file
+    /// open through it, so nothing is copied.
+    pub fn tensor_shared(&self, name: &str) -> Result<SharedBytes> {
+        let t = self.require_tensor(name)?;
+        let start = (self.data_offset + t.offset) as usize;
+        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = self.bytes.clone();
+        let end = start + t.n_bytes as usize;
+        // Checked in `parse` (data_offset + offset + n_bytes <= len), so never an error here.
+        SharedBytes::new(owner, start..end).ok_or_else(|| GgufError::TensorOutOfBounds {
+            name: name.to_string(),
+            start: start as u64,
+            end: end as u64,
+            len: self.bytes.len() as u64,
+        })
     }
 
     /// Tensor `name` dequantized to `f32`, `n_elements` long, in ggml order (innermost

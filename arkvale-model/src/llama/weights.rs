@@ -256,9 +256,12 @@ impl Weights {
             };
             if let Some(dtype) = native {
                 let [rows, cols] = t.shape(config);
-                let buf = dev.alloc(dtype, rows * cols)?;
-                dev.write(&buf, 0, file.tensor_data(&info.name)?)?;
-                file.release_tensor_pages(&info.name);
+                // In place where the device reads host memory (the CPU): no copy, the buffer
+                // keeps the mapping; else copied, and this process's pages of it dropped.
+                let buf = dev.import(dtype, rows * cols, file.tensor_shared(&info.name)?)?;
+                if !dev.imports_in_place(dtype) {
+                    file.release_tensor_pages(&info.name);
+                }
                 return Ok(buf);
             }
             let data = file.tensor_f32(&info.name)?;
