@@ -50,6 +50,20 @@ pub trait Backend: MemoryBackend + KvBackend + DenseBackend {}
 
 impl<T: MemoryBackend + KvBackend + DenseBackend> Backend for T {}
 
+/// [`MemoryBackend::raw_import`] by copying: allocates the buffer, then writes `bytes`
+/// (the default, and a backend's fallback for dtypes it does not keep in place).
+pub fn import_by_copy<B: MemoryBackend + ?Sized>(
+    dev: &B,
+    ok: Checked,
+    dtype: DType,
+    len: usize,
+    bytes: &SharedBytes,
+) -> Result<Buffer> {
+    let buf = dev.raw_alloc(ok, dtype, len)?;
+    dev.raw_write(Checked::new(), &buf, 0, bytes.as_slice())?;
+    Ok(buf)
+}
+
 /// The memory part of a [`Backend`]: its name, device buffers, copies, host buffers and the
 /// asynchronous page backup/recall with their events.
 pub trait MemoryBackend: Send + Sync {
@@ -69,9 +83,7 @@ pub trait MemoryBackend: Send + Sync {
         len: usize,
         bytes: SharedBytes,
     ) -> Result<Buffer> {
-        let buf = self.raw_alloc(ok, dtype, len)?;
-        self.raw_write(Checked::new(), &buf, 0, bytes.as_slice())?;
-        Ok(buf)
+        import_by_copy(self, ok, dtype, len, &bytes)
     }
     /// See [`Device::imports_in_place`].
     fn raw_imports_in_place(&self, dtype: DType) -> bool {

@@ -244,10 +244,7 @@ impl MemoryBackend for CpuDevice {
         bytes: SharedBytes,
     ) -> Result<Buffer> {
         if !self.raw_imports_in_place(dtype) {
-            let buf = self.raw_alloc(ok, dtype, len)?;
-            let s = self.storage(&buf, "import")?;
-            s.data.write().bytes_mut().copy_from_slice(bytes.as_slice());
-            return Ok(buf);
+            return arkvale_core::backend::import_by_copy(self, ok, dtype, len, &bytes);
         }
         buffer::import(self.id, &self.device_mem, dtype, len, bytes)
     }
