@@ -86,8 +86,7 @@ pub trait MemoryBackend: Send + Sync {
         import_by_copy(self, ok, dtype, len, &bytes)
     }
     /// See [`Device::imports_in_place`].
-    fn raw_imports_in_place(&self, dtype: DType) -> bool {
-        let _ = dtype;
+    fn raw_imports_in_place(&self, _dtype: DType) -> bool {
         false
     }
     /// See [`Device::write`]: `data` is whole elements (whole blocks at a block boundary) of

@@ -112,16 +112,16 @@ impl Data {
 
     /// The elements as mutable raw bytes (an imported buffer is copied first).
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        if let Data::Mapped(b) = self {
-            *self = Data::Blocks(b.as_slice().to_vec());
-        }
         match self {
             Data::F32(v) => bytemuck::cast_slice_mut(v),
             Data::F16(v) => bytemuck::cast_slice_mut(v),
             Data::BF16(v) => bytemuck::cast_slice_mut(v),
             Data::U32(v) => bytemuck::cast_slice_mut(v),
             Data::U8(v) | Data::Blocks(v) => v,
-            Data::Mapped(_) => unreachable!("copied above"),
+            Data::Mapped(b) => {
+                *self = Data::Blocks(b.as_slice().to_vec());
+                self.bytes_mut()
+            }
         }
     }
 }
@@ -270,13 +270,33 @@ pub(crate) fn alloc(device: u64, arena: &Arc<Arena>, dtype: DType, len: usize) -
             "{len} x {dtype} overflows or is not a whole number of blocks"
         ))
     })?;
+    Ok(device_buffer(
+        device,
+        arena,
+        Data::zeroed(dtype, len)?,
+        bytes,
+        dtype,
+        len,
+    ))
+}
+
+/// A device buffer of `len` elements of `dtype` over `data` (`bytes` bytes, accounted in
+/// `arena`), owned by `device`.
+fn device_buffer(
+    device: u64,
+    arena: &Arc<Arena>,
+    data: Data,
+    bytes: usize,
+    dtype: DType,
+    len: usize,
+) -> Buffer {
     let storage = Arc::new(Storage {
         device,
-        data: RwLock::new(Data::zeroed(dtype, len)?),
+        data: RwLock::new(data),
         in_flight: Mutex::default(),
         _reservation: Reservation::new(arena, bytes),
     });
-    Ok(Buffer::new(Box::new(storage), len, dtype))
+    Buffer::new(Box::new(storage), len, dtype)
 }
 
 /// A device buffer of `len` quantized values (`dtype`) that reads `bytes` (exactly their
@@ -287,15 +307,9 @@ pub(crate) fn import(
     dtype: DType,
     len: usize,
     bytes: SharedBytes,
-) -> Result<Buffer> {
+) -> Buffer {
     let size = bytes.len();
-    let storage = Arc::new(Storage {
-        device,
-        data: RwLock::new(Data::Mapped(bytes)),
-        in_flight: Mutex::default(),
-        _reservation: Reservation::new(arena, size),
-    });
-    Ok(Buffer::new(Box::new(storage), len, dtype))
+    device_buffer(device, arena, Data::Mapped(bytes), size, dtype, len)
 }
 
 /// Allocates `bytes` zeroed bytes of host memory owned by `device`, accounted in `arena`.

@@ -246,7 +246,7 @@ impl MemoryBackend for CpuDevice {
         if !self.raw_imports_in_place(dtype) {
             return arkvale_core::backend::import_by_copy(self, ok, dtype, len, &bytes);
         }
-        buffer::import(self.id, &self.device_mem, dtype, len, bytes)
+        Ok(buffer::import(self.id, &self.device_mem, dtype, len, bytes))
     }
 
     fn raw_imports_in_place(&self, dtype: DType) -> bool {

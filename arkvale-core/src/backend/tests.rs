@@ -78,6 +78,32 @@ fn alloc_rejects_partial_blocks_overflow_and_unsupported_weights() {
 }
 
 #[test]
+fn import_checks_the_byte_count_and_copies_by_default() {
+    use crate::SharedBytes;
+    let dev = MockDevice::default();
+    let q4 = DType::Quant(QuantType::Q4_0);
+    let whole = || SharedBytes::from_vec(vec![0; 2 * 18]);
+    assert!(!dev.imports_in_place(q4));
+    reaches(&dev, dev.import(q4, 64, whole()), "write");
+    rejects(
+        &dev,
+        dev.import(q4, 32, whole()),
+        "import: 36 bytes are not 32",
+    );
+    rejects(
+        &dev,
+        dev.import(q4, 33, whole()),
+        "not a whole number of blocks",
+    );
+    let floats = MockDevice {
+        float_only: true,
+        ..MockDevice::default()
+    };
+    let err = floats.import(q4, 64, whole()).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedWeight { .. }), "{err:?}");
+}
+
+#[test]
 fn memory_ops_check_ranges_element_sizes_and_dtypes() {
     let dev = MockDevice::default();
     let (a, b) = (f32s(&dev, 8), f32s(&dev, 8));

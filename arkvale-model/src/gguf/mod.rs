@@ -282,15 +282,13 @@ impl GgufFile {
     /// for [`arkvale_core::Device::import`]: a device that keeps them in place holds the file
     /// open through it, so nothing is copied.
     pub fn tensor_shared(&self, name: &str) -> Result<SharedBytes> {
-        let t = self.require_tensor(name)?;
-        let start = (self.data_offset + t.offset) as usize;
+        let span = self.span_of(self.require_tensor(name)?);
         let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = self.bytes.clone();
-        let end = start + t.n_bytes as usize;
-        // Checked in `parse` (data_offset + offset + n_bytes <= len), so never an error here.
-        SharedBytes::new(owner, start..end).ok_or_else(|| GgufError::TensorOutOfBounds {
+        // The span was checked against the file in `parse`, so this error cannot occur.
+        SharedBytes::new(owner, span.clone()).ok_or_else(|| GgufError::TensorOutOfBounds {
             name: name.to_string(),
-            start: start as u64,
-            end: end as u64,
+            start: span.start as u64,
+            end: span.end as u64,
             len: self.bytes.len() as u64,
         })
     }
@@ -315,8 +313,13 @@ impl GgufFile {
     }
 
     fn data_of(&self, t: &TensorInfo) -> &[u8] {
-        // Checked in `parse`: data_offset + offset + n_bytes <= len.
+        &self.bytes[self.span_of(t)]
+    }
+
+    /// Where tensor `t`'s bytes lie in the file (checked in `parse`: data_offset + offset +
+    /// n_bytes <= len).
+    fn span_of(&self, t: &TensorInfo) -> std::ops::Range<usize> {
         let start = (self.data_offset + t.offset) as usize;
-        &self.bytes[start..start + t.n_bytes as usize]
+        start..start + t.n_bytes as usize
     }
 }
