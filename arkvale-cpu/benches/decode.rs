@@ -7,7 +7,12 @@
 //! - `smollm2_all_layers_8k`: SmolLM2-135M's cache geometry as `arkvale generate` runs it —
 //!   30 layers of 9 query / 3 KV heads × 64, pages of 16, one head group per KV head, one
 //!   thread — so the KV pool (188 MB at 8k) is far larger than the caches and its slots of
-//!   4 KiB are spread over memory as a real prompt's chunked prefill leaves them; budget 512.
+//!   4 KiB are spread over memory as a real prompt's chunked prefill leaves them; budget 512;
+//! - `qwen2.5_all_layers_4k`: Qwen2.5-0.5B's geometry the same way — 24 layers of 14 query /
+//!   2 KV heads × 64 (7 queries per KV head), pages of 16, one thread; budget 512.
+//!
+//! `ARKVALE_BENCH_CASE=NAME` runs only the case of that name (setting up every case's
+//! contexts takes a while).
 //!
 //! f16 storage and batch 1 in both. The context is loaded with `CacheManager::load_layer`
 //! (random post-RoPE keys with a per-page offset so attention is not uniform), then each
@@ -44,7 +49,7 @@ struct Case {
     contexts: &'static [usize],
 }
 
-const CASES: [Case; 2] = [
+const CASES: [Case; 3] = [
     Case {
         name: "decode_layer",
         shape: ModelShape {
@@ -72,6 +77,20 @@ const CASES: [Case; 2] = [
         budget: 512,
         threads: Some(1),
         contexts: &[8192],
+    },
+    Case {
+        name: "qwen2.5_all_layers",
+        shape: ModelShape {
+            layers: 24,
+            q_heads: 14,
+            kv_heads: 2,
+            head_dim: 64,
+        },
+        page_size: 16,
+        head_groups: 2,
+        budget: 512,
+        threads: Some(1),
+        contexts: &[256, 4096],
     },
 ];
 
@@ -140,7 +159,8 @@ fn step(s: &mut Setup) {
 
 fn bench(c: &mut Criterion) {
     let mut rows = Vec::new();
-    for case in &CASES {
+    let only = std::env::var("ARKVALE_BENCH_CASE").ok();
+    for case in CASES.iter().filter(|c| only.as_deref().is_none_or(|n| n == c.name)) {
         let dev: Arc<dyn Device> = Arc::new(CpuDevice::new(case.threads).expect("cpu device"));
         for &context in case.contexts {
             let mut full = setup(&dev, case, "full", context);

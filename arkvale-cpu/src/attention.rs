@@ -12,9 +12,10 @@
 //! one is computed), and for each KV head of the group scores every query head of the block
 //! that shares that KV head against the page's keys (a `rows × gqa × p` score tile, never a
 //! full score matrix), and folds it into running softmax partials `(max, sum, acc)` with one
-//! rescale per page. With many queries per KV head (prefill) the page's keys and values are
-//! first widened once into f32 tiles (the keys transposed); with few (decode) the kernels
-//! read them from the pool as stored, widening in registers. The tasks of a block are then
+//! rescale per page. With four or more queries per KV head the page's keys are first
+//! transposed into an f32 tile (widened in registers on the way), which every query then
+//! reuses; with fewer the scores read the keys from the pool as stored. Values are always read
+//! as stored, widened in registers (one pass per pair of queries). The tasks of a block are then
 //! merged in chunk order by online-softmax rescaling:
 //!
 //! ```text
@@ -32,7 +33,7 @@ use std::ops::Range;
 use arkvale_core::{AttnPage, AttnRow, KvLayout};
 
 use crate::attn_tile::{KEY_PAD, TRANSPOSE_FROM, scores, scores_rows, transpose, weighted_values};
-use crate::elem::{KvElem, exp_lane, exp_shifted, load, max_lanes, prefetch, sum_lanes};
+use crate::elem::{KvElem, exp_lane, exp_shifted, max_lanes, prefetch, sum_lanes};
 use crate::par::Par;
 use crate::scatter::{chunks_mut, group_by_target};
 
@@ -195,13 +196,11 @@ pub(crate) struct Want {
     pub lse: bool,
 }
 
-/// Scratch tiles of one task: one page of one KV head's keys (row-major and transposed) and
-/// values widened to f32 (empty when the kernels read the pool as stored), the scores (then
-/// weights) of the KV head's queries against it, and each query's rescale factor for the page.
+/// Scratch tiles of one task: one page of one KV head's keys transposed and widened to f32
+/// (empty when the scores read the pool as stored), the scores (then weights) of the KV
+/// head's queries against it, and each query's rescale factor for the page.
 struct Tiles {
-    k: Vec<f32>,
     kt: Vec<f32>,
-    v: Vec<f32>,
     s: Vec<f32>,
     alpha: Vec<f32>,
 }
@@ -225,7 +224,7 @@ fn run_task_avx2<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
 }
 
 /// Runs one task: for each page of the chunk (a slot is read front to back; the next one is
-/// prefetched) and each KV head, widens the head's keys (transposed) and values once when at
+/// prefetched) and each KV head, transposes the head's keys into an f32 tile once when at
 /// least [`TRANSPOSE_FROM`] queries share them (else the kernels read them as stored), scores
 /// every query of the block that shares that KV head against them in one tile product, folds
 /// each query's scores into its running softmax (one rescale per page) and adds the weighted
@@ -261,14 +260,11 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
         lse: vec![f32::NEG_INFINITY; if want.lse { task.pages.len() * nq } else { 0 }],
     };
     let np = p.next_multiple_of(KEY_PAD);
-    // Many queries per KV head (prefill): widen each page once (keys transposed) and let
-    // every query reuse it. Few (decode): the kernels read the pool as stored.
+    // Enough queries per KV head: transpose each page's keys once (widened) and let every
+    // query reuse the tile. Fewer: the scores read the pool as stored.
     let tiled = ne >= TRANSPOSE_FROM;
-    let widened = |len: usize| vec![0f32; if tiled { len } else { 0 }];
     let mut tiles = Tiles {
-        k: widened(p * d),
-        kt: widened(d * np),
-        v: widened(p * d),
+        kt: vec![0f32; if tiled { d * np } else { 0 }],
         s: vec![0f32; ne * np],
         alpha: vec![1f32; ne],
     };
@@ -296,11 +292,8 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
             let (keys, vals) = (&pb.pool[ko..ko + n * d], &pb.pool[vo..vo + n * d]);
             let qh = &qs[h * ne * d..(h + 1) * ne * d];
             if tiled {
-                widen_transposed(keys, n, d, &mut tiles.k, &mut tiles.kt, np);
+                transpose(keys, n, d, &mut tiles.kt, np);
                 scores(qh, ne, d, &tiles.kt, np, &mut tiles.s);
-                if values {
-                    load(vals, &mut tiles.v[..n * d]);
-                }
             } else {
                 scores_rows(qh, ne, d, keys, n, np, &mut tiles.s);
             }
@@ -331,30 +324,11 @@ fn run_task_body<T: KvElem>(pb: &Problem<'_, T>, blk: &Block, task: &Task, want:
             }
             if values && nk > 0 {
                 let acc = &mut out.acc[h * ne * d..(h + 1) * ne * d];
-                if tiled {
-                    weighted_values(&tiles.s, np, nk, &tiles.v, d, &tiles.alpha, acc);
-                } else {
-                    weighted_values(&tiles.s, np, nk, vals, d, &tiles.alpha, acc);
-                }
+                weighted_values(&tiles.s, np, nk, vals, d, &tiles.alpha, acc);
             }
         }
     }
     out
-}
-
-/// Widens the `n` keys of `d` components at the start of `keys` into `k` and transposes them
-/// into `kt` (`np` keys per row; see [`transpose`]).
-#[inline(always)]
-fn widen_transposed<T: KvElem>(
-    keys: &[T],
-    n: usize,
-    d: usize,
-    k: &mut [f32],
-    kt: &mut [f32],
-    np: usize,
-) {
-    load(&keys[..n * d], &mut k[..n * d]);
-    transpose(k, n, d, kt, np);
 }
 
 /// Sets the scores of the tokens `keep` drops (a 0 entry) to `-inf`, so that they weigh 0.
@@ -642,7 +616,7 @@ pub(crate) fn weights<T: KvElem>(pb: &Problem<'_, T>, weights: &mut [f32]) {
                 } else {
                     if kt.is_empty() {
                         kt = vec![0f32; d * np];
-                        widen_transposed(keys, len, d, &mut vec![0f32; len * d], &mut kt, np);
+                        transpose(keys, len, d, &mut kt, np);
                     }
                     scores(&qs[..ne * d], ne, d, &kt, np, &mut s[..ne * np]);
                 }

@@ -14,26 +14,38 @@ use crate::elem::KvElem;
 /// The key count of a transposed key tile is padded to a multiple of this.
 pub(crate) const KEY_PAD: usize = 16;
 
-/// `kt[c * np + i] = k[i * d + c]` for every key `i < n` and component `c < d`; the padding
-/// columns `n..np` are left as they are.
-pub(crate) fn transpose(k: &[f32], n: usize, d: usize, kt: &mut [f32], np: usize) {
+/// `kt[c * np + i] = k[i * d + c]` (widened to f32, exactly) for every key `i < n` and
+/// component `c < d`; the padding columns `n..np` are left as they are. The keys may be
+/// stored narrow (f16/bf16 pool elements): they are widened in registers on the way, so a
+/// page is read once and no row-major f32 copy is made.
+pub(crate) fn transpose<T: KvElem>(k: &[T], n: usize, d: usize, kt: &mut [f32], np: usize) {
     assert!(k.len() >= n * d && kt.len() >= d * np && n <= np);
     #[cfg(target_arch = "x86_64")]
     if crate::elem::has_avx2_fma_f16c() && d % 8 == 0 {
-        // SAFETY: the CPU has AVX2; the lengths were checked above.
+        // SAFETY: the CPU has AVX2 and F16C; the lengths were checked above.
         unsafe { transpose_avx(k, n, d, kt, np) };
         return;
     }
     transpose_portable(k, 0, n, d, kt, np);
 }
 
-/// [`transpose`] of keys `from..n`, one element at a time.
-fn transpose_portable(k: &[f32], from: usize, n: usize, d: usize, kt: &mut [f32], np: usize) {
-    for i in from..n {
-        for (c, &x) in k[i * d..(i + 1) * d].iter().enumerate() {
-            kt[c * np + i] = x;
+/// [`transpose`] of keys `from..n`, one key row (widened) at a time.
+fn transpose_portable<T: KvElem>(
+    k: &[T],
+    from: usize,
+    n: usize,
+    d: usize,
+    kt: &mut [f32],
+    np: usize,
+) {
+    with_row_buffer(d, |row| {
+        for i in from..n {
+            T::load(&k[i * d..(i + 1) * d], row);
+            for (c, &x) in row.iter().enumerate() {
+                kt[c * np + i] = x;
+            }
         }
-    }
+    });
 }
 
 /// `s[e * np + i] = Σ_c q[e * d + c] · kt[c * np + i]` for every query `e < ne` and key
@@ -216,14 +228,16 @@ fn weighted_values_portable(
     }
 }
 
-/// [`transpose`] with AVX: eight keys × eight components at a time by the usual three rounds
-/// of shuffles (`d % 8 == 0`); the keys past the last multiple of eight one by one.
+/// [`transpose`] with AVX: eight keys × eight components at a time (widened by
+/// [`KvElem::load8`]) by the usual three rounds of shuffles (`d % 8 == 0`); the keys past the
+/// last multiple of eight one by one.
 ///
 /// # Safety
-/// The CPU has AVX2, `k.len() >= n * d`, `kt.len() >= d * np`, `n <= np`, `d % 8 == 0`.
+/// The CPU has AVX2 and F16C, `k.len() >= n * d`, `kt.len() >= d * np`, `n <= np`,
+/// `d % 8 == 0`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn transpose_avx(k: &[f32], n: usize, d: usize, kt: &mut [f32], np: usize) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transpose_avx<T: KvElem>(k: &[T], n: usize, d: usize, kt: &mut [f32], np: usize) {
     use std::arch::x86_64::*;
     let (kp, ktp) = (k.as_ptr(), kt.as_mut_ptr());
     let full = n / 8 * 8;
@@ -232,7 +246,7 @@ unsafe fn transpose_avx(k: &[f32], n: usize, d: usize, kt: &mut [f32], np: usize
             // SAFETY: rows i0..i0+8 < n and components c0..c0+8 <= d are inside `k`; the
             // stores go to rows c0..c0+8 < d, keys i0..i0+8 <= np of `kt`.
             unsafe {
-                let r = |j: usize| _mm256_loadu_ps(kp.add((i0 + j) * d + c0));
+                let r = |j: usize| T::load8(kp.add((i0 + j) * d + c0));
                 let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
                 let (r4, r5, r6, r7) = (r(4), r(5), r(6), r(7));
                 let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
@@ -438,7 +452,8 @@ mod tests {
 
     /// The row-major scores and the weighted values reading keys and values stored as `T`
     /// (decode's direct pool reads) equal the portable products of the widened copies
-    /// (widening is exact, so the same f32 tolerance). Outputs start poisoned.
+    /// (widening is exact, so the same f32 tolerance), and transposing them widens exactly.
+    /// Outputs start poisoned.
     fn narrow_reads_equal_the_widened_ones<T: KvElem + Default>(
         t: &Tile<'_>,
     ) -> Result<(), TestCaseError> {
@@ -447,6 +462,16 @@ mod tests {
         T::store(t.k, &mut narrow);
         let mut wide = vec![0f32; t.k.len()];
         T::load(&narrow, &mut wide);
+        let mut kt = vec![f32::NAN; d * np];
+        let mut kt_ref = vec![f32::NAN; d * np];
+        transpose(&narrow, n, d, &mut kt, np);
+        transpose_portable(&wide, 0, n, d, &mut kt_ref, np);
+        for c in 0..d {
+            for i in 0..n {
+                let (a, b) = (kt[c * np + i], kt_ref[c * np + i]);
+                prop_assert_eq!(a.to_bits(), b.to_bits(), "narrow-key transpose {} vs {}", a, b);
+            }
+        }
         if ne < TRANSPOSE_FROM {
             let mut kt = vec![0f32; d * np];
             transpose_portable(&wide, 0, n, d, &mut kt, np);
