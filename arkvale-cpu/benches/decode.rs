@@ -160,7 +160,10 @@ fn step(s: &mut Setup) {
 fn bench(c: &mut Criterion) {
     let mut rows = Vec::new();
     let only = std::env::var("ARKVALE_BENCH_CASE").ok();
-    for case in CASES.iter().filter(|c| only.as_deref().is_none_or(|n| n == c.name)) {
+    for case in CASES
+        .iter()
+        .filter(|c| only.as_deref().is_none_or(|n| n == c.name))
+    {
         let dev: Arc<dyn Device> = Arc::new(CpuDevice::new(case.threads).expect("cpu device"));
         for &context in case.contexts {
             let mut full = setup(&dev, case, "full", context);

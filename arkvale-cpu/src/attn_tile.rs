@@ -469,7 +469,13 @@ mod tests {
         for c in 0..d {
             for i in 0..n {
                 let (a, b) = (kt[c * np + i], kt_ref[c * np + i]);
-                prop_assert_eq!(a.to_bits(), b.to_bits(), "narrow-key transpose {} vs {}", a, b);
+                prop_assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "narrow-key transpose {} vs {}",
+                    a,
+                    b
+                );
             }
         }
         if ne < TRANSPOSE_FROM {
