@@ -50,9 +50,9 @@ pub trait Backend: MemoryBackend + KvBackend + DenseBackend {}
 
 impl<T: MemoryBackend + KvBackend + DenseBackend> Backend for T {}
 
-/// [`MemoryBackend::raw_import`] by copying: allocates the buffer, then writes `bytes`
-/// (the default, and a backend's fallback for dtypes it does not keep in place).
-pub fn import_by_copy<B: MemoryBackend + ?Sized>(
+/// [`Device::import`] by copying: allocates the buffer, then writes `bytes` (for the dtypes a
+/// backend does not keep in place, and [`MemoryBackend::raw_import`]'s default).
+fn import_by_copy<B: MemoryBackend + ?Sized>(
     dev: &B,
     ok: Checked,
     dtype: DType,
@@ -73,9 +73,10 @@ pub trait MemoryBackend: Send + Sync {
     /// See [`Device::alloc`]: `len` is a whole number of blocks whose bytes do not overflow,
     /// and a quantized `dtype` is one the backend supports.
     fn raw_alloc(&self, ok: Checked, dtype: DType, len: usize) -> Result<Buffer>;
-    /// See [`Device::import`]: as for `raw_alloc`, and `bytes` is exactly `len` elements. The
-    /// default copies (allocates, then writes); a backend that can read host memory in place
-    /// overrides it and [`MemoryBackend::raw_imports_in_place`].
+    /// See [`Device::import`]: as for `raw_alloc`, and `bytes` is exactly `len` elements.
+    /// Called only for the dtypes [`MemoryBackend::raw_imports_in_place`] accepts (core copies
+    /// the others); a backend that reads host memory in place overrides both. The default
+    /// copies (allocates, then writes).
     fn raw_import(
         &self,
         ok: Checked,
@@ -426,7 +427,11 @@ impl<B: Backend> Device for B {
     fn import(&self, dtype: DType, len: usize, bytes: SharedBytes) -> Result<Buffer> {
         alloc_checks(self, dtype, len)?;
         validate::import(dtype, len, bytes.len())?;
-        self.raw_import(Checked::new(), dtype, len, bytes)
+        if self.raw_imports_in_place(dtype) {
+            self.raw_import(Checked::new(), dtype, len, bytes)
+        } else {
+            import_by_copy(self, Checked::new(), dtype, len, &bytes)
+        }
     }
 
     fn imports_in_place(&self, dtype: DType) -> bool {

@@ -479,10 +479,8 @@ mod tests {
             }
         }
         if ne < TRANSPOSE_FROM {
-            let mut kt = vec![0f32; d * np];
-            transpose_portable(&wide, 0, n, d, &mut kt, np);
             let mut s_ref = vec![f32::NAN; ne * np];
-            scores_portable(t.q, ne, d, &kt, np, &mut s_ref);
+            scores_portable(t.q, ne, d, &kt_ref, np, &mut s_ref);
             let mut s = vec![f32::NAN; ne * np];
             scores_rows(t.q, ne, d, &narrow, n, np, &mut s);
             for e in 0..ne {

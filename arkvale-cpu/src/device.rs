@@ -234,21 +234,18 @@ impl MemoryBackend for CpuDevice {
         buffer::alloc(self.id, &self.device_mem, dtype, len)
     }
 
-    /// Quantized blocks stay where they lie ([`buffer::import`]); other dtypes are copied
-    /// into typed (aligned) storage.
+    /// Quantized blocks stay where they lie ([`buffer::import`]).
     fn raw_import(
         &self,
-        ok: Checked,
+        _: Checked,
         dtype: DType,
         len: usize,
         bytes: SharedBytes,
     ) -> Result<Buffer> {
-        if !self.raw_imports_in_place(dtype) {
-            return arkvale_core::backend::import_by_copy(self, ok, dtype, len, &bytes);
-        }
         Ok(buffer::import(self.id, &self.device_mem, dtype, len, bytes))
     }
 
+    /// Quantized blocks only: other dtypes are copied into typed (aligned) storage.
     fn raw_imports_in_place(&self, dtype: DType) -> bool {
         dtype.quant().is_some()
     }
