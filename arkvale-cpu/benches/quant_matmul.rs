@@ -1,8 +1,10 @@
 //! Decode-shaped matmuls (`m` = 1 and 4 rows) with quantized weights kept as stored, against
 //! the same product with f32 and f16 weights, all in one run on one thread and on the whole
 //! pool. Shapes are SmolLM2-135M's MLP up/gate (`1536 x 576`) and down (`576 x 1536`)
-//! projections, its tied output layer (`49152 x 576`) and Qwen2.5-0.5B's MLP down projection
-//! (`896 x 4864`); a type whose block does not divide a shape's `k` is skipped there.
+//! projections, its tied output layer (`49152 x 576`) and Qwen2.5-0.5B's MLP up/gate
+//! (`4864 x 896`, Q5_0 in its Q4_K_M file) and down (`896 x 4864`) projections; a type whose
+//! block does not divide a shape's `k` is skipped there. `ARKVALE_BENCH_CASE=TEXT` runs only
+//! the shapes whose name contains `TEXT`.
 //!
 //! Weights are random blocks (scales patched to small finite f16 values), activations random.
 //! After criterion's report a summary prints, per shape and type, the time per call, the
@@ -23,10 +25,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use half::f16;
 
 /// `(name, n, k)` of each weight matrix.
-const SHAPES: [(&str, usize, usize); 4] = [
+const SHAPES: [(&str, usize, usize); 5] = [
     ("smollm2 mlp up", 1536, 576),
     ("smollm2 mlp down", 576, 1536),
     ("smollm2 lm head", 49152, 576),
+    ("qwen2.5 mlp up", 4864, 896),
     ("qwen2.5 mlp down", 896, 4864),
 ];
 const ROWS: [usize; 2] = [1, 4];
@@ -79,9 +82,13 @@ fn bench(c: &mut Criterion) {
     ];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut summary = Vec::new();
+    let only = std::env::var("ARKVALE_BENCH_CASE").ok();
     for pool in [1, threads] {
         let dev: Arc<dyn Device> = Arc::new(CpuDevice::new(Some(pool)).expect("cpu device"));
-        for (name, n, k) in SHAPES {
+        let shapes = SHAPES
+            .iter()
+            .filter(|(name, ..)| only.as_deref().is_none_or(|t| name.contains(t)));
+        for &(name, n, k) in shapes {
             for m in ROWS {
                 let mut state = XorShift(7);
                 let x: Vec<f32> = (0..m * k)

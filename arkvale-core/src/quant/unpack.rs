@@ -27,6 +27,7 @@ pub fn f16_at(b: &[u8], i: usize) -> f32 {
 /// Bytes 0..4 hold the low 6 bits of scales 0..4 (top 2 bits: high bits of scales 4..8);
 /// bytes 4..8 likewise for mins 0..4 / mins 4..8; bytes 8..12 hold the low 4 bits of scale
 /// 4+i (low nibble) and min 4+i (high nibble).
+#[inline]
 pub fn k_scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     let mut sc = [0u8; 8];
     let mut mn = [0u8; 8];

@@ -33,26 +33,39 @@ impl Kernel {
         all
     }
 
-    /// `out[i] = row · acts[i * subs .. (i + 1) * subs]` for each of the `out.len()` (at most
-    /// 8) activation rows; `row` is one weight row of `32 * subs` values of `ty`.
-    pub(crate) fn dots(
-        self,
-        ty: QuantType,
-        row: &[u8],
-        acts: &[Q8Block],
-        subs: usize,
-        out: &mut [f32],
-    ) {
+    /// The activation rows `blocks` (`subs` blocks of 32 values per row) in the form this
+    /// kernel reads for weights of type `ty`; made once per matmul call.
+    pub(crate) fn prepare(self, ty: QuantType, blocks: Vec<Q8Block>, subs: usize) -> Acts {
+        #[cfg(target_arch = "x86_64")]
+        let pairs = match self {
+            Kernel::Avx2 => super::x86::pairs(ty, &blocks, subs),
+            Kernel::Scalar => Vec::new(),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = ty;
+        Acts {
+            blocks,
+            subs,
+            #[cfg(target_arch = "x86_64")]
+            pairs,
+        }
+    }
+
+    /// `out[i] = row · (activation row i)` for each of the `out.len()` (at most 8, and at most
+    /// `acts`' rows) activation rows; `row` is one weight row of `32 * acts.subs` values of
+    /// `ty`, and `acts` was prepared by this kernel for `ty`.
+    pub(crate) fn dots(self, ty: QuantType, row: &[u8], acts: &Acts, out: &mut [f32]) {
+        let subs = acts.subs;
         match self {
             Kernel::Scalar => {
-                for (o, a) in out.iter_mut().zip(acts.chunks_exact(subs)) {
+                for (o, a) in out.iter_mut().zip(acts.blocks.chunks_exact(subs)) {
                     // The caller sized `row` for `subs` sub-blocks; a mismatch would be a bug
                     // and shows as NaN rather than a panic inside the pool.
                     *o = quant::vec_dot(ty, row, a).unwrap_or(f32::NAN);
                 }
             }
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => super::x86::dots(ty, row, acts, subs, out),
+            Kernel::Avx2 => super::x86::dots(ty, row, &acts.blocks, &acts.pairs, subs, out),
         }
     }
 
@@ -69,4 +82,16 @@ impl Kernel {
             Kernel::Avx2 => super::x86::dequantize(ty, data, out),
         }
     }
+}
+
+/// Quantized activation rows, as one kernel reads them (see [`Kernel::prepare`]).
+pub(crate) struct Acts {
+    /// `rows × subs` blocks of 32 values (the form every kernel can read).
+    blocks: Vec<Q8Block>,
+    /// Blocks per row.
+    subs: usize,
+    /// The blocks in pairs for the AVX2 kernels of Q4_0/Q5_0 (empty for other types and
+    /// kernels).
+    #[cfg(target_arch = "x86_64")]
+    pairs: Vec<super::x86::Q8Pair>,
 }

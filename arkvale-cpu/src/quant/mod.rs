@@ -2,7 +2,9 @@
 //!
 //! * **Decode** (`m <= DECODE_MAX_ROWS`): the `m` activation rows are quantized once per call
 //!   to 8 bits per 32 values ([`arkvale_core::quant::q8`]); each weight row is then unpacked
-//!   one sub-block at a time and dotted with every activation row by integer multiply-adds
+//!   one sub-block at a time (two whole blocks at a time for Q4_0/Q5_0, against activations
+//!   rearranged to match once per call, [`Kernel::prepare`]) and dotted with every activation
+//!   row by integer multiply-adds
 //!   (`dot`: AVX2 where the CPU has it, detected at run time, else the scalar reference
 //!   [`arkvale_core::quant::vec_dot`]). Weights are read once per call in their stored size.
 //! * **Prefill** (larger `m`): blocks of `W` rows are dequantized into an f32 tile (at most
@@ -52,7 +54,7 @@ pub(crate) fn matmul(
             // Lengths agree by construction (k = 32 * subs).
             let _ = quant::quantize_q8(xi, ai);
         }
-        let acts = &acts;
+        let acts = &kernel.prepare(ty, acts, subs);
         let block = n.div_ceil(par.threads() * 4).clamp(16, 512);
         let blocks: Vec<usize> = (0..n.div_ceil(block)).collect();
         par.for_each(blocks, move |b| {
@@ -60,7 +62,7 @@ pub(crate) fn matmul(
             let mut col = [0f32; DECODE_MAX_ROWS];
             for j in b * block..((b + 1) * block).min(n) {
                 let row = &w[j * row_bytes..(j + 1) * row_bytes];
-                kernel.dots(ty, row, acts, subs, &mut col[..m]);
+                kernel.dots(ty, row, acts, &mut col[..m]);
                 for (i, v) in col[..m].iter().enumerate() {
                     // SAFETY: (i, j) is inside the m x n output and in this task's block of
                     // columns, which no other task writes.

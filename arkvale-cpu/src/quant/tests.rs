@@ -66,9 +66,10 @@ proptest! {
         }
         let row_bytes = ty.bytes_for(k).unwrap();
         for kernel in Kernel::all() {
+            let prepared = kernel.prepare(ty, acts.clone(), subs);
             for (j, row) in w.chunks_exact(row_bytes).enumerate() {
                 let mut got = vec![f32::NAN; m];
-                kernel.dots(ty, row, &acts, subs, &mut got);
+                kernel.dots(ty, row, &prepared, &mut got);
                 let mut wf = vec![0f32; k];
                 quant::dequantize(ty, row, &mut wf).unwrap();
                 for (i, a) in acts.chunks_exact(subs).enumerate() {

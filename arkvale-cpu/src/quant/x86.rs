@@ -7,7 +7,12 @@
 //! is then `vpmaddubsw` (|q| times the activations carrying q's sign, exact: at most
 //! 2 x 128 x 127 per 16-bit lane) and `vpmaddwd` into eight 32-bit sums, converted to f32 and
 //! multiply-added with `scale * d_act` into one accumulator per activation row. The types
-//! whose integers are non-negative (those with a `min`) skip the sign transfer. Every kernel
+//! whose integers are non-negative (those with a `min`) skip the sign transfer. Q4_0 and Q5_0
+//! (`q - offset` with `q` unsigned) go two blocks per step instead ([`dots_pairs`]): both
+//! blocks' nibbles come from one 256-bit load, the unsigned values are multiplied as stored
+//! (no sign transfer, no offset subtraction per value) against activations laid out to match
+//! ([`Q8Pair`], made once per matmul call), and the offset term `offset · Σ a` is subtracted
+//! from the exact integer sums. Every kernel
 //! is instantiated per type (`const T`, an index into [`QuantType::ALL`]) so the layout
 //! decoding is resolved at compile time, and f16 scales are widened by F16C. Dequantizing
 //! uses the same unpacking and a multiply then an add (no FMA), so it is bit-identical to the
@@ -83,12 +88,33 @@ fn nibbles16(qs: &[u8]) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn fifth_bits(qh: u32) -> __m256i {
-    let v = _mm256_set1_epi32(qh as i32);
     // Byte i takes byte i / 8 of qh (every 32-bit lane of both halves holds qh).
     let spread = _mm256_setr_epi8(
         0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
         3, 3,
     );
+    bits_as_0x10(_mm256_set1_epi32(qh as i32), spread)
+}
+
+/// Byte `i` of each 128-bit half is `0x10` where bit `i` of the `u16` at bytes `FROM`,
+/// `FROM + 1` of that half of `qh` is set, else 0 (the fifth bits of 16 values of each of
+/// two blocks, one per half).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn fifth_bits_halves<const FROM: i8>(qh: __m256i) -> __m256i {
+    let (a, b) = (FROM, FROM + 1);
+    let spread = _mm256_setr_epi8(
+        a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a, b, b, b, b, b, b,
+        b, b,
+    );
+    bits_as_0x10(qh, spread)
+}
+
+/// Byte `i` is `0x10` where bit `i % 8` of byte `spread[i]` of `v` (within its 128-bit half)
+/// is set, else 0.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn bits_as_0x10(v: __m256i, spread: __m256i) -> __m256i {
     let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     let set = _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(v, spread), bit), bit);
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
@@ -279,53 +305,212 @@ fn accumulate<const M: usize, const T: usize>(
     }
 }
 
-/// See [`super::Kernel::dots`]; `M` activation rows at once, weights of type `T`. Even and
-/// odd sub-blocks go to two independent accumulators, so consecutive multiply-adds do not
-/// wait on each other.
+/// The offset of the types with a paired kernel (their values are `q - offset` with `q`
+/// unsigned: Q4_0 and Q5_0), `None` for the others.
+const fn pair_offset(ty: QuantType) -> Option<i32> {
+    match ty {
+        QuantType::Q4_0 => Some(8),
+        QuantType::Q5_0 => Some(16),
+        _ => None,
+    }
+}
+
+/// Two consecutive activation blocks `A`, `B` laid out the way [`unpack_pair`] unpacks two
+/// weight blocks of Q4_0/Q5_0: `lo` holds values 0..16 of `A` then of `B`, `hi` values
+/// 16..32 of each; `d` is `A`'s scale in the four 32-bit lanes that sum `A`'s products and
+/// `B`'s in the other four; `bias` is `offset * sum` of `A` in lane 0 and of `B` in lane 4
+/// (the offset term `Σ offset · a`, subtracted from the unsigned integer sums, exactly).
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(super) struct Q8Pair {
+    lo: [i8; 32],
+    hi: [i8; 32],
+    d: [f32; 8],
+    bias: [i32; 8],
+}
+
+/// `blocks` (rows of `subs` blocks) as [`Q8Pair`]s, `subs / 2` per row (an odd last block of
+/// a row is left out: the kernel takes it unpaired), for a type with a paired kernel; empty
+/// for the other types.
+pub(super) fn pairs(ty: QuantType, blocks: &[Q8Block], subs: usize) -> Vec<Q8Pair> {
+    let Some(offset) = pair_offset(ty) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(blocks.len() / subs * (subs / 2));
+    for row in blocks.chunks_exact(subs) {
+        for ab in row.chunks_exact(2) {
+            let (a, b) = (&ab[0], &ab[1]);
+            let mut p = Q8Pair {
+                lo: [0; 32],
+                hi: [0; 32],
+                d: [a.d, a.d, a.d, a.d, b.d, b.d, b.d, b.d],
+                bias: [offset * a.sum, 0, 0, 0, offset * b.sum, 0, 0, 0],
+            };
+            p.lo[..16].copy_from_slice(&a.qs[..16]);
+            p.lo[16..].copy_from_slice(&b.qs[..16]);
+            p.hi[..16].copy_from_slice(&a.qs[16..]);
+            p.hi[16..].copy_from_slice(&b.qs[16..]);
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Two consecutive blocks `A`, `B` of type `T` (Q4_0 or Q5_0) at `b`, unpacked as stored
+/// (unsigned, the offset not yet subtracted): values 0..16 of `A` then of `B` (`lo`), values
+/// 16..32 of each (`hi`), and the scales, `A`'s in lanes 0..4 and `B`'s in lanes 4..8. One
+/// 256-bit load, shift and two masks unpack both blocks' nibbles.
+///
+/// # Safety
+/// `b` points to two readable blocks of `T`; the CPU has AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dots_m<const M: usize, const T: usize>(row: &[u8], acts: &[Q8Block], subs: usize) -> [f32; M] {
+#[inline]
+unsafe fn unpack_pair<const T: usize>(b: *const u8) -> (__m256i, __m256i, __m256) {
+    let ty = type_of::<T>();
+    let bytes = ty.block_bytes();
+    let qs = if ty == QuantType::Q5_0 { 6 } else { 2 };
+    // SAFETY: every read is inside the two blocks (caller's contract).
+    unsafe {
+        let v = _mm256_loadu2_m128i(b.add(bytes + qs).cast(), b.add(qs).cast());
+        let m = _mm256_set1_epi8(0x0F);
+        let mut lo = _mm256_and_si256(v, m);
+        let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m);
+        if ty == QuantType::Q5_0 {
+            let qh = |at: usize| _mm_cvtsi32_si128(b.add(at).cast::<i32>().read_unaligned());
+            let qh = _mm256_set_m128i(qh(bytes + 2), qh(2));
+            lo = _mm256_or_si256(lo, fifth_bits_halves::<0>(qh));
+            hi = _mm256_or_si256(hi, fifth_bits_halves::<2>(qh));
+        }
+        let f16 = |at: usize| b.add(at).cast::<u16>().read_unaligned() as i32;
+        let d = _mm_cvtph_ps(_mm_insert_epi16::<1>(_mm_cvtsi32_si128(f16(0)), f16(bytes)));
+        let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        let d = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d), spread);
+        (lo, hi, d)
+    }
+}
+
+/// The vector sums of the first `2 * per_row` blocks of `row` (type `T`, Q4_0 or Q5_0) times
+/// `M` rows of paired activations (`pairs`, `per_row` per row), two blocks per step: the
+/// unsigned weights times the activations by `vpmaddubsw` (at most 2 · 31 · 127 per 16-bit
+/// lane, and the two halves' sums added in 16 bits stay below 2^15), `vpmaddwd` into eight
+/// 32-bit sums, the offset term subtracted (exact integers), then one multiply-add with the
+/// two blocks' scales.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dots_pairs<const M: usize, const T: usize>(
+    row: &[u8],
+    pairs: &[Q8Pair],
+    per_row: usize,
+) -> [__m256; M] {
     let bytes = type_of::<T>().block_bytes();
+    assert!(row.len() >= 2 * per_row * bytes && pairs.len() >= M * per_row);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); M];
+    for p in 0..per_row {
+        // SAFETY: blocks 2p, 2p + 1 of `row` are readable (asserted above).
+        let (lo, hi, dw) = unsafe { unpack_pair::<T>(row.as_ptr().add(2 * p * bytes)) };
+        for (i, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: i * per_row + p < M * per_row <= pairs.len() (asserted above); the
+            // fields are 32-byte aligned (`repr(align(32))`, offsets multiples of 32).
+            unsafe {
+                let a = pairs.get_unchecked(i * per_row + p);
+                let al = _mm256_load_si256(a.lo.as_ptr().cast());
+                let ah = _mm256_load_si256(a.hi.as_ptr().cast());
+                let p16 =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(lo, al), _mm256_maddubs_epi16(hi, ah));
+                let bias = _mm256_load_si256(a.bias.as_ptr().cast());
+                let sums = _mm256_sub_epi32(_mm256_madd_epi16(p16, ones), bias);
+                let scale = _mm256_mul_ps(dw, _mm256_load_ps(a.d.as_ptr()));
+                *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, *acc);
+            }
+        }
+    }
+    acc
+}
+
+/// See [`super::Kernel::dots`]; `M` activation rows at once, weights of type `T`. Q4_0 and
+/// Q5_0 take two blocks per step ([`dots_pairs`], with `pairs` made by [`pairs`]) and any odd
+/// last block alone. The other types go block by block, alternating sub-blocks between two
+/// independent accumulators, so consecutive multiply-adds do not wait on each other.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dots_m<const M: usize, const T: usize>(
+    row: &[u8],
+    acts: &[Q8Block],
+    pairs: &[Q8Pair],
+    subs: usize,
+) -> [f32; M] {
+    let ty = type_of::<T>();
+    let bytes = ty.block_bytes();
     let zero = Acc {
         v: [_mm256_setzero_ps(); M],
         min: [0f32; M],
     };
     let (mut even, mut odd) = (zero, zero);
-    let mut pairs = row.chunks_exact(2 * bytes);
-    for (p, pair) in pairs.by_ref().enumerate() {
-        accumulate::<M, T>(&pair[..bytes], 2 * p, acts, subs, &mut even, &mut odd);
-        accumulate::<M, T>(&pair[bytes..], 2 * p + 1, acts, subs, &mut odd, &mut even);
-    }
-    let last = pairs.remainder();
-    if !last.is_empty() {
-        let bi = row.len() / bytes - 1;
-        accumulate::<M, T>(last, bi, acts, subs, &mut even, &mut odd);
+    if pair_offset(ty).is_some() {
+        let per_row = subs / 2;
+        even.v = dots_pairs::<M, T>(row, pairs, per_row);
+        if subs % 2 == 1 {
+            let last = &row[(subs - 1) * bytes..subs * bytes];
+            accumulate::<M, T>(last, subs - 1, acts, subs, &mut odd, &mut even);
+        }
+    } else {
+        // One call site, so that the compiler inlines the block's body; even blocks start
+        // with `even`, odd ones with `odd`.
+        for (bi, block) in row.chunks_exact(bytes).enumerate() {
+            let (first, second) = if bi % 2 == 0 {
+                (&mut even, &mut odd)
+            } else {
+                (&mut odd, &mut even)
+            };
+            accumulate::<M, T>(block, bi, acts, subs, first, second);
+        }
     }
     std::array::from_fn(|i| hsum(_mm256_add_ps(even.v[i], odd.v[i])) + (even.min[i] + odd.min[i]))
 }
 
-/// See [`super::Kernel::dots`] (only called where [`available`]).
-pub(super) fn dots(ty: QuantType, row: &[u8], acts: &[Q8Block], subs: usize, out: &mut [f32]) {
-    by_type!(ty, dots_typed(row, acts, subs, out))
+/// See [`super::Kernel::dots`] (only called where the CPU has AVX2, FMA and F16C); `pairs` as [`pairs`] made
+/// them from `acts`.
+pub(super) fn dots(
+    ty: QuantType,
+    row: &[u8],
+    acts: &[Q8Block],
+    pairs: &[Q8Pair],
+    subs: usize,
+    out: &mut [f32],
+) {
+    by_type!(ty, dots_typed(row, acts, pairs, subs, out))
 }
 
 /// [`dots`] for weights of type `T`.
-fn dots_typed<const T: usize>(row: &[u8], acts: &[Q8Block], subs: usize, out: &mut [f32]) {
+fn dots_typed<const T: usize>(
+    row: &[u8],
+    acts: &[Q8Block],
+    pairs: &[Q8Pair],
+    subs: usize,
+    out: &mut [f32],
+) {
     let ty = type_of::<T>();
     let blocks = subs * SUB_LEN / ty.block_len();
     let row = &row[..blocks * ty.block_bytes()];
     let acts = &acts[..out.len() * subs];
+    let per_row = if pair_offset(ty).is_some() {
+        subs / 2
+    } else {
+        0
+    };
     macro_rules! run {
         ($($m:literal)*) => {
             match out.len() {
                 $($m => {
                     // SAFETY: `Kernel::Avx2` exists only where the CPU has AVX2, FMA, F16C.
-                    let r = unsafe { dots_m::<$m, T>(row, acts, subs) };
+                    let r = unsafe { dots_m::<$m, T>(row, acts, pairs, subs) };
                     out.copy_from_slice(&r);
                 })*
                 _ => {
-                    for (o, a) in out.iter_mut().zip(acts.chunks_exact(subs)) {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        let a = &acts[i * subs..(i + 1) * subs];
+                        let p = &pairs[i * per_row..(i + 1) * per_row];
                         // SAFETY: as above.
-                        *o = unsafe { dots_m::<1, T>(row, a, subs) }[0];
+                        *o = unsafe { dots_m::<1, T>(row, a, p, subs) }[0];
                     }
                 }
             }
@@ -363,7 +548,7 @@ fn dequantize_block<const T: usize>(block: &[u8], out: &mut [f32]) {
     }
 }
 
-/// See [`super::Kernel::dequantize`] (only called where [`available`]).
+/// See [`super::Kernel::dequantize`] (only called where the CPU has AVX2, FMA and F16C).
 pub(super) fn dequantize(ty: QuantType, data: &[u8], out: &mut [f32]) {
     by_type!(ty, dequantize_typed(data, out))
 }
