@@ -429,8 +429,9 @@ fn dots_pairs<const M: usize, const T: usize>(
 
 /// See [`super::Kernel::dots`]; `M` activation rows at once, weights of type `T`. Q4_0 and
 /// Q5_0 take two blocks per step ([`dots_pairs`], with `pairs` made by [`pairs`]) and any odd
-/// last block alone. The other types go block by block, alternating sub-blocks between two
-/// independent accumulators, so consecutive multiply-adds do not wait on each other.
+/// last block alone. The other types go block by block, alternating blocks (one-sub-block
+/// types) or sub-blocks (K-quants) between two independent accumulators, so consecutive
+/// multiply-adds do not wait on each other.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dots_m<const M: usize, const T: usize>(
     row: &[u8],
@@ -452,9 +453,21 @@ fn dots_m<const M: usize, const T: usize>(
             let last = &row[(subs - 1) * bytes..subs * bytes];
             accumulate::<M, T>(last, subs - 1, acts, subs, &mut odd, &mut even);
         }
+    } else if ty.subs() == 1 {
+        // Whole blocks alternate between the two accumulators.
+        let mut blocks = row.chunks_exact(2 * bytes);
+        for (p, pair) in blocks.by_ref().enumerate() {
+            accumulate::<M, T>(&pair[..bytes], 2 * p, acts, subs, &mut even, &mut odd);
+            accumulate::<M, T>(&pair[bytes..], 2 * p + 1, acts, subs, &mut odd, &mut even);
+        }
+        let last = blocks.remainder();
+        if !last.is_empty() {
+            accumulate::<M, T>(last, subs - 1, acts, subs, &mut even, &mut odd);
+        }
     } else {
-        // One call site, so that the compiler inlines the block's body; even blocks start
-        // with `even`, odd ones with `odd`.
+        // The K-quants: one call site, so that the compiler inlines the (large) block body
+        // (two call sites left it out of line, spilling the accumulators per block); even
+        // blocks start with `even`, odd ones with `odd`.
         for (bi, block) in row.chunks_exact(bytes).enumerate() {
             let (first, second) = if bi % 2 == 0 {
                 (&mut even, &mut odd)
