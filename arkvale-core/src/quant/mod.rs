@@ -112,6 +112,18 @@ impl QuantType {
         )
     }
 
+    /// What is subtracted from the stored unsigned integers to get the signed values
+    /// (`q - offset`): 8 for Q4_0, 16 for Q5_0, 32 for Q6_K; 0 for Q8_0 (stored signed) and
+    /// for the types with a `min` (stored unsigned, no offset).
+    pub const fn offset(self) -> i8 {
+        match self {
+            QuantType::Q4_0 => 8,
+            QuantType::Q5_0 => 16,
+            QuantType::Q6_K => 32,
+            _ => 0,
+        }
+    }
+
     /// The ggml name (`"Q4_K"`).
     pub const fn name(self) -> &'static str {
         match self {

@@ -50,10 +50,11 @@ pub fn unpack(ty: QuantType, block: &[u8], sub: usize) -> SubBlock {
     let mut q = [0i8; SUB_LEN];
     let (scale, min) = match ty {
         QuantType::Q4_0 | QuantType::Q4_1 => {
-            let (offset, qs, min) = if ty == QuantType::Q4_0 {
-                (8, &b[2..18], 0.0)
+            let offset = ty.offset();
+            let (qs, min) = if ty == QuantType::Q4_0 {
+                (&b[2..18], 0.0)
             } else {
-                (0, &b[4..20], f16_at(b, 2))
+                (&b[4..20], f16_at(b, 2))
             };
             for j in 0..16 {
                 q[j] = (qs[j] & 0x0F) as i8 - offset;
@@ -62,10 +63,11 @@ pub fn unpack(ty: QuantType, block: &[u8], sub: usize) -> SubBlock {
             (f16_at(b, 0), min)
         }
         QuantType::Q5_0 | QuantType::Q5_1 => {
-            let (offset, h, min) = if ty == QuantType::Q5_0 {
-                (16, 2, 0.0)
+            let offset = ty.offset();
+            let (h, min) = if ty == QuantType::Q5_0 {
+                (2, 0.0)
             } else {
-                (0, 4, f16_at(b, 2))
+                (4, f16_at(b, 2))
             };
             let qh = u32::from_le_bytes([b[h], b[h + 1], b[h + 2], b[h + 3]]);
             let qs = &b[h + 4..h + 20];
@@ -112,7 +114,7 @@ pub fn unpack(ty: QuantType, block: &[u8], sub: usize) -> SubBlock {
             let nib = 4 * (r / 2);
             for (l, o) in q.iter_mut().enumerate() {
                 let v = ((ql[l] >> nib) & 0x0F) | (((qh[l] >> (2 * r)) & 3) << 4);
-                *o = v as i8 - 32;
+                *o = v as i8 - ty.offset();
             }
             let d = f16_at(b, 208);
             let s = |i: usize| d * (b[192 + 8 * h + 2 * r + i] as i8) as f32;

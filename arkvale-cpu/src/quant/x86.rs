@@ -193,7 +193,7 @@ fn sub<const T: usize>(b: &[u8], s: usize, h: &Header) -> Sub {
     let b = &b[..ty.block_bytes()];
     match ty {
         QuantType::Q4_0 => flat(
-            _mm256_sub_epi8(nibbles16(&b[2..18]), _mm256_set1_epi8(8)),
+            _mm256_sub_epi8(nibbles16(&b[2..18]), _mm256_set1_epi8(ty.offset())),
             h.d,
             0.0,
         ),
@@ -203,7 +203,7 @@ fn sub<const T: usize>(b: &[u8], s: usize, h: &Header) -> Sub {
             let qh = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
             let q = _mm256_or_si256(nibbles16(&b[at + 4..at + 20]), fifth_bits(qh));
             if ty == QuantType::Q5_0 {
-                flat(_mm256_sub_epi8(q, _mm256_set1_epi8(16)), h.d, 0.0)
+                flat(_mm256_sub_epi8(q, _mm256_set1_epi8(ty.offset())), h.d, 0.0)
             } else {
                 flat(q, h.d, h.m)
             }
@@ -231,7 +231,7 @@ fn sub<const T: usize>(b: &[u8], s: usize, h: &Header) -> Sub {
             let sc = |i: usize| h.d * (b[192 + 8 * half + 2 * r + i] as i8) as f32;
             let (s0, s1) = (sc(0), sc(1));
             Sub {
-                q: _mm256_sub_epi8(q, _mm256_set1_epi8(32)),
+                q: _mm256_sub_epi8(q, _mm256_set1_epi8(ty.offset())),
                 scale: _mm256_setr_ps(s0, s0, s0, s0, s1, s1, s1, s1),
                 min: 0.0,
             }
@@ -305,14 +305,10 @@ fn accumulate<const M: usize, const T: usize>(
     }
 }
 
-/// The offset of the types with a paired kernel (their values are `q - offset` with `q`
-/// unsigned: Q4_0 and Q5_0), `None` for the others.
-const fn pair_offset(ty: QuantType) -> Option<i32> {
-    match ty {
-        QuantType::Q4_0 => Some(8),
-        QuantType::Q5_0 => Some(16),
-        _ => None,
-    }
+/// Whether `ty` has a paired kernel ([`dots_pairs`]): Q4_0 and Q5_0, one sub-block per block
+/// and values `q - offset` with `q` unsigned.
+const fn paired(ty: QuantType) -> bool {
+    matches!(ty, QuantType::Q4_0 | QuantType::Q5_0)
 }
 
 /// Two consecutive activation blocks `A`, `B` laid out the way [`unpack_pair`] unpacks two
@@ -333,9 +329,10 @@ pub(super) struct Q8Pair {
 /// a row is left out: the kernel takes it unpaired), for a type with a paired kernel; empty
 /// for the other types.
 pub(super) fn pairs(ty: QuantType, blocks: &[Q8Block], subs: usize) -> Vec<Q8Pair> {
-    let Some(offset) = pair_offset(ty) else {
+    if !paired(ty) {
         return Vec::new();
-    };
+    }
+    let offset = ty.offset() as i32;
     let mut out = Vec::with_capacity(blocks.len() / subs * (subs / 2));
     for row in blocks.chunks_exact(subs) {
         for ab in row.chunks_exact(2) {
@@ -446,7 +443,7 @@ fn dots_m<const M: usize, const T: usize>(
         min: [0f32; M],
     };
     let (mut even, mut odd) = (zero, zero);
-    if pair_offset(ty).is_some() {
+    if paired(ty) {
         let per_row = subs / 2;
         even.v = dots_pairs::<M, T>(row, pairs, per_row);
         if subs % 2 == 1 {
@@ -480,8 +477,8 @@ fn dots_m<const M: usize, const T: usize>(
     std::array::from_fn(|i| hsum(_mm256_add_ps(even.v[i], odd.v[i])) + (even.min[i] + odd.min[i]))
 }
 
-/// See [`super::Kernel::dots`] (only called where the CPU has AVX2, FMA and F16C); `pairs` as [`pairs`] made
-/// them from `acts`.
+/// See [`super::Kernel::dots`] (only called where the CPU has AVX2, FMA and F16C); `pairs`
+/// as [`pairs`] made them from `acts`.
 pub(super) fn dots(
     ty: QuantType,
     row: &[u8],
@@ -505,11 +502,7 @@ fn dots_typed<const T: usize>(
     let blocks = subs * SUB_LEN / ty.block_len();
     let row = &row[..blocks * ty.block_bytes()];
     let acts = &acts[..out.len() * subs];
-    let per_row = if pair_offset(ty).is_some() {
-        subs / 2
-    } else {
-        0
-    };
+    let per_row = if paired(ty) { subs / 2 } else { 0 };
     macro_rules! run {
         ($($m:literal)*) => {
             match out.len() {
