@@ -5,13 +5,19 @@ use std::time::{Duration, Instant};
 /// The median of `reps` timed calls of `f` (after one untimed warm-up call).
 pub fn median_time(mut f: impl FnMut(), reps: usize) -> Duration {
     f();
-    let mut t: Vec<Duration> = (0..reps)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed()
-        })
-        .collect();
+    median(
+        (0..reps)
+            .map(|_| {
+                let start = Instant::now();
+                f();
+                start.elapsed()
+            })
+            .collect(),
+    )
+}
+
+/// The median of some timings (not empty).
+pub fn median(mut t: Vec<Duration>) -> Duration {
     t.sort();
-    t[reps / 2]
+    t[t.len() / 2]
 }
