@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use crate::aarch64;
 use crate::process::{cargo, display, outcome, run_timed, seconds};
 use crate::test_all;
 
@@ -54,7 +55,8 @@ const CHECKS: [&[&str]; 4] = [
 /// Runs the checks, then `test-all-backends` unless `no_tests`.
 pub fn run(opts: Options) -> Result<(), String> {
     let start = Instant::now();
-    let steps = CHECKS.len() + usize::from(!opts.no_tests);
+    // The checks, the aarch64 clippy run, then (unless `no_tests`) the tests.
+    let steps = CHECKS.len() + 1 + usize::from(!opts.no_tests);
     for (i, args) in CHECKS.iter().enumerate() {
         let mut cmd = cargo(*args);
         eprintln!("xtask ci: step {}/{steps}", i + 1);
@@ -68,9 +70,29 @@ pub fn run(opts: Options) -> Result<(), String> {
             ));
         }
     }
+    // The CPU backend's aarch64 code (NEON), which the host's clippy never compiles.
+    eprintln!("xtask ci: step {}/{steps}", CHECKS.len() + 1);
+    match aarch64::missing() {
+        None => {
+            let mut cmd = aarch64::cargo_aarch64(&["clippy", "-p", "arkvale-cpu", "--all-targets"]);
+            cmd.args(["--", "-D", "warnings"]);
+            let (status, _) = run_timed(&mut cmd)?;
+            if !status.success() {
+                return Err(format!(
+                    "ci stopped: `{}` {}; fix it and rerun `cargo xtask ci`",
+                    display(&cmd),
+                    outcome(status)
+                ));
+            }
+        }
+        Some(why) if aarch64::required() => {
+            return Err(format!("ci stopped: {} is set but {why}", aarch64::REQUIRE));
+        }
+        Some(why) => eprintln!("xtask ci: aarch64 clippy skipped ({why})"),
+    }
     eprintln!(
         "xtask ci: {} checks passed in {}",
-        CHECKS.len(),
+        CHECKS.len() + 1,
         seconds(start.elapsed())
     );
     if opts.no_tests {

@@ -7,13 +7,16 @@
 //!
 //! * `test-all-backends` ([`test_all`]): `cargo test --workspace` (less the suite's per-case
 //!   tests), then the differential suite on every backend, then one summary line per backend;
-//! * `ci` ([`ci`]): formatting, clippy, doc tests, then `test-all-backends`;
+//! * `ci` ([`ci`]): formatting, clippy (also of the CPU backend for aarch64, [`aarch64`]), doc
+//!   tests, then `test-all-backends` (whose last step runs the CPU backend's tests for aarch64
+//!   under qemu);
 //! * `bench` ([`bench`]): the CPU backend's criterion benches;
 //! * `fetch-model` ([`fetch_model`]): the default model (or a named one) into `models/`
 //!   (`--user`: into the per-user directory the `arkvale` CLI reads);
 //! * `device-check` ([`device_check`]): the CUDA backend's GPU check, packaged into
 //!   `target/device/` (`--build`) for one run on a GPU machine.
 
+mod aarch64;
 mod bench;
 mod ci;
 mod device_check;
@@ -40,14 +43,21 @@ COMMANDS:
             backend <name>: <N> passed, <M> failed
             backend <name>: skipped (<reason>)
         A filter is passed to both: to `cargo test` as its test-name filter and to the
-        suite as `--filter`. Fails if `cargo test` or any backend failed; a backend whose
-        device is absent on this machine is skipped, not failed.
+        suite as `--filter`. Then the CPU backend's aarch64 (NEON) code: arkvale-cpu's
+        unit tests cross-compiled for aarch64-unknown-linux-gnu and run under qemu
+        (`backend cpu-aarch64`), where the toolchain is installed (rustup target
+        aarch64-unknown-linux-gnu; apt gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+        qemu-user), else skipped; ARKVALE_REQUIRE_AARCH64=1 makes a missing toolchain a
+        failure. Fails if `cargo test` or any backend failed; a backend whose device is
+        absent on this machine is skipped, not failed.
 
     ci [--no-tests]
         What CI runs, stopping at the first failing step:
             cargo fmt --all -- --check
             cargo clippy --workspace --all-targets -- -D warnings
             cargo test --workspace --doc
+            cargo clippy --target aarch64-unknown-linux-gnu -p arkvale-cpu --all-targets
+                -- -D warnings   (where that target is installed, see test-all-backends)
             cargo xtask test-all-backends
         `--no-tests` stops after the doc tests (the CI script then runs
         `cargo xtask test-all-backends` as its own, separately timed step).

@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::time::Instant;
 
+use crate::aarch64;
 use crate::process::{cargo, display, outcome, run_timed, seconds};
 
 /// The name prefix of the differential suite's per-case tests (`suite::cpu::ops::...`), which
@@ -123,13 +124,50 @@ pub fn run(filter: Option<&str>) -> Result<bool, String> {
         seconds(suite_time)
     );
 
-    // 3. The summary: the verdict first, the backend lines last.
+    // 3. The CPU backend's aarch64 (NEON) code: its unit tests cross-compiled and run under
+    //    qemu, where the toolchain is installed (see `crate::aarch64`).
+    let mut problems = Vec::new();
+    let mut cross_summary = None;
+    match aarch64::missing() {
+        None => {
+            let start = Instant::now();
+            let run = aarch64::test(filter)?;
+            if !run.status.success() {
+                problems.push(format!("cargo test --target {} failed", aarch64::TARGET));
+            }
+            cross_summary = Some(format!(
+                "cargo test --target {} -p arkvale-cpu --lib (qemu): {} in {}",
+                aarch64::TARGET,
+                outcome(run.status),
+                seconds(start.elapsed())
+            ));
+            backends.push(BackendLine {
+                name: "cpu-aarch64".into(),
+                line: format!(
+                    "backend cpu-aarch64: {} passed, {} failed",
+                    run.passed, run.failed
+                ),
+                failed: run.failed > 0,
+            });
+        }
+        Some(why) => {
+            if aarch64::required() {
+                problems.push(format!("{} is set but {why}", aarch64::REQUIRE));
+            }
+            backends.push(BackendLine {
+                name: "cpu-aarch64".into(),
+                line: format!("backend cpu-aarch64: skipped ({why})"),
+                failed: false,
+            });
+        }
+    }
+
+    // 4. The summary: the verdict first, the backend lines last.
     let failed: Vec<&str> = backends
         .iter()
         .filter(|b| b.failed)
         .map(|b| b.name.as_str())
         .collect();
-    let mut problems = Vec::new();
     if !test_status.success() {
         problems.push("cargo test --workspace failed".to_string());
     }
@@ -152,6 +190,9 @@ pub fn run(filter: Option<&str>) -> Result<bool, String> {
         outcome(suite_status),
         seconds(suite_time)
     );
+    if let Some(line) = cross_summary {
+        println!("{line}");
+    }
     if problems.is_empty() {
         println!("result: ok");
     } else {

@@ -6,11 +6,16 @@ use arkvale_core::quant::{self, Q8Block, QuantType};
 /// Which implementation of the quantized kernels runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
-    /// The scalar reference ([`quant::vec_dot`], [`quant::dequantize`]); runs everywhere.
+    /// The scalar reference ([`quant::vec_dot`], [`quant::dequantize`]); runs everywhere
+    /// (on aarch64, where NEON always exists, only the tests run it).
+    #[cfg_attr(all(target_arch = "aarch64", not(test)), allow(dead_code))]
     Scalar,
     /// x86-64 AVX2 + FMA (only constructed where [`Kernel::detect`] found them).
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// aarch64 NEON (part of the base instruction set there).
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 impl Kernel {
@@ -20,6 +25,9 @@ impl Kernel {
         if crate::elem::has_avx2_fma_f16c() {
             return Kernel::Avx2;
         }
+        #[cfg(target_arch = "aarch64")]
+        return Kernel::Neon;
+        #[cfg(not(target_arch = "aarch64"))]
         Kernel::Scalar
     }
 
@@ -66,6 +74,8 @@ impl Kernel {
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => super::x86::dots(ty, row, &acts.blocks, &acts.pairs, subs, out),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => super::neon::dots(ty, row, &acts.blocks, subs, out),
         }
     }
 
@@ -73,14 +83,22 @@ impl Kernel {
     /// number `data` holds).
     pub(crate) fn dequantize(self, ty: QuantType, data: &[u8], out: &mut [f32]) {
         match self {
-            Kernel::Scalar => {
-                if quant::dequantize(ty, data, out).is_err() {
-                    out.fill(f32::NAN);
-                }
-            }
+            // NEON dequantizes with the reference too: only the prefill tiles do, and `gemm`
+            // dominates there.
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => dequantize_reference(ty, data, out),
+            Kernel::Scalar => dequantize_reference(ty, data, out),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => super::x86::dequantize(ty, data, out),
         }
+    }
+}
+
+/// [`quant::dequantize`], NaN where the lengths disagree (a bug of the caller, shown rather
+/// than a panic inside the pool).
+fn dequantize_reference(ty: QuantType, data: &[u8], out: &mut [f32]) {
+    if quant::dequantize(ty, data, out).is_err() {
+        out.fill(f32::NAN);
     }
 }
 

@@ -5,15 +5,40 @@
 //!   one sub-block at a time (two whole blocks at a time for Q4_0/Q5_0, against activations
 //!   rearranged to match once per call, [`Kernel::prepare`]) and dotted with every activation
 //!   row by integer multiply-adds
-//!   (`dot`: AVX2 where the CPU has it, detected at run time, else the scalar reference
-//!   [`arkvale_core::quant::vec_dot`]). Weights are read once per call in their stored size.
+//!   (`dot`: AVX2 where the CPU has it, detected at run time; NEON on aarch64; else the
+//!   scalar reference [`arkvale_core::quant::vec_dot`]). Weights are read once per call in their stored size.
 //! * **Prefill** (larger `m`): blocks of `W` rows are dequantized into an f32 tile (at most
 //!   256 KiB, so it stays in L2) and multiplied by the single-threaded `gemm` kernel, as the
 //!   f16/bf16 path of `matmul` does. Here the result equals dequantize-then-matmul.
 //!
 //! Both split `W`'s rows into blocks, one task per block on the device pool.
 
+/// The type of kernel instantiation `T` (an index into [`QuantType::ALL`]).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const fn type_of<const T: usize>() -> QuantType {
+    QuantType::ALL[T]
+}
+
+/// Calls `$f::<T>($args)` with `T` the index of `$ty` in [`QuantType::ALL`].
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! by_type {
+    ($ty:expr, $f:ident ( $($arg:expr),* )) => {
+        match $ty {
+            QuantType::Q4_0 => $f::<0>($($arg),*),
+            QuantType::Q4_1 => $f::<1>($($arg),*),
+            QuantType::Q5_0 => $f::<2>($($arg),*),
+            QuantType::Q5_1 => $f::<3>($($arg),*),
+            QuantType::Q8_0 => $f::<4>($($arg),*),
+            QuantType::Q4_K => $f::<5>($($arg),*),
+            QuantType::Q5_K => $f::<6>($($arg),*),
+            QuantType::Q6_K => $f::<7>($($arg),*),
+        }
+    };
+}
+
 mod dot;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

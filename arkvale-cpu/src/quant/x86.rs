@@ -23,6 +23,8 @@ use std::arch::x86_64::*;
 use arkvale_core::quant::unpack::k_scales_mins;
 use arkvale_core::quant::{self, Q8Block, QuantType, SUB_LEN};
 
+use super::type_of;
+
 /// The little-endian f16 at `b[i..i + 2]`, widened (exactly) by F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -38,27 +40,6 @@ fn f16_pair_at(b: &[u8]) -> (f32, f32) {
     let bits = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
     (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
-}
-
-/// The type of kernel instantiation `T` (an index into [`QuantType::ALL`]).
-const fn type_of<const T: usize>() -> QuantType {
-    QuantType::ALL[T]
-}
-
-/// Calls `$f::<T>($args)` with `T` the index of `$ty` in [`QuantType::ALL`].
-macro_rules! by_type {
-    ($ty:expr, $f:ident ( $($arg:expr),* )) => {
-        match $ty {
-            QuantType::Q4_0 => $f::<0>($($arg),*),
-            QuantType::Q4_1 => $f::<1>($($arg),*),
-            QuantType::Q5_0 => $f::<2>($($arg),*),
-            QuantType::Q5_1 => $f::<3>($($arg),*),
-            QuantType::Q8_0 => $f::<4>($($arg),*),
-            QuantType::Q4_K => $f::<5>($($arg),*),
-            QuantType::Q5_K => $f::<6>($($arg),*),
-            QuantType::Q6_K => $f::<7>($($arg),*),
-        }
-    };
 }
 
 /// One unpacked sub-block: `q` (32 x i8), the scale of each half broadcast over the four
