@@ -6,7 +6,8 @@
 //!   rearranged to match once per call, [`Kernel::prepare`]) and dotted with every activation
 //!   row by integer multiply-adds
 //!   (`dot`: AVX2 where the CPU has it, detected at run time; NEON on aarch64; else the
-//!   scalar reference [`arkvale_core::quant::vec_dot`]). Weights are read once per call in their stored size.
+//!   scalar reference [`arkvale_core::quant::vec_dot`]). Weights are read once per call in
+//!   their stored size.
 //! * **Prefill** (larger `m`): blocks of `W` rows are dequantized into an f32 tile (at most
 //!   256 KiB, so it stays in L2) and multiplied by the single-threaded `gemm` kernel, as the
 //!   f16/bf16 path of `matmul` does. Here the result equals dequantize-then-matmul.
