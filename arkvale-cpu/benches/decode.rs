@@ -100,6 +100,8 @@ const CASES: [Case; 3] = [
 /// The keys and values a context is loaded from, and the decode step's inputs, generated once
 /// per (case, context) and shared by both policies' setups.
 struct ContextData {
+    /// Tokens of the context.
+    tokens: usize,
     /// Per layer, keys and values f32 `[context, Hkv, d]`.
     layers: Vec<(Vec<f32>, Vec<f32>)>,
     /// The query of the load and of every step `[H, d]`.
@@ -126,6 +128,7 @@ fn context_data(case: &Case, context: usize) -> ContextData {
         })
         .collect();
     ContextData {
+        tokens: context,
         layers,
         q,
         k: rng.vec(row, 1.0),
@@ -148,9 +151,8 @@ struct Setup {
     k: Buffer,
     v: Buffer,
     out: Buffer,
-    /// Steps run since the context was last loaded, and the most before a reload.
+    /// Steps run since the context was last loaded.
     steps: usize,
-    max_steps: usize,
 }
 
 fn setup(dev: &Arc<dyn Device>, case: &Case, policy: &str, data: &Arc<ContextData>) -> Setup {
@@ -169,7 +171,6 @@ fn setup(dev: &Arc<dyn Device>, case: &Case, policy: &str, data: &Arc<ContextDat
     let policy = policy_by_name(policy, &config).expect("policy");
     let mut cache = CacheManager::new(dev.clone(), shape, config, policy).expect("cache");
     let seq = cache.add_sequence();
-    let context = data.layers[0].0.len() / (shape.kv_heads * shape.head_dim);
     let mut s = Setup {
         seq,
         layers: shape.layers,
@@ -180,7 +181,6 @@ fn setup(dev: &Arc<dyn Device>, case: &Case, policy: &str, data: &Arc<ContextDat
         cache,
         data: data.clone(),
         steps: 0,
-        max_steps: steps_per_load(context),
     };
     s.load();
     s
@@ -200,7 +200,7 @@ impl Setup {
     /// One decode step (every layer once), timed; the context is first reloaded (untimed)
     /// when it has grown by [`steps_per_load`] tokens.
     fn timed_step(&mut self) -> Duration {
-        if self.steps >= self.max_steps {
+        if self.steps >= steps_per_load(self.data.tokens) {
             self.cache.remove_sequence(self.seq).expect("remove");
             self.seq = self.cache.add_sequence();
             self.load();

@@ -9,11 +9,11 @@
 //! apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 //! ```
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
-use crate::process::{cargo, display, outcome};
+use crate::process::{cargo, run_streamed};
 
 /// The cross target.
 pub const TARGET: &str = "aarch64-unknown-linux-gnu";
@@ -90,11 +90,13 @@ pub fn parse_result_line(line: &str) -> Option<(usize, usize)> {
     Some((passed, failed))
 }
 
-/// What the test run gave: the status of `cargo test` and the summed counts of its result
-/// lines.
+/// What the test run gave: the status of `cargo test`, its duration and the summed counts of
+/// its result lines.
 pub struct TestRun {
     /// Exit status of `cargo test`.
     pub status: ExitStatus,
+    /// How long it ran (build included).
+    pub time: Duration,
     /// Tests passed, over every result line.
     pub passed: usize,
     /// Tests failed, over every result line.
@@ -108,30 +110,16 @@ pub fn test(filter: Option<&str>) -> Result<TestRun, String> {
     if let Some(f) = filter {
         cmd.args(["--", f]);
     }
-    let line = display(&cmd);
-    eprintln!("==> {line} (under {QEMU})");
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("could not start `{line}`: {e}"))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
     let (mut passed, mut failed) = (0, 0);
-    let mut out = std::io::stdout().lock();
-    for l in BufReader::new(stdout).lines() {
-        let l = l.map_err(|e| format!("reading the output of `{line}`: {e}"))?;
-        let _ = writeln!(out, "{l}");
-        if let Some((p, f)) = parse_result_line(&l) {
+    let (status, time) = run_streamed(&mut cmd, |line| {
+        if let Some((p, f)) = parse_result_line(line) {
             passed += p;
             failed += f;
         }
-    }
-    drop(out);
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for `{line}`: {e}"))?;
-    eprintln!("<== {line}: {}", outcome(status));
+    })?;
     Ok(TestRun {
         status,
+        time,
         passed,
         failed,
     })

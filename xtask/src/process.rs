@@ -1,7 +1,8 @@
 //! Running cargo from the workspace root: building commands, timing steps, reporting failures.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A `cargo` command rooted at the workspace. Uses the `CARGO` environment variable (set by
@@ -39,6 +40,36 @@ pub fn run_timed(cmd: &mut Command) -> Result<(ExitStatus, Duration), String> {
     let status = cmd
         .status()
         .map_err(|e| format!("could not start `{line}`: {e}"))?;
+    let elapsed = start.elapsed();
+    eprintln!("<== {line}: {} in {}", outcome(status), seconds(elapsed));
+    Ok((status, elapsed))
+}
+
+/// [`run_timed`] with `cmd`'s stdout piped through: each line is printed as it comes and
+/// handed to `on_line` (stderr stays inherited). Fails only if the command could not be
+/// started, read or waited for.
+pub fn run_streamed(
+    cmd: &mut Command,
+    mut on_line: impl FnMut(&str),
+) -> Result<(ExitStatus, Duration), String> {
+    let line = display(cmd);
+    eprintln!("==> {line}");
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("could not start `{line}`: {e}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut out = std::io::stdout().lock();
+    for l in BufReader::new(stdout).lines() {
+        let l = l.map_err(|e| format!("reading the output of `{line}`: {e}"))?;
+        let _ = writeln!(out, "{l}");
+        on_line(&l);
+    }
+    drop(out);
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for `{line}`: {e}"))?;
     let elapsed = start.elapsed();
     eprintln!("<== {line}: {} in {}", outcome(status), seconds(elapsed));
     Ok((status, elapsed))

@@ -7,12 +7,8 @@
 //! names a failure's case and backend, and reruns one.) Running both would double the
 //! suite's share of the step for nothing.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
-use std::time::Instant;
-
 use crate::aarch64;
-use crate::process::{cargo, display, outcome, run_timed, seconds};
+use crate::process::{cargo, outcome, run_streamed, run_timed, seconds};
 
 /// The name prefix of the differential suite's per-case tests (`suite::cpu::ops::...`), which
 /// the `cargo test` step skips because the `arkvale-suite` step runs the same cases.
@@ -94,35 +90,14 @@ pub fn run(filter: Option<&str>) -> Result<bool, String> {
     if let Some(f) = filter {
         suite.args(["--filter", f]);
     }
-    let suite_line = display(&suite);
-    eprintln!("==> {suite_line}");
-    let start = Instant::now();
-    let mut child = suite
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("could not start `{suite_line}`: {e}"))?;
     let mut backends: Vec<BackendLine> = Vec::new();
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut out = std::io::stdout().lock();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.map_err(|e| format!("reading the output of `{suite_line}`: {e}"))?;
-        let _ = writeln!(out, "{line}");
-        if let Some(b) = parse_backend_line(&line) {
+    let (suite_status, suite_time) = run_streamed(&mut suite, |line| {
+        if let Some(b) = parse_backend_line(line) {
             // One line per backend; a repeated name keeps its latest line.
             backends.retain(|old| old.name != b.name);
             backends.push(b);
         }
-    }
-    drop(out);
-    let suite_status = child
-        .wait()
-        .map_err(|e| format!("waiting for `{suite_line}`: {e}"))?;
-    let suite_time = start.elapsed();
-    eprintln!(
-        "<== {suite_line}: {} in {}",
-        outcome(suite_status),
-        seconds(suite_time)
-    );
+    })?;
 
     // 3. The CPU backend's aarch64 (NEON) code: its unit tests cross-compiled and run under
     //    qemu, where the toolchain is installed (see `crate::aarch64`).
@@ -130,7 +105,6 @@ pub fn run(filter: Option<&str>) -> Result<bool, String> {
     let mut cross_summary = None;
     match aarch64::missing() {
         None => {
-            let start = Instant::now();
             let run = aarch64::test(filter)?;
             if !run.status.success() {
                 problems.push(format!("cargo test --target {} failed", aarch64::TARGET));
@@ -139,7 +113,7 @@ pub fn run(filter: Option<&str>) -> Result<bool, String> {
                 "cargo test --target {} -p arkvale-cpu --lib (qemu): {} in {}",
                 aarch64::TARGET,
                 outcome(run.status),
-                seconds(start.elapsed())
+                seconds(run.time)
             ));
             backends.push(BackendLine {
                 name: "cpu-aarch64".into(),

@@ -58,15 +58,17 @@ fn high_nibbles(v: uint8x16_t) -> uint8x16_t {
 #[inline]
 fn fifth_bits16(bits: u16) -> uint8x16_t {
     let spread = vcombine_u8(vdup_n_u8(bits as u8), vdup_n_u8((bits >> 8) as u8));
-    let mask = vreinterpretq_u8_u64(vdupq_n_u64(0x8040_2010_0804_0201));
-    vandq_u8(vtstq_u8(spread, mask), vdupq_n_u8(0x10))
+    bits_as_0x10(
+        spread,
+        vreinterpretq_u8_u64(vdupq_n_u64(0x8040_2010_0804_0201)),
+    )
 }
 
-/// `0x10` in the bytes of `v` that have any bit of `bit` set, else 0.
+/// `0x10` in the bytes of `v` that share a set bit with the same byte of `mask`, else 0.
 #[target_feature(enable = "neon")]
 #[inline]
-fn bit_as_0x10(v: uint8x16_t, bit: u8) -> uint8x16_t {
-    vandq_u8(vtstq_u8(v, vdupq_n_u8(bit)), vdupq_n_u8(0x10))
+fn bits_as_0x10(v: uint8x16_t, mask: uint8x16_t) -> uint8x16_t {
+    vandq_u8(vtstq_u8(v, mask), vdupq_n_u8(0x10))
 }
 
 /// Signed values `q - offset` of unsigned `q`.
@@ -76,16 +78,24 @@ fn signed(q: uint8x16_t, offset: i8) -> int8x16_t {
     vsubq_s8(vreinterpretq_s8_u8(q), vdupq_n_s8(offset))
 }
 
-/// A sub-block of one scale: unsigned values `lo`, `hi` minus the type's offset.
+/// A sub-block of unsigned values `lo`, `hi` minus the type's offset, with the scale of each
+/// half and the min.
 #[target_feature(enable = "neon")]
 #[inline]
-fn flat(ty: QuantType, lo: uint8x16_t, hi: uint8x16_t, d: f32, min: f32) -> Sub {
+fn unpacked(ty: QuantType, lo: uint8x16_t, hi: uint8x16_t, scale: [f32; 2], min: f32) -> Sub {
     Sub {
         lo: signed(lo, ty.offset()),
         hi: signed(hi, ty.offset()),
-        scale: [d, d],
+        scale,
         min,
     }
+}
+
+/// [`unpacked`] with one scale for all 32 values.
+#[target_feature(enable = "neon")]
+#[inline]
+fn flat(ty: QuantType, lo: uint8x16_t, hi: uint8x16_t, d: f32, min: f32) -> Sub {
+    unpacked(ty, lo, hi, [d, d], min)
 }
 
 /// The one sub-block of a block of a one-sub-block type `T` (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
@@ -127,9 +137,9 @@ fn k_sub<const T: usize>(b: &[u8], s: usize, sc: &[u8; 8], mn: &[u8; 8], d: f32,
         (high_nibbles(v0), high_nibbles(v1))
     };
     if ty == QuantType::Q5_K {
-        let bit = 1u8 << s;
-        lo = vorrq_u8(lo, bit_as_0x10(load16(b, 16), bit));
-        hi = vorrq_u8(hi, bit_as_0x10(load16(b, 32), bit));
+        let bit = vdupq_n_u8(1 << s);
+        lo = vorrq_u8(lo, bits_as_0x10(load16(b, 16), bit));
+        hi = vorrq_u8(hi, bits_as_0x10(load16(b, 32), bit));
     }
     flat(ty, lo, hi, d * sc[s] as f32, -(dmin * mn[s] as f32))
 }
@@ -138,7 +148,6 @@ fn k_sub<const T: usize>(b: &[u8], s: usize, sc: &[u8; 8], mn: &[u8; 8], d: f32,
 #[target_feature(enable = "neon")]
 #[inline]
 fn q6k_sub(b: &[u8], s: usize, d: f32) -> Sub {
-    let ty = QuantType::Q6_K;
     let (half, r) = (s / 4, s % 4);
     let at = 64 * half + 32 * (r % 2);
     let (v0, v1) = (load16(b, at), load16(b, at + 16));
@@ -150,12 +159,7 @@ fn q6k_sub(b: &[u8], s: usize, d: f32) -> Sub {
     let lo = vorrq_u8(l0, q6k_high(load16(b, 128 + 32 * half), r));
     let hi = vorrq_u8(l1, q6k_high(load16(b, 128 + 32 * half + 16), r));
     let sc = |i: usize| d * (b[192 + 8 * half + 2 * r + i] as i8) as f32;
-    Sub {
-        lo: signed(lo, ty.offset()),
-        hi: signed(hi, ty.offset()),
-        scale: [sc(0), sc(1)],
-        min: 0.0,
-    }
+    unpacked(QuantType::Q6_K, lo, hi, [sc(0), sc(1)], 0.0)
 }
 
 /// Bits `2r`, `2r + 1` of each byte of `v`, moved to bits 4 and 5 (Q6_K's high bits of
@@ -191,7 +195,8 @@ impl<const M: usize> Acc<M> {
             // SAFETY: `a.qs` holds 32 readable bytes.
             let (al, ah) = unsafe { (vld1q_s8(a.qs.as_ptr()), vld1q_s8(a.qs.as_ptr().add(16))) };
             let (sl, sh) = (half_sums(sub.lo, al), half_sums(sub.hi, ah));
-            self.v[i] = if sub.scale[0] == sub.scale[1] {
+            // Only Q6_K scales the two halves apart (known at compile time per type).
+            self.v[i] = if ty != QuantType::Q6_K {
                 let sums = vcvtq_f32_s32(vaddq_s32(sl, sh));
                 vfmaq_n_f32(self.v[i], sums, sub.scale[0] * a.d)
             } else {
