@@ -252,7 +252,9 @@ struct Acc<const M: usize> {
 }
 
 /// Adds block `block` (the `bi`-th of its row, type `T`) times the activation rows to the
-/// sums: its even sub-blocks to `even`, its odd ones to `odd`.
+/// sums: its even sub-blocks to `even`, its odd ones to `odd`. The K-quants go two
+/// sub-blocks per step, so which accumulator a sub-block feeds is known at compile time and
+/// both stay in registers (choosing one per sub-block at run time put them in memory).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn accumulate<const M: usize, const T: usize>(
@@ -265,23 +267,40 @@ fn accumulate<const M: usize, const T: usize>(
 ) {
     let ty = type_of::<T>();
     let h = header::<T>(block);
-    for s in 0..ty.subs() {
-        let sub = sub::<T>(block, s, &h);
-        let acc = if s % 2 == 0 { &mut *even } else { &mut *odd };
-        let j = bi * ty.subs() + s;
-        for i in 0..M {
-            let a = &acts[i * subs + j];
-            // The types with a min store non-negative integers.
-            let sums = if ty.has_min() {
-                sub_dot::<true>(sub.q, a)
-            } else {
-                sub_dot::<false>(sub.q, a)
-            };
-            let scale = _mm256_mul_ps(sub.scale, _mm256_set1_ps(a.d));
-            acc.v[i] = _mm256_fmadd_ps(sums, scale, acc.v[i]);
-            if ty.has_min() {
-                acc.min[i] = sub.min.mul_add(a.ds, acc.min[i]);
-            }
+    let first = bi * ty.subs();
+    if ty.subs() == 1 {
+        add_sub::<M, T>(sub::<T>(block, 0, &h), &acts[first..], subs, even);
+        return;
+    }
+    for s in (0..ty.subs()).step_by(2) {
+        add_sub::<M, T>(sub::<T>(block, s, &h), &acts[first + s..], subs, even);
+        add_sub::<M, T>(sub::<T>(block, s + 1, &h), &acts[first + s + 1..], subs, odd);
+    }
+}
+
+/// Adds one unpacked sub-block of type `T` times the activation rows to `acc`: row `i`'s
+/// block is `acts[i * subs]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn add_sub<const M: usize, const T: usize>(
+    sub: Sub,
+    acts: &[Q8Block],
+    subs: usize,
+    acc: &mut Acc<M>,
+) {
+    let ty = type_of::<T>();
+    for i in 0..M {
+        let a = &acts[i * subs];
+        // The types with a min store non-negative integers.
+        let sums = if ty.has_min() {
+            sub_dot::<true>(sub.q, a)
+        } else {
+            sub_dot::<false>(sub.q, a)
+        };
+        let scale = _mm256_mul_ps(sub.scale, _mm256_set1_ps(a.d));
+        acc.v[i] = _mm256_fmadd_ps(sums, scale, acc.v[i]);
+        if ty.has_min() {
+            acc.min[i] = sub.min.mul_add(a.ds, acc.min[i]);
         }
     }
 }
@@ -444,15 +463,10 @@ fn dots_m<const M: usize, const T: usize>(
         }
     } else {
         // The K-quants: one call site, so that the compiler inlines the (large) block body
-        // (two call sites left it out of line, spilling the accumulators per block); even
-        // blocks start with `even`, odd ones with `odd`.
+        // (two call sites left it out of line, spilling the accumulators per block); the
+        // even and odd sub-blocks of each block feed the two accumulators.
         for (bi, block) in row.chunks_exact(bytes).enumerate() {
-            let (first, second) = if bi % 2 == 0 {
-                (&mut even, &mut odd)
-            } else {
-                (&mut odd, &mut even)
-            };
-            accumulate::<M, T>(block, bi, acts, subs, first, second);
+            accumulate::<M, T>(block, bi, acts, subs, &mut even, &mut odd);
         }
     }
     std::array::from_fn(|i| hsum(_mm256_add_ps(even.v[i], odd.v[i])) + (even.min[i] + odd.min[i]))
