@@ -274,7 +274,12 @@ fn accumulate<const M: usize, const T: usize>(
     }
     for s in (0..ty.subs()).step_by(2) {
         add_sub::<M, T>(sub::<T>(block, s, &h), &acts[first + s..], subs, even);
-        add_sub::<M, T>(sub::<T>(block, s + 1, &h), &acts[first + s + 1..], subs, odd);
+        add_sub::<M, T>(
+            sub::<T>(block, s + 1, &h),
+            &acts[first + s + 1..],
+            subs,
+            odd,
+        );
     }
 }
 
