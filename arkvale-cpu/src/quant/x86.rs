@@ -252,9 +252,10 @@ struct Acc<const M: usize> {
 }
 
 /// Adds block `block` (the `bi`-th of its row, type `T`) times the activation rows to the
-/// sums: its even sub-blocks to `even`, its odd ones to `odd`. The K-quants go two
-/// sub-blocks per step, so which accumulator a sub-block feeds is known at compile time and
-/// both stay in registers (choosing one per sub-block at run time put them in memory).
+/// sums: its even sub-blocks to `even`, its odd ones to `odd`. The K-quants (8 or 16
+/// sub-blocks, always an even count) go two sub-blocks per step, so which accumulator a
+/// sub-block feeds is known at compile time and the compiler can keep both in registers
+/// (choosing one per sub-block at run time, through a reference, kept them in memory).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn accumulate<const M: usize, const T: usize>(
